@@ -1,0 +1,40 @@
+# Two entry points for a fresh machine: `make run` (local cluster on loopback) and `make test`.
+# Each one creates .venv, installs the pinned versions from constraints.txt and, when etcd is
+# missing, installs Debian's etcd-server (as root) or says what to install.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run test deps etcd lock clean
+
+run: deps
+	$(BIN)/lbcp up
+
+test: deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+deps: $(STAMP) etcd
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+etcd:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "etcd not found: installing Debian's etcd-server"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server; \
+	  else \
+	    echo "etcd is not installed. Install it with: sudo apt-get install -y etcd-server" >&2; exit 1; \
+	  fi; }
+
+# Refresh constraints.txt from the current venv (after a deliberate, measured upgrade).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .lbcp

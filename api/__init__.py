@@ -1,0 +1,1 @@
+"""lbcp's admin REST API (FastAPI) and command-line client."""

@@ -1,0 +1,1 @@
+"""lbcp's control plane: intent model, etcd store, watch-fed view, xDS server and hash rings."""

@@ -1,0 +1,213 @@
+"""A watch-fed, in-memory copy of all intent at a known etcd revision.
+
+Contract: after `start()`, `ready` is set once the first full load is in; from then on
+`revision` only grows and the maps are exactly etcd's intent at `revision`. Subscribers
+are called (synchronously, in the event loop) with `(revision, changed_refs)` after each
+applied batch of events; a resync (after compaction or a long outage) reports every ref
+whose stored revision differs, so a subscriber never misses a delete.
+
+When etcd is unreachable the view keeps its last state and retries with back-off; it
+resumes the watch at `revision + 1`, and reloads in full if that revision was compacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from .errors import StoreError
+from .etcd import Etcd, prefix_end
+from .keyspace import Keyspace, Ref, Stored
+from .model import Backend, Cluster, Kind, Listener, Route
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[int, set[Ref]], None]
+_PAGE = 10_000
+
+
+class IntentView:
+    """All clusters, backends, listeners and routes, kept current by one etcd watch."""
+
+    def __init__(self, etcd: Etcd, keyspace: Keyspace | None = None) -> None:
+        self.etcd = etcd
+        self.keys = keyspace or Keyspace(etcd.config.prefix)
+        # Intent folders sort as backends/ < clusters/ < listeners/ < routes/; runtime state
+        # (fleet registry) lives under `_runtime/`, outside this range, so it is not watched here.
+        self._start = self.keys.root + b"backends/"
+        self._end = prefix_end(self.keys.root + b"routes/")
+        self.revision = 0
+        self.clusters: dict[str, Stored[Cluster]] = {}
+        self.backends: dict[str, dict[str, Stored[Backend]]] = {}
+        self.listeners: dict[str, Stored[Listener]] = {}
+        self.routes: dict[str, Stored[Route]] = {}
+        self.ready = asyncio.Event()
+        self.connected = False
+        self.loads = 0
+        self._subscribers: list[Subscriber] = []
+        self._advanced = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- public ----------------------------------------------------------------------------
+
+    def subscribe(self, fn: Subscriber) -> None:
+        self._subscribers.append(fn)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="intent-view")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def wait_for_revision(self, revision: int, timeout: float) -> bool:
+        """Wait until the view has caught up with `revision`; False on timeout."""
+        async def _wait() -> None:
+            async with self._advanced:
+                await self._advanced.wait_for(lambda: self.revision >= revision)
+
+        try:
+            await asyncio.wait_for(_wait(), timeout)
+            return True
+        except (TimeoutError, asyncio.TimeoutError):
+            return False
+
+    def get(self, ref: Ref) -> Stored | None:
+        if ref.kind == Kind.BACKEND:
+            return self.backends.get(ref.cluster or "", {}).get(ref.name)
+        return self._table(ref.kind).get(ref.name)
+
+    def backend_count(self) -> int:
+        return sum(len(b) for b in self.backends.values())
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _table(self, kind: Kind) -> dict:
+        return {Kind.CLUSTER: self.clusters, Kind.LISTENER: self.listeners, Kind.ROUTE: self.routes}[kind]
+
+    def _set(self, ref: Ref, stored: Stored | None) -> None:
+        if ref.kind == Kind.BACKEND:
+            members = self.backends.setdefault(ref.cluster or "", {})
+            if stored is None:
+                members.pop(ref.name, None)
+                if not members:
+                    self.backends.pop(ref.cluster or "", None)
+            else:
+                members[ref.name] = stored
+        elif stored is None:
+            self._table(ref.kind).pop(ref.name, None)
+        else:
+            self._table(ref.kind)[ref.name] = stored
+
+    def _decode(self, ref: Ref, kv) -> Stored | None:
+        try:
+            return Stored(self.keys.decode(ref.kind, kv.value), kv.mod_revision, kv.create_revision)
+        except Exception as exc:  # one bad value must not stop the fleet's config
+            log.error("ignoring undecodable value at %s: %s", kv.key.decode(errors="replace"), exc)
+            return None
+
+    def _all_refs(self) -> dict[Ref, int]:
+        out: dict[Ref, int] = {}
+        for kind in (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE):
+            for name, s in self._table(kind).items():
+                out[Ref(kind, name)] = s.mod_revision
+        for cluster, members in self.backends.items():
+            for name, s in members.items():
+                out[Ref(Kind.BACKEND, name, cluster)] = s.mod_revision
+        return out
+
+    async def _load(self) -> None:
+        """Read all intent at one revision and replace the view's state with it."""
+        first = await self.etcd.range(self._start, self._end, limit=_PAGE)
+        revision = first.header.revision
+        kvs = list(first.kvs)
+        more = first.more
+        while more:
+            page = await self.etcd.range(kvs[-1].key + b"\0", self._end, revision=revision, limit=_PAGE)
+            kvs.extend(page.kvs)
+            more = page.more
+        before = self._all_refs()
+        self.clusters, self.backends, self.listeners, self.routes = {}, {}, {}, {}
+        for kv in kvs:
+            ref = self.keys.ref(kv.key)
+            if ref is not None:
+                stored = self._decode(ref, kv)
+                if stored is not None:
+                    self._set(ref, stored)
+        after = self._all_refs()
+        changed = {r for r in before.keys() | after.keys() if before.get(r) != after.get(r)}
+        await self._advance(revision, changed)
+
+    async def _advance(self, revision: int, changed: set[Ref]) -> None:
+        if revision > self.revision or changed:
+            self.revision = max(self.revision, revision)
+            for fn in self._subscribers:
+                try:
+                    fn(self.revision, changed)
+                except Exception:
+                    log.exception("intent view subscriber failed")
+        self.ready.set()
+        async with self._advanced:
+            self._advanced.notify_all()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        need_load = True
+        while True:
+            call = None
+            try:
+                if need_load:
+                    await self._load()
+                    self.loads += 1
+                    need_load = False
+                call = await self.etcd.watch(self._start, self._end, self.revision + 1)
+                async for resp in call:
+                    self.connected = True
+                    backoff = 0.1
+                    if resp.compact_revision:
+                        log.warning("watch start %d compacted (at %d): reloading", self.revision + 1, resp.compact_revision)
+                        need_load = True
+                        break
+                    if resp.canceled:
+                        log.warning("watch canceled by etcd: %s", resp.cancel_reason)
+                        need_load = True
+                        break
+                    if resp.created:
+                        # Its header carries etcd's current revision, not what was delivered.
+                        continue
+                    if not resp.events:
+                        # A progress notification: every event up to header.revision is in.
+                        await self._advance(resp.header.revision, set())
+                        continue
+                    changed: set[Ref] = set()
+                    for ev in resp.events:
+                        ref = self.keys.ref(ev.kv.key)
+                        if ref is None:
+                            continue
+                        changed.add(ref)
+                        # PUT = 0, DELETE = 1
+                        self._set(ref, self._decode(ref, ev.kv) if ev.type == 0 else None)
+                    # While a watcher catches up, etcd may send a batch whose header revision is
+                    # ahead of its last event; only the events themselves say how far we are.
+                    await self._advance(max(ev.kv.mod_revision for ev in resp.events), changed)
+            except asyncio.CancelledError:
+                if call is not None:
+                    call.cancel()
+                raise
+            except (StoreError, grpc.aio.AioRpcError) as exc:
+                self.connected = False
+                log.warning("intent watch interrupted (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                if call is not None:
+                    call.cancel()

@@ -1,0 +1,53 @@
+"""Shared fixtures: a real etcd on loopback, a store and view on it, the admin API app.
+
+etcd is started once per session; each test gets its own key prefix, so tests never see
+each other's objects and need no cleanup.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.etcd import Etcd, EtcdConfig
+from controlplane.procs import EtcdCluster
+from controlplane.store import Store
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"), size=1)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def etcd_config(etcd_cluster: EtcdCluster) -> EtcdConfig:
+    return EtcdConfig(endpoints=tuple(etcd_cluster.endpoints), prefix=f"/lbcp-test/{next(_prefixes)}/v1/", timeout=3.0)
+
+
+@pytest.fixture
+async def etcd(etcd_config: EtcdConfig) -> AsyncIterator[Etcd]:
+    client = Etcd(etcd_config)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def store(etcd: Etcd) -> Store:
+    return Store(etcd)
+
+
+@pytest.fixture
+def private_etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """An etcd of the test's own, for tests that stop or restart it."""
+    cluster = EtcdCluster(tmp_path / "etcd", size=1)
+    cluster.start()
+    yield cluster
+    cluster.stop()
