@@ -45,12 +45,13 @@ _WORLD_KINDS = (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE)
 
 @dataclass(frozen=True)
 class Op:
-    """One change. `put` creates or replaces, `create` only creates, `delete` removes.
+    """One change. `put` creates or replaces, `create` only creates, `replace` only
+    replaces, `delete` removes.
 
     `if_match` is the mod_revision the caller last saw (its ETag); 0 means "must not exist".
     """
 
-    action: Literal["create", "put", "delete"]
+    action: Literal["create", "put", "replace", "delete"]
     ref: Ref
     obj: Intent | None = None
     if_match: int | None = None
@@ -278,6 +279,8 @@ class Store:
                 )
             if op.action == "create" and existing is not None:
                 raise AlreadyExists(f"{ref} already exists")
+            if op.action == "replace" and existing is None:
+                raise NotFound(str(ref.kind), label(ref))
             if op.action == "delete":
                 if existing is None:
                     raise NotFound(str(ref.kind), label(ref))

@@ -161,7 +161,8 @@ class IntentView:
 
     async def _run(self) -> None:
         backoff = 0.1
-        need_load = True
+        # A view restarted after stop() resumes its watch; only a compacted revision reloads.
+        need_load = not self.ready.is_set()
         while True:
             call = None
             try:

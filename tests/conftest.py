@@ -51,3 +51,21 @@ def private_etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+def make_app(etcd_config: EtcdConfig, tokens: str | None = None, max_body_bytes: int | None = None):
+    from api.app import DEFAULT_MAX_BODY, Settings, create_app
+    from api.auth import Tokens
+
+    return create_app(Settings(etcd=etcd_config, tokens=Tokens.parse(tokens), max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY))
+
+
+@pytest.fixture
+async def api(etcd_config: EtcdConfig) -> AsyncIterator:
+    """An httpx client on the admin API app (in-process ASGI, real etcd behind it)."""
+    import httpx
+
+    app = make_app(etcd_config)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lbcp.test") as client:
+            yield client

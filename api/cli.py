@@ -1,0 +1,279 @@
+"""`lbcp`: serve the admin API, start a local cluster, and manage intent without curl.
+
+Client commands find the API through --api / LBCP_API (default: .lbcp/cluster.json from
+`lbcp up`, else http://127.0.0.1:8080) and the token through --token / LBCP_TOKEN. Errors
+print the problem's title and detail and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .client import ApiProblem, Client, discover
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _table(rows: list[list[Any]], headers: list[str]) -> str:
+    cells = [headers] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _emit(items: list[dict], output: str, headers: list[str], row) -> None:
+    if output == "json":
+        print(json.dumps(items, indent=2))
+    elif output == "yaml":
+        print(yaml.safe_dump(items, sort_keys=False), end="")
+    else:
+        print(_table([row(i) for i in items], headers))
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    url, token = discover(args.state_dir)
+    return Client(args.api or url, args.token or token)
+
+
+def _load_docs(path: str) -> list[dict]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    for d in docs:
+        if not isinstance(d, dict):
+            raise SystemExit(f"{path}: every document must be a mapping")
+    return docs
+
+
+def _apply_ops(docs: list[dict], default_kind: str | None) -> list[dict]:
+    """Documents → batch operations. A cluster document may carry its `backends` inline:
+    they become the cluster's whole member set."""
+    ops: list[dict] = []
+    for d in docs:
+        d = dict(d)
+        kind = d.pop("kind", default_kind)
+        if kind not in ("cluster", "listener", "route", "backend"):
+            raise SystemExit(f"a document needs kind: cluster, backend, listener or route (got {kind!r})")
+        if kind == "backend":
+            cluster = d.pop("cluster", None)
+            ops.append({"op": "put", "kind": "backend", "cluster": cluster, "name": d.get("name"), "body": d})
+            continue
+        backends = d.pop("backends", None) if kind == "cluster" else None
+        ops.append({"op": "put", "kind": kind, "name": d.get("name"), "body": d})
+        if backends is not None:
+            ops.append({"op": "replace_backends", "cluster": d.get("name"), "body": backends})
+    # Make-before-use order inside the one transaction does not matter to etcd, but a
+    # reader of the results expects clusters first.
+    order = {"cluster": 0, "backend": 1, "listener": 2, "route": 3}
+    ops.sort(key=lambda o: order.get(o.get("kind", "backend"), 1))
+    return ops
+
+
+def cmd_apply(args: argparse.Namespace, default_kind: str | None = None) -> int:
+    ops = _apply_ops(_load_docs(args.file), default_kind)
+    with_dry = {"dry_run": "true"} if args.dry_run else {}
+    res = _client(args).post("/v1/batch", {"operations": ops}, **with_dry)
+    for r in res["results"]:
+        if r["op"] == "replace_backends":
+            print(f"backends of {r['cluster']}: +{len(r['added'])} -{len(r['removed'])} ~{len(r['updated'])}")
+        else:
+            where = f"{r['cluster']}/" if r.get("cluster") else ""
+            print(f"{r['kind']} {where}{r['name']} {r['outcome']}")
+    print(f"revision {res['revision']}{' (dry run: nothing written)' if res['dry_run'] else ''}")
+    return 0
+
+
+def _split_hostport(value: str) -> tuple[str, int]:
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"expected ADDRESS:PORT (IPv6 as [::1]:8080), got {value!r}")
+    return host, int(port)
+
+
+def cmd_backend_add(args: argparse.Namespace) -> int:
+    host, port = _split_hostport(args.address)
+    body: dict[str, Any] = {"name": args.name, "address": host, "port": port, "weight": args.weight, "priority": args.priority}
+    if args.zone:
+        body["zone"] = args.zone
+    r = _client(args).put(f"/v1/clusters/{args.cluster}/backends/{args.name}", body)
+    print(f"backend {args.cluster}/{args.name} -> {r['address']}:{r['port']} weight {r['weight']} (revision {r['revision']})")
+    return 0
+
+
+def _set_state(state: str):
+    def run(args: argparse.Namespace) -> int:
+        r = _client(args).patch(f"/v1/clusters/{args.cluster}/backends/{args.name}", {"admin_state": state})
+        print(f"backend {args.cluster}/{args.name} is {r['admin_state']} (revision {r['revision']})")
+        return 0
+
+    return run
+
+
+def cmd_backend_remove(args: argparse.Namespace) -> int:
+    r = _client(args).delete(f"/v1/clusters/{args.cluster}/backends/{args.name}")
+    print(f"backend {args.cluster}/{args.name} removed (revision {r['revision']})")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    c = _client(args)
+    what = args.what
+    if what in ("cluster", "clusters"):
+        items = [c.get(f"/v1/clusters/{args.name}")] if args.name else c.list_all("/v1/clusters")
+        if args.output == "table":
+            for i in items:
+                i["_backends"] = len(c.list_all(f"/v1/clusters/{i['name']}/backends"))
+        _emit(items, args.output, ["NAME", "PROTOCOL", "LB", "BACKENDS", "REVISION"],
+              lambda i: [i["name"], i["protocol"], i["load_balancer"]["type"], i.get("_backends"), i["revision"]])
+    elif what in ("backend", "backends"):
+        if not args.name:
+            raise SystemExit("usage: lbcp get backends CLUSTER")
+        items = c.list_all(f"/v1/clusters/{args.name}/backends")
+        _emit(items, args.output, ["NAME", "ADDRESS", "PORT", "WEIGHT", "ZONE", "PRIORITY", "STATE", "REVISION"],
+              lambda i: [i["name"], i["address"], i["port"], i["weight"], i.get("zone") or "-", i["priority"], i["admin_state"], i["revision"]])
+    elif what in ("listener", "listeners"):
+        items = [c.get(f"/v1/listeners/{args.name}")] if args.name else c.list_all("/v1/listeners")
+        _emit(items, args.output, ["NAME", "ADDRESS", "PORT", "PROTOCOL", "CLUSTER", "FLEETS", "REVISION"],
+              lambda i: [i["name"], i["address"], i["port"], i["protocol"], i.get("cluster") or "-", ",".join(i["fleets"]) or "all", i["revision"]])
+    elif what in ("route", "routes"):
+        items = [c.get(f"/v1/routes/{args.name}")] if args.name else c.list_all("/v1/routes")
+
+        def match(i: dict) -> str:
+            m = i["match"]
+            return next(f"{k}={m[k]}" for k in ("prefix", "path", "regex") if m.get(k) is not None)
+
+        _emit(items, args.output, ["NAME", "LISTENER", "DOMAINS", "MATCH", "BACKENDS", "REVISION"],
+              lambda i: [i["name"], i["listener"], ",".join(i["domains"]), match(i),
+                         ",".join(f"{b['cluster']}:{b['weight']}" for b in i["backends"]), i["revision"]])
+    else:
+        raise SystemExit("lbcp get clusters|backends CLUSTER|listeners|routes")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    c = _client(args)
+    r = c.delete(f"/v1/{args.kind}s/{args.name}")
+    print(f"{args.kind} {args.name} deleted (revision {r['revision']})")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from controlplane.etcd import EtcdConfig
+
+    from .app import Settings, create_app
+    from .auth import Tokens
+
+    settings = Settings(
+        etcd=EtcdConfig.from_env(args.etcd, args.prefix),
+        tokens=Tokens.from_env(),
+        host=args.host,
+        port=args.port,
+    )
+    settings.check()
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .localcluster import up
+
+    return up(args.state_dir, etcd_nodes=args.etcd_nodes, api_port=args.api_port)
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lbcp", description="lbcp: a control plane for Envoy fleets")
+    p.add_argument("--api", help="admin API URL (env LBCP_API)")
+    p.add_argument("--token", help="bearer token (env LBCP_TOKEN)")
+    p.add_argument("--state-dir", default=".lbcp", help="where `lbcp up` keeps its state (default .lbcp)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("api", help="serve the admin API")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--etcd", help="etcd endpoints, comma-separated (env LBCP_ETCD_ENDPOINTS)")
+    s.add_argument("--prefix", help="etcd key prefix (env LBCP_ETCD_PREFIX, default /lbcp/v1/)")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_api)
+
+    s = sub.add_parser("up", help="start a local cluster on loopback (what `make run` runs)")
+    s.add_argument("--etcd-nodes", type=int, choices=(1, 3), default=1)
+    s.add_argument("--api-port", type=int)
+    s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("apply", help="apply YAML/JSON documents (kind: cluster|backend|listener|route) in one transaction")
+    s.add_argument("-f", "--file", required=True, help="file, or - for stdin")
+    s.add_argument("--dry-run", action="store_true")
+    s.set_defaults(func=cmd_apply)
+
+    for kind in ("cluster", "listener", "route"):
+        k = sub.add_parser(kind, help=f"manage {kind}s")
+        ks = k.add_subparsers(dest="action", required=True)
+        a = ks.add_parser("apply", help=f"create or replace {kind}s from a file" + (" (with inline backends)" if kind == "cluster" else ""))
+        a.add_argument("-f", "--file", required=True)
+        a.add_argument("--dry-run", action="store_true")
+        a.set_defaults(func=lambda args, kind=kind: cmd_apply(args, kind))
+        d = ks.add_parser("delete", help=f"delete a {kind}")
+        d.add_argument("name")
+        d.set_defaults(func=cmd_delete, kind=kind)
+
+    b = sub.add_parser("backend", help="manage backends")
+    bs = b.add_subparsers(dest="action", required=True)
+    a = bs.add_parser("add", help="add or replace a backend")
+    a.add_argument("cluster")
+    a.add_argument("name")
+    a.add_argument("address", help="ADDRESS:PORT ([::1]:8080 for IPv6)")
+    a.add_argument("--weight", type=int, default=1)
+    a.add_argument("--priority", type=int, default=0)
+    a.add_argument("--zone")
+    a.set_defaults(func=cmd_backend_add)
+    for verb, state in (("drain", "drain"), ("maint", "maint"), ("ready", "ready")):
+        x = bs.add_parser(verb, help=f"set admin_state={state}")
+        x.add_argument("cluster")
+        x.add_argument("name")
+        x.set_defaults(func=_set_state(state))
+    x = bs.add_parser("remove", help="delete a backend")
+    x.add_argument("cluster")
+    x.add_argument("name")
+    x.set_defaults(func=cmd_backend_remove)
+
+    g = sub.add_parser("get", help="list objects: clusters | backends CLUSTER | listeners | routes")
+    g.add_argument("what")
+    g.add_argument("name", nargs="?")
+    g.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    g.set_defaults(func=cmd_get)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ApiProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
