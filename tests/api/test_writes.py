@@ -181,3 +181,17 @@ async def test_auth_roles(etcd_config) -> None:
             assert r.status_code == 403 and r.json()["code"] == "forbidden"
             assert (await c.put("/v1/clusters/web", json={}, headers=writer)).status_code == 201
             assert (await c.get("/healthz")).status_code == 200
+
+
+def test_refuses_public_bind_without_tokens() -> None:
+    from api.app import Settings
+    from api.auth import Tokens
+
+    with pytest.raises(SystemExit, match="no tokens"):
+        Settings(host="0.0.0.0").check()
+    Settings(host="127.0.0.1").check()
+    Settings(host="0.0.0.0", tokens=Tokens.parse("writer:0123456789abcdef")).check()
+    with pytest.raises(ValueError):
+        Tokens.parse("admin:0123456789abcdef")
+    with pytest.raises(ValueError):
+        Tokens.parse("writer:short")
