@@ -192,8 +192,12 @@ class Store:
             return WriteResult(await self.revision(), [], dry_run)
         for _ in range(_MAX_ATTEMPTS):
             plan = await self._plan(ops)
-            if dry_run or not plan.writes:
+            if dry_run:
                 return WriteResult(plan.revision, plan.results, dry_run)
+            if not plan.writes:
+                # Nothing changed: the revision that holds this intent is the objects' own,
+                # not etcd's head (which may only have moved for unrelated keys).
+                return WriteResult(max((r.mod_revision for r in plan.results), default=0) or plan.revision, plan.results)
             resp = await self.etcd.txn(rpc.TxnRequest(compare=plan.compares, success=plan.writes))
             if resp.succeeded:
                 for r in plan.results:

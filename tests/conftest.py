@@ -6,6 +6,7 @@ each other's objects and need no cleanup.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -69,3 +70,14 @@ async def api(etcd_config: EtcdConfig) -> AsyncIterator:
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lbcp.test") as client:
             yield client
+
+
+@pytest.fixture
+async def replica(etcd_config: EtcdConfig) -> AsyncIterator:
+    """A running xDS replica on a free loopback port, over the test's key prefix."""
+    from controlplane.replica import ReplicaConfig, XdsReplica
+
+    r = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id="test-replica", registry_flush_interval=0.05))
+    await r.start()
+    yield r
+    await r.stop(grace=0)

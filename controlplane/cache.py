@@ -1,0 +1,212 @@
+"""The snapshot cache: turns the intent view into published per-fleet snapshots.
+
+It listens to the view, coalesces bursts of changes (a short debounce window, bounded),
+rebuilds only what the changes touch (a backend change rebuilds that cluster's endpoints,
+never a listener), checks each fleet's snapshot for consistency and publishes it. Streams
+register a wake-up callback and read `snapshot(fleet)` when woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import resources as res
+from .keyspace import Ref
+from .model import Kind
+from .snapshot import Entry, InconsistentSnapshot, Snapshot, make_entry
+from .view import IntentView
+
+log = logging.getLogger(__name__)
+
+ALL_FLEETS = ""
+
+
+@dataclass
+class BuildStats:
+    builds: int = 0
+    last_build_seconds: float = 0.0
+    last_debounce_seconds: float = 0.0
+    rejected: int = 0
+    last_error: str | None = None
+    rebuilt: dict[str, int] = field(default_factory=dict)
+
+
+class SnapshotCache:
+    def __init__(self, view: IntentView, debounce: float = 0.01, max_delay: float = 0.1) -> None:
+        self.view = view
+        self.debounce = debounce
+        self.max_delay = max_delay
+        self.revision = 0
+        self.stats = BuildStats()
+        self._clusters: dict[str, Entry] = {}
+        self._endpoints: dict[str, Entry] = {}
+        self._eds_clusters: set[str] = set()
+        self._listeners: dict[str, tuple[Entry, tuple[str, ...], str | None]] = {}  # entry, fleets, rds name
+        self._routes: dict[str, tuple[Entry, frozenset[str]]] = {}  # by route config name: entry, clusters
+        self._fleet_snapshots: dict[str, Snapshot] = {}
+        self._dirty_clusters: set[str] = set()
+        self._dirty_listeners = False
+        self._first_dirty: float | None = None
+        self._pending: asyncio.Task[None] | None = None
+        self._watchers: set[Callable[[], None]] = set()
+        self._built = asyncio.Event()
+        self.published = 0
+        view.subscribe(self._on_change)
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._built.is_set()
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._built.wait(), timeout)
+
+    def add_watcher(self, fn: Callable[[], None]) -> None:
+        self._watchers.add(fn)
+
+    def remove_watcher(self, fn: Callable[[], None]) -> None:
+        self._watchers.discard(fn)
+
+    def snapshot(self, fleet: str) -> Snapshot:
+        snap = self._fleet_snapshots.get(fleet)
+        if snap is None or snap.revision != self.revision:
+            snap = self._fleet_snapshot(fleet)
+            self._fleet_snapshots[fleet] = snap
+        return snap
+
+    # -- change intake ---------------------------------------------------------------------
+
+    def _on_change(self, revision: int, changed: set[Ref]) -> None:
+        for ref in changed:
+            if ref.kind == Kind.CLUSTER:
+                self._dirty_clusters.add(ref.name)
+                self._dirty_listeners = True  # routes' consistency depends on clusters
+            elif ref.kind == Kind.BACKEND:
+                self._dirty_clusters.add(ref.cluster or "")
+            else:
+                self._dirty_listeners = True
+        if self._first_dirty is None:
+            self._first_dirty = time.monotonic()
+        if not self.ready:
+            # The first build happens at once: Envoys are waiting for any config at all.
+            self._rebuild()
+            return
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.get_running_loop().create_task(self._debounced())
+
+    async def _debounced(self) -> None:
+        # Coalesce a burst: wait `debounce` after the first change, but no longer than
+        # `max_delay` in all, then build once from everything accumulated.
+        assert self._first_dirty is not None
+        await asyncio.sleep(min(self.debounce, self.max_delay))
+        try:
+            self._rebuild()
+        except Exception:
+            # Keep serving the last good snapshot; the next change tries again.
+            log.exception("snapshot build failed")
+            self.stats.rejected += 1
+
+    # -- building --------------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        started = time.monotonic()
+        if self._first_dirty is not None:
+            self.stats.last_debounce_seconds = started - self._first_dirty
+        full = not self.ready
+        v = self.view
+        dirty = set(v.clusters) | set(self._clusters) if full else self._dirty_clusters
+        clusters, endpoints, eds = dict(self._clusters), dict(self._endpoints), set(self._eds_clusters)
+        rebuilt = {"cds": 0, "eds": 0, "lds": 0, "rds": 0}
+        for name in dirty:
+            stored = v.clusters.get(name)
+            if stored is None:
+                clusters.pop(name, None)
+                endpoints.pop(name, None)
+                eds.discard(name)
+                continue
+            members = [s.obj for s in v.backends.get(name, {}).values()]
+            c = res.cluster_resource(stored.obj, members)
+            e = make_entry(res.CLUSTER_TYPE, name, c)
+            if clusters.get(name) is None or clusters[name].version != e.version:
+                clusters[name] = e
+                rebuilt["cds"] += 1
+            if res.uses_dns(members):
+                endpoints.pop(name, None)
+                eds.discard(name)
+            else:
+                ee = make_entry(res.ENDPOINT_TYPE, name, res.load_assignment(name, members))
+                if endpoints.get(name) is None or endpoints[name].version != ee.version:
+                    endpoints[name] = ee
+                    rebuilt["eds"] += 1
+                eds.add(name)
+        listeners, routes = self._listeners, self._routes
+        if full or self._dirty_listeners:
+            listeners, routes = {}, {}
+            by_listener: dict[str, list] = {}
+            for s in v.routes.values():
+                by_listener.setdefault(s.obj.listener, []).append(s.obj)
+            for name, s in v.listeners.items():
+                lst = s.obj
+                e = make_entry(res.LISTENER_TYPE, name, res.listener_resource(lst))
+                rds = res.route_config_name(name) if lst.protocol == "http" else None
+                listeners[name] = (e, tuple(lst.fleets), rds)
+                old = self._listeners.get(name)
+                rebuilt["lds"] += old is None or old[0].version != e.version
+                if rds is not None:
+                    rs = by_listener.get(name, [])
+                    re_ = make_entry(res.ROUTE_TYPE, rds, res.route_configuration(name, rs))
+                    routes[rds] = (re_, frozenset(b.cluster for r in rs for b in r.backends))
+                    old_r = self._routes.get(rds)
+                    rebuilt["rds"] += old_r is None or old_r[0].version != re_.version
+        # Check every fleet this cache serves before publishing anything.
+        previous = (self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes)
+        self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes = clusters, endpoints, eds, listeners, routes
+        revision = v.revision
+        try:
+            fleets = set(self._fleet_snapshots) | {ALL_FLEETS}
+            snaps = {f: self._fleet_snapshot(f, revision) for f in fleets}
+            for s in snaps.values():
+                s.check()
+        except InconsistentSnapshot as exc:
+            # Keep serving the last good snapshot; a later change may complete the picture.
+            self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes = previous
+            self.stats.rejected += 1
+            self.stats.last_error = str(exc)
+            log.error("not publishing revision %d: %s", revision, exc)
+            self._dirty_clusters |= dirty
+            return
+        self.revision = revision
+        self._fleet_snapshots = snaps
+        self._dirty_clusters = set()
+        self._dirty_listeners = False
+        self._first_dirty = None
+        self.stats.builds += 1
+        self.stats.rebuilt = rebuilt
+        self.stats.last_build_seconds = time.monotonic() - started
+        self.published += 1
+        self._built.set()
+        for fn in list(self._watchers):
+            fn()
+
+    def _fleet_snapshot(self, fleet: str, revision: int | None = None) -> Snapshot:
+        snap = Snapshot(fleet=fleet, revision=self.revision if revision is None else revision)
+        lds = {n: e for n, (e, fleets, _) in self._listeners.items() if not fleets or fleet in fleets}
+        rds_names = {self._listeners[n][2] for n in lds if self._listeners[n][2]}
+        rds = {n: self._routes[n][0] for n in rds_names if n in self._routes}
+        snap.resources = {
+            res.CLUSTER_TYPE: self._clusters,
+            res.ENDPOINT_TYPE: self._endpoints,
+            res.LISTENER_TYPE: lds,
+            res.ROUTE_TYPE: rds,
+        }
+        snap.references = {
+            res.CLUSTER_TYPE: {n: {n} for n in self._eds_clusters},
+            res.LISTENER_TYPE: {n: {self._listeners[n][2]} for n in lds if self._listeners[n][2]},  # type: ignore[misc]
+            res.ROUTE_TYPE: {n: set(self._routes[n][1]) for n in rds},
+        }
+        return snap

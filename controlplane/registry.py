@@ -1,0 +1,209 @@
+"""The fleet registry: every replica records its connected Envoys in etcd, under a lease.
+
+Key: `{prefix}_runtime/fleet/{node id, %-quoted}/{replica}.{stream id}`, value: JSON of the
+stream (node, fleet, locality, protocol, connected_since, acked_revision, per-type sent/acked
+versions and last NACK). A replica's records share one lease, so a replica that dies takes
+its records with it within the lease TTL. Writes are coalesced and batched (one transaction
+per flush), so a push to a thousand Envoys is not a thousand etcd round trips.
+
+Readers (`read_fleet`, `rollout`) work from etcd alone, so the admin API answers for the
+whole fleet from any replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from aetcd import rpc
+
+from .errors import StoreError
+from .etcd import Etcd, prefix_end
+from .server.common import BaseStream, Nack
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL = 10
+_MAX_OPS_PER_TXN = 1000
+
+
+def fleet_prefix(root: str) -> bytes:
+    return f"{root}_runtime/fleet/".encode()
+
+
+class FleetRegistry:
+    """A StreamObserver that mirrors this replica's streams into etcd."""
+
+    def __init__(self, etcd: Etcd, replica: str, flush_interval: float = 0.2) -> None:
+        self.etcd = etcd
+        self.replica = replica
+        self.flush_interval = flush_interval
+        self.prefix = fleet_prefix(etcd.config.prefix)
+        self._streams: dict[int, BaseStream] = {}
+        self._dirty: set[int] = set()
+        self._gone: dict[int, bytes] = {}
+        self._lease = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.flushes = 0
+        self.nacks: list[dict] = []
+
+    def key(self, s: BaseStream) -> bytes:
+        return self.prefix + f"{urllib.parse.quote(s.node.id, safe='')}/{self.replica}.{s.id}".encode()
+
+    # -- StreamObserver --------------------------------------------------------------------
+
+    def connected(self, stream: BaseStream) -> None:
+        self._streams[stream.id] = stream
+        self._mark(stream)
+
+    def changed(self, stream: BaseStream) -> None:
+        self._mark(stream)
+
+    def disconnected(self, stream: BaseStream) -> None:
+        self._streams.pop(stream.id, None)
+        self._dirty.discard(stream.id)
+        self._gone[stream.id] = self.key(stream)
+        self._wake.set()
+
+    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None:
+        pass
+
+    def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
+        pass
+
+    def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
+        log.warning("NACK from %s (%s) for %s version %s: %s", stream.node.id, stream.fleet, type_url, nack.version, nack.message)
+        self.nacks.append({"node_id": stream.node.id, "type_url": type_url, **nack.as_dict()})
+        del self.nacks[:-100]
+        self._mark(stream)
+
+    def _mark(self, stream: BaseStream) -> None:
+        self._dirty.add(stream.id)
+        self._wake.set()
+
+    # -- flushing --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="fleet-registry")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=2)
+            self._task = None
+        if self._lease:
+            # Revoking deletes this replica's records at once (instead of at lease expiry).
+            try:
+                await asyncio.wait_for(self.etcd.lease_revoke(self._lease), 2)
+            except (StoreError, TimeoutError, asyncio.TimeoutError):
+                pass
+            self._lease = 0
+
+    async def _ensure_lease(self) -> None:
+        if self._lease:
+            ttl = await self.etcd.lease_keepalive(self._lease)
+            if ttl > 0:
+                return
+            log.warning("fleet registry lease expired; re-registering %d streams", len(self._streams))
+        self._lease = await self.etcd.lease_grant(LEASE_TTL)
+        self._dirty |= set(self._streams)
+
+    async def _run(self) -> None:
+        last_keepalive = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), LEASE_TTL / 3)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+            self._wake.clear()
+            try:
+                if not self._lease or time.monotonic() - last_keepalive > LEASE_TTL / 3:
+                    await self._ensure_lease()
+                    last_keepalive = time.monotonic()
+                await self._flush()
+            except StoreError as exc:
+                log.warning("fleet registry cannot write to etcd (%s); retrying", exc)
+                self._lease = 0 if "lease" in str(exc).lower() else self._lease
+                await asyncio.sleep(1.0)
+                self._wake.set()
+                continue
+            await asyncio.sleep(self.flush_interval)
+
+    async def _flush(self) -> None:
+        ops: list[rpc.RequestOp] = []
+        for key in self._gone.values():
+            ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)))
+        dirty = [self._streams[i] for i in self._dirty if i in self._streams]
+        now = time.time()
+        for s in dirty:
+            doc = {**s.as_dict(), "replica": self.replica, "updated": now}
+            ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self.key(s), value=json.dumps(doc).encode(), lease=self._lease)))
+        if not ops:
+            return
+        gone, self._gone = self._gone, {}
+        self._dirty = set()
+        try:
+            for i in range(0, len(ops), _MAX_OPS_PER_TXN):
+                await self.etcd.txn(rpc.TxnRequest(success=ops[i : i + _MAX_OPS_PER_TXN]))
+        except StoreError:
+            self._gone.update(gone)
+            self._dirty |= {s.id for s in dirty}
+            raise
+        self.flushes += 1
+
+
+# -- reading (admin API) ---------------------------------------------------------------------
+
+
+@dataclass
+class FleetView:
+    nodes: dict[str, dict]  # node id -> newest stream record
+    revision: int
+
+
+async def read_fleet(etcd: Etcd) -> FleetView:
+    prefix = fleet_prefix(etcd.config.prefix)
+    resp = await etcd.range(prefix, prefix_end(prefix))
+    nodes: dict[str, dict] = {}
+    for kv in resp.kvs:
+        try:
+            doc = json.loads(kv.value)
+        except ValueError:
+            continue
+        cur = nodes.get(doc["node_id"])
+        if cur is None or doc.get("connected_since", 0) > cur.get("connected_since", 0):
+            doc["streams"] = (cur or {}).get("streams", 0) + 1
+            nodes[doc["node_id"]] = doc
+        else:
+            cur["streams"] = cur.get("streams", 1) + 1
+    return FleetView(nodes, resp.header.revision)
+
+
+def rollout_status(fleet: FleetView, revision: int) -> dict:
+    """Which connected nodes have acked a config including `revision`, and which rejected it."""
+    acked, pending, rejected = [], [], []
+    for node_id, doc in sorted(fleet.nodes.items()):
+        nacks = [
+            {"node_id": node_id, "type": t, **st["last_nack"]}
+            for t, st in doc.get("types", {}).items()
+            if st.get("last_nack") and st["last_nack"]["revision"] >= revision
+        ]
+        if doc.get("acked_revision", 0) >= revision:
+            acked.append(node_id)
+        elif nacks:
+            rejected.extend(nacks)
+        else:
+            pending.append(node_id)
+    return {
+        "revision": revision,
+        "nodes": len(fleet.nodes),
+        "acked": acked,
+        "pending": pending,
+        "rejected": rejected,
+        "complete": not pending and not rejected,
+    }

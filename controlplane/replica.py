@@ -1,0 +1,84 @@
+"""One xDS replica: etcd watch → intent view → snapshot cache → gRPC xDS server (+ registry).
+
+`XdsReplica.start()` serves as soon as the first full load of intent is in; when etcd is
+unreachable at any later time it keeps serving the last good snapshot to connected and
+newly connecting Envoys, and resumes on its own when etcd returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+import grpc
+
+from .cache import SnapshotCache
+from .etcd import Etcd, EtcdConfig
+from .registry import FleetRegistry
+from .server.common import StreamObserver
+from .server.service import ServerLimits, XdsService, server_options
+from .view import IntentView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplicaConfig:
+    etcd: EtcdConfig = field(default_factory=EtcdConfig)
+    host: str = "127.0.0.1"
+    port: int = 18000
+    replica_id: str = ""
+    debounce: float = 0.01
+    max_connection_age: float = 1800.0
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    registry_flush_interval: float = 0.2
+    tls: tuple[bytes, bytes, bytes | None] | None = None  # server cert, key, client CA (mTLS)
+
+    def __post_init__(self) -> None:
+        if not self.replica_id:
+            self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{self.port}"
+
+
+class XdsReplica:
+    def __init__(self, config: ReplicaConfig, extra_observers: list[StreamObserver] | None = None) -> None:
+        self.config = config
+        self.etcd = Etcd(config.etcd)
+        self.view = IntentView(self.etcd)
+        self.cache = SnapshotCache(self.view, debounce=config.debounce)
+        self.registry = FleetRegistry(Etcd(config.etcd), config.replica_id, config.registry_flush_interval)
+        self.service = XdsService(self.cache, [self.registry, *(extra_observers or [])], config.limits)
+        self.server: grpc.aio.Server | None = None
+        self.port = config.port
+
+    async def start(self) -> None:
+        await self.view.start()
+        await self.registry.start()
+        self.server = grpc.aio.server(options=server_options(self.config.max_connection_age))
+        self.server.add_generic_rpc_handlers(self.service.handlers())
+        addr = f"{self.config.host}:{self.config.port}"
+        if self.config.tls:
+            cert, key, ca = self.config.tls
+            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+            self.port = self.server.add_secure_port(addr, creds)
+        else:
+            self.port = self.server.add_insecure_port(addr)
+        await self.server.start()
+        log.info("xDS replica %s serving on %s:%d", self.config.replica_id, self.config.host, self.port)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self.server:
+            await self.server.stop(grace)
+        await self.registry.stop()
+        await self.view.stop()
+        await self.etcd.close()
+        await self.registry.etcd.close()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()

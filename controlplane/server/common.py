@@ -1,0 +1,185 @@
+"""What every xDS stream shares: the node, per-type push state, NACK records, observers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from google.protobuf import json_format
+
+from ..resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SHORT_NAMES, TYPE_ORDER
+
+WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
+# While the client has not yet subscribed to the endpoints of clusters it was just sent,
+# listeners and routes wait (make before break) — but never longer than this.
+WARMING_HOLD_SECONDS = 1.0
+
+_nonces = itertools.count(1)
+
+
+def next_nonce() -> str:
+    return format(next(_nonces), "x")
+
+
+@dataclass
+class Nack:
+    version: str
+    message: str
+    at: float
+    revision: int
+
+    def as_dict(self) -> dict:
+        return {"version": self.version, "message": self.message, "at": self.at, "revision": self.revision}
+
+
+@dataclass
+class TypeState:
+    """One resource type on one stream."""
+
+    requested: bool = False
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    in_flight: str | None = None  # nonce of the response awaiting ACK/NACK
+    last_nonce: str | None = None
+    sent_version: str | None = None
+    sent_revision: int = 0
+    acked_version: str | None = None
+    nack: Nack | None = None
+    rejected_version: str | None = None
+    pushes: int = 0
+    bytes_sent: int = 0
+    sent_at: float = 0.0
+    # Delta: what the client holds, name -> version; names reported as missing.
+    have: dict[str, str] = field(default_factory=dict)
+    missing_reported: set[str] = field(default_factory=set)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "sent_version": self.sent_version,
+            "acked_version": self.acked_version,
+            "pushes": self.pushes,
+            "bytes_sent": self.bytes_sent,
+            "last_nack": self.nack.as_dict() if self.nack else None,
+        }
+
+
+@dataclass
+class NodeInfo:
+    id: str
+    fleet: str
+    locality: dict[str, str]
+    user_agent: str
+    metadata: dict
+    peer: str
+
+    @classmethod
+    def from_proto(cls, node, peer: str) -> NodeInfo:
+        loc = {k: v for k, v in (("region", node.locality.region), ("zone", node.locality.zone), ("sub_zone", node.locality.sub_zone)) if v}
+        version = node.user_agent_build_version.version
+        ua = node.user_agent_name + (f"/{version.major_number}.{version.minor_number}.{version.patch}" if node.HasField("user_agent_build_version") else "")
+        meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+        return cls(node.id, node.cluster, loc, ua, meta, peer)
+
+
+class StreamObserver(Protocol):
+    """Told about every stream's life (the fleet registry and metrics implement it)."""
+
+    def connected(self, stream: BaseStream) -> None: ...
+    def changed(self, stream: BaseStream) -> None: ...
+    def disconnected(self, stream: BaseStream) -> None: ...
+    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None: ...
+    def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None: ...
+    def acked(self, stream: BaseStream, type_url: str, latency: float) -> None: ...
+
+
+_stream_ids = itertools.count(1)
+
+
+class BaseStream:
+    protocol = "?"
+
+    def __init__(self, node: NodeInfo, only_type: str | None, observers: list[StreamObserver]) -> None:
+        self.id = next(_stream_ids)
+        self.node = node
+        self.only_type = only_type
+        self.observers = observers
+        self.types: dict[str, TypeState] = {}
+        self.connected_since = time.time()
+        self.acked_revision = 0
+        self.served_revision = 0
+        self.wake = asyncio.Event()
+        self.wake.set()
+        self._cds_sent_at: float | None = None
+
+    @property
+    def fleet(self) -> str:
+        return self.node.fleet
+
+    def state(self, type_url: str) -> TypeState:
+        st = self.types.get(type_url)
+        if st is None:
+            st = self.types[type_url] = TypeState()
+        return st
+
+    def ordered_types(self) -> list[str]:
+        return [t for t in TYPE_ORDER if t in self.types] + sorted(t for t in self.types if t not in TYPE_ORDER)
+
+    def _emit(self, event: str, *args) -> None:
+        for o in self.observers:
+            getattr(o, event)(self, *args)
+
+    def record_ack(self, type_url: str, st: TypeState, version: str) -> None:
+        st.acked_version = version
+        st.in_flight = None
+        self._emit("acked", type_url, time.monotonic() - st.sent_at if st.sent_at else 0.0)
+
+    def record_nack(self, type_url: str, st: TypeState, message: str, revision: int) -> None:
+        st.in_flight = None
+        st.nack = Nack(st.sent_version or "", message, time.time(), st.sent_revision or revision)
+        st.rejected_version = st.sent_version
+        self._emit("nacked", type_url, st.nack)
+
+    def as_dict(self) -> dict:
+        return {
+            "node_id": self.node.id,
+            "fleet": self.node.fleet,
+            "locality": self.node.locality,
+            "user_agent": self.node.user_agent,
+            "peer": self.node.peer,
+            "protocol": self.protocol,
+            "connected_since": self.connected_since,
+            "acked_revision": self.acked_revision,
+            "types": {SHORT_NAMES.get(t, t): st.as_dict() for t, st in self.types.items()},
+        }
+
+    def holding_for_warming(self, type_url: str, eds_owed: bool) -> bool:
+        """Listeners and routes wait while clusters/endpoints are in flight or warming."""
+        if type_url not in (LISTENER_TYPE, ROUTE_TYPE):
+            return False
+        for earlier in TYPE_ORDER[: TYPE_ORDER.index(type_url)]:
+            st = self.types.get(earlier)
+            if st is not None and st.in_flight is not None:
+                return True
+        if eds_owed and self._cds_sent_at is not None:
+            left = WARMING_HOLD_SECONDS - (time.monotonic() - self._cds_sent_at)
+            if left > 0:
+                # Look again when the hold ends, even if nothing else happens by then.
+                asyncio.get_running_loop().call_later(left, self.wake.set)
+                return True
+        return False
+
+    def eds_owed(self, snap) -> bool:
+        """Clusters the client has that need endpoints it has not subscribed to yet."""
+        eds = self.types.get(ENDPOINT_TYPE)
+        if eds is None or not eds.requested:
+            return False
+        needed = snap.references.get(CLUSTER_TYPE, {}).keys()
+        cds = self.types.get(CLUSTER_TYPE)
+        if cds is None:
+            return False
+        have_clusters = cds.have.keys() if self.protocol == "delta" else needed
+        return any(n not in eds.names for n in needed if n in have_clusters)

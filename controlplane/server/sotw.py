@@ -1,0 +1,124 @@
+"""State-of-the-world xDS on one stream (ADS or a single-type service).
+
+Rules followed (envoy api/xds_protocol):
+- a request whose response_nonce is not the latest sent is stale and ignored entirely;
+- a request with error_detail answering the latest nonce is a NACK: recorded, and the
+  rejected version is not sent again until intent changes it;
+- CDS/LDS with no names (or "*") are wildcard; EDS/RDS are named, and a name that does
+  not exist yet is sent when it appears;
+- a reconnecting client's version_info counts as what it has: same version, no resend;
+- at most one response per type in flight; CDS → EDS → LDS → RDS; after a CDS push that
+  changes clusters, their endpoints are sent again (Envoy re-warms an updated cluster and
+  waits for EDS before using it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from ..resources import CLUSTER_TYPE, ENDPOINT_TYPE
+from ..snapshot import Snapshot, ld, set_version
+from .common import WILDCARD_TYPES, BaseStream, next_nonce
+
+_BODY_CACHE_SIZE = 256
+_bodies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+
+
+def _body(type_url: str, version: str, snap: Snapshot, names: list[str]) -> bytes:
+    """DiscoveryResponse bytes without the nonce: built once per (type, version), shared by all streams."""
+    key = (type_url, version)
+    body = _bodies.get(key)
+    if body is None:
+        entries = snap.of(type_url)
+        body = ld(1, version.encode()) + b"".join(entries[n].sotw_chunk for n in names) + ld(4, type_url.encode())
+        _bodies[key] = body
+        if len(_bodies) > _BODY_CACHE_SIZE:
+            _bodies.popitem(last=False)
+    else:
+        _bodies.move_to_end(key)
+    return body
+
+
+class SotwStream(BaseStream):
+    protocol = "sotw"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._cds_versions: dict[str, str] = {}
+        self._rewarm: set[str] = set()
+
+    def on_request(self, req, snap: Snapshot) -> None:
+        type_url = req.type_url or self.only_type or ""
+        st = self.state(type_url)
+        if req.response_nonce:
+            if req.response_nonce != st.last_nonce:
+                return  # stale: the client has not seen our latest response yet
+            if req.HasField("error_detail") and (req.error_detail.code or req.error_detail.message):
+                self.record_nack(type_url, st, req.error_detail.message, snap.revision)
+            else:
+                self.record_ack(type_url, st, req.version_info)
+        elif req.version_info and not st.requested:
+            # A reconnecting client already has this version: do not resend it.
+            st.sent_version = st.acked_version = req.version_info
+        st.requested = True
+        names = set(req.resource_names)
+        st.wildcard = "*" in names or (not names and type_url in WILDCARD_TYPES)
+        st.names = names - {"*"}
+        self.wake.set()
+
+    async def flush(self, snap: Snapshot, write: Callable[[bytes], Awaitable[None]]) -> None:
+        owed = self.eds_owed(snap)
+        for type_url in self.ordered_types():
+            st = self.types[type_url]
+            if not st.requested or st.in_flight is not None or self.holding_for_warming(type_url, owed):
+                continue
+            entries = snap.of(type_url)
+            if st.wildcard:
+                names = sorted(entries)
+                version = snap.version(type_url)
+            else:
+                names = sorted(n for n in st.names if n in entries)
+                if not names:
+                    continue  # nothing to say yet; sent once it exists
+                version = set_version(entries, names)
+            rewarm = type_url == ENDPOINT_TYPE and bool(self._rewarm.intersection(names))
+            if not rewarm and (version == st.sent_version or version == st.rejected_version):
+                continue
+            nonce = next_nonce()
+            body = _body(type_url, version, snap, names) + ld(5, nonce.encode())
+            st.in_flight = st.last_nonce = nonce
+            st.sent_version = version
+            st.sent_at = time.monotonic()
+            st.sent_revision = snap.revision
+            st.pushes += 1
+            st.bytes_sent += len(body)
+            if type_url == CLUSTER_TYPE:
+                changed = {n for n in names if self._cds_versions.get(n) not in (None, entries[n].version)}
+                self._rewarm |= changed
+                self._cds_versions = {n: entries[n].version for n in names}
+                self._cds_sent_at = time.monotonic()
+            elif type_url == ENDPOINT_TYPE:
+                self._rewarm.difference_update(names)
+            await write(body)
+            self._emit("pushed", type_url, len(body), len(names))
+        self._update_synced(snap)
+
+    def _update_synced(self, snap: Snapshot) -> None:
+        for type_url, st in self.types.items():
+            if not st.requested:
+                continue
+            if st.in_flight is not None or st.acked_version != st.sent_version:
+                return
+            entries = snap.of(type_url)
+            if st.wildcard:
+                if st.acked_version != snap.version(type_url):
+                    return
+            else:
+                names = [n for n in st.names if n in entries]
+                if names and st.acked_version != set_version(entries, names):
+                    return
+        if self.types and self.acked_revision != snap.revision:
+            self.acked_revision = snap.revision
+            self._emit("changed")
