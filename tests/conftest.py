@@ -81,3 +81,31 @@ async def replica(etcd_config: EtcdConfig) -> AsyncIterator:
     await r.start()
     yield r
     await r.stop(grace=0)
+
+
+@pytest.fixture
+def backends() -> Iterator[list]:
+    from tests.backends import Backend
+
+    started = [Backend(f"b{i}") for i in range(4)]
+    yield started
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def envoys(tmp_path: Path) -> Iterator:
+    """A factory of real Envoys (stopped at the end): envoys(node_id, fleet, [(host, port)], delta=True)."""
+    from controlplane.procs import EnvoyProcess
+
+    started: list[EnvoyProcess] = []
+
+    def make(node_id: str, xds: list[tuple[str, int]], fleet: str = "default", delta: bool = True) -> EnvoyProcess:
+        e = EnvoyProcess(tmp_path / "envoy", node_id, fleet, xds, delta=delta)
+        e.start()
+        started.append(e)
+        return e
+
+    yield make
+    for e in started:
+        e.stop()
