@@ -18,6 +18,7 @@ from controlplane.store import Store
 
 from . import problems
 from .auth import Tokens, is_loopback
+from .fleet import fleet_router
 from .resources import backends_router, batch_router, kind_router
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
         app.include_router(kind_router(kind))
     app.include_router(backends_router())
     app.include_router(batch_router())
+    app.include_router(fleet_router())
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     async def healthz() -> dict[str, str]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from controlplane.errors import FieldError, PreconditionFailed, TooLarge, ValidationFailed
 from controlplane.keyspace import Ref, Stored
-from controlplane.model import MODELS, Backend, Kind
+from controlplane.model import MODELS, Backend, Kind, _parse_duration
 from controlplane.store import AnyOp, Op, ReplaceBackends, Store, WriteResult
 
 from .auth import Role, require
@@ -122,7 +122,27 @@ def _headers(result: WriteResult, etag: int | None = None) -> dict[str, str]:
     return h
 
 
-def _object_response(result: WriteResult, ref: Ref) -> JSONResponse:
+async def _finish(request: Request, result: WriteResult, body: dict, status: int, headers: dict[str, str]) -> JSONResponse:
+    """Answer a write; with `?wait=acked[&timeout=5s]`, only once the fleet has acked it."""
+    wait = request.query_params.get("wait")
+    if wait is not None and not result.dry_run:
+        if wait != "acked":
+            raise ValidationFailed([FieldError("/query/wait", "wait takes only 'acked'")])
+        try:
+            timeout = _parse_duration(request.query_params.get("timeout", "5s"))
+        except ValueError as exc:
+            raise ValidationFailed([FieldError("/query/timeout", str(exc))]) from None
+        if timeout > 300:
+            raise ValidationFailed([FieldError("/query/timeout", "at most 300s")])
+        from .fleet import wait_for_rollout
+
+        rollout = await wait_for_rollout(request, result.revision, timeout)
+        body["rollout"] = rollout
+        headers["Lbcp-Rollout"] = "complete" if rollout["complete"] else ("rejected" if rollout["rejected"] else "timeout")
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _object_response(request: Request, result: WriteResult, ref: Ref) -> JSONResponse:
     r = result.results[0]
     doc = r.obj.model_dump(mode="json") if r.obj is not None else {}
     rev = r.mod_revision or result.revision
@@ -130,7 +150,7 @@ def _object_response(result: WriteResult, ref: Ref) -> JSONResponse:
     status = 201 if r.outcome == "created" and not result.dry_run else 200
     headers = _headers(result, None if result.dry_run else rev)
     headers["Lbcp-Outcome"] = r.outcome
-    return JSONResponse(doc, status_code=status, headers=headers)
+    return await _finish(request, result, doc, status, headers)
 
 
 def _body_doc(schema: str | dict, content: tuple[str, ...] = ("application/json",)) -> dict:
@@ -168,7 +188,7 @@ async def _put_doc(request: Request, ref: Ref, doc: Any, dry_run: bool, action: 
     if obj.name != ref.name:
         raise ValidationFailed([FieldError("/name", f"the body names {obj.name!r} but the path names {ref.name!r}")])
     result = await _store(request).apply([Op(forced or action, ref, obj, if_match)], dry_run=dry_run)  # type: ignore[arg-type]
-    return _object_response(result, ref)
+    return await _object_response(request, result, ref)
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
@@ -205,7 +225,7 @@ async def _patch(request: Request, ref: Ref, dry_run: bool) -> JSONResponse:
         raise ValidationFailed([FieldError("/name", "a PATCH cannot rename an object")])
     # The patch was computed on `current`: commit only if it is still current.
     result = await store.apply([Op("replace", ref, obj, current.mod_revision)], dry_run=dry_run)
-    return _object_response(result, ref)
+    return await _object_response(request, result, ref)
 
 
 async def _delete(request: Request, ref: Ref, dry_run: bool) -> JSONResponse:
@@ -214,9 +234,8 @@ async def _delete(request: Request, ref: Ref, dry_run: bool) -> JSONResponse:
         raise ApiError(400, "invalid-precondition", "Invalid precondition", "If-None-Match does not apply to DELETE")
     result = await _store(request).apply([Op("delete", ref, None, if_match)], dry_run=dry_run)
     r = result.results[0]
-    return JSONResponse(
-        {"deleted": r.obj.model_dump(mode="json") if r.obj else None, "revision": result.revision},
-        headers=_headers(result),
+    return await _finish(
+        request, result, {"deleted": r.obj.model_dump(mode="json") if r.obj else None, "revision": result.revision}, 200, _headers(result)
     )
 
 
@@ -305,10 +324,11 @@ def backends_router() -> APIRouter:
         backends = tuple(parse(Backend, d, f"/{i}") for i, d in enumerate(doc))
         result = await _store(request).apply([ReplaceBackends(cluster, backends)], dry_run=dry_run)
         r0 = result.results[0]
-        return JSONResponse(
+        return await _finish(
+            request, result,
             {"revision": result.revision, "added": r0.added, "removed": r0.removed, "updated": r0.updated,
              "unchanged": len(backends) - len(r0.added) - len(r0.updated)},
-            headers=_headers(result),
+            200, _headers(result),
         )
 
     @r.get("/{name}", dependencies=_readers, summary="Get a backend")
@@ -435,6 +455,6 @@ def batch_router() -> APIRouter:
                 if op.ref.cluster:
                     entry["cluster"] = op.ref.cluster
                 out.append(entry)
-        return JSONResponse({"revision": result.revision, "dry_run": result.dry_run, "results": out}, headers=_headers(result))
+        return await _finish(request, result, {"revision": result.revision, "dry_run": result.dry_run, "results": out}, 200, _headers(result))
 
     return r

@@ -109,3 +109,14 @@ def envoys(tmp_path: Path) -> Iterator:
     yield make
     for e in started:
         e.stop()
+
+
+@pytest.fixture
+async def replica2(etcd_config: EtcdConfig) -> AsyncIterator:
+    """A second xDS replica over the same intent."""
+    from controlplane.replica import ReplicaConfig, XdsReplica
+
+    r = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id="test-replica-2", registry_flush_interval=0.05))
+    await r.start()
+    yield r
+    await r.stop(grace=0)
