@@ -189,10 +189,50 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_xds(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from controlplane.etcd import EtcdConfig
+    from controlplane.replica import ReplicaConfig, XdsReplica
+    from controlplane.server.service import ServerLimits
+
+    cfg = ReplicaConfig(
+        etcd=EtcdConfig.from_env(args.etcd, args.prefix),
+        host=args.host,
+        port=args.port,
+        replica_id=args.replica_id or "",
+        max_connection_age=args.max_connection_age,
+        limits=ServerLimits(max_streams=args.max_streams),
+    )
+
+    async def run() -> None:
+        await XdsReplica(cfg).run_forever()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from controlplane.bootstrap import XdsEndpoint, render
+
+    xds = [XdsEndpoint(*_split_hostport(e)) for e in args.xds.split(",") if e]
+    doc = render(args.node_id, args.fleet, xds, admin_port=args.admin_port, zone=args.zone or "", delta=not args.sotw)
+    text = yaml.safe_dump(doc, sort_keys=False)
+    if args.output in (None, "-"):
+        print(text, end="")
+    else:
+        Path(args.output).write_text(text)
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from .localcluster import up
 
-    return up(args.state_dir, etcd_nodes=args.etcd_nodes, api_port=args.api_port)
+    return up(args.state_dir, etcd_nodes=args.etcd_nodes, api_port=args.api_port, envoys=args.envoys,
+              backends=0 if args.no_demo else args.backends)
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -213,8 +253,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_api)
 
+    s = sub.add_parser("xds", help="serve xDS (ADS, SotW and delta) from etcd intent")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=18000)
+    s.add_argument("--etcd", help="etcd endpoints, comma-separated (env LBCP_ETCD_ENDPOINTS)")
+    s.add_argument("--prefix", help="etcd key prefix (env LBCP_ETCD_PREFIX, default /lbcp/v1/)")
+    s.add_argument("--replica-id", help="name in the fleet registry (default host-pid-port)")
+    s.add_argument("--max-streams", type=int, default=20_000)
+    s.add_argument("--max-connection-age", type=float, default=1800.0, help="seconds; streams rebalance across replicas")
+    s.set_defaults(func=cmd_xds)
+
+    s = sub.add_parser("bootstrap", help="render an Envoy bootstrap for one instance")
+    s.add_argument("--node-id", required=True)
+    s.add_argument("--fleet", default="default", help="node.cluster: which listeners the Envoy gets")
+    s.add_argument("--xds", required=True, help="replicas, HOST:PORT[,HOST:PORT...]")
+    s.add_argument("--admin-port", type=int, default=9901)
+    s.add_argument("--zone")
+    s.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
+    s.add_argument("-o", "--output", help="file (default stdout)")
+    s.set_defaults(func=cmd_bootstrap)
+
     s = sub.add_parser("up", help="start a local cluster on loopback (what `make run` runs)")
     s.add_argument("--etcd-nodes", type=int, choices=(1, 3), default=1)
+    s.add_argument("--envoys", type=int, default=1)
+    s.add_argument("--backends", type=int, default=3)
+    s.add_argument("--no-demo", action="store_true", help="start no demo backends and apply no demo intent")
     s.add_argument("--api-port", type=int)
     s.set_defaults(func=cmd_up)
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from controlplane.procs import wait_until
@@ -59,21 +60,32 @@ def test_up_apply_get_down(local_cluster) -> None:
     doc = json.loads((state / "cluster.json").read_text())
     assert doc["admin_api"].startswith("http://127.0.0.1:") and doc["etcd"]
 
+    assert len(doc["xds"]) == 2 and len(doc["envoys"]) == 1 and len(doc["backends"]) == 3
+    listener = doc["envoys"][0]["listener"]
+    # The demo route answers through Envoy, and the same user always lands on the same backend.
+    names = {httpx.get(f"http://{listener}/", headers={"x-user-id": f"user-{i}"}, timeout=5).text.strip() for i in range(30)}
+    assert names <= {"web-1", "web-2", "web-3"} and len(names) >= 2
+    alice = {httpx.get(f"http://{listener}/", headers={"x-user-id": "alice"}, timeout=5).text for _ in range(10)}
+    assert len(alice) == 1
+
     out = _lbcp(state, "apply", "-f", "docs/examples/demo.yaml").stdout
-    assert "cluster web created" in out and "backends of web: +3" in out and "route web created" in out
-    _lbcp(state, "backend", "add", "web", "web-4", "127.0.0.1:9004", "--weight", "2")
-    _lbcp(state, "backend", "drain", "web", "web-2")
+    assert "cluster shop created" in out and "backends of shop: +3" in out and "route shop created" in out
+    _lbcp(state, "backend", "add", "shop", "shop-4", "127.0.0.1:9104", "--weight", "2")
+    _lbcp(state, "backend", "drain", "shop", "shop-2")
 
     table = _lbcp(state, "get", "clusters").stdout.splitlines()
     assert table[0].split() == ["NAME", "PROTOCOL", "LB", "BACKENDS", "REVISION"]
-    assert table[1].split()[:4] == ["web", "http1", "maglev", "4"]
-    backends = json.loads(_lbcp(state, "get", "backends", "web", "-o", "json").stdout)
-    assert {b["name"]: b["admin_state"] for b in backends} == {"web-1": "ready", "web-2": "drain", "web-3": "ready", "web-4": "ready"}
+    assert table[1].split()[:4] == ["shop", "http1", "ring_hash", "4"]
+    assert table[2].split()[:4] == ["web", "http1", "maglev", "3"]
+    backends = json.loads(_lbcp(state, "get", "backends", "shop", "-o", "json").stdout)
+    assert {b["name"]: b["admin_state"] for b in backends} == {"shop-1": "ready", "shop-2": "drain", "shop-3": "ready", "shop-4": "ready"}
+    fleet = httpx.get(f"{doc['admin_api']}/v1/fleet", timeout=5).json()
+    assert [n["node_id"] for n in fleet["nodes"]] == ["envoy-0"]
 
     bad = _lbcp(state, "backend", "add", "nope", "x", "127.0.0.1:1", check=False)
     assert bad.returncode == 1 and "cluster-not-found" in bad.stderr
 
-    pids = [doc["pids"]["admin_api"], *doc["pids"]["etcd"]]
+    pids = [doc["pids"]["admin_api"], *doc["pids"]["etcd"], *doc["pids"]["others"]]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, log.read_text()
     deadline = time.monotonic() + 10
