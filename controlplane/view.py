@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable
 
 import grpc
-from aetcd import rpc
 
 from .errors import StoreError
 from .etcd import Etcd, prefix_end
@@ -51,7 +50,6 @@ class IntentView:
         self._subscribers: list[Subscriber] = []
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
-        self._call = None
 
     # -- public ----------------------------------------------------------------------------
 
@@ -75,8 +73,6 @@ class IntentView:
         """Wait until the view has caught up with `revision`; False on timeout."""
         async def _wait() -> None:
             async with self._advanced:
-                if self.revision < revision:
-                    await self._request_progress()
                 await self._advanced.wait_for(lambda: self.revision >= revision)
 
         try:
@@ -84,16 +80,6 @@ class IntentView:
             return True
         except (TimeoutError, asyncio.TimeoutError):
             return False
-
-    async def _request_progress(self) -> None:
-        """Ask etcd to confirm how far this watch is (etcd >= 3.4): revisions of keys the view
-        does not watch then count as seen too."""
-        call = self._call
-        if call is not None:
-            try:
-                await call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-            except Exception:  # a broken stream is being replaced by the run loop
-                pass
 
     def get(self, ref: Ref) -> Stored | None:
         if ref.kind == Kind.BACKEND:
@@ -185,7 +171,6 @@ class IntentView:
                     self.loads += 1
                     need_load = False
                 call = await self.etcd.watch(self._start, self._end, self.revision + 1)
-                self._call = call
                 async for resp in call:
                     self.connected = True
                     backoff = 0.1
@@ -201,7 +186,10 @@ class IntentView:
                         # Its header carries etcd's current revision, not what was delivered.
                         continue
                     if not resp.events:
-                        # A progress notification: every event up to header.revision is in.
+                        # etcd's periodic progress notification, sent to synced watchers only:
+                        # every event up to header.revision is in. (lbcp does not send
+                        # progress *requests*: etcd 3.4 answers them with its current
+                        # revision even while events are still queued for this watcher.)
                         await self._advance(resp.header.revision, set())
                         continue
                     changed: set[Ref] = set()
@@ -225,6 +213,5 @@ class IntentView:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
-                self._call = None
                 if call is not None:
                     call.cancel()

@@ -98,7 +98,8 @@ async def test_sotw_reconnect_with_version_gets_nothing(store: Store, replica) -
     await c.close()
     c2 = await _client(replica)
     await c2.request(LISTENER_TYPE, version=r.version_info)
-    assert await c2.recv(QUIET) is None
+    again = await c2.recv(QUIET)
+    assert again is None, (r.version_info, again.version_info, r.resources == again.resources, replica.cache.stats)
     await c2.close()
 
 
