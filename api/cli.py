@@ -219,12 +219,23 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from controlplane.bootstrap import XdsEndpoint, render
 
     xds = [XdsEndpoint(*_split_hostport(e)) for e in args.xds.split(",") if e]
-    doc = render(args.node_id, args.fleet, xds, admin_port=args.admin_port, zone=args.zone or "", delta=not args.sotw)
-    text = yaml.safe_dump(doc, sort_keys=False)
-    if args.output in (None, "-"):
-        print(text, end="")
-    else:
-        Path(args.output).write_text(text)
+    if args.count is None:
+        doc = render(args.node_id, args.fleet, xds, admin_port=args.admin_port, zone=args.zone or "", delta=not args.sotw)
+        text = yaml.safe_dump(doc, sort_keys=False)
+        if args.output in (None, "-"):
+            print(text, end="")
+        else:
+            Path(args.output).write_text(text)
+        return 0
+    # N instances: node ids NODE-0..N-1, each listing the replicas in a rotated order so
+    # that first connections spread over the replicas.
+    out = Path(args.output or ".")
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(args.count):
+        rotated = xds[i % len(xds):] + xds[: i % len(xds)]
+        doc = render(f"{args.node_id}-{i}", args.fleet, rotated, admin_port=args.admin_port, zone=args.zone or "", delta=not args.sotw)
+        (out / f"{args.node_id}-{i}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    print(f"wrote {args.count} bootstraps to {out}/")
     return 0
 
 
@@ -270,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--admin-port", type=int, default=9901)
     s.add_argument("--zone")
     s.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
-    s.add_argument("-o", "--output", help="file (default stdout)")
+    s.add_argument("--count", type=int, help="render N instances (NODE-ID-0..N-1) into the --output folder")
+    s.add_argument("-o", "--output", help="file (default stdout), or a folder with --count")
     s.set_defaults(func=cmd_bootstrap)
 
     s = sub.add_parser("up", help="start a local cluster on loopback (what `make run` runs)")

@@ -40,3 +40,15 @@ def test_validate_catches_a_broken_bootstrap(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc))
     assert _validate(path).returncode != 0
+
+
+def test_render_n_instances(tmp_path: Path) -> None:
+    r = subprocess.run(["python", "-m", "api.cli", "bootstrap", "--node-id", "edge", "--xds", "127.0.0.1:1,127.0.0.1:2",
+                        "--count", "3", "-o", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       executable=__import__("sys").executable)
+    assert r.returncode == 0, r.stderr
+    docs = [yaml.safe_load((tmp_path / f"edge-{i}.yaml").read_text()) for i in range(3)]
+    assert [d["node"]["id"] for d in docs] == ["edge-0", "edge-1", "edge-2"]
+    first = [d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] for d in docs]
+    assert first == [1, 2, 1]
+    assert _validate(tmp_path / "edge-1.yaml").returncode == 0

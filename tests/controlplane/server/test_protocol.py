@@ -173,3 +173,28 @@ async def test_endpoint_churn_never_touches_lds(store: Store, replica) -> None:
         assert counts[CLUSTER_TYPE] == before[CLUSTER_TYPE]
         assert counts[ENDPOINT_TYPE] > before[ENDPOINT_TYPE]
         await c.close()
+
+
+async def test_per_type_services(store: Store, replica) -> None:
+    import grpc
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.cluster.v3 import cds_pb2_grpc
+    from envoy.service.discovery.v3 import discovery_pb2
+    from envoy.service.endpoint.v3 import eds_pb2_grpc
+
+    await _settle(replica, await _seed(store))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as ch:
+        node = base_pb2.Node(id="plain-cds", cluster="default")
+        call = cds_pb2_grpc.ClusterDiscoveryServiceStub(ch).StreamClusters()
+        await call.write(discovery_pb2.DiscoveryRequest(node=node))  # type_url may be left out on a typed service
+        resp = await call.read()
+        assert resp.type_url == CLUSTER_TYPE and {AdsClient.decode(resp)[n].name for n in ("a", "b")} == {"a", "b"}
+        call.cancel()
+        fetched = await eds_pb2_grpc.EndpointDiscoveryServiceStub(ch).FetchEndpoints(
+            discovery_pb2.DiscoveryRequest(node=node, resource_names=["a"]))
+        assert list(AdsClient.decode(fetched)) == ["a"]
+        delta = cds_pb2_grpc.ClusterDiscoveryServiceStub(ch).DeltaClusters()
+        await delta.write(discovery_pb2.DeltaDiscoveryRequest(node=node))
+        d = await delta.read()
+        assert sorted(r.name for r in d.resources) == ["a", "b"]
+        delta.cancel()
