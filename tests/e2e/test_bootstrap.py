@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,8 @@ def test_validate_catches_a_broken_bootstrap(tmp_path: Path) -> None:
 
 
 def test_render_n_instances(tmp_path: Path) -> None:
-    r = subprocess.run(["python", "-m", "api.cli", "bootstrap", "--node-id", "edge", "--xds", "127.0.0.1:1,127.0.0.1:2",
-                        "--count", "3", "-o", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                       executable=__import__("sys").executable)
+    r = subprocess.run([sys.executable, "-m", "api.cli", "bootstrap", "--node-id", "edge", "--xds", "127.0.0.1:1,127.0.0.1:2",
+                        "--count", "3", "-o", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     docs = [yaml.safe_load((tmp_path / f"edge-{i}.yaml").read_text()) for i in range(3)]
     assert [d["node"]["id"] for d in docs] == ["edge-0", "edge-1", "edge-2"]
