@@ -72,22 +72,34 @@ async def api(etcd_config: EtcdConfig) -> AsyncIterator:
             yield client
 
 
-@pytest.fixture
-async def replica(etcd_config: EtcdConfig) -> AsyncIterator:
-    """A running xDS replica on a free loopback port, over the test's key prefix."""
+async def _replica(etcd_config: EtcdConfig, replica_id: str) -> AsyncIterator:
     from controlplane.replica import ReplicaConfig, XdsReplica
 
-    r = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id="test-replica", registry_flush_interval=0.05))
+    r = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id=replica_id, registry_flush_interval=0.05))
     await r.start()
     yield r
     await r.stop(grace=0)
 
 
 @pytest.fixture
-def backends() -> Iterator[list]:
-    from tests.backends import Backend
+async def replica(etcd_config: EtcdConfig) -> AsyncIterator:
+    """A running xDS replica on a free loopback port, over the test's key prefix."""
+    async for r in _replica(etcd_config, "test-replica"):
+        yield r
 
-    started = [Backend(f"b{i}") for i in range(4)]
+
+@pytest.fixture
+async def replica2(etcd_config: EtcdConfig) -> AsyncIterator:
+    """A second xDS replica over the same intent."""
+    async for r in _replica(etcd_config, "test-replica-2"):
+        yield r
+
+
+@pytest.fixture
+def backends() -> Iterator[list]:
+    from api.demo import DemoBackend
+
+    started = [DemoBackend(f"b{i}") for i in range(4)]
     yield started
     for b in started:
         b.stop()
@@ -111,12 +123,13 @@ def envoys(tmp_path: Path) -> Iterator:
         e.stop()
 
 
-@pytest.fixture
-async def replica2(etcd_config: EtcdConfig) -> AsyncIterator:
-    """A second xDS replica over the same intent."""
-    from controlplane.replica import ReplicaConfig, XdsReplica
 
-    r = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id="test-replica-2", registry_flush_interval=0.05))
-    await r.start()
-    yield r
-    await r.stop(grace=0)
+
+async def wait_for(pred, timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll an async predicate until it holds; fail with `what` after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await pred():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

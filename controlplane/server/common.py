@@ -114,6 +114,7 @@ class BaseStream:
         self.wake = asyncio.Event()
         self.wake.set()
         self._cds_sent_at: float | None = None
+        self._rewarm: set[str] = set()
 
     @property
     def fleet(self) -> str:
@@ -142,6 +143,24 @@ class BaseStream:
         st.nack = Nack(st.sent_version or "", message, time.time(), st.sent_revision or revision)
         st.rejected_version = st.sent_version
         self._emit("nacked", type_url, st.nack)
+
+    async def _send(self, type_url: str, st: TypeState, snap, nonce: str, version: str, body: bytes,
+                    names: list[str], rewarm: set[str], write) -> None:
+        """Record a response as in flight and write it. `rewarm`: clusters whose endpoints
+        must be sent again (Envoy re-warms an updated cluster and waits for EDS)."""
+        st.in_flight = st.last_nonce = nonce
+        st.sent_version = version
+        st.sent_at = time.monotonic()
+        st.sent_revision = snap.revision
+        st.pushes += 1
+        st.bytes_sent += len(body)
+        if type_url == CLUSTER_TYPE:
+            self._rewarm |= rewarm
+            self._cds_sent_at = time.monotonic()
+        elif type_url == ENDPOINT_TYPE:
+            self._rewarm.difference_update(names)
+        await write(body)
+        self._emit("pushed", type_url, len(body), len(names))
 
     def as_dict(self) -> dict:
         return {

@@ -10,7 +10,6 @@ gives it a new version.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 from ..resources import CLUSTER_TYPE, ENDPOINT_TYPE
@@ -23,7 +22,6 @@ class DeltaStream(BaseStream):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._rewarm: set[str] = set()
         self._pending: dict[str, dict[str, str]] = {}  # type -> versions in the in-flight response
 
     def on_request(self, req, snap: Snapshot) -> None:
@@ -97,19 +95,8 @@ class DeltaStream(BaseStream):
             for n in removed:
                 st.have.pop(n, None)
             st.missing_reported.update(missing)
-            st.in_flight = st.last_nonce = nonce
-            st.sent_version = str(snap.revision)
-            st.sent_at = time.monotonic()
-            st.sent_revision = snap.revision
-            st.pushes += 1
-            st.bytes_sent += len(body)
-            if type_url == CLUSTER_TYPE:
-                self._rewarm |= {n for n in send if n in snap.references.get(CLUSTER_TYPE, {})}
-                self._cds_sent_at = time.monotonic()
-            elif type_url == ENDPOINT_TYPE:
-                self._rewarm.difference_update(send)
-            await write(body)
-            self._emit("pushed", type_url, len(body), len(send))
+            rewarm = {n for n in send if n in snap.references.get(CLUSTER_TYPE, {})}
+            await self._send(type_url, st, snap, nonce, str(snap.revision), body, send, rewarm, write)
         self._update_synced(snap)
 
     def _update_synced(self, snap: Snapshot) -> None:

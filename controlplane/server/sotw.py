@@ -14,7 +14,6 @@ Rules followed (envoy api/xds_protocol):
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -47,7 +46,6 @@ class SotwStream(BaseStream):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._cds_versions: dict[str, str] = {}
-        self._rewarm: set[str] = set()
 
     def on_request(self, req, snap: Snapshot) -> None:
         type_url = req.type_url or self.only_type or ""
@@ -83,26 +81,16 @@ class SotwStream(BaseStream):
                 if not names:
                     continue  # nothing to say yet; sent once it exists
                 version = set_version(entries, names)
-            rewarm = type_url == ENDPOINT_TYPE and bool(self._rewarm.intersection(names))
-            if not rewarm and (version == st.sent_version or version == st.rejected_version):
+            owed_endpoints = type_url == ENDPOINT_TYPE and bool(self._rewarm.intersection(names))
+            if not owed_endpoints and (version == st.sent_version or version == st.rejected_version):
                 continue
             nonce = next_nonce()
             body = _body(type_url, version, snap, names) + ld(5, nonce.encode())
-            st.in_flight = st.last_nonce = nonce
-            st.sent_version = version
-            st.sent_at = time.monotonic()
-            st.sent_revision = snap.revision
-            st.pushes += 1
-            st.bytes_sent += len(body)
+            rewarm: set[str] = set()
             if type_url == CLUSTER_TYPE:
-                changed = {n for n in names if self._cds_versions.get(n) not in (None, entries[n].version)}
-                self._rewarm |= changed
+                rewarm = {n for n in names if self._cds_versions.get(n) not in (None, entries[n].version)}
                 self._cds_versions = {n: entries[n].version for n in names}
-                self._cds_sent_at = time.monotonic()
-            elif type_url == ENDPOINT_TYPE:
-                self._rewarm.difference_update(names)
-            await write(body)
-            self._emit("pushed", type_url, len(body), len(names))
+            await self._send(type_url, st, snap, nonce, version, body, names, rewarm, write)
         self._update_synced(snap)
 
     def _update_synced(self, snap: Snapshot) -> None:

@@ -8,15 +8,7 @@ from collections import Counter
 import httpx
 
 from controlplane.procs import free_port
-
-
-async def _wait(pred, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await pred():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import wait_for
 
 
 async def _spread(port: int, n: int = 60) -> Counter:
@@ -24,7 +16,7 @@ async def _spread(port: int, n: int = 60) -> Counter:
     async with httpx.AsyncClient(timeout=5) as c:
         for _ in range(n):
             r = await c.get(f"http://127.0.0.1:{port}/", headers={"connection": "close"})
-            seen[r.text if r.status_code == 200 else f"status-{r.status_code}"] += 1
+            seen[r.text.strip() if r.status_code == 200 else f"status-{r.status_code}"] += 1
     return seen
 
 
@@ -46,7 +38,7 @@ async def test_rest_to_envoy_traffic(api: httpx.AsyncClient, replica, backends, 
         except httpx.HTTPError:
             return False
 
-    await _wait(serving, what="envoy serving the listener")
+    await wait_for(serving, what="envoy serving the listener")
     seen = await _spread(port)
     assert set(seen) == {"b0", "b1", "b2"}, seen
 
@@ -57,7 +49,7 @@ async def test_rest_to_envoy_traffic(api: httpx.AsyncClient, replica, backends, 
     async def b3_gets_traffic() -> bool:
         return "b3" in await _spread(port, 20)
 
-    await _wait(b3_gets_traffic, what="new backend receiving traffic")
+    await wait_for(b3_gets_traffic, what="new backend receiving traffic")
 
     # Drain one: it gets no new requests.
     await api.patch("/v1/clusters/web/backends/b1", json={"admin_state": "drain"})
@@ -65,7 +57,7 @@ async def test_rest_to_envoy_traffic(api: httpx.AsyncClient, replica, backends, 
     async def b1_drained() -> bool:
         return "b1" not in await _spread(port, 20)
 
-    await _wait(b1_drained, what="drained backend out of rotation")
+    await wait_for(b1_drained, what="drained backend out of rotation")
     assert set(await _spread(port, 60)) == {"b0", "b2", "b3"}
 
     # Delete one: gone from Envoy's /clusters.
@@ -76,7 +68,7 @@ async def test_rest_to_envoy_traffic(api: httpx.AsyncClient, replica, backends, 
             text = (await c.get(f"{envoy.admin}/clusters")).text
         return f":{backends[2].port}::" not in text and f":{backends[0].port}::" in text
 
-    await _wait(b2_gone, what="deleted backend gone from /clusters")
+    await wait_for(b2_gone, what="deleted backend gone from /clusters")
     # No listener was ever replaced: endpoint changes never touch LDS.
     stats = envoy.stats("listener_manager")
     assert stats.get("listener_manager.listener_modified", 0) == 0

@@ -9,15 +9,7 @@ import httpx
 from controlplane.etcd import EtcdConfig
 from controlplane.procs import EtcdCluster, free_port
 from controlplane.replica import ReplicaConfig, XdsReplica
-
-
-async def _wait(pred, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await pred():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import wait_for
 
 
 def _dynamic(envoy) -> dict:
@@ -51,7 +43,7 @@ async def test_two_replicas_sotw_and_delta_converge(api, replica, replica2, back
         r = await api.get("/v1/fleet")
         return {n["node_id"] for n in r.json()["nodes"]} == {"envoy-a", "envoy-b", "envoy-c"}
 
-    await _wait(all_connected, what="three Envoys in /v1/fleet")
+    await wait_for(all_connected, what="three Envoys in /v1/fleet")
     # A write that waits for the fleet to ack it.
     r = await api.put("/v1/clusters/web/backends/b3?wait=acked&timeout=10s", json={"address": "127.0.0.1", "port": backends[3].port, "weight": 3})
     assert r.status_code == 201 and r.headers["lbcp-rollout"] == "complete", r.json()
@@ -82,11 +74,11 @@ async def test_updated_cluster_rewarms_without_waiting(api, replica, backends, e
             return e.stats("cluster_manager").get("cluster_manager.warming_clusters", 1) == 0 and \
                 e.stats("cluster_manager").get("cluster_manager.active_clusters", 0) >= 2
 
-        await _wait(serving, what="cluster active")
+        await wait_for(serving, what="cluster active")
         r = await api.patch("/v1/clusters/web?wait=acked&timeout=5s", json={"connect_timeout": f"{2 + delta}s"})
         assert r.headers["lbcp-rollout"] == "complete", r.json()
         # Without the EDS resend the cluster would sit warming for initial_fetch_timeout (15 s).
-        await _wait(serving, timeout=3, what="updated cluster warmed")
+        await wait_for(serving, timeout=3, what="updated cluster warmed")
         e.stop()
 
 
@@ -113,14 +105,14 @@ async def test_etcd_down_envoys_keep_serving(tmp_path, backends, envoys) -> None
                     except httpx.HTTPError:
                         return False
 
-                await _wait(serving, what="serving before the outage")
+                await wait_for(serving, what="serving before the outage")
                 await asyncio.to_thread(etcd.stop)
                 # The API says 503; the replica keeps serving the last good config, to
                 # connected Envoys and to a newly connecting one.
                 assert (await api.put("/v1/clusters/x", json={})).status_code == 503
                 e1.stop()
                 await asyncio.to_thread(envoys, "outage-2", [("127.0.0.1", rep.port)])
-                await _wait(serving, what="a new Envoy configured while etcd is down")
+                await wait_for(serving, what="a new Envoy configured while etcd is down")
                 await asyncio.to_thread(etcd.start)
                 # After etcd returns, new intent flows again with no restart of lbcp.
                 for _ in range(50):
@@ -133,11 +125,11 @@ async def test_etcd_down_envoys_keep_serving(tmp_path, backends, envoys) -> None
                 async def b3_seen() -> bool:
                     async with httpx.AsyncClient(timeout=2) as c:
                         for i in range(30):
-                            if (await c.get(f"http://127.0.0.1:{port}/", headers={"x-user": str(i)})).text == "b3":
+                            if (await c.get(f"http://127.0.0.1:{port}/", headers={"x-user": str(i)})).text.strip() == "b3":
                                 return True
                     return False
 
-                await _wait(b3_seen, what="new backend after etcd returned")
+                await wait_for(b3_seen, what="new backend after etcd returned")
     finally:
         await rep.stop(grace=0)
         etcd.stop()
