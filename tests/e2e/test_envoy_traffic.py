@@ -8,7 +8,7 @@ from collections import Counter
 import httpx
 
 from controlplane.procs import free_port
-from tests.conftest import wait_for
+from tests.conftest import http_ok, wait_for
 
 
 async def _spread(port: int, n: int = 60) -> Counter:
@@ -31,12 +31,7 @@ async def test_rest_to_envoy_traffic(api: httpx.AsyncClient, replica, backends, 
 
     envoy = await asyncio.to_thread(envoys, "envoy-1", [("127.0.0.1", replica.port)])
 
-    async def serving() -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=2) as c:
-                return (await c.get(f"http://127.0.0.1:{port}/")).status_code == 200
-        except httpx.HTTPError:
-            return False
+    serving = http_ok(f"http://127.0.0.1:{port}/")
 
     await wait_for(serving, what="envoy serving the listener")
     seen = await _spread(port)
