@@ -133,3 +133,17 @@ async def wait_for(pred, timeout: float = 15.0, what: str = "condition") -> None
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def http_ok(url: str):
+    """An async predicate: `url` answers 200."""
+    import httpx
+
+    async def _ok() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2) as c:
+                return (await c.get(url)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return _ok

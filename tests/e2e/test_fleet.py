@@ -9,7 +9,7 @@ import httpx
 from controlplane.etcd import EtcdConfig
 from controlplane.procs import EtcdCluster, free_port
 from controlplane.replica import ReplicaConfig, XdsReplica
-from tests.conftest import wait_for
+from tests.conftest import http_ok, wait_for
 
 
 def _dynamic(envoy) -> dict:
@@ -98,12 +98,7 @@ async def test_etcd_down_envoys_keep_serving(tmp_path, backends, envoys) -> None
                 await _setup(api, backends, port)
                 e1 = await asyncio.to_thread(envoys, "outage-1", [("127.0.0.1", rep.port)])
 
-                async def serving() -> bool:
-                    try:
-                        async with httpx.AsyncClient(timeout=2) as c:
-                            return (await c.get(f"http://127.0.0.1:{port}/")).status_code == 200
-                    except httpx.HTTPError:
-                        return False
+                serving = http_ok(f"http://127.0.0.1:{port}/")
 
                 await wait_for(serving, what="serving before the outage")
                 await asyncio.to_thread(etcd.stop)
