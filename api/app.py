@@ -20,6 +20,7 @@ from . import problems
 from .auth import Tokens, is_loopback
 from .fleet import fleet_router
 from .resources import backends_router, batch_router, kind_router
+from .ring import ring_router
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
     app.include_router(backends_router())
     app.include_router(batch_router())
     app.include_router(fleet_router())
+    app.include_router(ring_router())
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     async def healthz() -> dict[str, str]:

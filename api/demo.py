@@ -13,6 +13,9 @@ class DemoBackend:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes; without TCP_NODELAY, Nagle plus the
+            # peer's delayed ACK add ~15 ms to every keep-alive response.
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:  # noqa: N802
                 body = f"{outer.name}\n".encode()

@@ -322,3 +322,37 @@ def combine(hashes: Iterable[tuple[int | None, bool]]) -> int | None:
         if terminal and acc is not None:
             break
     return acc
+
+
+# -- from lbcp intent ------------------------------------------------------------------------
+
+
+def ring_for(cluster, backends) -> HashLB:
+    """The ring every Envoy builds for `cluster` from lbcp's translation of it.
+
+    Matches controlplane/resources.py: hash_key = backend name, DRAINING for drain, maint
+    left out, zone as locality (lbcp does not enable locality weighting). Runtime health
+    (active checks, outlier ejection) is each Envoy's own and is not known here: the answer
+    is for Envoys that see every backend healthy (see docs/ring.md).
+    """
+    lb = cluster.load_balancer
+    if lb.type == "maglev":
+        cfg = RingConfig("maglev", table_size=lb.table_size)
+    elif lb.type == "ring_hash":
+        cfg = RingConfig("ring_hash", minimum_ring_size=lb.minimum_ring_size, maximum_ring_size=lb.maximum_ring_size,
+                         hash_function=lb.hash_function)
+    else:
+        raise ValueError(f"cluster {cluster.name!r} uses {lb.type}, which has no ring")
+    # Ring-hash depends on host order: lbcp sends hosts grouped by (priority, zone), each by name.
+    ordered = sorted((b for b in backends if b.admin_state != "maint"), key=lambda b: (b.priority, b.zone or "", b.name))
+    hosts = [
+        RingHost(b.name, b.address, b.port, b.weight, b.name, "DRAINING" if b.admin_state == "drain" else "HEALTHY",
+                 b.priority, ("", b.zone or "", ""))
+        for b in ordered
+    ]
+    return HashLB(hosts, cfg)
+
+
+def sample_hashes(n: int, seed: int = 0x5EED) -> list[int]:
+    """`n` well-spread 64-bit request hashes (deterministic) for share and movement estimates."""
+    return [xxh64(i.to_bytes(8, "little"), seed) for i in range(n)]
