@@ -163,6 +163,25 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ring_show(args: argparse.Namespace) -> int:
+    r = _client(args).get(f"/v1/clusters/{args.cluster}/ring")
+    if args.output == "json":
+        print(json.dumps(r, indent=2))
+        return 0
+    size = f"table {r['table_size']}" if r["table_size"] else f"ring {r['ring_size']} points"
+    print(f"{r['cluster']}: {r['algorithm']}, {size}, revision {r['revision']}, max/avg {r['max_over_avg']:.3f}")
+    print(_table([[b["name"], f"{b['share'] * 100:.2f}%", f"{(b['ideal_share'] or 0) * 100:.2f}%"] for b in r["backends"]],
+                 ["BACKEND", "SHARE", "IDEAL"]))
+    return 0
+
+
+def cmd_ring_lookup(args: argparse.Namespace) -> int:
+    r = _client(args).post(f"/v1/clusters/{args.cluster}/ring/lookup", {"keys": args.keys})
+    for k in args.keys:
+        print(f"{k}\t{r['backends'][k]}")
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     c = _client(args)
     r = c.delete(f"/v1/{args.kind}s/{args.name}")
@@ -328,6 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("cluster")
     x.add_argument("name")
     x.set_defaults(func=cmd_backend_remove)
+
+    rg = sub.add_parser("ring", help="the consistent-hash ring every Envoy builds for a cluster")
+    rs = rg.add_subparsers(dest="action", required=True)
+    x = rs.add_parser("show", help="backends' shares of the key space")
+    x.add_argument("cluster")
+    x.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    x.set_defaults(func=cmd_ring_show)
+    x = rs.add_parser("lookup", help="which backend each key goes to (the hash-policy value: header, cookie, ...)")
+    x.add_argument("cluster")
+    x.add_argument("keys", nargs="+")
+    x.set_defaults(func=cmd_ring_lookup)
 
     g = sub.add_parser("get", help="list objects: clusters | backends CLUSTER | listeners | routes")
     g.add_argument("what")

@@ -79,6 +79,10 @@ def test_up_apply_get_down(local_cluster) -> None:
     assert table[2].split()[:4] == ["web", "http1", "maglev", "3"]
     backends = json.loads(_lbcp(state, "get", "backends", "shop", "-o", "json").stdout)
     assert {b["name"]: b["admin_state"] for b in backends} == {"shop-1": "ready", "shop-2": "drain", "shop-3": "ready", "shop-4": "ready"}
+    ring = _lbcp(state, "ring", "show", "web").stdout
+    assert "web: maglev, table 65537" in ring and "web-1" in ring
+    looked = _lbcp(state, "ring", "lookup", "web", "alice").stdout.split()
+    assert looked == ["alice", next(iter(alice)).strip()]  # the ring says where Envoy sent alice
     fleet = httpx.get(f"{doc['admin_api']}/v1/fleet", timeout=5).json()
     assert [n["node_id"] for n in fleet["nodes"]] == ["envoy-0"]
 
