@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -143,6 +144,16 @@ class BaseStream:
         st.nack = Nack(st.sent_version or "", message, time.time(), st.sent_revision or revision)
         st.rejected_version = st.sent_version
         self._emit("nacked", type_url, st.nack)
+
+    def due_types(self, snap) -> Iterator[tuple[str, TypeState]]:
+        """Types that may be sent now, in push order: requested, nothing in flight, not held
+        back for make-before-break. Lazy on purpose: a CDS response sent during the loop
+        must hold back the listeners and routes that come after it."""
+        owed = self.eds_owed(snap)
+        for t in self.ordered_types():
+            st = self.types[t]
+            if st.requested and st.in_flight is None and not self.holding_for_warming(t, owed):
+                yield t, st
 
     async def _send(self, type_url: str, st: TypeState, snap, nonce: str, version: str, body: bytes,
                     names: list[str], rewarm: set[str], write) -> None:

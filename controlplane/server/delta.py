@@ -73,11 +73,7 @@ class DeltaStream(BaseStream):
         return send, removed, missing
 
     async def flush(self, snap: Snapshot, write: Callable[[bytes], Awaitable[None]]) -> None:
-        owed = self.eds_owed(snap)
-        for type_url in self.ordered_types():
-            st = self.types[type_url]
-            if not st.requested or st.in_flight is not None or self.holding_for_warming(type_url, owed):
-                continue
+        for type_url, st in self.due_types(snap):
             send, removed, missing = self._diff(type_url, snap)
             if not send and not removed and not missing:
                 continue

@@ -67,11 +67,7 @@ class SotwStream(BaseStream):
         self.wake.set()
 
     async def flush(self, snap: Snapshot, write: Callable[[bytes], Awaitable[None]]) -> None:
-        owed = self.eds_owed(snap)
-        for type_url in self.ordered_types():
-            st = self.types[type_url]
-            if not st.requested or st.in_flight is not None or self.holding_for_warming(type_url, owed):
-                continue
+        for type_url, st in self.due_types(snap):
             entries = snap.of(type_url)
             if st.wildcard:
                 names = sorted(entries)
