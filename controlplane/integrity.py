@@ -73,6 +73,10 @@ def route_errors(route: Route, world: World) -> list[FieldError]:
 
 def listener_errors(listener: Listener, world: World) -> list[FieldError]:
     errors: list[FieldError] = []
+    if listener.tls is not None:
+        # Certificates (and their delivery over SDS) do not exist yet: refuse rather than
+        # serve plain text on a listener the operator asked to be TLS.
+        errors.append(FieldError("/tls", "TLS listeners are not supported yet: certificates as intent are not implemented"))
     if listener.protocol == "tcp" and listener.cluster not in world.clusters:
         errors.append(FieldError("/cluster", f"cluster {listener.cluster!r} does not exist"))
     return errors

@@ -195,3 +195,9 @@ def test_refuses_public_bind_without_tokens() -> None:
         Tokens.parse("admin:0123456789abcdef")
     with pytest.raises(ValueError):
         Tokens.parse("writer:short")
+
+
+async def test_tls_listener_is_refused_until_certificates_exist(api: httpx.AsyncClient) -> None:
+    r = await api.put("/v1/listeners/secure", json={"port": 8443, "tls": {"certificates": ["site"]}})
+    assert r.status_code == 422 and r.json()["errors"][0]["pointer"] == "/tls"
+    assert await _keys(api) == []
