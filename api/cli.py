@@ -268,6 +268,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------------
 
 
+def _server_flags(s: argparse.ArgumentParser, port: int) -> None:
+    """Where a server listens and which etcd it reads (shared by `lbcp api` and `lbcp xds`)."""
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=port)
+    s.add_argument("--etcd", help="etcd endpoints, comma-separated (env LBCP_ETCD_ENDPOINTS)")
+    s.add_argument("--prefix", help="etcd key prefix (env LBCP_ETCD_PREFIX, default /lbcp/v1/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lbcp", description="lbcp: a control plane for Envoy fleets")
     p.add_argument("--api", help="admin API URL (env LBCP_API)")
@@ -276,18 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("api", help="serve the admin API")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--etcd", help="etcd endpoints, comma-separated (env LBCP_ETCD_ENDPOINTS)")
-    s.add_argument("--prefix", help="etcd key prefix (env LBCP_ETCD_PREFIX, default /lbcp/v1/)")
+    _server_flags(s, 8080)
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_api)
 
     s = sub.add_parser("xds", help="serve xDS (ADS, SotW and delta) from etcd intent")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=18000)
-    s.add_argument("--etcd", help="etcd endpoints, comma-separated (env LBCP_ETCD_ENDPOINTS)")
-    s.add_argument("--prefix", help="etcd key prefix (env LBCP_ETCD_PREFIX, default /lbcp/v1/)")
+    _server_flags(s, 18000)
     s.add_argument("--replica-id", help="name in the fleet registry (default host-pid-port)")
     s.add_argument("--max-streams", type=int, default=20_000)
     s.add_argument("--max-connection-age", type=float, default=1800.0, help="seconds; streams rebalance across replicas")
