@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test deps etcd lock clean
+.PHONY: run test deps etcd lock protos clean
 
 run: deps
 	$(BIN)/lbcp up
@@ -32,9 +32,14 @@ etcd:
 	    echo "etcd is not installed. Install it with: sudo apt-get install -y etcd-server" >&2; exit 1; \
 	  fi; }
 
+# Regenerate controlplane/gen/ from protos/ (pinned grpcio-tools; tests check it is current).
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=controlplane/gen --pyi_out=controlplane/gen \
+	  $$(cd protos && find . -name '*.proto' | sed 's|^\./||' | sort)
+
 # Refresh constraints.txt from the current venv (after a deliberate, measured upgrade).
 lock:
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+	$(BIN)/python -m pip freeze --all --exclude-editable | grep -v -e '^-e' -e '^pip==' > constraints.txt
 
 clean:
 	rm -rf $(VENV) .lbcp

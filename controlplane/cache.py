@@ -4,6 +4,11 @@ It listens to the view, coalesces bursts of changes (a short debounce window, bo
 rebuilds only what the changes touch (a backend change rebuilds that cluster's endpoints,
 never a listener), checks each fleet's snapshot for consistency and publishes it. Streams
 register a wake-up callback and read `snapshot(fleet)` when woken.
+
+Hash rings (lbcp.v1.HashRing) are built on demand: only for clusters some stream subscribed
+to, one at a time in a worker thread (a 655,373-slot Maglev table takes over a second), from
+the intent each published snapshot was built from. A finished ring is published as a new
+snapshot of the same revision.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class BuildStats:
     rejected: int = 0
     last_error: str | None = None
     rebuilt: dict[str, int] = field(default_factory=dict)
+    ring_builds: int = 0
+    last_ring_build_seconds: float = 0.0
 
 
 class SnapshotCache:
@@ -47,6 +54,10 @@ class SnapshotCache:
         self._eds_clusters: set[str] = set()
         self._listeners: dict[str, tuple[Entry, tuple[str, ...], str | None]] = {}  # entry, fleets, rds name
         self._routes: dict[str, tuple[Entry, frozenset[str]]] = {}  # by route config name: entry, clusters
+        self._rings: dict[str, Entry] = {}
+        self._ring_interest: dict[object, frozenset[str]] = {}  # subscriber -> cluster names, "*" = all
+        self._ring_queue: dict[str, tuple] = {}  # cluster -> (cluster, backends, revision) to build
+        self._ring_worker: asyncio.Task[None] | None = None
         self._fleet_snapshots: dict[str, Snapshot] = {}
         self._dirty_clusters: set[str] = set()
         self._dirty_listeners = False
@@ -78,6 +89,60 @@ class SnapshotCache:
             snap = self._fleet_snapshot(fleet)
             self._fleet_snapshots[fleet] = snap
         return snap
+
+    def set_ring_interest(self, subscriber: object, names: set[str]) -> None:
+        """The HashRing names `subscriber` wants ("*": every hashing cluster); empty to leave."""
+        before = self._wanted_rings()
+        if names:
+            self._ring_interest[subscriber] = frozenset(names)
+        else:
+            self._ring_interest.pop(subscriber, None)
+        added = self._wanted_rings() - before
+        if "*" in added:
+            added = set(self.view.clusters)
+        v = self.view
+        for name in added:
+            stored = v.clusters.get(name)
+            if stored is not None and name not in self._rings and res.hashes(stored.obj):
+                self._queue_ring(name, stored.obj, [s.obj for s in v.backends.get(name, {}).values()], v.revision)
+
+    def _wanted_rings(self) -> set[str]:
+        return set().union(*self._ring_interest.values())
+
+    def _queue_ring(self, name: str, cluster, backends: list, revision: int) -> None:
+        self._ring_queue[name] = (cluster, backends, revision)
+        if self._ring_worker is None or self._ring_worker.done():
+            self._ring_worker = asyncio.get_running_loop().create_task(self._build_rings())
+
+    async def _build_rings(self) -> None:
+        while self._ring_queue:
+            name = next(iter(self._ring_queue))
+            inputs = self._ring_queue[name]
+            started = time.monotonic()
+            try:
+                entry = await asyncio.to_thread(_ring_entry, *inputs)
+            except Exception:
+                log.exception("hash ring build for cluster %r failed", name)
+                entry = None
+            if self._ring_queue.get(name) is not inputs:
+                continue  # intent changed while building: the newer inputs are queued
+            del self._ring_queue[name]
+            self.stats.ring_builds += 1
+            self.stats.last_ring_build_seconds = time.monotonic() - started
+            if entry is None or name not in self.view.clusters:
+                continue
+            old = self._rings.get(name)
+            if old is not None and old.version == entry.version:
+                continue  # same ring: nothing to send anyone
+            self._rings = {**self._rings, name: entry}
+            self._republish()
+
+    def _republish(self) -> None:
+        """Publish the current resources again at the same revision (a ring finished)."""
+        fleets = set(self._fleet_snapshots) | {ALL_FLEETS}
+        self._fleet_snapshots = {f: self._fleet_snapshot(f) for f in fleets}
+        for fn in list(self._watchers):
+            fn()
 
     # -- change intake ---------------------------------------------------------------------
 
@@ -121,15 +186,22 @@ class SnapshotCache:
         v = self.view
         dirty = set(v.clusters) | set(self._clusters) if full else self._dirty_clusters
         clusters, endpoints, eds = dict(self._clusters), dict(self._endpoints), set(self._eds_clusters)
+        rings, ring_inputs = dict(self._rings), {}
+        wanted = self._wanted_rings()
         rebuilt = {"cds": 0, "eds": 0, "lds": 0, "rds": 0}
         for name in dirty:
             stored = v.clusters.get(name)
+            if stored is None or not res.hashes(stored.obj):
+                rings.pop(name, None)
+                self._ring_queue.pop(name, None)
             if stored is None:
                 clusters.pop(name, None)
                 endpoints.pop(name, None)
                 eds.discard(name)
                 continue
             members = [s.obj for s in v.backends.get(name, {}).values()]
+            if res.hashes(stored.obj) and (name in wanted or "*" in wanted):
+                ring_inputs[name] = (stored.obj, members, v.revision)
             c = res.cluster_resource(stored.obj, members)
             e = make_entry(res.CLUSTER_TYPE, name, c)
             if clusters.get(name) is None or clusters[name].version != e.version:
@@ -164,8 +236,9 @@ class SnapshotCache:
                     old_r = self._routes.get(rds)
                     rebuilt["rds"] += old_r is None or old_r[0].version != re_.version
         # Check every fleet this cache serves before publishing anything.
-        previous = (self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes)
-        self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes = clusters, endpoints, eds, listeners, routes
+        previous = (self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings)
+        self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings = (
+            clusters, endpoints, eds, listeners, routes, rings)
         revision = v.revision
         try:
             fleets = set(self._fleet_snapshots) | {ALL_FLEETS}
@@ -174,7 +247,7 @@ class SnapshotCache:
                 s.check()
         except InconsistentSnapshot as exc:
             # Keep serving the last good snapshot; a later change may complete the picture.
-            self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes = previous
+            self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings = previous
             self.stats.rejected += 1
             self.stats.last_error = str(exc)
             log.error("not publishing revision %d: %s", revision, exc)
@@ -190,6 +263,8 @@ class SnapshotCache:
         self.stats.last_build_seconds = time.monotonic() - started
         self.published += 1
         self._built.set()
+        for name, inputs in ring_inputs.items():
+            self._queue_ring(name, *inputs)
         for fn in list(self._watchers):
             fn()
 
@@ -203,10 +278,17 @@ class SnapshotCache:
             res.ENDPOINT_TYPE: self._endpoints,
             res.LISTENER_TYPE: lds,
             res.ROUTE_TYPE: rds,
+            res.HASH_RING_TYPE: self._rings,
         }
+        snap.pending = {res.HASH_RING_TYPE: self._ring_queue.keys()}
         snap.references = {
             res.CLUSTER_TYPE: {n: {n} for n in self._eds_clusters},
             res.LISTENER_TYPE: {n: {self._listeners[n][2]} for n in lds if self._listeners[n][2]},  # type: ignore[misc]
             res.ROUTE_TYPE: {n: set(self._routes[n][1]) for n in rds},
         }
         return snap
+
+
+def _ring_entry(cluster, backends: list, revision: int) -> Entry:
+    msg, version = res.hash_ring(cluster, backends, revision)
+    return make_entry(res.HASH_RING_TYPE, cluster.name, msg, version)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import xxhash
+
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -34,15 +36,20 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
+from .gen.lbcp.v1 import ring_pb2
 from .model import AdminState, Backend, Cluster, Listener, Protocol, Route
+from .ring import MaglevTable, RingHashTable, ring_for
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 # Push order that never references a resource Envoy does not have yet (make before break).
+# lbcp's own resource (protos/lbcp/v1/ring.proto), served on the same ADS stream on demand.
+HASH_RING_TYPE = "type.googleapis.com/lbcp.v1.HashRing"
+
 TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
-SHORT_NAMES = {CLUSTER_TYPE: "cds", ENDPOINT_TYPE: "eds", LISTENER_TYPE: "lds", ROUTE_TYPE: "rds"}
+SHORT_NAMES = {CLUSTER_TYPE: "cds", ENDPOINT_TYPE: "eds", LISTENER_TYPE: "lds", ROUTE_TYPE: "rds", HASH_RING_TYPE: "ring"}
 
 DEFAULT_CIRCUIT_LIMIT = 1_000_000
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -297,3 +304,44 @@ def route_configuration(listener: str, routes: Iterable[Route]) -> route_pb2.Rou
         vh.routes.extend(route_entry(r) for r in sorted(by_domain[domain], key=_specificity))
         rc.virtual_hosts.append(vh)
     return rc
+
+
+# -- lbcp.v1.HashRing ---------------------------------------------------------------------------
+
+
+def hashes(cluster: Cluster) -> bool:
+    """Whether the cluster's hosts are chosen by a consistent-hash ring (has a HashRing)."""
+    return cluster.load_balancer.type in ("maglev", "ring_hash")
+
+
+def hash_ring(cluster: Cluster, backends: Iterable[Backend], revision: int) -> tuple[ring_pb2.HashRing, str]:
+    """The ring every Envoy builds for `cluster`, and its content version (the revision
+    left out, so an unchanged ring keeps its version across unrelated intent changes)."""
+    members = sorted((b for b in backends if b.admin_state != AdminState.MAINT), key=lambda b: b.name)
+    lb = ring_for(cluster, members)
+    cfg = cluster.load_balancer
+    msg = ring_pb2.HashRing(cluster=cluster.name)
+    if cfg.type == "maglev":
+        msg.algorithm = ring_pb2.HashRing.MAGLEV
+        msg.table_size = cfg.table_size
+    else:
+        msg.algorithm = ring_pb2.HashRing.RING_HASH
+        msg.minimum_ring_size = cfg.minimum_ring_size
+        msg.maximum_ring_size = cfg.maximum_ring_size
+        msg.hash_function = cfg.hash_function
+    index = {b.name: i for i, b in enumerate(members)}
+    for b in members:
+        msg.backends.add(name=b.name, address=b.address, port=b.port, weight=b.weight, priority=b.priority,
+                         zone=b.zone or "", draining=b.admin_state == AdminState.DRAIN)
+    for p, table in enumerate(lb.tables):
+        pr = msg.priorities.add(priority=p, panic=lb.panic[p], healthy_load=lb.healthy_load[p],
+                                degraded_load=lb.degraded_load[p])
+        if isinstance(table, MaglevTable):
+            to_global = [index[n] for n in table.names]
+            pr.maglev_table.extend([to_global[i] for i in table.table])
+        elif isinstance(table, RingHashTable):
+            pr.ring_hashes.extend(table.hashes)
+            pr.ring_hosts.extend([index[n] for n in table.names])
+    version = xxhash.xxh64_hexdigest(msg.SerializeToString(deterministic=True))
+    msg.revision = revision
+    return msg, version

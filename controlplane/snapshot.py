@@ -47,9 +47,10 @@ class Entry:
         return len(self.sotw_chunk)
 
 
-def make_entry(type_url: str, name: str, msg) -> Entry:
+def make_entry(type_url: str, name: str, msg, version: str | None = None) -> Entry:
+    """Encode `msg` once. Its version is the hash of its bytes unless the caller knows better."""
     value = msg.SerializeToString(deterministic=True)
-    version = xxhash.xxh64_hexdigest(value)
+    version = version or xxhash.xxh64_hexdigest(value)
     any_bytes = ld(1, type_url.encode()) + ld(2, value)
     # Resource: version = 1, resource = 2, name = 3
     resource = ld(1, version.encode()) + ld(2, any_bytes) + ld(3, name.encode())
@@ -82,6 +83,9 @@ class Snapshot:
     resources: dict[str, dict[str, Entry]] = field(default_factory=dict)
     # Which EDS/RDS names each CDS/LDS resource needs (for the consistency check).
     references: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    # Names that exist but whose resource is still being built (hash rings), by type. Live:
+    # the cache's own view of its build queue, so it is current whenever a stream looks.
+    pending: dict[str, object] = field(default_factory=dict)
     _versions: dict[str, str] = field(default_factory=dict, repr=False)
 
     def of(self, type_url: str) -> dict[str, Entry]:

@@ -96,5 +96,5 @@ class AdsClient:
             any_msg, name = (item, "") if isinstance(item, any_pb2.Any) else (item.resource, item.name)
             msg = db.GetSymbol(any_msg.type_url.split("/", 1)[1])()
             any_msg.Unpack(msg)
-            out[name or getattr(msg, "name", "") or getattr(msg, "cluster_name", "")] = msg
+            out[name or getattr(msg, "name", "") or getattr(msg, "cluster_name", "") or getattr(msg, "cluster", "")] = msg
         return out

@@ -69,7 +69,9 @@ class DeltaStream(BaseStream):
             if (st.have.get(n) != entries[n].version or n in rewarm) and st.rejected.get(n) != entries[n].version
         )
         removed = sorted(n for n in st.have if n not in entries or (not st.wildcard and n not in st.names))
-        missing = sorted(n for n in st.names if n not in entries and n not in st.have and n not in st.missing_reported)
+        pending = snap.pending.get(type_url, ())
+        missing = sorted(n for n in st.names
+                         if n not in entries and n not in st.have and n not in st.missing_reported and n not in pending)
         return send, removed, missing
 
     async def flush(self, snap: Snapshot, write: Callable[[bytes], Awaitable[None]]) -> None:
@@ -90,7 +92,8 @@ class DeltaStream(BaseStream):
                 st.have[n] = entries[n].version
             for n in removed:
                 st.have.pop(n, None)
-            st.missing_reported.update(missing)
+            # A subscribed name just removed has been reported gone: say so once, not again.
+            st.missing_reported.update(missing, (n for n in removed if n in st.names))
             rewarm = {n for n in send if n in snap.references.get(CLUSTER_TYPE, {})}
             await self._send(type_url, st, snap, nonce, str(snap.revision), body, send, rewarm, write)
         self._update_synced(snap)

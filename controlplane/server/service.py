@@ -17,7 +17,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from ..cache import SnapshotCache
-from ..resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from ..resources import CLUSTER_TYPE, ENDPOINT_TYPE, HASH_RING_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from ..snapshot import ld, set_version
 from .common import BaseStream, NodeInfo, StreamObserver
 from .delta import DeltaStream
@@ -133,10 +133,12 @@ class XdsService:
             try:
                 await self.cache.wait_ready()
                 s.on_request(first, self.cache.snapshot(node.fleet))
+                self._ring_interest(s)
                 async for req in request_iterator:
                     if only_type is not None and req.type_url not in ("", only_type):
                         continue
                     s.on_request(req, self.cache.snapshot(node.fleet))
+                    self._ring_interest(s)
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
             finally:
@@ -164,9 +166,16 @@ class XdsService:
         finally:
             reader.cancel()
             self.cache.remove_watcher(wake)
+            self.cache.set_ring_interest(s.id, set())
             self.streams.pop(s.id, None)
             for o in self.observers:
                 o.disconnected(s)
+
+
+    def _ring_interest(self, s: BaseStream) -> None:
+        st = s.types.get(HASH_RING_TYPE)
+        if st is not None:
+            self.cache.set_ring_interest(s.id, st.names | ({"*"} if st.wildcard else set()))
 
 
 def server_options(max_connection_age: float = 1800.0) -> list[tuple[str, int]]:

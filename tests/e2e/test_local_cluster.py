@@ -85,6 +85,10 @@ def test_up_apply_get_down(local_cluster) -> None:
     assert looked == ["alice", next(iter(alice)).strip()]  # the ring says where Envoy sent alice
     fleet = httpx.get(f"{doc['admin_api']}/v1/fleet", timeout=5).json()
     assert [n["node_id"] for n in fleet["nodes"]] == ["envoy-0"]
+    # The same ring over xDS (lbcp.v1.HashRing), as a non-Envoy consumer sees it.
+    watched = _lbcp(state, "ring", "watch", "web", "--key", "alice", "--count", "1").stdout
+    assert "web: maglev revision" in watched and "65537 slots" in watched
+    assert f"key 'alice' -> {next(iter(alice)).strip()}" in watched
 
     bad = _lbcp(state, "backend", "add", "nope", "x", "127.0.0.1:1", check=False)
     assert bad.returncode == 1 and "cluster-not-found" in bad.stderr

@@ -10,6 +10,8 @@ import pytest
 
 from api.demo import DemoBackend
 from controlplane.procs import free_port
+from controlplane.ring import header_hash
+from controlplane.ringwatch import watch
 from tests.conftest import wait_for
 
 KEYS = 1000
@@ -52,12 +54,18 @@ async def test_envoys_agree_with_lookup(api, replica, replica2, envoys, lb) -> N
         await wait_for(lambda: acked(r.json()["revision"]), what="both Envoys acked")
         keys = [f"user-{rnd.getrandbits(48):x}" for _ in range(KEYS)]
 
+        # A non-Envoy consumer of the same ring: lbcp.v1.HashRing over delta ADS.
+        rings = watch(f"127.0.0.1:{replica2.port}", "ring", f"ring-watch-{lb['type']}")
+        ring = (await asyncio.wait_for(anext(rings), 10)).ring
+
         async def check() -> dict[str, str]:
             want = (await api.post("/v1/clusters/ring/ring/lookup", json={"keys": keys})).json()["backends"]
             for fleet, port in ports.items():
                 got = await _through(port, keys)
                 wrong = [k for k in keys if got[k] != want[k]]
                 assert not wrong, f"Envoy {fleet}: {len(wrong)}/{KEYS} keys disagree, e.g. {[(k, got[k], want[k]) for k in wrong[:3]]}"
+            wrong = [k for k in keys if ring.pick(header_hash([k])) != want[k]]
+            assert not wrong, f"HashRing subscriber: {len(wrong)}/{KEYS} keys disagree"
             return want
 
         before = await check()
@@ -69,6 +77,8 @@ async def test_envoys_agree_with_lookup(api, replica, replica2, envoys, lb) -> N
             {"op": "delete", "kind": "backend", "cluster": "ring", "name": "node-3"},
         ]})
         assert r.headers["lbcp-rollout"] == "complete", r.json()
+        ring = (await asyncio.wait_for(anext(rings), 10)).ring
+        await rings.aclose()
         after = await check()
         moved = sum(before[k] != after[k] for k in keys) / KEYS
         assert abs(moved - sim["moved_fraction"]) < 0.05, (moved, sim["moved_fraction"])
