@@ -19,6 +19,7 @@ from controlplane.store import Store
 from . import problems
 from .auth import Tokens, is_loopback
 from .fleet import fleet_router
+from .metrics import ApiMetrics, MetricsMiddleware
 from .resources import backends_router, batch_router, kind_router
 from .ring import ring_router
 
@@ -95,6 +96,8 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = etcd is None
         client = etcd or Etcd(settings.etcd)
+        if client.metrics is None:
+            client.metrics = metrics.etcd
         app.state.store = Store(client)
         if not settings.tokens.enabled:
             log.warning("admin API: no tokens configured; dev mode, every request may write (loopback only)")
@@ -114,6 +117,9 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
     app.state.settings = settings
     problems.install(app)
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+    metrics = app.state.metrics = ApiMetrics()
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
 
     from controlplane.model import Kind
 

@@ -270,6 +270,7 @@ def cmd_xds(args: argparse.Namespace) -> int:
         replica_id=args.replica_id or "",
         max_connection_age=args.max_connection_age,
         limits=ServerLimits(max_streams=args.max_streams),
+        metrics_port=args.metrics_port,
     )
 
     async def run() -> None:
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replica-id", help="name in the fleet registry (default host-pid-port)")
     s.add_argument("--max-streams", type=int, default=20_000)
     s.add_argument("--max-connection-age", type=float, default=1800.0, help="seconds; streams rebalance across replicas")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on --host:PORT (0: any free port)")
     s.set_defaults(func=cmd_xds)
 
     s = sub.add_parser("bootstrap", help="render an Envoy bootstrap for one instance")

@@ -64,6 +64,10 @@ class SnapshotCache:
         self._first_dirty: float | None = None
         self._pending: asyncio.Task[None] | None = None
         self._watchers: set[Callable[[], None]] = set()
+        # Told (algorithm, seconds) after every ring build (metrics).
+        self.ring_observers: list[Callable[[str, float], None]] = []
+        # When the first change behind the published revision was seen (monotonic).
+        self.first_change_at: float | None = None
         self._built = asyncio.Event()
         self.published = 0
         view.subscribe(self._on_change)
@@ -128,7 +132,9 @@ class SnapshotCache:
                 continue  # intent changed while building: the newer inputs are queued
             del self._ring_queue[name]
             self.stats.ring_builds += 1
-            self.stats.last_ring_build_seconds = time.monotonic() - started
+            self.stats.last_ring_build_seconds = took = time.monotonic() - started
+            for observe in self.ring_observers:
+                observe(inputs[0].load_balancer.type, took)
             if entry is None or name not in self.view.clusters:
                 continue
             old = self._rings.get(name)
@@ -257,6 +263,7 @@ class SnapshotCache:
         self._fleet_snapshots = snaps
         self._dirty_clusters = set()
         self._dirty_listeners = False
+        self.first_change_at = self._first_dirty
         self._first_dirty = None
         self.stats.builds += 1
         self.stats.rebuilt = rebuilt

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -115,6 +116,7 @@ class Etcd:
         self._current = 0
         self._token: str | None = None
         self._lock = asyncio.Lock()
+        self.metrics = None  # an EtcdMetrics, if the owner exports metrics
 
     # -- channels ------------------------------------------------------------------------
 
@@ -179,7 +181,19 @@ class Etcd:
             self._token = resp.token
         return (("token", self._token),)
 
-    async def _call(self, make: Callable[[grpc.aio.Channel, object], Awaitable[T]], *, idempotent: bool) -> T:
+    async def _call(self, make: Callable[[grpc.aio.Channel, object], Awaitable[T]], *, idempotent: bool, op: str = "other") -> T:
+        started = time.perf_counter()
+        try:
+            result = await self._call_once(make, idempotent=idempotent)
+        except StoreError as exc:
+            if self.metrics is not None:
+                self.metrics.observe(op, time.perf_counter() - started, exc.code)
+            raise
+        if self.metrics is not None:
+            self.metrics.observe(op, time.perf_counter() - started, None)
+        return result
+
+    async def _call_once(self, make: Callable[[grpc.aio.Channel, object], Awaitable[T]], *, idempotent: bool) -> T:
         attempts = len(self._targets) if idempotent else 1
         last: StoreError | None = None
         for _ in range(attempts):
@@ -226,24 +240,24 @@ class Etcd:
             serializable=serializable,
         )
         return await self._call(
-            lambda ch, md: rpc.KVStub(ch).Range(req, timeout=self.config.timeout, metadata=md), idempotent=True
+            lambda ch, md: rpc.KVStub(ch).Range(req, timeout=self.config.timeout, metadata=md), idempotent=True, op="range"
         )
 
     async def txn(self, req: rpc.TxnRequest, *, read_only: bool = False) -> rpc.TxnResponse:
         return await self._call(
-            lambda ch, md: rpc.KVStub(ch).Txn(req, timeout=self.config.timeout, metadata=md), idempotent=read_only
+            lambda ch, md: rpc.KVStub(ch).Txn(req, timeout=self.config.timeout, metadata=md), idempotent=read_only, op="txn"
         )
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> rpc.PutResponse:
         req = rpc.PutRequest(key=key, value=value, lease=lease)
         return await self._call(
-            lambda ch, md: rpc.KVStub(ch).Put(req, timeout=self.config.timeout, metadata=md), idempotent=False
+            lambda ch, md: rpc.KVStub(ch).Put(req, timeout=self.config.timeout, metadata=md), idempotent=False, op="put"
         )
 
     async def delete(self, key: bytes, range_end: bytes | None = None) -> rpc.DeleteRangeResponse:
         req = rpc.DeleteRangeRequest(key=key, range_end=range_end or b"")
         return await self._call(
-            lambda ch, md: rpc.KVStub(ch).DeleteRange(req, timeout=self.config.timeout, metadata=md), idempotent=False
+            lambda ch, md: rpc.KVStub(ch).DeleteRange(req, timeout=self.config.timeout, metadata=md), idempotent=False, op="delete"
         )
 
     # -- leases ----------------------------------------------------------------------------
@@ -251,7 +265,7 @@ class Etcd:
     async def lease_grant(self, ttl: int) -> int:
         req = rpc.LeaseGrantRequest(TTL=ttl)
         resp = await self._call(
-            lambda ch, md: rpc.LeaseStub(ch).LeaseGrant(req, timeout=self.config.timeout, metadata=md), idempotent=False
+            lambda ch, md: rpc.LeaseStub(ch).LeaseGrant(req, timeout=self.config.timeout, metadata=md), idempotent=False, op="lease_grant"
         )
         return resp.ID
 
@@ -265,12 +279,12 @@ class Etcd:
             call.cancel()
             return resp.TTL
 
-        return await self._call(_once, idempotent=True)
+        return await self._call(_once, idempotent=True, op="lease_keepalive")
 
     async def lease_revoke(self, lease_id: int) -> None:
         req = rpc.LeaseRevokeRequest(ID=lease_id)
         await self._call(
-            lambda ch, md: rpc.LeaseStub(ch).LeaseRevoke(req, timeout=self.config.timeout, metadata=md), idempotent=True
+            lambda ch, md: rpc.LeaseStub(ch).LeaseRevoke(req, timeout=self.config.timeout, metadata=md), idempotent=True, op="lease_revoke"
         )
 
     # -- watch -----------------------------------------------------------------------------

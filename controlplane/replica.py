@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from .cache import SnapshotCache
 from .etcd import Etcd, EtcdConfig
+from .metrics import EtcdMetrics, XdsMetrics
 from .registry import FleetRegistry
 from .server.common import StreamObserver
 from .server.service import ServerLimits, XdsService, server_options
@@ -36,6 +39,7 @@ class ReplicaConfig:
     limits: ServerLimits = field(default_factory=ServerLimits)
     registry_flush_interval: float = 0.2
     tls: tuple[bytes, bytes, bytes | None] | None = None  # server cert, key, client CA (mTLS)
+    metrics_port: int | None = None  # serve Prometheus /metrics on host:metrics_port (0: any free port)
 
     def __post_init__(self) -> None:
         if not self.replica_id:
@@ -45,13 +49,21 @@ class ReplicaConfig:
 class XdsReplica:
     def __init__(self, config: ReplicaConfig, extra_observers: list[StreamObserver] | None = None) -> None:
         self.config = config
+        self.metrics_registry = CollectorRegistry()
+        self.metrics = XdsMetrics(self.metrics_registry, config.replica_id)
+        etcd_metrics = EtcdMetrics(self.metrics_registry)
         self.etcd = Etcd(config.etcd)
+        self.etcd.metrics = etcd_metrics
         self.view = IntentView(self.etcd)
         self.cache = SnapshotCache(self.view, debounce=config.debounce)
+        self.metrics.watch_cache(self.cache)
         self.registry = FleetRegistry(Etcd(config.etcd), config.replica_id, config.registry_flush_interval)
-        self.service = XdsService(self.cache, [self.registry, *(extra_observers or [])], config.limits)
+        self.registry.etcd.metrics = etcd_metrics
+        self.service = XdsService(self.cache, [self.registry, self.metrics, *(extra_observers or [])], config.limits)
         self.server: grpc.aio.Server | None = None
         self.port = config.port
+        self.metrics_port: int | None = None
+        self._metrics_server = None
 
     async def start(self) -> None:
         await self.view.start()
@@ -66,9 +78,15 @@ class XdsReplica:
         else:
             self.port = self.server.add_insecure_port(addr)
         await self.server.start()
+        if self.config.metrics_port is not None:
+            self._metrics_server, _ = start_http_server(self.config.metrics_port, self.config.host, self.metrics_registry)
+            self.metrics_port = self._metrics_server.server_address[1]
         log.info("xDS replica %s serving on %s:%d", self.config.replica_id, self.config.host, self.port)
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self.server:
             await self.server.stop(grace)
         await self.registry.stop()

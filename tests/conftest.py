@@ -75,7 +75,7 @@ async def api(etcd_config: EtcdConfig) -> AsyncIterator:
 async def _replica(etcd_config: EtcdConfig, replica_id: str) -> AsyncIterator:
     from controlplane.replica import ReplicaConfig, XdsReplica
 
-    r = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id=replica_id, registry_flush_interval=0.05))
+    r = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id=replica_id, registry_flush_interval=0.05, metrics_port=0))
     await r.start()
     yield r
     await r.stop(grace=0)
