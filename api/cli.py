@@ -308,10 +308,21 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .localcluster import up
+    from .localcluster import up, up_detached
 
+    if args.detach:
+        argv = [a for a in sys.argv[1:] if a != "--detach"]
+        # --state-dir is a global flag: up_detached passes it before the subcommand itself.
+        argv = argv[argv.index("up"):]
+        return up_detached(argv, args.state_dir)
     return up(args.state_dir, etcd_nodes=args.etcd_nodes, api_port=args.api_port, envoys=args.envoys,
-              backends=0 if args.no_demo else args.backends)
+              backends=0 if args.no_demo else args.backends, demo_intent=not args.no_demo)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from .localcluster import down
+
+    return down(args.state_dir)
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -358,11 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("up", help="start a local cluster on loopback (what `make run` runs)")
     s.add_argument("--etcd-nodes", type=int, choices=(1, 3), default=1)
-    s.add_argument("--envoys", type=int, default=1)
-    s.add_argument("--backends", type=int, default=3)
+    s.add_argument("--envoys", type=int, default=2, help="Envoys to start (they share the demo listener's port)")
+    s.add_argument("--backends", type=int, default=3, help="demo backends (HTTP + WebSocket) to start")
     s.add_argument("--no-demo", action="store_true", help="start no demo backends and apply no demo intent")
     s.add_argument("--api-port", type=int)
+    s.add_argument("--detach", action="store_true", help="run in the background; stop with `lbcp down`")
     s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("down", help="stop a cluster started with `lbcp up --detach` (by the PIDs in --state-dir)")
+    s.set_defaults(func=cmd_down)
 
     s = sub.add_parser("apply", help="apply YAML/JSON documents (kind: cluster|backend|listener|route) in one transaction")
     s.add_argument("-f", "--file", required=True, help="file, or - for stdin")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from controlplane.procs import wait_until
 
@@ -60,8 +61,26 @@ def test_up_apply_get_down(local_cluster) -> None:
     doc = json.loads((state / "cluster.json").read_text())
     assert doc["admin_api"].startswith("http://127.0.0.1:") and doc["etcd"]
 
-    assert len(doc["xds"]) == 2 and len(doc["envoys"]) == 1 and len(doc["backends"]) == 3
+    assert set(doc) >= {"admin_api", "xds", "etcd", "envoys", "backends", "token", "metrics"}
+    assert len(doc["xds"]) == 2 and len(doc["envoys"]) == 2 and len(doc["backends"]) == 3
+    assert all(set(e) == {"node_id", "listener", "admin"} for e in doc["envoys"])
+    assert all(set(b) == {"name", "address"} for b in doc["backends"])
     listener = doc["envoys"][0]["listener"]
+    # Both Envoys share the listener (SO_REUSEPORT): fresh connections reach each of them.
+    for _ in range(40):
+        assert httpx.get(f"http://{listener}/", headers={"connection": "close"}, timeout=5).status_code == 200
+    for e in doc["envoys"]:
+        stats = httpx.get(f"{e['admin']}/stats", params={"filter": "^http.http.downstream_rq_total$"}, timeout=5).text
+        assert int(stats.split(":")[1]) > 0, (e["node_id"], stats)
+    # A WebSocket through an Envoy reaches a demo backend, which greets and echoes.
+    with connect(f"ws://{listener}/chat", additional_headers={"x-user-id": "ws-user"}, open_timeout=5) as ws:
+        hello = ws.recv(timeout=5)
+        assert hello in {"web-1", "web-2", "web-3"}
+        ws.send("ping through envoy")
+        assert ws.recv(timeout=5) == "ping through envoy"
+    # Metrics endpoints listed in cluster.json answer.
+    for url in [doc["metrics"]["admin_api"], *doc["metrics"]["xds"]]:
+        assert "lbcp_" in httpx.get(url, timeout=5).text
     # The demo route answers through Envoy, and the same user always lands on the same backend.
     names = {httpx.get(f"http://{listener}/", headers={"x-user-id": f"user-{i}"}, timeout=5).text.strip() for i in range(30)}
     assert names <= {"web-1", "web-2", "web-3"} and len(names) >= 2
@@ -84,7 +103,7 @@ def test_up_apply_get_down(local_cluster) -> None:
     looked = _lbcp(state, "ring", "lookup", "web", "alice").stdout.split()
     assert looked == ["alice", next(iter(alice)).strip()]  # the ring says where Envoy sent alice
     fleet = httpx.get(f"{doc['admin_api']}/v1/fleet", timeout=5).json()
-    assert [n["node_id"] for n in fleet["nodes"]] == ["envoy-0"]
+    assert sorted(n["node_id"] for n in fleet["nodes"]) == ["envoy-0", "envoy-1"]
     # The same ring over xDS (lbcp.v1.HashRing), as a non-Envoy consumer sees it.
     watched = _lbcp(state, "ring", "watch", "web", "--key", "alice", "--count", "1").stdout
     assert "web: maglev revision" in watched and "65537 slots" in watched
@@ -101,3 +120,46 @@ def test_up_apply_get_down(local_cluster) -> None:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids)
     assert not (state / "cluster.json").exists()
+
+
+def test_detach_and_down(tmp_path: Path) -> None:
+    state = tmp_path / "bg"
+    r = _lbcp(state, "up", "--detach", "--envoys", "1", "--backends", "1")
+    assert "lbcp is up." in r.stdout and "lbcp --state-dir" in r.stdout
+    doc = json.loads((state / "cluster.json").read_text())
+    pids = [doc["pids"]["supervisor"], doc["pids"]["admin_api"], *doc["pids"]["etcd"], *doc["pids"]["others"]]
+    try:
+        assert all(_alive(p) for p in pids)
+        listener = doc["envoys"][0]["listener"]
+        assert httpx.get(f"http://{listener}/", timeout=5).text.strip() == "web-1"
+        # A second `up` on the same state dir refuses instead of starting a twin.
+        again = _lbcp(state, "up", check=False)
+        assert again.returncode == 1 and "already running" in again.stdout
+        out = _lbcp(state, "down").stdout
+        assert "stopped" in out
+        assert not any(_alive(p) for p in pids), [p for p in pids if _alive(p)]
+        assert not (state / "cluster.json").exists()
+        assert "no cluster running" in _lbcp(state, "down").stdout
+    finally:
+        for p in pids:
+            if _alive(p):
+                os.killpg(p, signal.SIGKILL)
+
+
+def test_down_after_the_supervisor_was_killed(tmp_path: Path) -> None:
+    """`lbcp up` SIGKILLed leaves its children; `lbcp down` still stops them by PID."""
+    state = tmp_path / "orphans"
+    _lbcp(state, "up", "--detach", "--envoys", "1", "--backends", "1")
+    doc = json.loads((state / "cluster.json").read_text())
+    children = [doc["pids"]["admin_api"], *doc["pids"]["etcd"], *doc["pids"]["others"]]
+    try:
+        os.kill(doc["pids"]["supervisor"], signal.SIGKILL)
+        wait_until(lambda: not _alive(doc["pids"]["supervisor"]), 10, what="supervisor gone")
+        # etcd, the API and the replicas outlive it (Envoy gets SIGTERM when its parent dies).
+        assert all(_alive(p) for p in [doc["pids"]["admin_api"], *doc["pids"]["etcd"]])
+        _lbcp(state, "down")
+        assert not any(_alive(p) for p in children)
+    finally:
+        for p in children:
+            if _alive(p):
+                os.killpg(p, signal.SIGKILL)
