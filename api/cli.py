@@ -283,12 +283,18 @@ def cmd_xds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bootstrap_options(args: argparse.Namespace) -> dict:
+    return {"admin_port": args.admin_port, "zone": args.zone or "", "delta": not args.sotw,
+            "max_connections": args.max_connections, "max_heap_bytes": args.max_heap_mib * 1024**2,
+            "health_port": args.health_port or None}
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from controlplane.bootstrap import XdsEndpoint, render
 
     xds = [XdsEndpoint(*_split_hostport(e)) for e in args.xds.split(",") if e]
     if args.count is None:
-        doc = render(args.node_id, args.fleet, xds, admin_port=args.admin_port, zone=args.zone or "", delta=not args.sotw)
+        doc = render(args.node_id, args.fleet, xds, **_bootstrap_options(args))
         text = yaml.safe_dump(doc, sort_keys=False)
         if args.output in (None, "-"):
             print(text, end="")
@@ -301,7 +307,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for i in range(args.count):
         rotated = xds[i % len(xds):] + xds[: i % len(xds)]
-        doc = render(f"{args.node_id}-{i}", args.fleet, rotated, admin_port=args.admin_port, zone=args.zone or "", delta=not args.sotw)
+        doc = render(f"{args.node_id}-{i}", args.fleet, rotated, **_bootstrap_options(args))
         (out / f"{args.node_id}-{i}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"wrote {args.count} bootstraps to {out}/")
     return 0
@@ -363,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--admin-port", type=int, default=9901)
     s.add_argument("--zone")
     s.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
+    s.add_argument("--max-connections", type=int, default=100_000, help="overload manager: global downstream connection limit")
+    s.add_argument("--max-heap-mib", type=int, default=2048, help="overload manager: heap the fixed-heap monitor measures against")
+    s.add_argument("--health-port", type=int, default=8081, help="front-tier health-check listener port (0: none)")
     s.add_argument("--count", type=int, help="render N instances (NODE-ID-0..N-1) into the --output folder")
     s.add_argument("-o", "--output", help="file (default stdout), or a folder with --count")
     s.set_defaults(func=cmd_bootstrap)

@@ -2,6 +2,18 @@
 
 `render(...)` returns the bootstrap as a dict (write it as YAML or JSON); `lbcp bootstrap`
 renders one per Envoy instance. deploy/envoy/bootstrap.yaml is a rendered example.
+
+What a production edge Envoy needs beyond xDS, after Envoy's "configuring Envoy as an edge
+proxy" guide (the per-listener edge settings live in the LDS translation, resources.py):
+- the overload manager: a global downstream connection limit (the process never accepts
+  more connections than it can carry; Envoy warns when there is none) and a fixed-heap
+  monitor that shrinks the heap at 95 %, stops keep-alive at 95 % and stops accepting
+  requests at 98 %;
+- admin on 127.0.0.1 only;
+- a static health-check listener for the front tier (DNS health checks, the anycast
+  announcer, the L4 balancer): `GET /healthz` answers 200, and 503 once the Envoy fails its
+  health check (`POST /healthcheck/fail` on the admin port: the first step of a drain), so
+  the front tier stops sending new clients before listeners drain.
 """
 
 from __future__ import annotations
@@ -25,8 +37,13 @@ def render(
     zone: str = "",
     region: str = "",
     delta: bool = True,
+    max_connections: int = 100_000,
+    max_heap_bytes: int = 2 * 1024**3,
+    health_address: str = "0.0.0.0",
+    health_port: int | None = 8081,
 ) -> dict:
     locality = {k: v for k, v in (("region", region), ("zone", zone)) if v}
+    listeners = [_health_listener(health_address, health_port)] if health_port is not None else []
     return {
         "node": {"id": node_id, "cluster": fleet, **({"locality": locality} if locality else {})},
         "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
@@ -41,7 +58,9 @@ def render(
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
+        "overload_manager": _overload_manager(max_connections, max_heap_bytes),
         "static_resources": {
+            "listeners": listeners,
             "clusters": [
                 {
                     "name": "lbcp_xds",
@@ -70,6 +89,58 @@ def render(
                 }
             ]
         },
+    }
+
+
+_HEAP = "envoy.resource_monitors.fixed_heap"
+_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
+
+
+def _overload_manager(max_connections: int, max_heap_bytes: int) -> dict:
+    def on_heap(action: str, threshold: float) -> dict:
+        return {"name": action, "triggers": [{"name": _HEAP, "threshold": {"value": threshold}}]}
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {"name": _HEAP, "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                "max_heap_size_bytes": max_heap_bytes}},
+            {"name": _CONNECTIONS, "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": max_connections}},
+        ],
+        "actions": [
+            on_heap("envoy.overload_actions.shrink_heap", 0.95),
+            on_heap("envoy.overload_actions.disable_http_keepalive", 0.95),
+            on_heap("envoy.overload_actions.stop_accepting_requests", 0.98),
+        ],
+    }
+
+
+def _health_listener(address: str, port: int) -> dict:
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "lbcp_health",
+        "route_config": {"name": "lbcp_health", "virtual_hosts": [
+            {"name": "health", "domains": ["*"],
+             "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}]},
+        "http_filters": [
+            {"name": "envoy.filters.http.health_check", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                # Answered by Envoy itself: 200, or 503 once the server fails health checks.
+                "pass_through_mode": False,
+                "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}]}},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+    }
+    return {
+        "name": "lbcp_health",
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        # Health probes are not clients: they must not count against the connection limit.
+        "ignore_global_conn_limit": True,
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
     }
 
 

@@ -243,7 +243,8 @@ _base_ids = iter(range(os.getpid() % 1000 * 100, os.getpid() % 1000 * 100 + 100)
 class EnvoyProcess:
     """A real Envoy with an lbcp bootstrap, admin on loopback, stopped by PID."""
 
-    def __init__(self, root: Path, node_id: str, fleet: str, xds: list[tuple[str, int]], *, delta: bool = True, zone: str = "") -> None:
+    def __init__(self, root: Path, node_id: str, fleet: str, xds: list[tuple[str, int]], *, delta: bool = True, zone: str = "",
+                 max_heap_bytes: int = 1024**3) -> None:
         import json
 
         from .bootstrap import XdsEndpoint, render
@@ -253,7 +254,9 @@ class EnvoyProcess:
         self.node_id = node_id
         self.admin_port = free_port()
         self.config_path = self.root / f"{node_id}.json"
-        doc = render(node_id, fleet, [XdsEndpoint(h, p) for h, p in xds], admin_port=self.admin_port, zone=zone, delta=delta)
+        self.health_port = free_port()
+        doc = render(node_id, fleet, [XdsEndpoint(h, p) for h, p in xds], admin_port=self.admin_port, zone=zone, delta=delta,
+                     health_address="127.0.0.1", health_port=self.health_port, max_heap_bytes=max_heap_bytes)
         self.config_path.write_text(json.dumps(doc, indent=1))
         self.proc = Proc(
             [envoy_binary(), "-c", str(self.config_path), "--base-id", str(next(_base_ids)), "-l", "warning",

@@ -14,6 +14,12 @@ Choices made on purpose (see docs/xds.md):
   route changes never touch the Listener (no listener drain).
 - Circuit breakers default far above Envoy's own 1024, which would cap a cluster at 1024
   connections per Envoy — wrong for a fleet carrying millions of persistent connections.
+- Edge settings (Envoy's "configuring Envoy as an edge proxy"): 32 KiB buffer limits per
+  connection on listeners and clusters; HTTP listeners use the remote address, reject
+  headers with underscores, limit HTTP/2 to 100 streams per connection with 64 KiB stream
+  and 1 MiB connection windows, close idle connections after 1 h and idle streams after
+  5 min, and give clients 10 s to send request headers. No whole-request timeout: it would
+  cut long WebSocket and streaming requests.
 """
 
 from __future__ import annotations
@@ -52,6 +58,13 @@ TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
 SHORT_NAMES = {CLUSTER_TYPE: "cds", ENDPOINT_TYPE: "eds", LISTENER_TYPE: "lds", ROUTE_TYPE: "rds", HASH_RING_TYPE: "ring"}
 
 DEFAULT_CIRCUIT_LIMIT = 1_000_000
+EDGE_BUFFER_LIMIT = 32 * 1024
+EDGE_H2_MAX_STREAMS = 100
+EDGE_H2_STREAM_WINDOW = 64 * 1024
+EDGE_H2_CONNECTION_WINDOW = 1024 * 1024
+EDGE_IDLE_TIMEOUT = 3600.0
+EDGE_STREAM_IDLE_TIMEOUT = 300.0
+EDGE_REQUEST_HEADERS_TIMEOUT = 10.0
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -85,6 +98,7 @@ def uses_dns(backends: Iterable[Backend]) -> bool:
 def cluster_resource(c: Cluster, backends: Iterable[Backend] = ()) -> cluster_pb2.Cluster:
     backends = list(backends)
     out = cluster_pb2.Cluster(name=c.name, connect_timeout=_dur(c.connect_timeout))
+    out.per_connection_buffer_limit_bytes.value = EDGE_BUFFER_LIMIT
     if uses_dns(backends):
         out.type = cluster_pb2.Cluster.STRICT_DNS
         out.load_assignment.CopyFrom(load_assignment(c.name, backends))
@@ -197,6 +211,7 @@ def route_config_name(listener: str) -> str:
 
 def listener_resource(lst: Listener) -> listener_pb2.Listener:
     out = listener_pb2.Listener(name=lst.name, address=_socket(lst.address, lst.port))
+    out.per_connection_buffer_limit_bytes.value = EDGE_BUFFER_LIMIT
     chain = listener_components_pb2.FilterChain()
     if lst.max_connections is not None:
         limit = connection_limit_pb2.ConnectionLimit(
@@ -211,7 +226,16 @@ def listener_resource(lst: Listener) -> listener_pb2.Listener:
             stat_prefix=lst.name,
             codec_type=hcm_pb2.HttpConnectionManager.AUTO,
             rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=route_config_name(lst.name)),
+            use_remote_address=wrappers_pb2.BoolValue(value=True),
+            stream_idle_timeout=_dur(EDGE_STREAM_IDLE_TIMEOUT),
+            request_headers_timeout=_dur(EDGE_REQUEST_HEADERS_TIMEOUT),
         )
+        hcm.common_http_protocol_options.idle_timeout.CopyFrom(_dur(EDGE_IDLE_TIMEOUT))
+        hcm.common_http_protocol_options.headers_with_underscores_action = protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
+        h2 = hcm.http2_protocol_options
+        h2.max_concurrent_streams.value = EDGE_H2_MAX_STREAMS
+        h2.initial_stream_window_size.value = EDGE_H2_STREAM_WINDOW
+        h2.initial_connection_window_size.value = EDGE_H2_CONNECTION_WINDOW
         hcm.upgrade_configs.append(
             hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=False))
         )

@@ -52,3 +52,54 @@ def test_render_n_instances(tmp_path: Path) -> None:
     first = [d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] for d in docs]
     assert first == [1, 2, 1]
     assert _validate(tmp_path / "edge-1.yaml").returncode == 0
+
+
+def test_repo_bootstrap_is_what_the_renderer_makes() -> None:
+    """deploy/envoy/bootstrap.yaml does not drift from `lbcp bootstrap` (its first line says how)."""
+    path = ROOT / "deploy" / "envoy" / "bootstrap.yaml"
+    command = path.read_text().splitlines()[0].removeprefix("# Rendered by: lbcp ").split()
+    r = subprocess.run([sys.executable, "-m", "api.cli", *command], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(r.stdout) == yaml.safe_load(path.read_text()), "re-render deploy/envoy/bootstrap.yaml"
+
+
+async def test_edge_envoy_health_listener_overload_and_edge_settings(api, replica, backends, envoys) -> None:
+    """A real Envoy on the production bootstrap: the front tier's health check turns 503 when
+    the Envoy is being drained, the overload manager runs, and lbcp's listeners carry the
+    edge settings."""
+    import asyncio
+
+    import httpx
+
+    from controlplane.procs import free_port
+    from tests.conftest import http_ok, wait_for
+
+    port = free_port()
+    r = await api.post("/v1/batch", json={"operations": [
+        {"op": "put", "kind": "cluster", "name": "web", "body": {}},
+        {"op": "put", "kind": "backend", "cluster": "web", "name": "b0", "body": {"address": "127.0.0.1", "port": backends[0].port}},
+        {"op": "put", "kind": "listener", "name": "http", "body": {"address": "127.0.0.1", "port": port}},
+        {"op": "put", "kind": "route", "name": "r", "body": {"listener": "http", "backends": [{"cluster": "web"}]}},
+    ]})
+    assert r.status_code == 200
+    e = await asyncio.to_thread(envoys, "edge-0", [("127.0.0.1", replica.port)])
+    await wait_for(http_ok(f"http://127.0.0.1:{port}/"), what="Envoy serving")
+    health = f"http://127.0.0.1:{e.health_port}/healthz"
+    async with httpx.AsyncClient(timeout=5) as c:
+        assert (await c.get(health)).status_code == 200
+        assert (await c.get(f"http://127.0.0.1:{e.health_port}/other")).status_code == 404
+        # Step one of a drain: fail the health check. The front tier sees 503, traffic still flows.
+        assert (await c.post(f"{e.admin}/healthcheck/fail")).status_code == 200
+        assert (await c.get(health)).status_code == 503
+        assert (await c.get(f"http://127.0.0.1:{port}/")).status_code == 200
+        assert (await c.post(f"{e.admin}/healthcheck/ok")).status_code == 200
+        assert (await c.get(health)).status_code == 200
+    monitors = e.stats("overload.envoy.resource_monitors")
+    assert "overload.envoy.resource_monitors.fixed_heap.pressure" in monitors, monitors
+    assert "overload.envoy.resource_monitors.global_downstream_max_connections.pressure" in monitors, monitors
+    assert "no configured limit" not in e.proc.log_path.read_text()
+    dump = e.config_dump("dynamic_listeners")
+    text = str(dump)
+    for needle in ("'use_remote_address': True", "'max_concurrent_streams': 100", "'per_connection_buffer_limit_bytes': 32768",
+                   "'headers_with_underscores_action': 'REJECT_REQUEST'"):
+        assert needle in text, needle

@@ -64,5 +64,6 @@ async def test_kitchen_sink_is_acked(api, replica, backends, envoys) -> None:
         clusters = e.stats("cluster_manager.active_clusters")
         assert clusters["cluster_manager.active_clusters"] == 7 + 1  # ours + lbcp_xds
         listeners = e.stats("listener_manager.total_listeners_active")
-        assert listeners["listener_manager.total_listeners_active"] == 2  # other-fleet's listener is not for this fleet
+        # ours (other-fleet's listener is not for this fleet) + the bootstrap's health-check listener
+        assert listeners["listener_manager.total_listeners_active"] == 2 + 1
         e.stop()
