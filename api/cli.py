@@ -286,7 +286,7 @@ def cmd_xds(args: argparse.Namespace) -> int:
 def _bootstrap_options(args: argparse.Namespace) -> dict:
     return {"admin_port": args.admin_port, "zone": args.zone or "", "delta": not args.sotw,
             "max_connections": args.max_connections, "max_heap_bytes": args.max_heap_mib * 1024**2,
-            "health_port": args.health_port or None}
+            "ops_port": args.ops_port or None}
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
     s.add_argument("--max-connections", type=int, default=100_000, help="overload manager: global downstream connection limit")
     s.add_argument("--max-heap-mib", type=int, default=2048, help="overload manager: heap the fixed-heap monitor measures against")
-    s.add_argument("--health-port", type=int, default=8081, help="front-tier health-check listener port (0: none)")
+    s.add_argument("--ops-port", type=int, default=8081, help="ops listener: /healthz for the front tier, /stats/prometheus for Prometheus (0: none)")
     s.add_argument("--count", type=int, help="render N instances (NODE-ID-0..N-1) into the --output folder")
     s.add_argument("-o", "--output", help="file (default stdout), or a folder with --count")
     s.set_defaults(func=cmd_bootstrap)

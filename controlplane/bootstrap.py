@@ -10,10 +10,12 @@ proxy" guide (the per-listener edge settings live in the LDS translation, resour
   monitor that shrinks the heap at 95 %, stops keep-alive at 95 % and stops accepting
   requests at 98 %;
 - admin on 127.0.0.1 only;
-- a static health-check listener for the front tier (DNS health checks, the anycast
-  announcer, the L4 balancer): `GET /healthz` answers 200, and 503 once the Envoy fails its
-  health check (`POST /healthcheck/fail` on the admin port: the first step of a drain), so
-  the front tier stops sending new clients before listeners drain.
+- a static operations listener (`ops_port`, default 8081) with two paths and nothing else:
+  `GET /healthz` for the front tier (DNS health checks, the anycast announcer, the L4
+  balancer) answers 200, and 503 once the Envoy fails its health check (`POST
+  /healthcheck/fail` on the admin port: the first step of a drain), so the front tier stops
+  sending new clients before listeners drain; `GET /stats/prometheus` is proxied to the
+  loopback-only admin, so Prometheus can scrape without the admin being exposed.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ def render(
     delta: bool = True,
     max_connections: int = 100_000,
     max_heap_bytes: int = 2 * 1024**3,
-    health_address: str = "0.0.0.0",
-    health_port: int | None = 8081,
+    ops_address: str = "0.0.0.0",
+    ops_port: int | None = 8081,
 ) -> dict:
     locality = {k: v for k, v in (("region", region), ("zone", zone)) if v}
-    listeners = [_health_listener(health_address, health_port)] if health_port is not None else []
+    listeners = [_ops_listener(ops_address, ops_port)] if ops_port is not None else []
+    clusters = [_admin_cluster(admin_address, admin_port)] if ops_port is not None else []
     return {
         "node": {"id": node_id, "cluster": fleet, **({"locality": locality} if locality else {})},
         "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
@@ -86,7 +89,8 @@ def render(
                             {"endpoint": {"address": {"socket_address": {"address": e.host, "port_value": e.port}}}} for e in xds
                         ]}],
                     },
-                }
+                },
+                *clusters,
             ]
         },
     }
@@ -118,13 +122,26 @@ def _overload_manager(max_connections: int, max_heap_bytes: int) -> dict:
     }
 
 
-def _health_listener(address: str, port: int) -> dict:
+def _admin_cluster(address: str, port: int) -> dict:
+    return {
+        "name": "lbcp_admin",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "lbcp_admin", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}}]}]},
+    }
+
+
+def _ops_listener(address: str, port: int) -> dict:
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "lbcp_health",
-        "route_config": {"name": "lbcp_health", "virtual_hosts": [
-            {"name": "health", "domains": ["*"],
-             "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}]},
+        "stat_prefix": "lbcp_ops",
+        "route_config": {"name": "lbcp_ops", "virtual_hosts": [
+            {"name": "ops", "domains": ["*"], "routes": [
+                # Only the read-only stats page of the admin, never the admin's mutating endpoints.
+                {"match": {"path": "/stats/prometheus", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+                 "route": {"cluster": "lbcp_admin", "timeout": "10s"}},
+                {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}]},
         "http_filters": [
             {"name": "envoy.filters.http.health_check", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
@@ -136,9 +153,9 @@ def _health_listener(address: str, port: int) -> dict:
         ],
     }
     return {
-        "name": "lbcp_health",
+        "name": "lbcp_ops",
         "address": {"socket_address": {"address": address, "port_value": port}},
-        # Health probes are not clients: they must not count against the connection limit.
+        # Probes and scrapes are not clients: they must not count against the connection limit.
         "ignore_global_conn_limit": True,
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
     }

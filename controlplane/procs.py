@@ -254,9 +254,9 @@ class EnvoyProcess:
         self.node_id = node_id
         self.admin_port = free_port()
         self.config_path = self.root / f"{node_id}.json"
-        self.health_port = free_port()
+        self.ops_port = free_port()
         doc = render(node_id, fleet, [XdsEndpoint(h, p) for h, p in xds], admin_port=self.admin_port, zone=zone, delta=delta,
-                     health_address="127.0.0.1", health_port=self.health_port, max_heap_bytes=max_heap_bytes)
+                     ops_address="127.0.0.1", ops_port=self.ops_port, max_heap_bytes=max_heap_bytes)
         self.config_path.write_text(json.dumps(doc, indent=1))
         self.proc = Proc(
             [envoy_binary(), "-c", str(self.config_path), "--base-id", str(next(_base_ids)), "-l", "warning",

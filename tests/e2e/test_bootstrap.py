@@ -65,8 +65,8 @@ def test_repo_bootstrap_is_what_the_renderer_makes() -> None:
 
 async def test_edge_envoy_health_listener_overload_and_edge_settings(api, replica, backends, envoys) -> None:
     """A real Envoy on the production bootstrap: the front tier's health check turns 503 when
-    the Envoy is being drained, the overload manager runs, and lbcp's listeners carry the
-    edge settings."""
+    the Envoy is being drained, Prometheus can scrape it without reaching the admin, the
+    overload manager runs, and lbcp's listeners carry the edge settings."""
     import asyncio
 
     import httpx
@@ -84,15 +84,21 @@ async def test_edge_envoy_health_listener_overload_and_edge_settings(api, replic
     assert r.status_code == 200
     e = await asyncio.to_thread(envoys, "edge-0", [("127.0.0.1", replica.port)])
     await wait_for(http_ok(f"http://127.0.0.1:{port}/"), what="Envoy serving")
-    health = f"http://127.0.0.1:{e.health_port}/healthz"
+    health = f"http://127.0.0.1:{e.ops_port}/healthz"
     async with httpx.AsyncClient(timeout=5) as c:
         assert (await c.get(health)).status_code == 200
-        assert (await c.get(f"http://127.0.0.1:{e.health_port}/other")).status_code == 404
+        assert (await c.get(f"http://127.0.0.1:{e.ops_port}/other")).status_code == 404
         # Step one of a drain: fail the health check. The front tier sees 503, traffic still flows.
         assert (await c.post(f"{e.admin}/healthcheck/fail")).status_code == 200
         assert (await c.get(health)).status_code == 503
         assert (await c.get(f"http://127.0.0.1:{port}/")).status_code == 200
         assert (await c.post(f"{e.admin}/healthcheck/ok")).status_code == 200
+        assert (await c.get(health)).status_code == 200
+        # Prometheus scrapes Envoy through the ops port; the admin's other endpoints stay private.
+        scrape = await c.get(f"http://127.0.0.1:{e.ops_port}/stats/prometheus")
+        assert scrape.status_code == 200 and "envoy_server_live" in scrape.text
+        assert (await c.post(f"http://127.0.0.1:{e.ops_port}/healthcheck/fail")).status_code == 404
+        assert (await c.post(f"http://127.0.0.1:{e.ops_port}/stats/prometheus")).status_code == 404
         assert (await c.get(health)).status_code == 200
     monitors = e.stats("overload.envoy.resource_monitors")
     assert "overload.envoy.resource_monitors.fixed_heap.pressure" in monitors, monitors
