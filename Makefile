@@ -15,7 +15,7 @@ run: deps
 test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-deps: $(STAMP) etcd
+deps: $(STAMP) etcd $(BIN)/promtool
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,18 @@ etcd:
 	  else \
 	    echo "etcd is not installed. Install it with: sudo apt-get install -y etcd-server" >&2; exit 1; \
 	  fi; }
+
+# promtool checks and unit-tests deploy/prometheus/alerts.yml. It comes from Debian's
+# prometheus package, unpacked (no service installed). Best effort: without it the tests
+# still parse and check the rules in Python and skip only the promtool run.
+$(BIN)/promtool: | $(STAMP)
+	@if command -v promtool >/dev/null 2>&1; then ln -sf "$$(command -v promtool)" $@; else \
+	  tmp=$$(mktemp -d); \
+	  ( cd $$tmp && { apt-get download prometheus >/dev/null 2>&1 || \
+	    { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; } ) && \
+	  dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/x && cp $$tmp/x/usr/bin/promtool $@ && echo "promtool installed from Debian's prometheus package" || \
+	  echo "promtool not available: alert rules get the Python checks only"; \
+	  rm -rf $$tmp; fi
 
 # Regenerate controlplane/gen/ from protos/ (pinned grpcio-tools; tests check it is current).
 protos: $(STAMP)

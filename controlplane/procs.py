@@ -244,7 +244,7 @@ class EnvoyProcess:
     """A real Envoy with an lbcp bootstrap, admin on loopback, stopped by PID."""
 
     def __init__(self, root: Path, node_id: str, fleet: str, xds: list[tuple[str, int]], *, delta: bool = True, zone: str = "",
-                 max_heap_bytes: int = 1024**3) -> None:
+                 max_heap_bytes: int = 1024**3, extra_listeners: list[dict] | None = None) -> None:
         import json
 
         from .bootstrap import XdsEndpoint, render
@@ -257,6 +257,7 @@ class EnvoyProcess:
         self.ops_port = free_port()
         doc = render(node_id, fleet, [XdsEndpoint(h, p) for h, p in xds], admin_port=self.admin_port, zone=zone, delta=delta,
                      ops_address="127.0.0.1", ops_port=self.ops_port, max_heap_bytes=max_heap_bytes)
+        doc["static_resources"]["listeners"] += extra_listeners or []
         self.config_path.write_text(json.dumps(doc, indent=1))
         self.proc = Proc(
             [envoy_binary(), "-c", str(self.config_path), "--base-id", str(next(_base_ids)), "-l", "warning",

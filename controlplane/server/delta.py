@@ -77,7 +77,12 @@ class DeltaStream(BaseStream):
     async def flush(self, snap: Snapshot, write: Callable[[bytes], Awaitable[None]]) -> None:
         for type_url, st in self.due_types(snap):
             send, removed, missing = self._diff(type_url, snap)
-            if not send and not removed and not missing:
+            # A fresh client's first wildcard request is answered even when there is nothing:
+            # Envoy's initialisation waits for a first CDS/LDS response (else it sits out
+            # initial_fetch_timeout). A reconnecting client that declared what it holds
+            # (initial_resource_versions) is past initialisation and gets nothing.
+            first_wildcard = st.wildcard and st.pushes == 0 and not st.have
+            if not send and not removed and not missing and not first_wildcard:
                 continue
             entries = snap.of(type_url)
             nonce = next_nonce()

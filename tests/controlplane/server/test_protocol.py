@@ -198,3 +198,16 @@ async def test_per_type_services(store: Store, replica) -> None:
         d = await delta.read()
         assert sorted(r.name for r in d.resources) == ["a", "b"]
         delta.cancel()
+
+
+async def test_delta_wildcard_on_empty_intent_gets_an_empty_first_response(store: Store, replica) -> None:
+    """Envoy's initialisation waits for a first CDS/LDS response; with no intent at all it must
+    still get one, or every Envoy sits out initial_fetch_timeout (15 s) before serving."""
+    await replica.cache.wait_ready(5)
+    c = await _client(replica, delta=True)
+    await c.delta_request(CLUSTER_TYPE)
+    r = await c.recv()
+    assert r is not None and r.type_url == CLUSTER_TYPE and not r.resources and not r.removed_resources
+    await c.delta_request(CLUSTER_TYPE, nonce=r.nonce)
+    assert await c.recv(QUIET) is None  # and only once
+    await c.close()
