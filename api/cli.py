@@ -325,6 +325,25 @@ def cmd_up(args: argparse.Namespace) -> int:
               backends=0 if args.no_demo else args.backends, demo_intent=not args.no_demo)
 
 
+def cmd_demo_backend(args: argparse.Namespace) -> int:
+    """Run one demo backend in the foreground (docker-compose and k8s demos use it)."""
+    import signal
+    import threading
+
+    from .demo import DemoBackend
+
+    b = DemoBackend(args.name, args.host, args.port)
+    print(f"demo backend {args.name} on {b.address}:{b.port} (HTTP and WebSocket)", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    b.stop()
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from .localcluster import down
 
@@ -384,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-port", type=int)
     s.add_argument("--detach", action="store_true", help="run in the background; stop with `lbcp down`")
     s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("demo-backend", help="run one demo backend: answers HTTP with its name, echoes WebSocket messages")
+    s.add_argument("name")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_demo_backend)
 
     s = sub.add_parser("down", help="stop a cluster started with `lbcp up --detach` (by the PIDs in --state-dir)")
     s.set_defaults(func=cmd_down)

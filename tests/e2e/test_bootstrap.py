@@ -20,7 +20,22 @@ def _validate(path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "deploy").rglob("bootstrap*.yaml")), ids=lambda p: p.name)
+def _repo_bootstraps() -> list[Path]:
+    """Every Envoy bootstrap file under deploy/ (a YAML document with node and static_resources)."""
+    out = []
+    for p in sorted((ROOT / "deploy").rglob("*.yaml")):
+        doc = next(iter(yaml.safe_load_all(p.read_text())), None)
+        if isinstance(doc, dict) and "node" in doc and "static_resources" in doc:
+            out.append(p)
+    return out
+
+
+def test_bootstraps_are_found() -> None:
+    names = {str(p.relative_to(ROOT)) for p in _repo_bootstraps()}
+    assert {"deploy/envoy/bootstrap.yaml", "deploy/compose/envoy-0.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", _repo_bootstraps(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_repo_bootstraps_validate(path: Path) -> None:
     r = _validate(path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -54,13 +69,18 @@ def test_render_n_instances(tmp_path: Path) -> None:
     assert _validate(tmp_path / "edge-1.yaml").returncode == 0
 
 
-def test_repo_bootstrap_is_what_the_renderer_makes() -> None:
-    """deploy/envoy/bootstrap.yaml does not drift from `lbcp bootstrap` (its first line says how)."""
-    path = ROOT / "deploy" / "envoy" / "bootstrap.yaml"
-    command = path.read_text().splitlines()[0].removeprefix("# Rendered by: lbcp ").split()
+@pytest.mark.parametrize("path", _repo_bootstraps(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_repo_bootstrap_is_what_the_renderer_makes(path: Path, tmp_path: Path) -> None:
+    """A rendered bootstrap does not drift from `lbcp bootstrap` (its first line says how)."""
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# Rendered by: lbcp "), f"{path}: first line must say how it was rendered"
+    command = first.removeprefix("# Rendered by: lbcp ").split()
+    if "--count" in command:  # renders a folder: render into tmp_path, compare the same file
+        command[command.index("-o") + 1] = str(tmp_path)
     r = subprocess.run([sys.executable, "-m", "api.cli", *command], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert yaml.safe_load(r.stdout) == yaml.safe_load(path.read_text()), "re-render deploy/envoy/bootstrap.yaml"
+    rendered = (tmp_path / path.name).read_text() if "--count" in command else r.stdout
+    assert yaml.safe_load(rendered) == yaml.safe_load(path.read_text()), f"re-render {path.relative_to(ROOT)}"
 
 
 async def test_edge_envoy_health_listener_overload_and_edge_settings(api, replica, backends, envoys) -> None:
