@@ -68,6 +68,9 @@ class XdsMetrics:
             "lbcp_xds_convergence_seconds",
             "from this replica seeing an etcd change to a client having ACKed everything up to it",
             ["fleet"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue = Histogram("lbcp_xds_push_queue_seconds",
+                               "snapshot published → its response written to a stream (per type)", ["type"],
+                               buckets=LATENCY_BUCKETS, registry=r)
         self.debounce = Histogram("lbcp_snapshot_debounce_seconds", "first change seen → snapshot build starts",
                                   buckets=BUILD_BUCKETS, registry=r)
         self.build = Histogram("lbcp_snapshot_build_seconds", "snapshot build time", buckets=BUILD_BUCKETS, registry=r)
@@ -76,6 +79,8 @@ class XdsMetrics:
         self.ring = RingMetrics(r)
         self._seen: OrderedDict[int, float] = OrderedDict()  # revision -> when its first change was seen
         self._published = 0
+        self._published_at: dict[int, float] = {}  # revision -> when it was published (recent ones)
+        self._last_pushed: dict[tuple[int, str], int] = {}  # (stream, type) -> revision of its last push
 
     # -- StreamObserver ------------------------------------------------------------------------
 
@@ -84,6 +89,8 @@ class XdsMetrics:
 
     def disconnected(self, stream) -> None:
         self.streams.labels(self.replica, stream.fleet, stream.protocol).dec()
+        for key in [k for k in self._last_pushed if k[0] == stream.id]:
+            del self._last_pushed[key]
 
     def changed(self, stream) -> None:
         seen = self._seen.get(stream.acked_revision)
@@ -95,6 +102,14 @@ class XdsMetrics:
         self.pushes.labels(t).inc()
         self.push_bytes.labels(t).inc(nbytes)
         self.push_resources.labels(t).inc(resources)
+        # Queue time counts only the first push of a newly published revision to this stream
+        # (a push answering a client's new subscription is not waiting on a publish).
+        revision = stream.served_revision
+        key = (stream.id, type_url)
+        if self._last_pushed.get(key, 0) < revision and revision in self._published_at:
+            if key in self._last_pushed:
+                self.queue.labels(t).observe(time.monotonic() - self._published_at[revision])
+        self._last_pushed[key] = revision
 
     def nacked(self, stream, type_url: str, nack) -> None:
         self.nacks.labels(_short(type_url), stream.fleet).inc()
@@ -111,6 +126,9 @@ class XdsMetrics:
             if cache.published == self._published:
                 return  # a ring finished: same snapshot otherwise
             self._published = cache.published
+            self._published_at[cache.revision] = time.monotonic()
+            while len(self._published_at) > 64:
+                del self._published_at[min(self._published_at)]
             st = cache.stats
             self.build.observe(st.last_build_seconds)
             self.debounce.observe(st.last_debounce_seconds)

@@ -124,9 +124,10 @@ def test_up_apply_get_down(local_cluster) -> None:
 
 def test_detach_and_down(tmp_path: Path) -> None:
     state = tmp_path / "bg"
-    r = _lbcp(state, "up", "--detach", "--envoys", "1", "--backends", "1")
+    r = _lbcp(state, "up", "--detach", "--envoys", "1", "--backends", "1", "--etcd-nodes", "3")
     assert "lbcp is up." in r.stdout and "lbcp --state-dir" in r.stdout
     doc = json.loads((state / "cluster.json").read_text())
+    assert len(doc["etcd"]) == 3 and len(doc["backends"]) == 1 and len(doc["envoys"]) == 1
     pids = [doc["pids"]["supervisor"], doc["pids"]["admin_api"], *doc["pids"]["etcd"], *doc["pids"]["others"]]
     try:
         assert all(_alive(p) for p in pids)
@@ -149,8 +150,9 @@ def test_detach_and_down(tmp_path: Path) -> None:
 def test_down_after_the_supervisor_was_killed(tmp_path: Path) -> None:
     """`lbcp up` SIGKILLed leaves its children; `lbcp down` still stops them by PID."""
     state = tmp_path / "orphans"
-    _lbcp(state, "up", "--detach", "--envoys", "1", "--backends", "1")
+    _lbcp(state, "up", "--detach", "--envoys", "1", "--no-demo")
     doc = json.loads((state / "cluster.json").read_text())
+    assert doc["backends"] == [] and doc["envoys"][0]["listener"] is None
     children = [doc["pids"]["admin_api"], *doc["pids"]["etcd"], *doc["pids"]["others"]]
     try:
         os.kill(doc["pids"]["supervisor"], signal.SIGKILL)
@@ -163,3 +165,17 @@ def test_down_after_the_supervisor_was_killed(tmp_path: Path) -> None:
         for p in children:
             if _alive(p):
                 os.killpg(p, signal.SIGKILL)
+
+
+def test_a_component_that_dies_is_reported(local_cluster) -> None:
+    """An xDS replica killed under `lbcp up`: it says which one and where its log is, stops
+    everything else and exits 1."""
+    state, proc, log = local_cluster
+    doc = json.loads((state / "cluster.json").read_text())
+    xds_pid = doc["pids"]["others"][1]  # admin API first, then the replicas
+    os.killpg(xds_pid, signal.SIGKILL)
+    assert proc.wait(30) == 1
+    out = log.read_text()
+    assert "xDS replica xds-0 exited unexpectedly" in out and "xds-0.log" in out, out[-2000:]
+    pids = [doc["pids"]["admin_api"], *doc["pids"]["etcd"], *doc["pids"]["others"]]
+    wait_until(lambda: not any(_alive(p) for p in pids), 15, what="everything stopped")

@@ -56,6 +56,10 @@ async def test_replica_and_api_metrics(api: httpx.AsyncClient, replica, backends
     async with httpx.AsyncClient(timeout=5) as c:
         for i in range(20):
             assert (await c.get(f"http://127.0.0.1:{port}/", headers={"x-user-id": str(i)})).status_code == 200
+    # A change while the Envoy is connected: a push that waited on a publish (queue time).
+    r = await api.put(f"/v1/clusters/web/backends/{backends[2].name}", json={"address": "127.0.0.1", "port": backends[2].port})
+    assert r.status_code == 201
+    revision = r.json()["revision"]
     # A raw client rejects the clusters once: a NACK to count.
     raw = AdsClient(f"127.0.0.1:{replica.port}", "nacker", "other")
     await raw.open()
@@ -71,7 +75,8 @@ async def test_replica_and_api_metrics(api: httpx.AsyncClient, replica, backends
 
     async def settled() -> bool:
         _, s = await scrape()
-        return _value(s, "lbcp_xds_nacks_total", type="cds") == 1 and _value(s, "lbcp_xds_convergence_seconds_count") >= 1
+        return (_value(s, "lbcp_xds_nacks_total", type="cds") == 1 and _value(s, "lbcp_xds_convergence_seconds_count") >= 2
+                and _value(s, "lbcp_xds_push_queue_seconds_count", type="eds") >= 1)
 
     await wait_for(settled, what="NACK and convergence recorded")
     names, s = await scrape()
@@ -87,6 +92,8 @@ async def test_replica_and_api_metrics(api: httpx.AsyncClient, replica, backends
     count, total = _value(s, "lbcp_xds_convergence_seconds_count"), _value(s, "lbcp_xds_convergence_seconds_sum")
     assert 0 < total / count < 60
     assert _value(s, "lbcp_snapshot_revision") == revision
+    queued = _value(s, "lbcp_xds_push_queue_seconds_sum", type="eds") / _value(s, "lbcp_xds_push_queue_seconds_count", type="eds")
+    assert 0 <= queued < 10
     assert _value(s, "lbcp_snapshot_resources", type="cds") == 1 and _value(s, "lbcp_snapshot_resources", type="eds") == 1
     assert _value(s, "lbcp_snapshot_bytes", type="lds") > 0
     assert _value(s, "lbcp_snapshot_builds_total") >= 1 and _value(s, "lbcp_snapshot_build_seconds_count") >= 1
