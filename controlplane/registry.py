@@ -188,10 +188,14 @@ def rollout_status(fleet: FleetView, revision: int) -> dict:
     """Which connected nodes have acked a config including `revision`, and which rejected it."""
     acked, pending, rejected = [], [], []
     for node_id, doc in sorted(fleet.nodes.items()):
+        # A NACK counts against `revision` if it was for that revision or later, or if the
+        # node has not been in sync since it (it still holds a rejected resource that intent
+        # has not changed since, so it cannot reach `revision` either).
+        acked_at = doc.get("acked_revision", 0)
         nacks = [
             {"node_id": node_id, "type": t, **st["last_nack"]}
             for t, st in doc.get("types", {}).items()
-            if st.get("last_nack") and st["last_nack"]["revision"] >= revision
+            if st.get("last_nack") and (st["last_nack"]["revision"] >= revision or st["last_nack"]["revision"] > acked_at)
         ]
         if doc.get("acked_revision", 0) >= revision:
             acked.append(node_id)
