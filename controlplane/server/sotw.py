@@ -9,7 +9,11 @@ Rules followed (envoy api/xds_protocol):
 - a reconnecting client's version_info counts as what it has: same version, no resend;
 - at most one response per type in flight; CDS → EDS → LDS → RDS; after a CDS push that
   changes clusters, their endpoints are sent again (Envoy re-warms an updated cluster and
-  waits for EDS before using it).
+  waits for EDS before using it);
+- CDS and LDS responses carry every resource (the protocol requires it); EDS and RDS (and
+  lbcp's HashRing) are incremental in SotW too — omitting a resource says nothing about it
+  — so they carry only the resources whose version changed since this stream last got them:
+  an endpoint change costs one ClusterLoadAssignment, not all of them.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from ..snapshot import Snapshot, ld, set_version
 from .common import WILDCARD_TYPES, BaseStream, next_nonce
 
 _BODY_CACHE_SIZE = 256
-_bodies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+_bodies: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
 
 
 def _body(type_url: str, version: str, snap: Snapshot, names: list[str]) -> bytes:
-    """DiscoveryResponse bytes without the nonce: built once per (type, version), shared by all streams."""
-    key = (type_url, version)
+    """DiscoveryResponse bytes without the nonce: built once per (type, version, names sent),
+    shared by every stream that needs the same response."""
+    key = (type_url, version, hash(tuple(names)))
     body = _bodies.get(key)
     if body is None:
         entries = snap.of(type_url)
@@ -46,6 +51,8 @@ class SotwStream(BaseStream):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._cds_versions: dict[str, str] = {}
+        # Named (incremental) types: the version of each resource this stream was last sent.
+        self._sent: dict[str, dict[str, str]] = {}
 
     def on_request(self, req, snap: Snapshot) -> None:
         type_url = req.type_url or self.only_type or ""
@@ -77,16 +84,23 @@ class SotwStream(BaseStream):
                 if not names:
                     continue  # nothing to say yet; sent once it exists
                 version = set_version(entries, names)
-            owed_endpoints = type_url == ENDPOINT_TYPE and bool(self._rewarm.intersection(names))
-            if not owed_endpoints and (version == st.sent_version or version == st.rejected_version):
+            owed = self._rewarm.intersection(names) if type_url == ENDPOINT_TYPE else set()
+            if not owed and (version == st.sent_version or version == st.rejected_version):
                 continue
+            send = names
+            if not st.wildcard:
+                sent = self._sent.get(type_url, {})
+                changed = [n for n in names if sent.get(n) != entries[n].version or n in owed]
+                # Nothing changed but the set shrank (an unsubscribe): answer with the full set.
+                send = changed or names
+                self._sent[type_url] = {n: entries[n].version for n in names}
             nonce = next_nonce()
-            body = _body(type_url, version, snap, names) + ld(5, nonce.encode())
+            body = _body(type_url, version, snap, send) + ld(5, nonce.encode())
             rewarm: set[str] = set()
             if type_url == CLUSTER_TYPE:
                 rewarm = {n for n in names if self._cds_versions.get(n) not in (None, entries[n].version)}
                 self._cds_versions = {n: entries[n].version for n in names}
-            await self._send(type_url, st, snap, nonce, version, body, names, rewarm, write)
+            await self._send(type_url, st, snap, nonce, version, body, send, rewarm, write)
         self._update_synced(snap)
 
     def _update_synced(self, snap: Snapshot) -> None:

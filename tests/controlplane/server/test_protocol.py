@@ -85,8 +85,17 @@ async def test_sotw_named_resources_and_resource_before_it_exists(store: Store, 
     await _settle(replica, (await store.put(Backend(name="l1", address="10.0.0.3", port=80), cluster="later")).revision)
     r2 = await c.recv()
     cla = AdsClient.decode(r2)
-    assert set(cla) == {"a", "later"}
+    # EDS is incremental in SotW: only what changed ("a" is unchanged and not resent).
+    assert set(cla) == {"later"}
     assert cla["later"].endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address == "10.0.0.3"
+    await c.request(ENDPOINT_TYPE, ["a", "later"], version=r2.version_info, nonce=r2.nonce)
+    await _settle(replica, (await store.put(Backend(name="a9", address="10.0.0.4", port=80), cluster="a")).revision)
+    r3 = await c.recv()
+    assert set(AdsClient.decode(r3)) == {"a"} and r3.version_info not in (r.version_info, r2.version_info)
+    # Unsubscribing one name leaves nothing new to send but a new set: the full set answers it.
+    await c.request(ENDPOINT_TYPE, ["a"], version=r3.version_info, nonce=r3.nonce)
+    r4 = await c.recv()
+    assert set(AdsClient.decode(r4)) == {"a"}
     await c.close()
 
 
