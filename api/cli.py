@@ -271,6 +271,7 @@ def cmd_xds(args: argparse.Namespace) -> int:
         max_connection_age=args.max_connection_age,
         limits=ServerLimits(max_streams=args.max_streams),
         metrics_port=args.metrics_port,
+        registry_flush_interval=args.registry_interval,
     )
 
     async def run() -> None:
@@ -379,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-streams", type=int, default=20_000)
     s.add_argument("--max-connection-age", type=float, default=1800.0, help="seconds; streams rebalance across replicas")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on --host:PORT (0: any free port)")
+    s.add_argument("--registry-interval", type=float, default=0.2,
+                   help="seconds between fleet-registry writes to etcd (rollout status lags by up to this)")
     s.set_defaults(func=cmd_xds)
 
     s = sub.add_parser("bootstrap", help="render an Envoy bootstrap for one instance")

@@ -1,6 +1,7 @@
 """The snapshot cache: turns the intent view into published per-fleet snapshots.
 
-It listens to the view, coalesces bursts of changes (a short debounce window, bounded),
+It listens to the view, coalesces bursts of changes (a short debounce window, bounded, that
+stretches while the previous snapshot is still being fanned out to the streams),
 rebuilds only what the changes touch (a backend change rebuilds that cluster's endpoints,
 never a listener), checks each fleet's snapshot for consistency and publishes it. Streams
 register a wake-up callback and read `snapshot(fleet)` when woken.
@@ -43,10 +44,15 @@ class BuildStats:
 
 
 class SnapshotCache:
-    def __init__(self, view: IntentView, debounce: float = 0.01, max_delay: float = 0.1) -> None:
+    def __init__(self, view: IntentView, debounce: float = 0.01, max_delay: float = 0.1, max_hold: float = 1.0) -> None:
         self.view = view
         self.debounce = debounce
         self.max_delay = max_delay
+        self.max_hold = max_hold
+        # Set by the server: True while some stream has not yet taken the last published
+        # snapshot. The next publish waits for that (up to `max_hold`), so under load each
+        # fan-out carries every change that arrived during the previous one.
+        self.fanout_busy: Callable[[], bool] = lambda: False
         self.revision = 0
         self.stats = BuildStats()
         self._clusters: dict[str, Entry] = {}
@@ -175,6 +181,11 @@ class SnapshotCache:
         # `max_delay` in all, then build once from everything accumulated.
         assert self._first_dirty is not None
         await asyncio.sleep(min(self.debounce, self.max_delay))
+        # Adaptive coalescing: while the fleet is still taking the previous snapshot,
+        # publishing another would only queue work behind it; keep collecting changes.
+        deadline = self._first_dirty + self.max_hold
+        while self.fanout_busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         try:
             self._rebuild()
         except Exception:

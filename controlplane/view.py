@@ -22,6 +22,7 @@ from .errors import StoreError
 from .etcd import Etcd, prefix_end
 from .keyspace import Keyspace, Ref, Stored
 from .model import Backend, Cluster, Kind, Listener, Route
+from .watchpump import WatchPump
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class IntentView:
         self._subscribers: list[Subscriber] = []
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._pending_revision = 0
+        self._pending_changed: set[Ref] = set()
+        self._backoff = 0.1
 
     # -- public ----------------------------------------------------------------------------
 
@@ -159,59 +163,71 @@ class IntentView:
         async with self._advanced:
             self._advanced.notify_all()
 
+    def _apply_batch(self, items: list) -> bool:
+        """Apply every watch response received so far; True if a full reload is needed.
+        Raises the error that ended the watch, after applying what came before it."""
+        for resp in items:
+            if isinstance(resp, BaseException):
+                raise resp
+            self.connected = True
+            self._backoff = 0.1
+            if resp.compact_revision:
+                log.warning("watch start %d compacted (at %d): reloading", self.revision + 1, resp.compact_revision)
+                return True
+            if resp.canceled:
+                log.warning("watch canceled by etcd: %s", resp.cancel_reason)
+                return True
+            if resp.created:
+                # Its header carries etcd's current revision, not what was delivered.
+                continue
+            if not resp.events:
+                # etcd's periodic progress notification, sent to synced watchers only: every
+                # event up to header.revision is in. (lbcp does not send progress *requests*:
+                # etcd 3.4 answers them with its current revision even while events are
+                # still queued for this watcher.)
+                self._pending_revision = max(self._pending_revision, resp.header.revision)
+                continue
+            for ev in resp.events:
+                ref = self.keys.ref(ev.kv.key)
+                if ref is None:
+                    continue
+                self._pending_changed.add(ref)
+                # PUT = 0, DELETE = 1
+                self._set(ref, self._decode(ref, ev.kv) if ev.type == 0 else None)
+            # While a watcher catches up, etcd may send a batch whose header revision is
+            # ahead of its last event; only the events themselves say how far we are.
+            self._pending_revision = max(self._pending_revision, max(ev.kv.mod_revision for ev in resp.events))
+        return False
+
+    async def _flush_batch(self) -> None:
+        """Tell subscribers once about everything the last batch applied."""
+        revision, changed = self._pending_revision, self._pending_changed
+        self._pending_revision, self._pending_changed = 0, set()
+        if revision or changed:
+            await self._advance(max(revision, self.revision), changed)
+
     async def _run(self) -> None:
-        backoff = 0.1
         # A view restarted after stop() resumes its watch; only a compacted revision reloads.
         need_load = not self.ready.is_set()
         while True:
-            call = None
+            pump = None
             try:
                 if need_load:
                     await self._load()
                     self.loads += 1
                     need_load = False
-                call = await self.etcd.watch(self._start, self._end, self.revision + 1)
-                async for resp in call:
-                    self.connected = True
-                    backoff = 0.1
-                    if resp.compact_revision:
-                        log.warning("watch start %d compacted (at %d): reloading", self.revision + 1, resp.compact_revision)
-                        need_load = True
-                        break
-                    if resp.canceled:
-                        log.warning("watch canceled by etcd: %s", resp.cancel_reason)
-                        need_load = True
-                        break
-                    if resp.created:
-                        # Its header carries etcd's current revision, not what was delivered.
-                        continue
-                    if not resp.events:
-                        # etcd's periodic progress notification, sent to synced watchers only:
-                        # every event up to header.revision is in. (lbcp does not send
-                        # progress *requests*: etcd 3.4 answers them with its current
-                        # revision even while events are still queued for this watcher.)
-                        await self._advance(resp.header.revision, set())
-                        continue
-                    changed: set[Ref] = set()
-                    for ev in resp.events:
-                        ref = self.keys.ref(ev.kv.key)
-                        if ref is None:
-                            continue
-                        changed.add(ref)
-                        # PUT = 0, DELETE = 1
-                        self._set(ref, self._decode(ref, ev.kv) if ev.type == 0 else None)
-                    # While a watcher catches up, etcd may send a batch whose header revision is
-                    # ahead of its last event; only the events themselves say how far we are.
-                    await self._advance(max(ev.kv.mod_revision for ev in resp.events), changed)
-            except asyncio.CancelledError:
-                if call is not None:
-                    call.cancel()
-                raise
+                pump = WatchPump(self.etcd.config, self._start, self._end, self.revision + 1)
+                while not need_load:
+                    await pump.wait()
+                    try:
+                        need_load = self._apply_batch(pump.drain())
+                    finally:
+                        await self._flush_batch()  # what was applied before an error, too
             except (StoreError, grpc.aio.AioRpcError) as exc:
                 self.connected = False
-                log.warning("intent watch interrupted (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                log.warning("intent watch interrupted (%s); retrying in %.1fs", exc, self._backoff)
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, 2.0)
             finally:
-                if call is not None:
-                    call.cancel()
+                if pump is not None:
+                    await asyncio.shield(asyncio.to_thread(pump.stop))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from dataclasses import dataclass
 
 from . import worker
@@ -60,6 +61,18 @@ class Fleet:
 
     def counters(self) -> list[dict]:
         return [c for part in self._all("counters", [None] * len(self._conns)) for c in part]
+
+    def unseen(self, ports: list[int]) -> int:
+        """How many (client, port) pairs have not been seen yet: cheap to poll."""
+        return sum(self._all("unseen", [ports] * len(self._conns)))
+
+    def wait_seen(self, ports: list[int], timeout: float, interval: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.unseen(ports) == 0:
+                return True
+            time.sleep(interval)
+        return False
 
     def seen(self, ports: list[int]) -> dict[int, list[float | None]]:
         """For each port: when each client first saw an endpoint on it (monotonic), or None."""

@@ -29,6 +29,8 @@ async def _serve(conn) -> None:
                 conn.send(("timeout", sum(c.first_config.is_set() for c in clients)))
         elif cmd == "counters":
             conn.send(("ok", [{"node_id": c.node.id, "delta": c.delta, **asdict(c.counters)} for c in clients]))
+        elif cmd == "unseen":
+            conn.send(("ok", sum(1 for c in clients for p in arg if p not in c.seen_ports)))
         elif cmd == "seen":
             ports = arg
             conn.send(("ok", {p: [c.seen_ports.get(p) for c in clients] for p in ports}))

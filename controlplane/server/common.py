@@ -57,6 +57,9 @@ class TypeState:
     have: dict[str, str] = field(default_factory=dict)
     missing_reported: set[str] = field(default_factory=set)
     rejected: dict[str, str] = field(default_factory=dict)
+    # The snapshot version of this type when this stream last evaluated it: with no request
+    # since and the same version, there is nothing to evaluate (most wake-ups at fleet scale).
+    seen_version: str | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -114,6 +117,10 @@ class BaseStream:
         self.served_revision = 0
         self.wake = asyncio.Event()
         self.wake.set()
+        self.last_snapshot = None  # the snapshot of the last flush
+        self.dirty_types: set[str] = set()  # types with a request (subscription, ACK, NACK) since
+        self.hold_expired = False
+        self.writing_since = 0.0  # monotonic start of a write still in progress (0: none)
         self._cds_sent_at: float | None = None
         self._rewarm: set[str] = set()
 
@@ -145,15 +152,41 @@ class BaseStream:
         st.rejected_version = st.sent_version
         self._emit("nacked", type_url, st.nack)
 
+    def poke(self, type_url: str | None = None) -> None:
+        """Something about `type_url` (or the stream) changed: evaluate it at the next flush."""
+        if type_url is None:
+            self.hold_expired = True
+        else:
+            self.dirty_types.add(type_url)
+        self.wake.set()
+
+    def needs_flush(self, snap) -> bool:
+        """False when nothing can have changed since the last flush (same snapshot, no request)."""
+        return snap is not self.last_snapshot or bool(self.dirty_types) or self.hold_expired
+
     def due_types(self, snap) -> Iterator[tuple[str, TypeState]]:
         """Types that may be sent now, in push order: requested, nothing in flight, not held
-        back for make-before-break. Lazy on purpose: a CDS response sent during the loop
-        must hold back the listeners and routes that come after it."""
-        owed = self.eds_owed(snap)
+        back for make-before-break, and changed since this stream last looked (a new version
+        in the snapshot, a request, or endpoints owed after a cluster update). Lazy on
+        purpose: a CDS response sent during the loop must hold back the listeners and routes
+        that come after it."""
+        owed: bool | None = None
+        dirty, self.dirty_types = self.dirty_types, set()
+        self.hold_expired = False
         for t in self.ordered_types():
             st = self.types[t]
-            if st.requested and st.in_flight is None and not self.holding_for_warming(t, owed):
-                yield t, st
+            if not st.requested or st.in_flight is not None:
+                continue
+            version = snap.version(t)
+            if t not in dirty and st.seen_version == version and not (t == ENDPOINT_TYPE and self._rewarm):
+                continue
+            if t in (LISTENER_TYPE, ROUTE_TYPE):
+                if owed is None:
+                    owed = self.eds_owed(snap)
+                if self.holding_for_warming(t, owed):
+                    continue  # not marked seen: looked at again when the hold ends
+            yield t, st
+            st.seen_version = version
 
     async def _send(self, type_url: str, st: TypeState, snap, nonce: str, version: str, body: bytes,
                     names: list[str], rewarm: set[str], write) -> None:
@@ -198,7 +231,7 @@ class BaseStream:
             left = WARMING_HOLD_SECONDS - (time.monotonic() - self._cds_sent_at)
             if left > 0:
                 # Look again when the hold ends, even if nothing else happens by then.
-                asyncio.get_running_loop().call_later(left, self.wake.set)
+                asyncio.get_running_loop().call_later(left, self.poke)
                 return True
         return False
 

@@ -56,7 +56,7 @@ class DeltaStream(BaseStream):
                 st.names.discard(name)
                 st.have.pop(name, None)
                 st.missing_reported.discard(name)
-        self.wake.set()
+        self.poke(type_url)
 
     def _diff(self, type_url: str, snap: Snapshot) -> tuple[list[str], list[str], list[str]]:
         st = self.types[type_url]

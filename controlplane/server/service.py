@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +25,8 @@ from .delta import DeltaStream
 from .sotw import SotwStream
 
 log = logging.getLogger(__name__)
+
+SLOW_WRITE = 0.5  # seconds a write may block before its stream stops holding back publishes
 
 _SERVICES = {
     "envoy.service.cluster.v3.ClusterDiscoveryService": ("Clusters", CLUSTER_TYPE),
@@ -45,6 +48,10 @@ class ServerLimits:
 class XdsService:
     def __init__(self, cache: SnapshotCache, observers: list[StreamObserver] | None = None, limits: ServerLimits | None = None) -> None:
         self.cache = cache
+        # Streams that have not yet taken the latest published snapshot (adaptive coalescing).
+        self._behind: set[int] = set()
+        cache.add_watcher(self._published)
+        cache.fanout_busy = lambda: bool(self._behind)
         self.observers = observers or []
         self.limits = limits or ServerLimits()
         self.streams: dict[int, BaseStream] = {}
@@ -148,7 +155,13 @@ class XdsService:
         reader = asyncio.create_task(read())
 
         async def write(body: bytes) -> None:
-            await asyncio.wait_for(context.write(body), self.limits.write_timeout)
+            # asyncio.timeout, not wait_for: no extra task per response.
+            s.writing_since = time.monotonic()
+            try:
+                async with asyncio.timeout(self.limits.write_timeout):
+                    await context.write(body)
+            finally:
+                s.writing_since = 0.0
 
         try:
             while not closed.is_set():
@@ -157,8 +170,14 @@ class XdsService:
                 if closed.is_set() or not self.cache.ready:
                     continue
                 snap = self.cache.snapshot(node.fleet)
-                s.served_revision = snap.revision
-                await s.flush(snap, write)
+                if s.needs_flush(snap):
+                    s.last_snapshot = snap
+                    s.served_revision = snap.revision
+                    await s.flush(snap, write)
+                # Done with the newest snapshot (its responses written): no longer holding
+                # back the next publish.
+                if snap is self.cache.snapshot(node.fleet):
+                    self._behind.discard(s.id)
         except (TimeoutError, asyncio.TimeoutError):
             log.warning("stream %d (%s) stopped reading for %.0fs; closing it", s.id, node.id, self.limits.write_timeout)
         except asyncio.CancelledError:
@@ -168,9 +187,17 @@ class XdsService:
             self.cache.remove_watcher(wake)
             self.cache.set_ring_interest(s.id, set())
             self.streams.pop(s.id, None)
+            self._behind.discard(s.id)
             for o in self.observers:
                 o.disconnected(s)
 
+
+    def _published(self) -> None:
+        # A stream stuck writing to a slow client (for over SLOW_WRITE seconds) is not waited
+        # for: it takes the newest snapshot when its write completes, and must not hold back
+        # everyone else.
+        stuck = time.monotonic() - SLOW_WRITE
+        self._behind = {i for i, st in self.streams.items() if not st.writing_since or st.writing_since > stuck}
 
     def _ring_interest(self, s: BaseStream) -> None:
         st = s.types.get(HASH_RING_TYPE)

@@ -71,7 +71,7 @@ class SotwStream(BaseStream):
         names = set(req.resource_names)
         st.wildcard = "*" in names or (not names and type_url in WILDCARD_TYPES)
         st.names = names - {"*"}
-        self.wake.set()
+        self.poke(type_url)
 
     async def flush(self, snap: Snapshot, write: Callable[[bytes], Awaitable[None]]) -> None:
         for type_url, st in self.due_types(snap):

@@ -1,0 +1,118 @@
+"""python -m bench.fleetsim {convergence,burst,reconnect,big-eds,write-rate,all} [options]
+
+Writes bench/results/fleetsim-<scenario>.json and, where it makes sense, a PNG
+(matplotlib, the `bench` extra; skipped with a note if it is not installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import scenarios
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def _save(name: str, data) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"fleetsim-{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _plot_convergence(rows: list[dict]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no PNG", file=sys.stderr)
+        return
+    ns = [r["clients"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ns, [r["last_client_ms"]["p99"] for r in rows], "o-", label="p99 (last client)")
+    a.plot(ns, [r["last_client_ms"]["p50"] for r in rows], "o-", label="p50 (last client)")
+    a.axhline(1000, color="grey", ls="--", lw=1, label="target 1 s")
+    a.set_xlabel("simulated Envoys on one replica")
+    a.set_ylabel("API 2xx → every client has it (ms)")
+    a.set_title("Convergence per backend change")
+    a.legend()
+    b.plot(ns, [r["rss_per_client_kb"] for r in rows], "o-", label="replica RSS per client (KB)")
+    b.plot(ns, [r["replica_cpu_ms_per_change"] for r in rows], "s-", label="replica CPU per change (ms)")
+    b.axhline(100, color="grey", ls="--", lw=1, label="RSS target 100 KB")
+    b.set_xlabel("simulated Envoys on one replica")
+    b.set_title("Cost per client / per change")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "fleetsim-convergence.png", dpi=110)
+    print(f"wrote {RESULTS / 'fleetsim-convergence.png'}")
+
+
+def _plot_bars(name: str, title: str, labels: list[str], values: list[float], ylabel: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(labels, values)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:,.0f}", (i, v), ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"fleetsim-{name}.png", dpi=110)
+    print(f"wrote {RESULTS / f'fleetsim-{name}.png'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.fleetsim")
+    ap.add_argument("scenario", choices=["convergence", "burst", "reconnect", "big-eds", "write-rate", "all"])
+    ap.add_argument("--clients", default="100,500,1000,2000", help="convergence: comma-separated N")
+    ap.add_argument("-n", type=int, help="clients for burst / reconnect / big-eds")
+    ap.add_argument("--changes", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=20.0, help="convergence: changes per second")
+    ap.add_argument("--workers", type=int, default=2, help="simulator processes")
+    ap.add_argument("--delta-share", type=float, default=0.5)
+    args = ap.parse_args(argv)
+    todo = ["convergence", "burst", "reconnect", "big-eds", "write-rate"] if args.scenario == "all" else [args.scenario]
+    for s in todo:
+        if s == "convergence":
+            rows = [scenarios.convergence(int(n), args.changes, args.rate, workers=args.workers, delta_share=args.delta_share)
+                    for n in args.clients.split(",")]
+            _save("convergence", rows)
+            _plot_convergence(rows)
+        elif s == "burst":
+            r = scenarios.burst(args.n or 500, workers=args.workers)
+            _save("burst", r)
+            _plot_bars("burst", f"{r['writes']} backend writes, {r['clients']} clients",
+                       ["writes", "pushes/client (batch)", "pushes/client (separate)"],
+                       [r["writes"], r["batch"]["responses_per_client"], r["separate"]["responses_per_client"]], "count")
+        elif s == "reconnect":
+            r = scenarios.reconnect(args.n or 1000, workers=args.workers)
+            _save("reconnect", r)
+            _plot_bars("reconnect", f"Reconnect storm, {r['clients']} clients",
+                       ["replica restart (s)", "all served after (s)"],
+                       [r["replica_restart_seconds"], r["all_served_after_restart_seconds"]], "seconds")
+        elif s == "big-eds":
+            r = scenarios.big_eds(args.n or 200, workers=args.workers)
+            _save("big-eds", r)
+            big, small = r["big cluster +1 endpoint"], r["small cluster +1 endpoint"]
+            _plot_bars("big-eds", f"Bytes per client for one endpoint change ({r['endpoints']:,} endpoints)",
+                       ["big, delta", "big, SotW", "small, delta", "small, SotW"],
+                       [big["bytes_per_client"]["delta"], big["bytes_per_client"]["sotw"],
+                        small["bytes_per_client"]["delta"], small["bytes_per_client"]["sotw"]], "bytes")
+        elif s == "write-rate":
+            r = scenarios.write_rate()
+            _save("write-rate", r)
+            _plot_bars("write-rate", "Writes per second (16 concurrent)", ["admin API", "raw etcd put"],
+                       [r["api_writes_per_s"], r["etcd_puts_per_s"]], "per second")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

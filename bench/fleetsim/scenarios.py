@@ -1,0 +1,334 @@
+"""The fleet-scale scenarios. Each starts its own stack, prints one summary line and returns
+a JSON-able dict (the CLI writes it to bench/results/fleetsim-<scenario>.json)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import httpx
+
+from .fleet import Fleet, specs
+from .stack import Stack, cpu_seconds, rss_bytes
+
+CHANGE_PORT = 20000  # changed/added backends get ports from here: how clients recognise them
+
+
+def scrape(stack: Stack, i: int = 0) -> dict[str, float]:
+    """A replica's lbcp_ metrics summed over labels: name -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{stack.metrics_ports[i]}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            key = smp.name + ("{type=" + smp.labels["type"] + "}" if "type" in smp.labels else "")
+            out[key] = out.get(key, 0.0) + smp.value
+    return out
+
+
+def _mean(m0: dict, m1: dict, name: str) -> float:
+    base, _, label = name.partition("{")
+    label = "{" + label if label else ""
+    count = m1.get(f"{base}_count{label}", 0) - m0.get(f"{base}_count{label}", 0)
+    total = m1.get(f"{base}_sum{label}", 0) - m0.get(f"{base}_sum{label}", 0)
+    return total / count if count else float("nan")
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+def seed(api: httpx.Client, clusters: int, backends: int) -> None:
+    """`clusters` maglev clusters sharing `backends` backends, a listener and a route per cluster."""
+    per = backends // clusters
+    ops: list[dict] = []
+    for c in range(clusters):
+        name = f"c{c:03d}"
+        ops.append({"op": "put", "kind": "cluster", "name": name, "body": {"load_balancer": {"type": "maglev"}}})
+        ops.append({"op": "replace_backends", "cluster": name, "body": [
+            {"name": f"{name}-b{i:04d}", "address": f"10.{c // 250}.{c % 250}.{i % 250 + 1}", "port": 8000 + i // 250}
+            for i in range(per)]})
+    ops.append({"op": "put", "kind": "listener", "name": "http", "body": {"address": "127.0.0.1", "port": 10000}})
+    for c in range(clusters):
+        ops.append({"op": "put", "kind": "route", "name": f"r{c:03d}",
+                    "body": {"listener": "http", "match": {"prefix": f"/c{c:03d}"}, "backends": [{"cluster": f"c{c:03d}"}],
+                             "hash_policies": [{"type": "header", "name": "x-user-id"}]}})
+    api.post("/v1/batch", json={"operations": ops}).raise_for_status()
+
+
+def _bytes_by_protocol(before: list[dict], after: list[dict], changes: int) -> dict[str, float]:
+    b0 = {c["node_id"]: c["bytes"] for c in before}
+    out: dict[str, list[float]] = {"delta": [], "sotw": []}
+    for c in after:
+        out["delta" if c["delta"] else "sotw"].append((c["bytes"] - b0[c["node_id"]]) / max(changes, 1))
+    return {k: statistics.mean(v) if v else 0.0 for k, v in out.items()}
+
+
+def _responses(before: list[dict], after: list[dict]) -> float:
+    b0 = {c["node_id"]: c["responses"] for c in before}
+    return statistics.mean(c["responses"] - b0[c["node_id"]] for c in after)
+
+
+# -- 1. convergence ------------------------------------------------------------------------------
+
+
+def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 50, backends: int = 1000,
+                delta_share: float = 0.5, workers: int = 2, registry_interval: float = 0.2) -> dict:
+    stack = Stack(1, registry_interval=registry_interval).start()
+    fleet = None
+    try:
+        api = httpx.Client(base_url=stack.api_url, timeout=60)
+        seed(api, clusters, backends)
+        pid, api_pid = stack.replicas[0].pid, stack.api.pid
+        time.sleep(1.0)
+        rss0 = rss_bytes(pid)
+        fleet = Fleet(stack.targets[0], specs(n, delta_share), workers)
+        connect = fleet.start(timeout=600)
+        time.sleep(2.0)
+        rss1 = rss_bytes(pid)
+        c0, cpu0, api0, m0 = fleet.counters(), cpu_seconds(pid), cpu_seconds(api_pid), scrape(stack)
+        t2xx: dict[int, float] = {}
+        start = time.monotonic()
+        for i in range(changes):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            port = CHANGE_PORT + i
+            r = api.put(f"/v1/clusters/c{i % clusters:03d}/backends/chg-{i:05d}",
+                        json={"address": "127.0.0.2", "port": port})
+            r.raise_for_status()
+            t2xx[port] = time.monotonic()
+        ports = list(t2xx)
+        converged = fleet.wait_seen(ports, timeout=300)
+        cpu1, api1, c1, m1 = cpu_seconds(pid), cpu_seconds(api_pid), fleet.counters(), scrape(stack)
+        seen = fleet.seen(ports)
+        per_change = [max(t for t in seen[p] if t is not None) - t2xx[p] for p in ports if any(seen[p])]
+        per_client = [t - t2xx[p] for p in ports for t in seen[p] if t is not None]
+        result = {
+            "scenario": "convergence", "clients": n, "delta_share": delta_share, "clusters": clusters,
+            "backends": backends, "changes": changes, "rate_per_s": rate, "converged": converged,
+            "connect_seconds": connect,
+            "last_client_ms": {"p50": pct(per_change, 50) * 1e3, "p99": pct(per_change, 99) * 1e3, "max": max(per_change) * 1e3},
+            "per_client_ms": {"p50": pct(per_client, 50) * 1e3, "p99": pct(per_client, 99) * 1e3},
+            "replica_cpu_ms_per_change": (cpu1 - cpu0) / changes * 1e3,
+            "api_cpu_ms_per_change": (api1 - api0) / changes * 1e3,
+            "rss_idle_mb": rss0 / 2**20, "rss_with_clients_mb": rss1 / 2**20,
+            "rss_per_client_kb": (rss1 - rss0) / n / 1024,
+            "bytes_per_change_per_client": _bytes_by_protocol(c0, c1, changes),
+            "violations": sum(c["violations"] for c in c1),
+            "snapshots_published": m1["lbcp_snapshot_builds_total"] - m0["lbcp_snapshot_builds_total"],
+            "eds_pushes_per_client": (m1["lbcp_xds_pushes_total{type=eds}"] - m0["lbcp_xds_pushes_total{type=eds}"]) / n,
+            # Where the time goes, from the replica's own histograms (means over the run).
+            "replica_means_ms": {k: _mean(m0, m1, name) * 1e3 for k, name in (
+                ("debounce", "lbcp_snapshot_debounce_seconds"), ("build", "lbcp_snapshot_build_seconds"),
+                ("publish_to_write_eds", "lbcp_xds_push_queue_seconds{type=eds}"),
+                ("write_to_ack_eds", "lbcp_xds_ack_seconds{type=eds}"),
+                ("change_to_synced", "lbcp_xds_convergence_seconds"))},
+        }
+        lc = result["last_client_ms"]
+        b = result["bytes_per_change_per_client"]
+        print(f"convergence N={n}: API 2xx -> last client p50 {lc['p50']:.0f} ms, p99 {lc['p99']:.0f} ms, max {lc['max']:.0f} ms; "
+              f"replica CPU {result['replica_cpu_ms_per_change']:.1f} ms/change; RSS {result['rss_per_client_kb']:.0f} KB/client; "
+              f"bytes/change/client delta {b['delta']:.0f}, SotW {b['sotw']:.0f}; {result['snapshots_published']:.0f} snapshots, "
+              f"{result['eds_pushes_per_client']:.0f} EDS pushes/client for {changes} changes; violations {result['violations']}; "
+              f"replica means (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in result["replica_means_ms"].items()), flush=True)
+        return result
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        stack.stop()
+
+
+# -- 2. burst ------------------------------------------------------------------------------------
+
+
+def burst(n: int = 500, writes: int = 5000, clusters: int = 50, backends: int = 1000, workers: int = 2,
+          concurrency: int = 16) -> dict:
+    stack = Stack(1).start()
+    fleet = None
+    try:
+        api = httpx.Client(base_url=stack.api_url, timeout=120)
+        seed(api, clusters, backends)
+        fleet = Fleet(stack.targets[0], specs(n, 0.5), workers)
+        fleet.start(timeout=600)
+        time.sleep(1.0)
+        out: dict = {"scenario": "burst", "clients": n, "writes": writes}
+
+        # (a) one batch of `writes` backend puts: one etcd transaction.
+        c0 = fleet.counters()
+        ports = [CHANGE_PORT + i for i in range(writes)]
+        ops = [{"op": "put", "kind": "backend", "cluster": f"c{i % clusters:03d}", "name": f"burst-{i:05d}",
+                "body": {"address": "127.0.0.2", "port": p}} for i, p in enumerate(ports)]
+        t0 = time.monotonic()
+        api.post("/v1/batch", json={"operations": ops}).raise_for_status()
+        t_2xx = time.monotonic()
+        ok = fleet.wait_seen(ports, timeout=300)
+        t_all = time.monotonic()
+        c1 = fleet.counters()
+        out["batch"] = {"api_ms": (t_2xx - t0) * 1e3, "converged_after_2xx_ms": (t_all - t_2xx) * 1e3, "converged": ok,
+                        "responses_per_client": _responses(c0, c1)}
+
+        # (b) the same number of separate writes, `concurrency` at a time.
+        ports2 = [CHANGE_PORT + writes + i for i in range(writes)]
+
+        async def write_all() -> float:
+            sem = asyncio.Semaphore(concurrency)
+            async with httpx.AsyncClient(base_url=stack.api_url, timeout=120) as ac:
+                async def one(i: int, p: int) -> None:
+                    async with sem:
+                        r = await ac.put(f"/v1/clusters/c{i % clusters:03d}/backends/single-{i:05d}",
+                                         json={"address": "127.0.0.3", "port": p})
+                        r.raise_for_status()
+                await asyncio.gather(*(one(i, p) for i, p in enumerate(ports2)))
+            return time.monotonic()
+
+        t0 = time.monotonic()
+        t_last = asyncio.run(write_all())
+        ok = fleet.wait_seen(ports2, timeout=600)
+        t_all = time.monotonic()
+        c2 = fleet.counters()
+        out["separate"] = {"writes_seconds": t_last - t0, "writes_per_s": writes / (t_last - t0),
+                           "converged_after_last_2xx_ms": (t_all - t_last) * 1e3, "converged": ok,
+                           "responses_per_client": _responses(c1, c2)}
+        out["violations"] = sum(c["violations"] for c in c2)
+        a, s = out["batch"], out["separate"]
+        print(f"burst N={n}: one batch of {writes}: API {a['api_ms']:.0f} ms, all clients {a['converged_after_2xx_ms']:.0f} ms later, "
+              f"{a['responses_per_client']:.1f} responses/client; {writes} writes: {s['writes_per_s']:.0f}/s, all clients "
+              f"{s['converged_after_last_2xx_ms']:.0f} ms after the last, {s['responses_per_client']:.0f} responses/client "
+              f"(coalescing: {writes / max(s['responses_per_client'], 1):.0f} writes per push)", flush=True)
+        return out
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        stack.stop()
+
+
+# -- 3. reconnect storm ----------------------------------------------------------------------------
+
+
+def reconnect(n: int = 1000, clusters: int = 50, backends: int = 1000, workers: int = 2) -> dict:
+    stack = Stack(1).start()
+    fleet = None
+    try:
+        api = httpx.Client(base_url=stack.api_url, timeout=60)
+        seed(api, clusters, backends)
+        fleet = Fleet(stack.targets[0], specs(n, 0.5), workers)
+        fleet.start(timeout=600)
+        time.sleep(1.0)
+        c0 = fleet.counters()
+        t_kill = time.monotonic()
+        # The replica goes away; while it is down intent changes; it comes back on the same port.
+        stack.replicas[0].kill()
+        api.put("/v1/clusters/c000/backends/during-outage", json={"address": "127.0.0.2", "port": CHANGE_PORT}).raise_for_status()
+        t_ready = stack.restart_replica(0)
+        ok = fleet.wait_seen([CHANGE_PORT], timeout=300)
+        t_all = time.monotonic()
+        c1 = fleet.counters()
+        result = {"scenario": "reconnect", "clients": n, "converged": ok,
+                  "replica_restart_seconds": t_ready - t_kill,
+                  "all_served_after_restart_seconds": t_all - t_ready,
+                  "reconnects": sum(c["reconnects"] for c in c1) - sum(c["reconnects"] for c in c0),
+                  "violations": sum(c["violations"] for c in c1),
+                  "bytes_per_client": _bytes_by_protocol(c0, c1, 1)}
+        print(f"reconnect storm N={n}: replica back in {result['replica_restart_seconds']:.1f} s, all {n} clients served "
+              f"{result['all_served_after_restart_seconds']:.2f} s later; {result['reconnects']} reconnects; "
+              f"violations {result['violations']}; bytes/client delta {result['bytes_per_client']['delta']:.0f}, "
+              f"SotW {result['bytes_per_client']['sotw']:.0f}", flush=True)
+        return result
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        stack.stop()
+
+
+# -- 4. big EDS ------------------------------------------------------------------------------------
+
+
+def big_eds(n: int = 200, endpoints: int = 10_000, workers: int = 2) -> dict:
+    stack = Stack(1).start()
+    fleet = None
+    try:
+        api = httpx.Client(base_url=stack.api_url, timeout=120)
+        seed(api, 10, 100)
+        api.put("/v1/clusters/big", json={"load_balancer": {"type": "maglev"}}).raise_for_status()
+        api.put("/v1/clusters/big/backends", json=[
+            {"name": f"big-{i:05d}", "address": f"10.200.{i // 250}.{i % 250 + 1}", "port": 9000} for i in range(endpoints)
+        ]).raise_for_status()
+        fleet = Fleet(stack.targets[0], specs(n, 0.5), workers)
+        fleet.start(timeout=600)
+        time.sleep(1.0)
+        out: dict = {"scenario": "big_eds", "clients": n, "endpoints": endpoints}
+        for label, cluster, port in (("big cluster +1 endpoint", "big", CHANGE_PORT), ("small cluster +1 endpoint", "c000", CHANGE_PORT + 1)):
+            c0 = fleet.counters()
+            api.put(f"/v1/clusters/{cluster}/backends/x-{port}", json={"address": "127.0.0.2", "port": port}).raise_for_status()
+            t0 = time.monotonic()
+            ok = fleet.wait_seen([port], timeout=120)
+            took = time.monotonic() - t0
+            c1 = fleet.counters()
+            out[label] = {"converged": ok, "ms": took * 1e3, "bytes_per_client": _bytes_by_protocol(c0, c1, 1)}
+        big, small = out["big cluster +1 endpoint"], out["small cluster +1 endpoint"]
+        print(f"big EDS N={n}, {endpoints} endpoints: +1 endpoint in it -> {big['bytes_per_client']['delta'] / 1024:.0f} KiB/client "
+              f"(delta), {big['bytes_per_client']['sotw'] / 1024:.0f} KiB (SotW), all in {big['ms']:.0f} ms; +1 in a small "
+              f"cluster -> {small['bytes_per_client']['delta']:.0f} B (delta), {small['bytes_per_client']['sotw']:.0f} B (SotW), "
+              f"{small['ms']:.0f} ms", flush=True)
+        return out
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        stack.stop()
+
+
+# -- 5. API write rate -----------------------------------------------------------------------------
+
+
+def write_rate(seconds: float = 10.0, concurrency: int = 16) -> dict:
+    stack = Stack(1).start()
+    try:
+        api = httpx.Client(base_url=stack.api_url, timeout=60)
+        api.put("/v1/clusters/w", json={}).raise_for_status()
+
+        async def api_writes() -> int:
+            done = 0
+            deadline = time.monotonic() + seconds
+            async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as ac:
+                async def writer(w: int) -> None:
+                    nonlocal done
+                    i = 0
+                    while time.monotonic() < deadline:
+                        r = await ac.put(f"/v1/clusters/w/backends/w{w}-{i}", json={"address": "127.0.0.2", "port": 1000 + i % 50000})
+                        r.raise_for_status()
+                        done += 1
+                        i += 1
+                await asyncio.gather(*(writer(w) for w in range(concurrency)))
+            return done
+
+        async def raw_puts() -> int:
+            import aetcd
+
+            host, port = stack.etcd.endpoints[0].split(":")
+            done = 0
+            deadline = time.monotonic() + seconds
+            async with aetcd.Client(host=host, port=int(port)) as client:
+                async def writer(w: int) -> None:
+                    nonlocal done
+                    i = 0
+                    while time.monotonic() < deadline:
+                        await client.put(f"/raw/w{w}-{i}".encode(), b'{"address":"127.0.0.2","port":1000}')
+                        done += 1
+                        i += 1
+                await asyncio.gather(*(writer(w) for w in range(concurrency)))
+            return done
+
+        api_n = asyncio.run(api_writes())
+        raw_n = asyncio.run(raw_puts())
+        result = {"scenario": "write_rate", "seconds": seconds, "concurrency": concurrency,
+                  "api_writes_per_s": api_n / seconds, "etcd_puts_per_s": raw_n / seconds}
+        result["ratio"] = result["api_writes_per_s"] / result["etcd_puts_per_s"]
+        print(f"write rate ({concurrency} concurrent, {seconds:.0f} s): API {result['api_writes_per_s']:.0f} backend writes/s, "
+              f"raw etcd (aetcd) {result['etcd_puts_per_s']:.0f} puts/s: {result['ratio'] * 100:.0f}%", flush=True)
+        return result
+    finally:
+        stack.stop()

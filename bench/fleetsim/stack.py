@@ -1,0 +1,93 @@
+"""The system under test, as separate processes: etcd, the admin API, xDS replicas."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from controlplane.procs import EtcdCluster, Proc, free_port, wait_until
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Stack:
+    def __init__(self, replicas: int = 1, root: Path | None = None, registry_interval: float = 0.2) -> None:
+        self.registry_interval = registry_interval
+        self.root = root or Path(tempfile.mkdtemp(prefix="lbcp-fleetsim-"))
+        self.etcd = EtcdCluster(self.root / "etcd", 1)
+        self.n_replicas = replicas
+        self.api: Proc | None = None
+        self.replicas: list[Proc] = []
+        self.xds_ports: list[int] = []
+        self.metrics_ports: list[int] = []
+        self.api_url = ""
+
+    @property
+    def targets(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.xds_ports]
+
+    def start(self) -> Stack:
+        self.etcd.start()
+        eps = ",".join(self.etcd.endpoints)
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}"
+        self.api = Proc([sys.executable, "-m", "api.cli", "api", "--port", str(port), "--etcd", eps, "--log-level", "warning"],
+                        self.root / "api.log")
+        self.api.start()
+        for i in range(self.n_replicas):
+            self.xds_ports.append(free_port())
+            self.metrics_ports.append(free_port())
+            self.replicas.append(self._replica(i, eps))
+        for r in self.replicas:
+            r.start()
+        wait_until(lambda: _ok(f"{self.api_url}/readyz"), 30, what="admin API")
+        for m in self.metrics_ports:
+            wait_until(lambda m=m: _ok(f"http://127.0.0.1:{m}/metrics"), 30, what="xDS replica")
+        return self
+
+    def _replica(self, i: int, eps: str) -> Proc:
+        return Proc([sys.executable, "-m", "api.cli", "xds", "--port", str(self.xds_ports[i]), "--etcd", eps,
+                     "--replica-id", f"x{i}", "--metrics-port", str(self.metrics_ports[i]),
+                     "--registry-interval", str(self.registry_interval)], self.root / f"xds{i}.log")
+
+    def restart_replica(self, i: int, down_for: float = 0.0) -> float:
+        """Kill replica i and start it again on the same ports; returns when it serves again
+        (its metrics answer), giving that moment (monotonic)."""
+        self.replicas[i].kill()
+        time.sleep(down_for)
+        self.replicas[i] = self._replica(i, ",".join(self.etcd.endpoints))
+        self.replicas[i].start()
+        wait_until(lambda: _ok(f"http://127.0.0.1:{self.metrics_ports[i]}/metrics"), 30, what="xDS replica back")
+        return time.monotonic()
+
+    def stop(self) -> None:
+        for r in self.replicas:
+            r.stop()
+        if self.api:
+            self.api.stop()
+        self.etcd.stop()
