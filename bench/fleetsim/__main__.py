@@ -78,14 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=20.0, help="convergence: changes per second")
     ap.add_argument("--workers", type=int, default=2, help="simulator processes")
     ap.add_argument("--delta-share", type=float, default=0.5)
+    ap.add_argument("--replicas", type=int, default=1, help="convergence: xDS replica processes (clients spread over them)")
     args = ap.parse_args(argv)
     todo = ["convergence", "burst", "reconnect", "big-eds", "write-rate"] if args.scenario == "all" else [args.scenario]
     for s in todo:
         if s == "convergence":
-            rows = [scenarios.convergence(int(n), args.changes, args.rate, workers=args.workers, delta_share=args.delta_share)
+            rows = [scenarios.convergence(int(n), args.changes, args.rate, workers=args.workers, delta_share=args.delta_share,
+                                          replicas=args.replicas)
                     for n in args.clients.split(",")]
-            _save("convergence", rows)
-            _plot_convergence(rows)
+            suffix = "" if args.replicas == 1 else f"-{args.replicas}replicas"
+            _save("convergence" + suffix, rows)
+            if not suffix:
+                _plot_convergence(rows)
         elif s == "burst":
             r = scenarios.burst(args.n or 500, workers=args.workers)
             _save("burst", r)

@@ -109,18 +109,24 @@ class SimEnvoy:
                 ("grpc.max_receive_message_length", 256 * 1024 * 1024),
             ])
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
-        self._out = asyncio.Queue()
+        out = self._out = asyncio.Queue()
         self._first_message = True
-        call = stub.DeltaAggregatedResources(self._requests()) if self.delta else stub.StreamAggregatedResources(self._requests())
+        requests = self._requests(out)
+        call = stub.DeltaAggregatedResources(requests) if self.delta else stub.StreamAggregatedResources(requests)
         self._subscribe_initial()
         self.connected.set()
-        async for resp in call:
-            self._handle(resp)
+        try:
+            async for resp in call:
+                self._handle(resp)
+        finally:
+            out.put_nowait(None)  # ends the request generator cleanly (no pending task left behind)
+            call.cancel()
 
-    async def _requests(self):
-        assert self._out is not None
+    async def _requests(self, out: asyncio.Queue):
         while True:
-            req = await self._out.get()
+            req = await out.get()
+            if req is None:
+                return
             if self._first_message:
                 req.node.CopyFrom(self.node)
                 self._first_message = False

@@ -26,8 +26,9 @@ def specs(n: int, delta_share: float = 0.5, prefix: str = "sim", fleet: str = "d
 class Fleet:
     """Synchronous on purpose: scenarios are plain scripts; the clients run in the workers."""
 
-    def __init__(self, target: str, clients: list[ClientSpec], workers: int = 2) -> None:
-        self.target = target
+    def __init__(self, target: str | list[str], clients: list[ClientSpec], workers: int = 2) -> None:
+        """`target`: one xDS replica, or several (client i connects to target[i % len])."""
+        self.targets = [target] if isinstance(target, str) else list(target)
         self.clients = clients
         ctx = mp.get_context("spawn")
         self._procs, self._conns = [], []
@@ -54,8 +55,10 @@ class Fleet:
     def start(self, timeout: float = 120.0) -> float:
         """Connect every client; return the seconds until the slowest worker had all its
         clients configured."""
-        args = [{"target": self.target, "timeout": timeout,
-                 "clients": [{"node_id": c.node_id, "delta": c.delta, "fleet": c.fleet, "nack_first": c.nack_first}
+        index = {c.node_id: i for i, c in enumerate(self.clients)}
+        args = [{"timeout": timeout,
+                 "clients": [{"node_id": c.node_id, "delta": c.delta, "fleet": c.fleet, "nack_first": c.nack_first,
+                              "target": self.targets[index[c.node_id] % len(self.targets)]}
                              for c in share]} for share in self._shares]
         return max(self._all("start", args))
 

@@ -15,11 +15,11 @@ from .stack import Stack, cpu_seconds, rss_bytes
 CHANGE_PORT = 20000  # changed/added backends get ports from here: how clients recognise them
 
 
-def scrape(stack: Stack, i: int = 0) -> dict[str, float]:
-    """A replica's lbcp_ metrics summed over labels: name -> value."""
+def scrape(stack: Stack) -> dict[str, float]:
+    """Every replica's lbcp_ metrics, summed over replicas and labels (but `type`)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"http://127.0.0.1:{stack.metrics_ports[i]}/metrics", timeout=10).text
+    text = "\n".join(httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text for p in stack.metrics_ports)
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for smp in fam.samples:
@@ -76,20 +76,20 @@ def _responses(before: list[dict], after: list[dict]) -> float:
 
 
 def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 50, backends: int = 1000,
-                delta_share: float = 0.5, workers: int = 2, registry_interval: float = 0.2) -> dict:
-    stack = Stack(1, registry_interval=registry_interval).start()
+                delta_share: float = 0.5, workers: int = 2, registry_interval: float = 0.2, replicas: int = 1) -> dict:
+    stack = Stack(replicas, registry_interval=registry_interval).start()
     fleet = None
     try:
         api = httpx.Client(base_url=stack.api_url, timeout=60)
         seed(api, clusters, backends)
-        pid, api_pid = stack.replicas[0].pid, stack.api.pid
+        pids, api_pid = [r.pid for r in stack.replicas], stack.api.pid
         time.sleep(1.0)
-        rss0 = rss_bytes(pid)
-        fleet = Fleet(stack.targets[0], specs(n, delta_share), workers)
+        rss0 = sum(rss_bytes(p) for p in pids)
+        fleet = Fleet(stack.targets, specs(n, delta_share), workers)
         connect = fleet.start(timeout=600)
         time.sleep(2.0)
-        rss1 = rss_bytes(pid)
-        c0, cpu0, api0, m0 = fleet.counters(), cpu_seconds(pid), cpu_seconds(api_pid), scrape(stack)
+        rss1 = sum(rss_bytes(p) for p in pids)
+        c0, cpu0, api0, m0 = fleet.counters(), sum(cpu_seconds(p) for p in pids), cpu_seconds(api_pid), scrape(stack)
         t2xx: dict[int, float] = {}
         start = time.monotonic()
         for i in range(changes):
@@ -103,12 +103,12 @@ def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 
             t2xx[port] = time.monotonic()
         ports = list(t2xx)
         converged = fleet.wait_seen(ports, timeout=300)
-        cpu1, api1, c1, m1 = cpu_seconds(pid), cpu_seconds(api_pid), fleet.counters(), scrape(stack)
+        cpu1, api1, c1, m1 = sum(cpu_seconds(p) for p in pids), cpu_seconds(api_pid), fleet.counters(), scrape(stack)
         seen = fleet.seen(ports)
         per_change = [max(t for t in seen[p] if t is not None) - t2xx[p] for p in ports if any(seen[p])]
         per_client = [t - t2xx[p] for p in ports for t in seen[p] if t is not None]
         result = {
-            "scenario": "convergence", "clients": n, "delta_share": delta_share, "clusters": clusters,
+            "scenario": "convergence", "clients": n, "replicas": replicas, "delta_share": delta_share, "clusters": clusters,
             "backends": backends, "changes": changes, "rate_per_s": rate, "converged": converged,
             "connect_seconds": connect,
             "last_client_ms": {"p50": pct(per_change, 50) * 1e3, "p99": pct(per_change, 99) * 1e3, "max": max(per_change) * 1e3},
@@ -119,7 +119,7 @@ def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 
             "rss_per_client_kb": (rss1 - rss0) / n / 1024,
             "bytes_per_change_per_client": _bytes_by_protocol(c0, c1, changes),
             "violations": sum(c["violations"] for c in c1),
-            "snapshots_published": m1["lbcp_snapshot_builds_total"] - m0["lbcp_snapshot_builds_total"],
+            "snapshots_published": (m1["lbcp_snapshot_builds_total"] - m0["lbcp_snapshot_builds_total"]) / replicas,
             "eds_pushes_per_client": (m1["lbcp_xds_pushes_total{type=eds}"] - m0["lbcp_xds_pushes_total{type=eds}"]) / n,
             # Where the time goes, from the replica's own histograms (means over the run).
             "replica_means_ms": {k: _mean(m0, m1, name) * 1e3 for k, name in (
@@ -130,7 +130,7 @@ def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 
         }
         lc = result["last_client_ms"]
         b = result["bytes_per_change_per_client"]
-        print(f"convergence N={n}: API 2xx -> last client p50 {lc['p50']:.0f} ms, p99 {lc['p99']:.0f} ms, max {lc['max']:.0f} ms; "
+        print(f"convergence N={n} on {replicas} replica(s): API 2xx -> last client p50 {lc['p50']:.0f} ms, p99 {lc['p99']:.0f} ms, max {lc['max']:.0f} ms; "
               f"replica CPU {result['replica_cpu_ms_per_change']:.1f} ms/change; RSS {result['rss_per_client_kb']:.0f} KB/client; "
               f"bytes/change/client delta {b['delta']:.0f}, SotW {b['sotw']:.0f}; {result['snapshots_published']:.0f} snapshots, "
               f"{result['eds_pushes_per_client']:.0f} EDS pushes/client for {changes} changes; violations {result['violations']}; "

@@ -18,7 +18,7 @@ async def _serve(conn) -> None:
         if cmd == "start":
             started = time.monotonic()
             for spec in arg["clients"]:
-                c = SimEnvoy(arg["target"], spec["node_id"], spec.get("fleet", "default"), delta=spec["delta"],
+                c = SimEnvoy(spec["target"], spec["node_id"], spec.get("fleet", "default"), delta=spec["delta"],
                              nack_first=spec.get("nack_first", False))
                 c.start()
                 clients.append(c)
