@@ -152,6 +152,11 @@ class BaseStream:
         st.rejected_version = st.sent_version
         self._emit("nacked", type_url, st.nack)
 
+    def overdue(self, limit: float) -> bool:
+        """Some response has waited longer than `limit` seconds for its ACK/NACK."""
+        now = time.monotonic()
+        return any(st.in_flight is not None and now - st.sent_at > limit for st in self.types.values())
+
     def poke(self, type_url: str | None = None) -> None:
         """Something about `type_url` (or the stream) changed: evaluate it at the next flush."""
         if type_url is None:

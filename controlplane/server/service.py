@@ -43,6 +43,10 @@ class ServerLimits:
     node_allow: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # How long one write to a stream may block before the stream is considered stuck.
     write_timeout: float = 30.0
+    # How long a response may go unanswered (no ACK, no NACK) before the stream is considered
+    # stuck. Envoy answers each response as soon as it has applied it; a client that stops
+    # reading never answers, and would otherwise hold its stream (and memory) forever.
+    ack_timeout: float = 60.0
 
 
 class XdsService:
@@ -165,7 +169,17 @@ class XdsService:
 
         try:
             while not closed.is_set():
-                await s.wake.wait()
+                try:
+                    async with asyncio.timeout(self.limits.ack_timeout / 4):
+                        await s.wake.wait()
+                except TimeoutError:
+                    pass
+                if s.overdue(self.limits.ack_timeout):
+                    log.warning("stream %d (%s) left a response unanswered for %.0fs; closing it",
+                                s.id, node.id, self.limits.ack_timeout)
+                    context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
+                    context.set_details(f"no ACK/NACK within {self.limits.ack_timeout:.0f}s; reconnect")
+                    break
                 s.wake.clear()
                 if closed.is_set() or not self.cache.ready:
                     continue
