@@ -255,8 +255,36 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings.check()
     # httptools (C) parses HTTP when installed: a third less CPU per request than h11.
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False, http=http)
+    tls = _tls_files(args)
+    ssl_options: dict = {}
+    if tls is not None:
+        import ssl
+
+        ssl_options = {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]}
+        if tls[2]:
+            ssl_options |= {"ssl_ca_certs": tls[2], "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    # Tokens travel in headers: access logging stays off so they can never be written out.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False, http=http,
+                **ssl_options)
     return 0
+
+
+def _read_tls(files: tuple[str, str, str | None] | None) -> tuple[bytes, bytes, bytes | None] | None:
+    if files is None:
+        return None
+    cert, key, ca = files
+    return Path(cert).read_bytes(), Path(key).read_bytes(), Path(ca).read_bytes() if ca else None
+
+
+def _node_allow(items: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """FLEET=REGEX (repeatable) -> ServerLimits.node_allow."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        fleet, sep, pattern = item.partition("=")
+        if not sep or not pattern:
+            raise SystemExit(f"--allow-node takes FLEET=REGEX, got {item!r}")
+        out.setdefault(fleet, []).append(pattern)
+    return tuple((f, tuple(p)) for f, p in out.items())
 
 
 def cmd_xds(args: argparse.Namespace) -> int:
@@ -272,8 +300,9 @@ def cmd_xds(args: argparse.Namespace) -> int:
         port=args.port,
         replica_id=args.replica_id or "",
         max_connection_age=args.max_connection_age,
-        limits=ServerLimits(max_streams=args.max_streams),
+        limits=ServerLimits(max_streams=args.max_streams, node_allow=_node_allow(args.allow_node or [])),
         metrics_port=args.metrics_port,
+        tls=_read_tls(_tls_files(args)),
         registry_flush_interval=args.registry_interval,
     )
 
@@ -363,6 +392,19 @@ def _server_flags(s: argparse.ArgumentParser, port: int) -> None:
     s.add_argument("--port", type=int, default=port)
     s.add_argument("--etcd", help="etcd endpoints, comma-separated (env LBCP_ETCD_ENDPOINTS)")
     s.add_argument("--prefix", help="etcd key prefix (env LBCP_ETCD_PREFIX, default /lbcp/v1/)")
+    s.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM)")
+    s.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+
+
+def _tls_files(args: argparse.Namespace) -> tuple[str, str, str | None] | None:
+    if not args.tls_cert and not args.tls_key:
+        if args.tls_client_ca:
+            raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    return args.tls_cert, args.tls_key, args.tls_client_ca
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-streams", type=int, default=20_000)
     s.add_argument("--max-connection-age", type=float, default=1800.0, help="seconds; streams rebalance across replicas")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on --host:PORT (0: any free port)")
+    s.add_argument("--allow-node", action="append", metavar="FLEET=REGEX",
+                   help="only node ids matching REGEX may join FLEET (repeatable; a fleet not named is open)")
     s.add_argument("--registry-interval", type=float, default=0.2,
                    help="seconds between fleet-registry writes to etcd (rollout status lags by up to this)")
     s.set_defaults(func=cmd_xds)

@@ -15,7 +15,9 @@ from google.rpc import status_pb2
 
 
 class AdsClient:
-    def __init__(self, target: str, node_id: str, fleet: str = "default", *, delta: bool = False, zone: str = "") -> None:
+    def __init__(self, target: str, node_id: str, fleet: str = "default", *, delta: bool = False, zone: str = "",
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.credentials = credentials
         self.target = target
         self.node = base_pb2.Node(id=node_id, cluster=fleet, user_agent_name="lbcp-xdsclient")
         if zone:
@@ -27,7 +29,9 @@ class AdsClient:
         self._first = True
 
     async def open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+        options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+        self._channel = (grpc.aio.secure_channel(self.target, self.credentials, options=options) if self.credentials
+                         else grpc.aio.insecure_channel(self.target, options=options))
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
         self._call = stub.DeltaAggregatedResources() if self.delta else stub.StreamAggregatedResources()
         self._first = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 
 import httpx
 import pytest
@@ -201,3 +202,25 @@ async def test_tls_listener_is_refused_until_certificates_exist(api: httpx.Async
     r = await api.put("/v1/listeners/secure", json={"port": 8443, "tls": {"certificates": ["site"]}})
     assert r.status_code == 422 and r.json()["errors"][0]["pointer"] == "/tls"
     assert await _keys(api) == []
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "%2e%2e", "a%2Fb", "a\x00b", "x" * 300, "-lead", "with space", "ünï", "a\nb"])
+async def test_names_cannot_escape_the_key_space(api: httpx.AsyncClient, name: str) -> None:
+    """Names that could leave their etcd folder, or are not DNS-label-like, are a clear 4xx
+    for every kind and every way a name arrives (path or body), and nothing is written."""
+    assert (await api.put("/v1/clusters/home", json={})).status_code == 201
+    before = await _keys(api)
+    quoted = urllib.parse.quote(name, safe="")
+    attempts = [
+        lambda: api.put(f"/v1/clusters/{quoted}", json={}),
+        lambda: api.put(f"/v1/listeners/{quoted}", json={"port": 1000}),
+        lambda: api.put(f"/v1/clusters/home/backends/{quoted}", json={"address": "10.0.0.1", "port": 80}),
+        lambda: api.post("/v1/clusters", json={"name": name}),
+        lambda: api.post("/v1/clusters/home/backends", json={"name": name, "address": "10.0.0.1", "port": 80}),
+        lambda: api.post("/v1/batch", json={"operations": [{"op": "put", "kind": "cluster", "name": name, "body": {}}]}),
+    ]
+    for attempt in attempts:
+        r = await attempt()
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+    assert await _keys(api) == before

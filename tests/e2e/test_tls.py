@@ -1,0 +1,103 @@
+"""Locked down: the admin API over TLS, and xDS with mutual TLS plus a node allow-list,
+each run as the `lbcp` command an operator would start."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from controlplane.procs import Proc, free_port, wait_until
+from controlplane.resources import CLUSTER_TYPE
+from controlplane.xdsclient import AdsClient
+from tests.certs import CA
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "writer-token-for-tls-test"
+
+
+def _lbcp(tmp_path: Path, name: str, *args: str, env: dict | None = None) -> Proc:
+    p = Proc([sys.executable, "-m", "api.cli", *args], tmp_path / f"{name}.log", env={**os.environ, **(env or {})})
+    p.start()
+    return p
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, str]:
+    ca = CA()
+    (tmp_path / "ca.pem").write_bytes(ca.pem)
+    server = ca.issue("lbcp", ["127.0.0.1", "localhost"]).write(tmp_path, "server")
+    client = ca.issue("edge-1", client=True).write(tmp_path, "client")
+    return {"ca": str(tmp_path / "ca.pem"), "cert": server[0], "key": server[1], "client_cert": client[0], "client_key": client[1]}
+
+
+def test_admin_api_over_tls(tmp_path: Path, pki: dict, etcd_config) -> None:
+    port = free_port()
+    api = _lbcp(tmp_path, "api", "api", "--host", "127.0.0.1", "--port", str(port), "--etcd", ",".join(etcd_config.endpoints),
+                "--prefix", etcd_config.prefix, "--tls-cert", pki["cert"], "--tls-key", pki["key"],
+                env={"LBCP_API_TOKENS": f"writer:{TOKEN}"})
+    ctx = ssl.create_default_context(cafile=pki["ca"])
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ctx, timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 30, what="API over TLS")
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        r = httpx.put(f"https://127.0.0.1:{port}/v1/clusters/web", json={}, headers=auth, verify=ctx, timeout=5)
+        assert r.status_code == 201
+        with pytest.raises(httpx.HTTPError):  # plain HTTP is not spoken on a TLS port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        with pytest.raises(httpx.ConnectError):  # and an unknown CA is refused by the client
+            httpx.get(f"https://127.0.0.1:{port}/healthz", verify=True, timeout=2)
+        assert TOKEN not in api.log_path.read_text()  # tokens are never logged
+    finally:
+        api.stop()
+
+
+async def test_xds_mutual_tls_and_node_allow_list(tmp_path: Path, pki: dict, etcd_config) -> None:
+    port = free_port()
+    xds = _lbcp(tmp_path, "xds", "xds", "--host", "127.0.0.1", "--port", str(port), "--etcd", ",".join(etcd_config.endpoints),
+                "--prefix", etcd_config.prefix, "--tls-cert", pki["cert"], "--tls-key", pki["key"],
+                "--tls-client-ca", pki["ca"], "--allow-node", "edge=edge-[0-9]+")
+    ca = Path(pki["ca"]).read_bytes()
+    with_cert = grpc.ssl_channel_credentials(ca, Path(pki["client_key"]).read_bytes(), Path(pki["client_cert"]).read_bytes())
+    without_cert = grpc.ssl_channel_credentials(ca)
+    try:
+        async def first_response(node: str, fleet: str, creds) -> object:
+            c = AdsClient(f"127.0.0.1:{port}", node, fleet, credentials=creds)
+            await c.open()
+            try:
+                await c.request(CLUSTER_TYPE)
+                return await c.recv(5)
+            finally:
+                await c.close()
+
+        async def served() -> bool:
+            try:
+                return await first_response("edge-1", "edge", with_cert) is not None
+            except grpc.aio.AioRpcError:
+                return False
+
+        from tests.conftest import wait_for
+
+        await wait_for(served, timeout=30, what="xDS over mutual TLS")
+        # No client certificate: the TLS handshake fails, nothing is served.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await first_response("edge-2", "edge", without_cert)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        # A valid certificate but a node id the fleet does not allow: refused, no config.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await first_response("intruder", "edge", with_cert)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # A fleet with no allow-list stays open to any authenticated node.
+        assert await first_response("anything", "other", with_cert) is not None
+    finally:
+        xds.stop()
