@@ -81,6 +81,14 @@ def _ws_echo(rfile, wfile, greeting: bytes) -> None:
         wfile.flush()
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog is 5: when an Envoy opens a burst of upstream connections
+    # (a cluster update drains and refills its pools), SYNs beyond it are dropped and the
+    # connects time out as 503s. A real backend's backlog is in the thousands.
+    request_queue_size = 4096
+    daemon_threads = True
+
+
 class DemoBackend:
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
@@ -121,7 +129,7 @@ class DemoBackend:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = _Server((host, port), Handler)
         self.server.daemon_threads = True
         self.address, self.port = self.server.server_address[:2]
         threading.Thread(target=self.server.serve_forever, daemon=True, name=f"demo-{name}").start()
