@@ -4,8 +4,10 @@ a JSON-able dict (the CLI writes it to bench/results/fleetsim-<scenario>.json)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 
 import httpx
 
@@ -13,6 +15,29 @@ from .fleet import Fleet, specs
 from .stack import Stack, cpu_seconds, rss_bytes
 
 CHANGE_PORT = 20000  # changed/added backends get ports from here: how clients recognise them
+
+
+@contextlib.contextmanager
+def _running(replicas: int = 1, registry_interval: float = 0.2) -> Iterator[tuple[Stack, httpx.Client, list[Fleet]]]:
+    """A started stack and an API client; fleets appended to the list are stopped first."""
+    stack = Stack(replicas, registry_interval=registry_interval).start()
+    fleets: list[Fleet] = []
+    try:
+        with httpx.Client(base_url=stack.api_url, timeout=120) as api:
+            yield stack, api, fleets
+    finally:
+        for f in fleets:
+            f.stop()
+        stack.stop()
+
+
+def _started_fleet(stack: Stack, fleets: list[Fleet], n: int, workers: int) -> Fleet:
+    """`n` clients (half delta) on the first replica, configured and settled."""
+    fleet = Fleet(stack.targets[0], specs(n, 0.5), workers)
+    fleets.append(fleet)
+    fleet.start(timeout=600)
+    time.sleep(1.0)
+    return fleet
 
 
 def scrape(stack: Stack) -> dict[str, float]:
@@ -77,15 +102,13 @@ def _responses(before: list[dict], after: list[dict]) -> float:
 
 def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 50, backends: int = 1000,
                 delta_share: float = 0.5, workers: int = 2, registry_interval: float = 0.2, replicas: int = 1) -> dict:
-    stack = Stack(replicas, registry_interval=registry_interval).start()
-    fleet = None
-    try:
-        api = httpx.Client(base_url=stack.api_url, timeout=60)
+    with _running(replicas, registry_interval) as (stack, api, fleets):
         seed(api, clusters, backends)
         pids, api_pid = [r.pid for r in stack.replicas], stack.api.pid
         time.sleep(1.0)
         rss0 = sum(rss_bytes(p) for p in pids)
         fleet = Fleet(stack.targets, specs(n, delta_share), workers)
+        fleets.append(fleet)
         connect = fleet.start(timeout=600)
         time.sleep(2.0)
         rss1 = sum(rss_bytes(p) for p in pids)
@@ -136,10 +159,6 @@ def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 
               f"{result['eds_pushes_per_client']:.0f} EDS pushes/client for {changes} changes; violations {result['violations']}; "
               f"replica means (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in result["replica_means_ms"].items()), flush=True)
         return result
-    finally:
-        if fleet is not None:
-            fleet.stop()
-        stack.stop()
 
 
 # -- 2. burst ------------------------------------------------------------------------------------
@@ -147,14 +166,9 @@ def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 
 
 def burst(n: int = 500, writes: int = 5000, clusters: int = 50, backends: int = 1000, workers: int = 2,
           concurrency: int = 16) -> dict:
-    stack = Stack(1).start()
-    fleet = None
-    try:
-        api = httpx.Client(base_url=stack.api_url, timeout=120)
+    with _running() as (stack, api, fleets):
         seed(api, clusters, backends)
-        fleet = Fleet(stack.targets[0], specs(n, 0.5), workers)
-        fleet.start(timeout=600)
-        time.sleep(1.0)
+        fleet = _started_fleet(stack, fleets, n, workers)
         out: dict = {"scenario": "burst", "clients": n, "writes": writes}
 
         # (a) one batch of `writes` backend puts: one etcd transaction.
@@ -200,24 +214,15 @@ def burst(n: int = 500, writes: int = 5000, clusters: int = 50, backends: int = 
               f"{s['converged_after_last_2xx_ms']:.0f} ms after the last, {s['responses_per_client']:.0f} responses/client "
               f"(coalescing: {writes / max(s['responses_per_client'], 1):.0f} writes per push)", flush=True)
         return out
-    finally:
-        if fleet is not None:
-            fleet.stop()
-        stack.stop()
 
 
 # -- 3. reconnect storm ----------------------------------------------------------------------------
 
 
 def reconnect(n: int = 1000, clusters: int = 50, backends: int = 1000, workers: int = 2) -> dict:
-    stack = Stack(1).start()
-    fleet = None
-    try:
-        api = httpx.Client(base_url=stack.api_url, timeout=60)
+    with _running() as (stack, api, fleets):
         seed(api, clusters, backends)
-        fleet = Fleet(stack.targets[0], specs(n, 0.5), workers)
-        fleet.start(timeout=600)
-        time.sleep(1.0)
+        fleet = _started_fleet(stack, fleets, n, workers)
         c0 = fleet.counters()
         t_kill = time.monotonic()
         # The replica goes away; while it is down intent changes; it comes back on the same port.
@@ -238,28 +243,19 @@ def reconnect(n: int = 1000, clusters: int = 50, backends: int = 1000, workers: 
               f"violations {result['violations']}; bytes/client delta {result['bytes_per_client']['delta']:.0f}, "
               f"SotW {result['bytes_per_client']['sotw']:.0f}", flush=True)
         return result
-    finally:
-        if fleet is not None:
-            fleet.stop()
-        stack.stop()
 
 
 # -- 4. big EDS ------------------------------------------------------------------------------------
 
 
 def big_eds(n: int = 200, endpoints: int = 10_000, workers: int = 2) -> dict:
-    stack = Stack(1).start()
-    fleet = None
-    try:
-        api = httpx.Client(base_url=stack.api_url, timeout=120)
+    with _running() as (stack, api, fleets):
         seed(api, 10, 100)
         api.put("/v1/clusters/big", json={"load_balancer": {"type": "maglev"}}).raise_for_status()
         api.put("/v1/clusters/big/backends", json=[
             {"name": f"big-{i:05d}", "address": f"10.200.{i // 250}.{i % 250 + 1}", "port": 9000} for i in range(endpoints)
         ]).raise_for_status()
-        fleet = Fleet(stack.targets[0], specs(n, 0.5), workers)
-        fleet.start(timeout=600)
-        time.sleep(1.0)
+        fleet = _started_fleet(stack, fleets, n, workers)
         out: dict = {"scenario": "big_eds", "clients": n, "endpoints": endpoints}
         for label, cluster, port in (("big cluster +1 endpoint", "big", CHANGE_PORT), ("small cluster +1 endpoint", "c000", CHANGE_PORT + 1)):
             c0 = fleet.counters()
@@ -275,19 +271,13 @@ def big_eds(n: int = 200, endpoints: int = 10_000, workers: int = 2) -> dict:
               f"cluster -> {small['bytes_per_client']['delta']:.0f} B (delta), {small['bytes_per_client']['sotw']:.0f} B (SotW), "
               f"{small['ms']:.0f} ms", flush=True)
         return out
-    finally:
-        if fleet is not None:
-            fleet.stop()
-        stack.stop()
 
 
 # -- 5. API write rate -----------------------------------------------------------------------------
 
 
 def write_rate(seconds: float = 10.0, concurrency: int = 16) -> dict:
-    stack = Stack(1).start()
-    try:
-        api = httpx.Client(base_url=stack.api_url, timeout=60)
+    with _running() as (stack, api, fleets):
         api.put("/v1/clusters/w", json={}).raise_for_status()
 
         async def api_writes() -> int:
@@ -330,5 +320,3 @@ def write_rate(seconds: float = 10.0, concurrency: int = 16) -> dict:
         print(f"write rate ({concurrency} concurrent, {seconds:.0f} s): API {result['api_writes_per_s']:.0f} backend writes/s, "
               f"raw etcd (aetcd) {result['etcd_puts_per_s']:.0f} puts/s: {result['ratio'] * 100:.0f}%", flush=True)
         return result
-    finally:
-        stack.stop()

@@ -18,30 +18,36 @@ from controlplane.store import Store
 from tests.certs import CA
 
 
-async def test_failover_to_another_member(tmp_path: Path) -> None:
+@pytest.fixture
+def etcd3(tmp_path: Path):
+    """A private 3-member etcd cluster (members get killed), and a client with short timeouts."""
     cluster = EtcdCluster(tmp_path / "etcd3", size=3)
     cluster.start()
     try:
-        etcd = Etcd(EtcdConfig(endpoints=tuple(cluster.endpoints), timeout=3.0, connect_timeout=0.5))
-        store = Store(etcd)
-        await store.put(Cluster(name="before"))
-        # Kill the member the client is talking to: the next calls go to the others.
-        victim = cluster.members[etcd._current]
-        await asyncio.to_thread(cluster.stop_member, victim, signal.SIGKILL)
-        await asyncio.sleep(0.3)
-        for i in range(20):
-            try:
-                await store.put(Cluster(name=f"after-{i}"))
-            except StoreUnavailable:
-                # A write in flight when the member died may fail (and is not acknowledged);
-                # the next one must go through.
-                await store.put(Cluster(name=f"after-{i}"))
-        assert (await store.get(Ref(Kind.CLUSTER, "before"))).obj.name == "before"
-        assert len((await store.list(Kind.CLUSTER, limit=100)).items) == 21
-        assert cluster.members[etcd._current] is not victim
-        await etcd.close()
+        yield cluster, Etcd(EtcdConfig(endpoints=tuple(cluster.endpoints), timeout=3.0, connect_timeout=0.5))
     finally:
         cluster.stop()
+
+
+async def test_failover_to_another_member(etcd3) -> None:
+    cluster, etcd = etcd3
+    store = Store(etcd)
+    await store.put(Cluster(name="before"))
+    # Kill the member the client is talking to: the next calls go to the others.
+    victim = cluster.members[etcd._current]
+    await asyncio.to_thread(cluster.stop_member, victim, signal.SIGKILL)
+    await asyncio.sleep(0.3)
+    for i in range(20):
+        try:
+            await store.put(Cluster(name=f"after-{i}"))
+        except StoreUnavailable:
+            # A write in flight when the member died may fail (and is not acknowledged);
+            # the next one must go through.
+            await store.put(Cluster(name=f"after-{i}"))
+    assert (await store.get(Ref(Kind.CLUSTER, "before"))).obj.name == "before"
+    assert len((await store.list(Kind.CLUSTER, limit=100)).items) == 21
+    assert cluster.members[etcd._current] is not victim
+    await etcd.close()
 
 
 async def _enable_auth(endpoint: str, password: str) -> None:
@@ -94,46 +100,41 @@ async def test_mutual_tls(tmp_path: Path) -> None:
         cluster.stop()
 
 
-async def test_leader_killed_mid_write_loses_no_acknowledged_write(tmp_path: Path) -> None:
+async def test_leader_killed_mid_write_loses_no_acknowledged_write(etcd3) -> None:
     """1,000 backend writes, 8 at a time, against a 3-member etcd whose leader is SIGKILLed
     after the first 300 acknowledgements: writes continue after re-election, and every
     write that was acknowledged is in etcd afterwards (unacknowledged ones may or may not be)."""
     from controlplane.errors import StoreError
     from controlplane.model import Backend
 
-    cluster = EtcdCluster(tmp_path / "etcd3", size=3)
-    cluster.start()
-    try:
-        etcd = Etcd(EtcdConfig(endpoints=tuple(cluster.endpoints), timeout=3.0, connect_timeout=0.5))
-        store = Store(etcd)
-        await store.put(Cluster(name="c"))
-        acked: dict[str, int] = {}
-        failed: list[str] = []
-        killed = asyncio.Event()
-        leader = cluster.leader()
-        assert leader is not None
-        todo = iter(range(1000))
+    cluster, etcd = etcd3
+    store = Store(etcd)
+    await store.put(Cluster(name="c"))
+    acked: dict[str, int] = {}
+    failed: list[str] = []
+    killed = asyncio.Event()
+    leader = cluster.leader()
+    assert leader is not None
+    todo = iter(range(1000))
 
-        async def writer() -> None:
-            for i in todo:
-                name = f"b{i:04d}"
-                try:
-                    res = await store.put(Backend(name=name, address="10.0.0.1", port=1000 + i), cluster="c")
-                except StoreError:
-                    failed.append(name)  # not acknowledged: the caller would retry
-                    continue
-                acked[name] = res.revision
-                if len(acked) == 300 and not killed.is_set():
-                    killed.set()
-                    await asyncio.to_thread(cluster.stop_member, leader, signal.SIGKILL)
+    async def writer() -> None:
+        for i in todo:
+            name = f"b{i:04d}"
+            try:
+                res = await store.put(Backend(name=name, address="10.0.0.1", port=1000 + i), cluster="c")
+            except StoreError:
+                failed.append(name)  # not acknowledged: the caller would retry
+                continue
+            acked[name] = res.revision
+            if len(acked) == 300 and not killed.is_set():
+                killed.set()
+                await asyncio.to_thread(cluster.stop_member, leader, signal.SIGKILL)
 
-        await asyncio.wait_for(asyncio.gather(*(writer() for _ in range(8))), 240)
-        assert killed.is_set() and len(acked) >= 900, (len(acked), len(failed))
-        assert cluster.leader() not in (None, leader)
-        stored = {s.obj.name: s.mod_revision for s in (await store.list(Kind.BACKEND, cluster="c", limit=1000)).items}
-        lost = sorted(set(acked) - set(stored))
-        assert not lost, f"{len(lost)} acknowledged writes missing, e.g. {lost[:5]}"
-        assert all(stored[n] == rev for n, rev in acked.items())
-        await etcd.close()
-    finally:
-        cluster.stop()
+    await asyncio.wait_for(asyncio.gather(*(writer() for _ in range(8))), 240)
+    assert killed.is_set() and len(acked) >= 900, (len(acked), len(failed))
+    assert cluster.leader() not in (None, leader)
+    stored = {s.obj.name: s.mod_revision for s in (await store.list(Kind.BACKEND, cluster="c", limit=1000)).items}
+    lost = sorted(set(acked) - set(stored))
+    assert not lost, f"{len(lost)} acknowledged writes missing, e.g. {lost[:5]}"
+    assert all(stored[n] == rev for n, rev in acked.items())
+    await etcd.close()
