@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import promql_parser
-import pytest
 import yaml
 
 from controlplane.procs import EnvoyProcess, free_port
