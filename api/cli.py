@@ -317,9 +317,15 @@ def cmd_xds(args: argparse.Namespace) -> int:
 
 
 def _bootstrap_options(args: argparse.Namespace) -> dict:
+    from controlplane.bootstrap import XdsTLS
+
+    tls_args = (args.xds_tls_cert, args.xds_tls_key, args.xds_tls_ca)
+    if any(tls_args) and not all(tls_args):
+        raise SystemExit("--xds-tls-cert, --xds-tls-key and --xds-tls-ca go together")
     return {"admin_port": args.admin_port, "zone": args.zone or "", "delta": not args.sotw,
             "max_connections": args.max_connections, "max_heap_bytes": args.max_heap_mib * 1024**2,
-            "ops_port": args.ops_port or None}
+            "ops_port": args.ops_port or None,
+            "xds_tls": XdsTLS(*tls_args, sni=args.xds_tls_sni or "") if all(tls_args) else None}
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -441,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-connections", type=int, default=100_000, help="overload manager: global downstream connection limit")
     s.add_argument("--max-heap-mib", type=int, default=2048, help="overload manager: heap the fixed-heap monitor measures against")
     s.add_argument("--ops-port", type=int, default=8081, help="ops listener: /healthz for the front tier, /stats/prometheus for Prometheus (0: none)")
+    s.add_argument("--xds-tls-cert", help="mutual TLS to the replicas: this Envoy's client certificate (path on its host)")
+    s.add_argument("--xds-tls-key", help="... its private key")
+    s.add_argument("--xds-tls-ca", help="... the CA that signed the replicas' certificate")
+    s.add_argument("--xds-tls-sni", help="... SNI to send (default none)")
     s.add_argument("--count", type=int, help="render N instances (NODE-ID-0..N-1) into the --output folder")
     s.add_argument("-o", "--output", help="file (default stdout), or a folder with --count")
     s.set_defaults(func=cmd_bootstrap)

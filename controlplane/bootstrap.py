@@ -29,6 +29,17 @@ class XdsEndpoint:
     port: int
 
 
+@dataclass(frozen=True)
+class XdsTLS:
+    """Mutual TLS to the xDS replicas: this Envoy's client certificate and key, and the CA
+    that signed the replicas' certificate (files on the Envoy's host)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    sni: str = ""
+
+
 def render(
     node_id: str,
     fleet: str,
@@ -43,6 +54,7 @@ def render(
     max_heap_bytes: int = 2 * 1024**3,
     ops_address: str = "0.0.0.0",
     ops_port: int | None = 8081,
+    xds_tls: XdsTLS | None = None,
 ) -> dict:
     locality = {k: v for k, v in (("region", region), ("zone", zone)) if v}
     listeners = [_ops_listener(ops_address, ops_port)] if ops_port is not None else []
@@ -80,6 +92,7 @@ def render(
                             },
                         }
                     },
+                    **({"transport_socket": _xds_transport_socket(xds_tls)} if xds_tls else {}),
                     # A replica that refuses connections is skipped at once on reconnect.
                     "outlier_detection": {"consecutive_local_origin_failure": 1, "split_external_local_origin_errors": True,
                                           "base_ejection_time": "5s", "max_ejection_percent": 100},
@@ -120,6 +133,20 @@ def _overload_manager(max_connections: int, max_heap_bytes: int) -> dict:
             on_heap("envoy.overload_actions.stop_accepting_requests", 0.98),
         ],
     }
+
+
+def _xds_transport_socket(tls: XdsTLS) -> dict:
+    ctx: dict = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_certificates": [{"certificate_chain": {"filename": tls.cert_file}, "private_key": {"filename": tls.key_file}}],
+            "validation_context": {"trusted_ca": {"filename": tls.ca_file}},
+        },
+    }
+    if tls.sni:
+        ctx["sni"] = tls.sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": ctx}
 
 
 def _admin_cluster(address: str, port: int) -> dict:

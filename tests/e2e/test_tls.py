@@ -101,3 +101,44 @@ async def test_xds_mutual_tls_and_node_allow_list(tmp_path: Path, pki: dict, etc
         assert await first_response("anything", "other", with_cert) is not None
     finally:
         xds.stop()
+
+
+async def test_envoy_over_mutual_tls_to_the_replica(tmp_path: Path, pki: dict, etcd_config, api, backends, envoys) -> None:
+    """A real Envoy with `lbcp bootstrap --xds-tls-*` gets its config over mTLS; an Envoy
+    without a client certificate gets nothing."""
+    import asyncio
+
+    from controlplane.bootstrap import XdsTLS
+    from controlplane.replica import ReplicaConfig, XdsReplica
+    from controlplane.server.service import ServerLimits
+    from tests.conftest import http_ok, wait_for
+
+    tls = (Path(pki["cert"]).read_bytes(), Path(pki["key"]).read_bytes(), Path(pki["ca"]).read_bytes())
+    replica = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id="mtls", tls=tls, registry_flush_interval=0.05,
+                                       limits=ServerLimits(node_allow=(("default", ("edge-[0-9]+",)),))))
+    await replica.start()
+    try:
+        port = free_port()
+        await api.put("/v1/clusters/web", json={})
+        await api.put("/v1/clusters/web/backends/b0", json={"address": "127.0.0.1", "port": backends[0].port})
+        await api.put("/v1/listeners/http", json={"address": "127.0.0.1", "port": port})
+        await api.put("/v1/routes/main", json={"listener": "http", "backends": [{"cluster": "web"}]})
+        client_tls = XdsTLS(pki["client_cert"], pki["client_key"], pki["ca"])
+        from controlplane.procs import EnvoyProcess
+
+        good = EnvoyProcess(tmp_path / "good", "edge-1", "default", [("127.0.0.1", replica.port)], xds_tls=client_tls)
+        plain = EnvoyProcess(tmp_path / "plain", "edge-2", "default", [("127.0.0.1", replica.port)])
+        try:
+            await asyncio.to_thread(good.start)
+            await wait_for(http_ok(f"http://127.0.0.1:{port}/"), timeout=30, what="Envoy configured over mTLS")
+            assert (await api.get("/v1/fleet/edge-1")).status_code == 200
+            await asyncio.to_thread(plain.start)
+            await asyncio.sleep(2.0)
+            assert (await asyncio.to_thread(plain.stats, "control_plane.connected_state"))["control_plane.connected_state"] == 0
+            assert "http" not in str(plain.config_dump("dynamic_listeners"))
+            assert (await api.get("/v1/fleet/edge-2")).status_code == 404
+        finally:
+            good.stop()
+            plain.stop()
+    finally:
+        await replica.stop(grace=0)
