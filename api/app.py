@@ -19,6 +19,7 @@ from controlplane.store import Store
 from . import problems
 from .auth import Tokens, is_loopback
 from .fleet import fleet_router
+from .frontdoor import frontdoor_router
 from .metrics import ApiMetrics, MetricsMiddleware
 from .resources import backends_router, batch_router, kind_router
 from .ring import ring_router
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
     app.include_router(batch_router())
     app.include_router(fleet_router())
     app.include_router(ring_router())
+    app.include_router(frontdoor_router())
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     async def healthz() -> dict[str, str]:

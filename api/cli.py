@@ -231,6 +231,19 @@ def cmd_ring_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_frontdoor(args: argparse.Namespace) -> int:
+    """Render the front tier for the in-service Envoys (from the admin API)."""
+    params = {k: v for k, v in (("fleet", args.fleet), ("zone", args.zone), ("name", args.name), ("ttl", args.ttl),
+                                ("vip", args.vip), ("port", args.port), ("mode", args.mode), ("node", args.node)) if v is not None}
+    r = _client(args).request("GET", f"/v1/frontdoor/{args.format}", params=params)
+    text = r.text if args.format != "json" else json.dumps(r.json(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     c = _client(args)
     r = c.delete(f"/v1/{args.kind}s/{args.name}")
@@ -325,7 +338,8 @@ def _bootstrap_options(args: argparse.Namespace) -> dict:
     return {"admin_port": args.admin_port, "zone": args.zone or "", "delta": not args.sotw,
             "max_connections": args.max_connections, "max_heap_bytes": args.max_heap_mib * 1024**2,
             "ops_port": args.ops_port or None,
-            "xds_tls": XdsTLS(*tls_args, sni=args.xds_tls_sni or "") if all(tls_args) else None}
+            "xds_tls": XdsTLS(*tls_args, sni=args.xds_tls_sni or "") if all(tls_args) else None,
+            "public_address": args.public_address or ""}
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -447,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-connections", type=int, default=100_000, help="overload manager: global downstream connection limit")
     s.add_argument("--max-heap-mib", type=int, default=2048, help="overload manager: heap the fixed-heap monitor measures against")
     s.add_argument("--ops-port", type=int, default=8081, help="ops listener: /healthz for the front tier, /stats/prometheus for Prometheus (0: none)")
+    s.add_argument("--public-address", help="the address clients reach this Envoy at (front-tier DNS and L4 rules)")
     s.add_argument("--xds-tls-cert", help="mutual TLS to the replicas: this Envoy's client certificate (path on its host)")
     s.add_argument("--xds-tls-key", help="... its private key")
     s.add_argument("--xds-tls-ca", help="... the CA that signed the replicas' certificate")
@@ -526,6 +541,21 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--count", type=int, help="stop after this many updates")
     x.add_argument("--node-id", help="node id to present (default ring-watch-HOST-…)")
     x.set_defaults(func=cmd_ring_watch)
+
+    fd = sub.add_parser("frontdoor", help="the front tier for the in-service Envoys: DNS, BIRD, iptables, nftables")
+    fds = fd.add_subparsers(dest="action", required=True)
+    x = fds.add_parser("render", help="render one format (docs/frontdoor.md)")
+    x.add_argument("--format", required=True, choices=("json", "dns", "iptables", "nftables", "bird"))
+    x.add_argument("--fleet")
+    x.add_argument("--zone")
+    x.add_argument("--name")
+    x.add_argument("--ttl", type=int)
+    x.add_argument("--vip")
+    x.add_argument("--port", type=int)
+    x.add_argument("--mode", help="iptables: nth|random; nftables: hash|numgen")
+    x.add_argument("--node", help="bird: the Envoy host to render for")
+    x.add_argument("-o", "--output", help="file (default stdout)")
+    x.set_defaults(func=cmd_frontdoor)
 
     g = sub.add_parser("get", help="list objects: clusters | backends CLUSTER | listeners | routes")
     g.add_argument("what")

@@ -55,12 +55,16 @@ def render(
     ops_address: str = "0.0.0.0",
     ops_port: int | None = 8081,
     xds_tls: XdsTLS | None = None,
+    public_address: str = "",
 ) -> dict:
     locality = {k: v for k, v in (("region", region), ("zone", zone)) if v}
+    # The address clients reach this Envoy at: the front-tier renders (DNS, iptables) use it.
+    metadata = {"public_address": public_address} if public_address else {}
     listeners = [_ops_listener(ops_address, ops_port)] if ops_port is not None else []
     clusters = [_admin_cluster(admin_address, admin_port)] if ops_port is not None else []
     return {
-        "node": {"id": node_id, "cluster": fleet, **({"locality": locality} if locality else {})},
+        "node": {"id": node_id, "cluster": fleet, **({"locality": locality} if locality else {}),
+                 **({"metadata": metadata} if metadata else {})},
         "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
         "dynamic_resources": {
             "ads_config": {

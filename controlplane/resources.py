@@ -39,7 +39,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from envoy.type.v3 import range_pb2
+from envoy.type.v3 import http_pb2, range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from .gen.lbcp.v1 import ring_pb2
@@ -147,7 +147,7 @@ def cluster_resource(c: Cluster, backends: Iterable[Backend] = ()) -> cluster_pb
                 for s in sorted(set(a.expected_statuses)):
                     check.http_health_check.expected_statuses.append(range_pb2.Int64Range(start=s, end=s + 1))
             if c.protocol == Protocol.HTTP2:
-                check.http_health_check.codec_client_type = 2  # HTTP2
+                check.http_health_check.codec_client_type = http_pb2.HTTP2  # (2 would be HTTP3: Envoy crashed on it)
         else:
             check.tcp_health_check.CopyFrom(health_check_pb2.HealthCheck.TcpHealthCheck())
         out.health_checks.append(check)

@@ -218,6 +218,7 @@ class BaseStream:
             "locality": self.node.locality,
             "user_agent": self.node.user_agent,
             "peer": self.node.peer,
+            "metadata": self.node.metadata,
             "protocol": self.protocol,
             "connected_since": self.connected_since,
             "acked_revision": self.acked_revision,

@@ -1,0 +1,54 @@
+"""`/v1/frontdoor/*` follows the live fleet: xDS clients that connect and ACK appear, one
+that disconnects disappears within the registry's flush interval."""
+
+from __future__ import annotations
+
+from controlplane.model import Backend, Cluster
+from controlplane.resources import CLUSTER_TYPE
+from controlplane.store import Store
+from controlplane.xdsclient import AdsClient
+from tests.conftest import wait_for
+
+
+async def test_frontdoor_follows_the_fleet(api, store: Store, replica) -> None:
+    await store.put(Cluster(name="web"))
+    await store.put(Backend(name="b", address="10.0.0.1", port=80), cluster="web")
+    clients = []
+    for i in range(3):
+        c = AdsClient(f"127.0.0.1:{replica.port}", f"edge-{i}", "edge")
+        c.node.metadata.update({"public_address": f"203.0.113.{10 + i}"})
+        await c.open()
+        await c.request(CLUSTER_TYPE)
+        r = await c.recv()
+        await c.request(CLUSTER_TYPE, version=r.version_info, nonce=r.nonce)  # ACK: configured
+        clients.append(c)
+
+    async def members() -> list[str]:
+        return [m["address"] for m in (await api.get("/v1/frontdoor/json", params={"fleet": "edge"})).json()["in_service"]]
+
+    async def three() -> bool:
+        return await members() == ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
+
+    await wait_for(three, what="3 Envoys in service")
+    dns = await api.get("/v1/frontdoor/dns", params={"fleet": "edge", "zone": "example.com", "name": "www", "ttl": 30})
+    assert dns.status_code == 200 and dns.text.count("\tIN\tA\t") == 3
+    again = await api.get("/v1/frontdoor/dns", params={"fleet": "edge", "zone": "example.com", "name": "www", "ttl": 30})
+    assert again.headers["etag"] == dns.headers["etag"]  # unchanged set, identical render
+    rules = (await api.get("/v1/frontdoor/iptables", params={"fleet": "edge", "vip": "198.51.100.1", "port": 443})).text
+    assert rules.count("DNAT") == 3 and "--every 3 --packet 0" in rules
+    bird = (await api.get("/v1/frontdoor/bird", params={"fleet": "edge", "node": "edge-1"})).text
+    assert "route 198.51.100.1/32 blackhole;" in bird
+
+    # edge-1 goes away: it leaves the records and the rules.
+    await clients[1].close()
+
+    async def two() -> bool:
+        return await members() == ["203.0.113.10", "203.0.113.12"]
+
+    await wait_for(two, what="the stopped Envoy withdrawn")
+    assert "203.0.113.11" not in (await api.get("/v1/frontdoor/nftables", params={"fleet": "edge"})).text
+    assert "route 198.51.100.1" not in (await api.get("/v1/frontdoor/bird", params={"fleet": "edge", "node": "edge-1"})).text
+    bad = await api.get("/v1/frontdoor/bind")
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    for c in (clients[0], clients[2]):
+        await c.close()
