@@ -110,7 +110,7 @@ def test_up_apply_get_down(local_cluster) -> None:
     assert f"key 'alice' -> {next(iter(alice)).strip()}" in watched
 
     # The front tier for the two local Envoys (both in service; their address is the peer's).
-    dns = _lbcp(state, "frontdoor", "render", "--format", "dns", "--zone", "example.test", "--name", "www").stdout
+    dns = _lbcp(state, "frontdoor", "render", "--format", "dns", "--fleet", "default", "--zone", "example.test", "--name", "www").stdout
     assert dns.count("\tIN\tA\t127.0.0.1") == 2 and "envoy-0" in dns and "envoy-1" in dns
     bad = _lbcp(state, "backend", "add", "nope", "x", "127.0.0.1:1", check=False)
     assert bad.returncode == 1 and "cluster-not-found" in bad.stderr
