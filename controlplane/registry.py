@@ -74,7 +74,10 @@ class FleetRegistry:
         pass
 
     def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
-        pass
+        # The record carries per-type acked versions and push counts: keep it current even
+        # when the stream's overall acked revision does not move (e.g. it holds a NACKed
+        # resource). Writes stay batched per flush interval, so this costs no extra txn.
+        self._mark(stream)
 
     def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
         log.warning("NACK from %s (%s) for %s version %s: %s", stream.node.id, stream.fleet, type_url, nack.version, nack.message)

@@ -51,7 +51,14 @@ def local_cluster(tmp_path: Path):
         yield state, proc, tmp_path / "up.log"
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            # A failed test left it running: stop it and everything it started, by PID
+            # (its children run in sessions of their own, so killing its group is not enough).
+            from api.localcluster import down
+
+            if (state / "cluster.json").exists():
+                down(str(state), timeout=15)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
 
