@@ -83,7 +83,7 @@ def up(state_dir: str = ".lbcp", etcd_nodes: int = 1, api_port: int | None = Non
     state.mkdir(parents=True, exist_ok=True)
     if (state / STATE_FILE).exists():
         doc = json.loads((state / STATE_FILE).read_text())
-        if _alive(doc.get("pids", {}).get("supervisor", 0)):
+        if alive(doc.get("pids", {}).get("supervisor", 0)):
             _say(f"a cluster is already running from {state} (admin API {doc.get('admin_api')}); `lbcp down` stops it")
             return 1
         (state / STATE_FILE).unlink()
@@ -233,7 +233,7 @@ def _summary(doc: dict, state: Path) -> str:
 # -- background mode -------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     if not pid:
         return False
     try:
@@ -287,10 +287,10 @@ def down(state_dir: str, timeout: float = 30.0) -> int:
     pids = doc.get("pids", {})
     supervisor = pids.get("supervisor", 0)
     children = [pids.get("admin_api", 0), *pids.get("etcd", []), *pids.get("others", [])]
-    if _alive(supervisor):
+    if alive(supervisor):
         os.kill(supervisor, signal.SIGTERM)
         _wait_gone([supervisor], timeout)
-    left = [p for p in children if _alive(p)]
+    left = [p for p in children if alive(p)]
     for p in left:  # the supervisor died before stopping them (e.g. it was SIGKILLed)
         try:
             os.killpg(p, signal.SIGTERM)
@@ -298,9 +298,9 @@ def down(state_dir: str, timeout: float = 30.0) -> int:
             pass
     if left and not _wait_gone(left, 10):
         for p in left:
-            if _alive(p):
+            if alive(p):
                 os.killpg(p, signal.SIGKILL)
-    still = [p for p in [supervisor, *children] if _alive(p)]
+    still = [p for p in [supervisor, *children] if alive(p)]
     path.unlink(missing_ok=True)
     if still:
         print(f"could not stop PIDs {still}", file=sys.stderr)
@@ -312,7 +312,7 @@ def down(state_dir: str, timeout: float = 30.0) -> int:
 def _wait_gone(pids: list[int], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(_alive(p) for p in pids):
+        if not any(alive(p) for p in pids):
             return True
         time.sleep(0.1)
     return False

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
+from api.localcluster import alive as _alive
 from controlplane.procs import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,18 +26,6 @@ def _lbcp(state: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     if check and r.returncode != 0:
         raise AssertionError(f"lbcp {' '.join(args)} failed: {r.stdout}\n{r.stderr}")
     return r
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
