@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test deps etcd lock protos clean
+.PHONY: run test deps etcd frontdoor-tools lock protos clean
 
 run: deps
 	$(BIN)/lbcp up
@@ -15,7 +15,7 @@ run: deps
 test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-deps: $(STAMP) etcd $(BIN)/promtool
+deps: $(STAMP) etcd frontdoor-tools $(BIN)/promtool
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,23 @@ etcd:
 	  else \
 	    echo "etcd is not installed. Install it with: sudo apt-get install -y etcd-server" >&2; exit 1; \
 	  fi; }
+
+# The front-door renders are checked by the tools that load them: nft --check (nftables),
+# bird -p (bird2) and iptables-restore --test (iptables). Parsing only: nothing is started.
+frontdoor-tools:
+	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
+	  command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
+	  command -v bird >/dev/null 2>&1 || missing="$$missing bird2"; \
+	  command -v iptables-restore >/dev/null 2>&1 || missing="$$missing iptables"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	      echo "installing Debian's$$missing (front-door render checks)"; \
+	      { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }; }; \
+	    else \
+	      echo "the front-door tests need:$$missing. Install with: sudo apt-get install -y$$missing" >&2; exit 1; \
+	    fi; \
+	  fi
 
 # promtool checks and unit-tests deploy/prometheus/alerts.yml. It comes from Debian's
 # prometheus package, unpacked (no service installed). Best effort: without it the tests

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import ipaddress
 import json
 import logging
+import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import yaml
 
 from .client import ApiProblem, Client, discover
@@ -232,15 +238,108 @@ def cmd_ring_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_frontdoor(args: argparse.Namespace) -> int:
-    """Render the front tier for the in-service Envoys (from the admin API)."""
+    """Render the front tier for the in-service Envoys (from the admin API); with --watch,
+    re-render every --interval seconds and, when the output changed, replace the file
+    (atomically) and run --exec (a sidecar reloading BIND, BIRD or the firewall)."""
     params = {k: v for k, v in (("fleet", args.fleet), ("zone", args.zone), ("name", args.name), ("ttl", args.ttl),
                                 ("vip", args.vip), ("port", args.port), ("mode", args.mode), ("node", args.node)) if v is not None}
-    r = _client(args).request("GET", f"/v1/frontdoor/{args.format}", params=params)
-    text = r.text if args.format != "json" else json.dumps(r.json(), indent=2) + "\n"
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        print(text, end="")
+    client = _client(args)
+    last: str | None = None
+    renders = 0
+    while True:
+        try:
+            r = client.request("GET", f"/v1/frontdoor/{args.format}", params=params)
+            text = r.text if args.format != "json" else json.dumps(r.json(), indent=2) + "\n"
+        except (ApiProblem, httpx.HTTPError) as exc:
+            if not args.watch:
+                raise
+            print(f"render failed ({exc}); keeping the last one", file=sys.stderr)
+            text = last
+        if text is not None and text != last:
+            last = text
+            renders += 1
+            if args.output:
+                tmp = Path(args.output + ".tmp")
+                tmp.write_text(text)
+                tmp.replace(args.output)
+            else:
+                print(text, end="", flush=True)
+            if args.exec:
+                code = subprocess.run(shlex.split(args.exec)).returncode
+                if code:
+                    print(f"--exec exited {code}", file=sys.stderr)
+        if not args.watch or (args.count and renders >= args.count):
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_frontdoor_exabgp(args: argparse.Namespace) -> int:
+    """An ExaBGP process (`process lbcp { run lbcp frontdoor exabgp ...; encoder text; }`):
+    announce the anycast VIP while --node is in service, withdraw it when it leaves."""
+    net = ipaddress.ip_network(args.vip if "/" in args.vip else f"{args.vip}/{128 if ':' in args.vip else 32}", strict=False)
+    client = _client(args)
+    params = {"fleet": args.fleet} if args.fleet else {}
+    announced: bool | None = None
+    changes = 0
+    while True:
+        try:
+            members = client.get("/v1/frontdoor/json", **params)["in_service"]
+            up = any(m["node_id"] == args.node for m in members)
+        except (ApiProblem, httpx.HTTPError) as exc:
+            # Unknown is not "down": keep announcing what was decided until the API answers.
+            print(f"# lbcp: fleet state unavailable ({exc})", file=sys.stderr)
+            up = announced
+        if up is not None and up != announced:
+            announced = up
+            changes += 1
+            print(f"{'announce' if up else 'withdraw'} route {net} next-hop {args.next_hop}", flush=True)
+        if args.count and changes >= args.count:
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_node_drain(args: argparse.Namespace) -> int:
+    c = _client(args)
+    params: dict = {"force": "true"} if args.force else {}
+    if args.wait:
+        params |= {"wait": "withdrawn", "timeout": f"{args.wait}s"}
+    body = {"reason": args.reason} if args.reason else None
+    r = c.request("POST", f"/v1/fleet/{quote(args.node, safe='')}/drain", json_body=body, params=params).json()
+    line = f"node {args.node} drained (revision {r['revision']})"
+    if "withdrawal" in r:
+        w = r["withdrawal"]
+        line += ": withdrawn from the front tier" if w["complete"] else f": not yet withdrawn after {args.wait}s ({w})"
+    print(line)
+    return 0 if "withdrawal" not in r or r["withdrawal"]["complete"] else 1
+
+
+def cmd_node_undrain(args: argparse.Namespace) -> int:
+    r = _client(args).request("DELETE", f"/v1/fleet/{quote(args.node, safe='')}/drain").json()
+    print(f"node {args.node} back in service (revision {r['revision']})")
+    return 0
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from controlplane.etcd import Etcd, EtcdConfig
+
+    from .dns import DnsConfig, FrontDoorDns
+
+    cfg = DnsConfig(zone=args.zone, name=args.name, ttl=args.ttl, fleet=args.fleet, host=args.host, port=args.port,
+                    interval=args.interval)
+
+    async def run() -> None:
+        etcd = Etcd(EtcdConfig.from_env(args.etcd, args.prefix))
+        try:
+            await FrontDoorDns(cfg).run(etcd)
+        finally:
+            await etcd.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -317,6 +416,7 @@ def cmd_xds(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         tls=_read_tls(_tls_files(args)),
         registry_flush_interval=args.registry_interval,
+        probe_interval=args.probe_interval,
     )
 
     async def run() -> None:
@@ -449,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only node ids matching REGEX may join FLEET (repeatable; a fleet not named is open)")
     s.add_argument("--registry-interval", type=float, default=0.2,
                    help="seconds between fleet-registry writes to etcd (rollout status lags by up to this)")
+    s.add_argument("--probe-interval", type=float, default=2.0,
+                   help="seconds between /healthz probes of each connected Envoy's ops listener (0: off); "
+                        "the front tier uses the verdict")
     s.set_defaults(func=cmd_xds)
 
     s = sub.add_parser("bootstrap", help="render an Envoy bootstrap for one instance")
@@ -552,10 +655,46 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--ttl", type=int)
     x.add_argument("--vip")
     x.add_argument("--port", type=int)
-    x.add_argument("--mode", help="iptables: nth|random; nftables: hash|numgen")
+    x.add_argument("--mode", help="iptables: nth|random; nftables: hash|maglev|numgen")
     x.add_argument("--node", help="bird: the Envoy host to render for")
-    x.add_argument("-o", "--output", help="file (default stdout)")
+    x.add_argument("-o", "--output", help="file (default stdout); replaced atomically")
+    x.add_argument("--watch", action="store_true", help="keep going: re-render when the in-service set changes")
+    x.add_argument("--interval", type=float, default=1.0, help="--watch: seconds between looks")
+    x.add_argument("--exec", help="--watch: run this command after each change (e.g. 'birdc configure')")
+    x.add_argument("--count", type=int, help="--watch: stop after this many renders")
     x.set_defaults(func=cmd_frontdoor)
+    x = fds.add_parser("exabgp", help="an ExaBGP process: announce/withdraw the anycast VIP as --node enters/leaves service")
+    x.add_argument("--node", required=True)
+    x.add_argument("--vip", required=True)
+    x.add_argument("--next-hop", default="self")
+    x.add_argument("--fleet")
+    x.add_argument("--interval", type=float, default=1.0)
+    x.add_argument("--count", type=int, help="stop after this many announce/withdraw lines")
+    x.set_defaults(func=cmd_frontdoor_exabgp)
+
+    nd = sub.add_parser("node", help="one Envoy of the fleet: drain it out of the front tier, or put it back")
+    nds = nd.add_subparsers(dest="action", required=True)
+    x = nds.add_parser("drain", help="fail its /healthz so DNS, anycast and L4 withdraw it; connections stay")
+    x.add_argument("node")
+    x.add_argument("--reason")
+    x.add_argument("--force", action="store_true", help="drain a node id that is not connected (yet)")
+    x.add_argument("--wait", type=float, help="seconds to wait until it is withdrawn (exit 1 if not)")
+    x.set_defaults(func=cmd_node_drain)
+    x = nds.add_parser("undrain", help="put a drained node back in service")
+    x.add_argument("node")
+    x.set_defaults(func=cmd_node_undrain)
+
+    x = sub.add_parser("dns", help="authoritative DNS for the front door's name: the in-service Envoys, rotated")
+    x.add_argument("--host", default="127.0.0.1")
+    x.add_argument("--port", type=int, default=5353, help="UDP and TCP (0: any free port)")
+    x.add_argument("--etcd", help="etcd endpoints, comma-separated (env LBCP_ETCD_ENDPOINTS)")
+    x.add_argument("--prefix", help="etcd key prefix (env LBCP_ETCD_PREFIX, default /lbcp/v1/)")
+    x.add_argument("--zone", default="example.com")
+    x.add_argument("--name", default="www")
+    x.add_argument("--ttl", type=int, default=30)
+    x.add_argument("--fleet")
+    x.add_argument("--interval", type=float, default=0.5, help="seconds between reads of the fleet state")
+    x.set_defaults(func=cmd_dns)
 
     g = sub.add_parser("get", help="list objects: clusters | backends CLUSTER | listeners | routes")
     g.add_argument("what")

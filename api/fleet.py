@@ -4,6 +4,10 @@
 - `GET /v1/fleet/{node}` → one node
 - `GET /v1/rollouts/{revision}` → which nodes acked a config including that revision,
   which rejected it (NACK with the message), which are pending
+- `POST /v1/fleet/{node}/drain` → take one Envoy out of the front tier: its `/healthz` fails
+  (so DNS, anycast and L4 renders drop it) while its listeners keep serving the clients it
+  has; `DELETE` puts it back. `?wait=withdrawn&timeout=10s` answers once the Envoy has the
+  drain and (when probed) its health check fails.
 Writes accept `?wait=acked&timeout=5s` to answer once the fleet has the change (see
 `wait_for_rollout`).
 """
@@ -11,17 +15,25 @@ Writes accept `?wait=acked&timeout=5s` to answer once the fleet has the change (
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from aetcd import rpc
+
+from controlplane.errors import FieldError, ValidationFailed
+from controlplane.keyspace import Keyspace
+from controlplane.model import _parse_duration
 from controlplane.registry import read_fleet, rollout_status
 
 from .auth import Role, require
 from .problems import ApiError
 
 _readers = [Depends(require(Role.READER))]
+_writers = [Depends(require(Role.WRITER))]
+_MAX_REASON = 256
 
 
 def fleet_router() -> APIRouter:
@@ -30,15 +42,56 @@ def fleet_router() -> APIRouter:
     @r.get("/v1/fleet", dependencies=_readers, summary="Connected Envoys, from every xDS replica")
     async def fleet(request: Request) -> JSONResponse:
         view = await read_fleet(request.app.state.store.etcd)
-        return JSONResponse({"nodes": list(view.nodes.values()), "revision": view.revision})
+        return JSONResponse({"nodes": list(view.nodes.values()), "drained": view.drained, "revision": view.revision})
 
-    @r.get("/v1/fleet/{node_id}", dependencies=_readers, summary="One connected Envoy")
+    @r.get("/v1/fleet/{node_id:path}", dependencies=_readers, summary="One connected Envoy")
     async def node(request: Request, node_id: str) -> JSONResponse:
         view = await read_fleet(request.app.state.store.etcd)
         doc = view.nodes.get(node_id)
         if doc is None:
             raise ApiError(404, "node-not-found", "Node not found", f"no connected Envoy has node id {node_id!r}")
         return JSONResponse(doc)
+
+    @r.post("/v1/fleet/{node_id:path}/drain", dependencies=_writers, summary="Drain one Envoy out of the front tier")
+    async def drain(request: Request, node_id: str, force: bool = False) -> JSONResponse:
+        reason = await _drain_reason(request)
+        wait = request.query_params.get("wait")
+        if wait is not None and wait != "withdrawn":
+            raise ValidationFailed([FieldError("/query/wait", "wait takes only 'withdrawn'")])
+        timeout = wait_timeout(request) if wait else 0.0
+        etcd = request.app.state.store.etcd
+        view = await read_fleet(etcd)
+        if node_id not in view.nodes and node_id not in view.drained and not force:
+            raise ApiError(404, "node-not-found", "Node not found",
+                           f"no connected Envoy has node id {node_id!r} (add ?force=true to drain it before it connects)")
+        key = Keyspace(etcd.config.prefix).drain_key(node_id)
+        record = {"reason": reason, "since": time.time()}
+        # Create only: draining an already drained node keeps its first record (and `since`).
+        resp = await etcd.txn(rpc.TxnRequest(
+            compare=[rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=json.dumps(record).encode()))],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+        ))
+        if resp.succeeded:
+            revision, status = resp.header.revision, 201
+        else:
+            kv = resp.responses[0].response_range.kvs[0]
+            record, revision, status = json.loads(kv.value), kv.mod_revision, 200
+        body = {"node_id": node_id, "draining": True, **record, "revision": revision}
+        headers = {"Lbcp-Revision": str(revision)}
+        if wait is not None:
+            body["withdrawal"] = await _wait_withdrawn(request, node_id, revision, timeout)
+            headers["Lbcp-Withdrawal"] = "complete" if body["withdrawal"]["complete"] else "timeout"
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @r.delete("/v1/fleet/{node_id:path}/drain", dependencies=_writers, summary="Put a drained Envoy back in the front tier")
+    async def undrain(request: Request, node_id: str) -> JSONResponse:
+        etcd = request.app.state.store.etcd
+        resp = await etcd.delete(Keyspace(etcd.config.prefix).drain_key(node_id))
+        if not resp.deleted:
+            raise ApiError(404, "not-drained", "Node not drained", f"node {node_id!r} is not drained")
+        return JSONResponse({"node_id": node_id, "draining": False, "revision": resp.header.revision},
+                            headers={"Lbcp-Revision": str(resp.header.revision)})
 
     @r.get("/v1/rollouts/{revision}", dependencies=_readers, summary="Which Envoys have (or rejected) an etcd revision")
     async def rollout(request: Request, revision: int) -> JSONResponse:
@@ -58,3 +111,45 @@ async def wait_for_rollout(request: Request, revision: int, timeout: float) -> d
             status["timed_out"] = not status["complete"] and not status["rejected"]
             return status
         await asyncio.sleep(0.05)
+
+
+async def _drain_reason(request: Request) -> str:
+    if not await request.body():
+        return ""
+    from .resources import json_body
+
+    doc = await json_body(request)
+    if not isinstance(doc, dict) or set(doc) - {"reason"}:
+        raise ValidationFailed([FieldError("", 'the body is optional; it may hold only {"reason": "..."}')])
+    reason = doc.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > _MAX_REASON:
+        raise ValidationFailed([FieldError("/reason", f"a string of at most {_MAX_REASON} characters")])
+    return reason
+
+
+def wait_timeout(request: Request, default: str = "10s") -> float:
+    """`?timeout=` of a waiting write (a duration, at most 300 s), or a 422."""
+    try:
+        timeout = _parse_duration(request.query_params.get("timeout", default))
+    except ValueError as exc:
+        raise ValidationFailed([FieldError("/query/timeout", str(exc))]) from None
+    if timeout > 300:
+        raise ValidationFailed([FieldError("/query/timeout", "at most 300s")])
+    return timeout
+
+
+async def _wait_withdrawn(request: Request, node_id: str, revision: int, timeout: float) -> dict:
+    """Poll until the node has acked the drain and, when it is probed, its /healthz fails."""
+    etcd = request.app.state.store.etcd
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = (await read_fleet(etcd)).nodes.get(node_id)
+        acked = doc is not None and doc.get("acked_revision", 0) >= revision
+        probed = doc is not None and bool((doc.get("metadata") or {}).get("ops_port"))
+        failing = probed and (doc.get("front_health") or {}).get("ok") is False
+        # A node that is not connected has nothing to withdraw: the front tier already left it.
+        complete = doc is None or (acked and (failing or not probed))
+        if complete or time.monotonic() >= deadline:
+            return {"complete": complete, "connected": doc is not None, "acked": acked,
+                    "health_failing": failing if probed else None}
+        await asyncio.sleep(0.1)

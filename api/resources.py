@@ -136,14 +136,9 @@ async def _finish(request: Request, result: WriteResult, body: dict, status: int
     if wait is not None and not result.dry_run:
         if wait != "acked":
             raise ValidationFailed([FieldError("/query/wait", "wait takes only 'acked'")])
-        try:
-            timeout = _parse_duration(request.query_params.get("timeout", "5s"))
-        except ValueError as exc:
-            raise ValidationFailed([FieldError("/query/timeout", str(exc))]) from None
-        if timeout > 300:
-            raise ValidationFailed([FieldError("/query/timeout", "at most 300s")])
-        from .fleet import wait_for_rollout
+        from .fleet import wait_for_rollout, wait_timeout
 
+        timeout = wait_timeout(request, "5s")
         rollout = await wait_for_rollout(request, result.revision, timeout)
         body["rollout"] = rollout
         headers["Lbcp-Rollout"] = "complete" if rollout["complete"] else ("rejected" if rollout["rejected"] else "timeout")

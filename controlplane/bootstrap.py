@@ -16,11 +16,19 @@ proxy" guide (the per-listener edge settings live in the LDS translation, resour
   /healthcheck/fail` on the admin port: the first step of a drain), so the front tier stops
   sending new clients before listeners drain; `GET /stats/prometheus` is proxied to the
   loopback-only admin, so Prometheus can scrape without the admin being exposed.
+  `/healthz` also fails while the node is drained through the API (`POST
+  /v1/fleet/{node}/drain`): the health check requires 100 % of the static EDS cluster
+  `lbcp_gate` healthy, and the replica serves that node's gate assignment UNHEALTHY while it
+  is drained (resources.gate_assignment). Until the gate's first assignment arrives the
+  cluster is empty and `/healthz` fails too: an Envoy is not put in front of clients before
+  it has heard from the control plane.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .resources import GATE_CLUSTER, gate_name
 
 
 @dataclass(frozen=True)
@@ -59,9 +67,12 @@ def render(
 ) -> dict:
     locality = {k: v for k, v in (("region", region), ("zone", zone)) if v}
     # The address clients reach this Envoy at: the front-tier renders (DNS, iptables) use it.
-    metadata = {"public_address": public_address} if public_address else {}
+    metadata: dict = {"public_address": public_address} if public_address else {}
+    if ops_port is not None:
+        # Where the replica probes /healthz (at the stream's peer address), for the front tier.
+        metadata["ops_port"] = ops_port
     listeners = [_ops_listener(ops_address, ops_port)] if ops_port is not None else []
-    clusters = [_admin_cluster(admin_address, admin_port)] if ops_port is not None else []
+    clusters = [_admin_cluster(admin_address, admin_port), _gate_cluster(node_id)] if ops_port is not None else []
     return {
         "node": {"id": node_id, "cluster": fleet, **({"locality": locality} if locality else {}),
                  **({"metadata": metadata} if metadata else {})},
@@ -163,6 +174,16 @@ def _admin_cluster(address: str, port: int) -> dict:
     }
 
 
+def _gate_cluster(node_id: str) -> dict:
+    return {
+        "name": GATE_CLUSTER,
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "eds_cluster_config": {"service_name": gate_name(node_id),
+                               "eds_config": {"ads": {}, "resource_api_version": "V3"}},
+    }
+
+
 def _ops_listener(address: str, port: int) -> dict:
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -178,6 +199,8 @@ def _ops_listener(address: str, port: int) -> dict:
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
                 # Answered by Envoy itself: 200, or 503 once the server fails health checks.
                 "pass_through_mode": False,
+                # 503 while the node is drained (its gate is unhealthy) or not yet configured.
+                "cluster_min_healthy_percentages": {GATE_CLUSTER: {"value": 100}},
                 "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}]}},
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},

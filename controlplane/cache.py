@@ -65,6 +65,7 @@ class SnapshotCache:
         self._ring_queue: dict[str, tuple] = {}  # cluster -> (cluster, backends, revision) to build
         self._ring_worker: asyncio.Task[None] | None = None
         self._fleet_snapshots: dict[str, Snapshot] = {}
+        self._drained: frozenset[str] = frozenset()
         self._dirty_clusters: set[str] = set()
         self._dirty_listeners = False
         self._first_dirty: float | None = None
@@ -257,6 +258,7 @@ class SnapshotCache:
         self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings = (
             clusters, endpoints, eds, listeners, routes, rings)
         revision = v.revision
+        previous_drained, self._drained = self._drained, frozenset(v.drained)
         try:
             fleets = set(self._fleet_snapshots) | {ALL_FLEETS}
             snaps = {f: self._fleet_snapshot(f, revision) for f in fleets}
@@ -265,6 +267,7 @@ class SnapshotCache:
         except InconsistentSnapshot as exc:
             # Keep serving the last good snapshot; a later change may complete the picture.
             self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings = previous
+            self._drained = previous_drained
             self.stats.rejected += 1
             self.stats.last_error = str(exc)
             log.error("not publishing revision %d: %s", revision, exc)
@@ -299,6 +302,7 @@ class SnapshotCache:
             res.HASH_RING_TYPE: self._rings,
         }
         snap.pending = {res.HASH_RING_TYPE: self._ring_queue.keys()}
+        snap.drained = self._drained
         snap.references = {
             res.CLUSTER_TYPE: {n: {n} for n in self._eds_clusters},
             res.LISTENER_TYPE: {n: {self._listeners[n][2]} for n in lds if self._listeners[n][2]},  # type: ignore[misc]

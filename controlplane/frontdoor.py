@@ -5,15 +5,17 @@ Pure functions. Each takes the in-service Envoys and returns text, deterministic
 same set renders byte-identical output (members are sorted), so a sidecar that reloads
 on change reloads only when the set changed.
 
-An Envoy is *in service* when its xDS stream is up and it has acked everything up to the
-revision the caller asks about (`in_service()`); its public address comes from node
-metadata `public_address` (set with `lbcp bootstrap --public-address`), falling back to the
+An Envoy is *in service* when its xDS stream is up, it has acked its config (everything up
+to the revision the caller asks about), it is not drained, and its own front health check
+passes (the replica's last probe of its `/healthz`, frontprobe.py) (`in_service()`). Its
+public address comes from node metadata `public_address` (set with `lbcp bootstrap --public-address`), falling back to the
 stream's peer address.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 
@@ -31,8 +33,10 @@ def in_service(nodes: dict[str, dict], revision: int | None = None, fleet: str |
     """Members from a fleet-registry view (`read_fleet(...).nodes`), sorted by node id.
 
     In service: connected (it is in the registry), not draining, configured (it has acked a
-    config) and not stuck on a rejected one (no NACK newer than its last full ACK); with
-    `revision`, it must also have acked that revision. `fleet` keeps one fleet's nodes."""
+    config), not stuck on a rejected one (no NACK newer than its last full ACK), and its
+    `/healthz` passed the replica's last probe (a node without an ops listener is not
+    probed and counts as passing); with `revision`, it must also have acked that revision.
+    `fleet` keeps one fleet's nodes."""
     out = []
     for node_id, doc in nodes.items():
         if fleet is not None and doc.get("fleet") != fleet:
@@ -42,6 +46,9 @@ def in_service(nodes: dict[str, dict], revision: int | None = None, fleet: str |
             continue
         if any((st.get("last_nack") or {}).get("revision", 0) > acked for st in doc.get("types", {}).values()):
             continue
+        health = doc.get("front_health")
+        if (doc.get("metadata") or {}).get("ops_port") and not (health or {}).get("ok"):
+            continue  # probed and failing, or not probed yet: not in front of clients
         address = (doc.get("metadata") or {}).get("public_address") or _peer_host(doc.get("peer", ""))
         try:
             ipaddress.ip_address(address)
@@ -130,18 +137,40 @@ def render_iptables(members: list[Member], vip: str, port: int, mode: str = "nth
     return "\n".join(lines) + "\n"
 
 
-def render_nftables(members: list[Member], vip: str, port: int, mode: str = "hash", table: str = "lbcp_frontdoor") -> str:
-    """nftables ruleset: `numgen` (round robin, like iptables nth) or `hash` (jhash of the
-    client address: a client keeps its Envoy while the set is unchanged, and when it
-    changes only the clients of slots that moved are re-spread)."""
+MAGLEV_SLOTS = 1021  # prime; ≥ 5 slots per Envoy up to 200 Envoys
+
+
+def maglev_slots(members: list[Member], slots: int = MAGLEV_SLOTS) -> list[Member]:
+    """A Maglev lookup table over the members (keyed by node id): slot i → its Envoy. Each
+    Envoy owns slots/N ±1 slots; when one leaves, its slots are re-spread and almost every
+    other slot keeps its Envoy (Maglev's minimal disruption)."""
+    from .ring import MaglevTable, RingHost
+
+    if not members:
+        return []
+    by_id = {m.node_id: m for m in members}
+    table = MaglevTable([(RingHost(m.node_id, m.address, 0, hash_key=m.node_id), 1.0) for m in members], 1.0, slots)
+    return [by_id[table.names[i]] for i in table.table]
+
+
+def render_nftables(members: list[Member], vip: str, port: int, mode: str = "hash", table: str = "lbcp_frontdoor",
+                    slots: int = MAGLEV_SLOTS) -> str:
+    """nftables ruleset. `numgen`: round robin (like iptables nth). `hash`: jhash of the
+    client address mod N, so a client keeps its Envoy while the set is unchanged, but a
+    change of N re-spreads most clients. `maglev`: jhash mod `slots` into a Maglev table,
+    so when an Envoy leaves or joins only the clients of the slots that moved change Envoy
+    (about 1/N of them), everyone else stays."""
+    if mode not in ("hash", "numgen", "maglev"):
+        raise ValueError(f"unknown mode {mode!r}: hash, maglev or numgen")
     ms = [m for m in sorted(members) if m.family == 4]
     if not ms:
         body = "    # no Envoy in service: nothing to DNAT to"
+    elif mode == "maglev":
+        targets = ", ".join(f"{i} : {m.address}" for i, m in enumerate(maglev_slots(ms, slots)))
+        body = f"    ip daddr {vip} tcp dport {port} dnat to jhash ip saddr mod {slots} map {{ {targets} }}"
     else:
         targets = ", ".join(f"{i} : {m.address}" for i, m in enumerate(ms))
-        pick = (f"jhash ip saddr mod {len(ms)}" if mode == "hash" else f"numgen inc mod {len(ms)}")
-        if mode not in ("hash", "numgen"):
-            raise ValueError(f"unknown mode {mode!r}: hash or numgen")
+        pick = f"jhash ip saddr mod {len(ms)}" if mode == "hash" else f"numgen inc mod {len(ms)}"
         body = f"    ip daddr {vip} tcp dport {port} dnat to {pick} map {{ {targets} }}"
     return "\n".join([
         f"# lbcp front door: {len(ms)} Envoys in service ({', '.join(m.node_id for m in ms)})",
@@ -188,3 +217,28 @@ def simulate_iptables(rules_text: str, syns: int, seed: int = 0) -> dict[str, in
                 out[r["dest"]] = out.get(r["dest"], 0) + 1
                 break
     return out
+
+
+# -- following the in-service set -------------------------------------------------------------
+
+
+async def follow(etcd, fleet: str | None = None, interval: float = 0.5) -> AsyncIterator[list[Member]]:
+    """Yield the in-service set now, then each time it changes (read from etcd every
+    `interval` seconds; a read that fails is retried at the next tick, and the last set
+    stands meanwhile). Withdrawal takes at most: the replica's probe interval + its
+    registry flush + `interval`."""
+    import asyncio
+
+    from .errors import StoreError
+    from .registry import read_fleet
+
+    last: list[Member] | None = None
+    while True:
+        try:
+            members = in_service((await read_fleet(etcd)).nodes, fleet=fleet)
+        except StoreError:
+            members = last
+        if members is not None and members != last:
+            last = members
+            yield members
+        await asyncio.sleep(interval)

@@ -6,6 +6,7 @@ Layout under the configured prefix P (default `/lbcp/v1/`), one key per object:
     P backends/{cluster}/{backend}
     P listeners/{listener}
     P routes/{route}
+    P drains/{node id, %-quoted}      an operator's drain of one Envoy (see drain_key)
 
 Values are compact JSON: `{"schema": 1, "kind": "...", "spec": {...}}`. Names cannot
 contain `/` (the model's patterns forbid it), so a name never escapes its folder.
@@ -14,6 +15,7 @@ contain `/` (the model's patterns forbid it), so a name never escapes its folder
 from __future__ import annotations
 
 import json
+import urllib.parse
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -69,6 +71,21 @@ class Keyspace:
         if kind == Kind.BACKEND and cluster is not None:
             return self.root + f"backends/{cluster}/".encode()
         return self.root + f"{_FOLDERS[kind]}/".encode()
+
+    # Node drains are operator intent about one Envoy, not config: the view keeps them apart
+    # from the four kinds, and the xDS replicas turn them into that Envoy's health gate.
+    @property
+    def drains(self) -> bytes:
+        return self.root + b"drains/"
+
+    def drain_key(self, node_id: str) -> bytes:
+        return self.drains + urllib.parse.quote(node_id, safe="").encode()
+
+    def drained_node(self, key: bytes) -> str | None:
+        """The node id a drain key names, or None for any other key."""
+        if not key.startswith(self.drains):
+            return None
+        return urllib.parse.unquote(key[len(self.drains):].decode())
 
     def ref(self, key: bytes) -> Ref | None:
         """The object a key names, or None for keys that are not intent (fleet registry, …)."""

@@ -244,7 +244,8 @@ class EnvoyProcess:
     """A real Envoy with an lbcp bootstrap, admin on loopback, stopped by PID."""
 
     def __init__(self, root: Path, node_id: str, fleet: str, xds: list[tuple[str, int]], *, delta: bool = True, zone: str = "",
-                 max_heap_bytes: int = 1024**3, extra_listeners: list[dict] | None = None, xds_tls=None) -> None:
+                 max_heap_bytes: int = 1024**3, extra_listeners: list[dict] | None = None, xds_tls=None,
+                 public_address: str = "") -> None:
         import json
 
         from .bootstrap import XdsEndpoint, render
@@ -256,7 +257,8 @@ class EnvoyProcess:
         self.config_path = self.root / f"{node_id}.json"
         self.ops_port = free_port()
         doc = render(node_id, fleet, [XdsEndpoint(h, p) for h, p in xds], admin_port=self.admin_port, zone=zone, delta=delta,
-                     ops_address="127.0.0.1", ops_port=self.ops_port, max_heap_bytes=max_heap_bytes, xds_tls=xds_tls)
+                     ops_address="127.0.0.1", ops_port=self.ops_port, max_heap_bytes=max_heap_bytes, xds_tls=xds_tls,
+                     public_address=public_address)
         doc["static_resources"]["listeners"] += extra_listeners or []
         self.config_path.write_text(json.dumps(doc, indent=1))
         self.proc = Proc(

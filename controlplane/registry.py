@@ -17,12 +17,13 @@ import json
 import logging
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aetcd import rpc
 
 from .errors import StoreError
 from .etcd import Etcd, prefix_end
+from .keyspace import Keyspace
 from .server.common import BaseStream, Nack
 
 log = logging.getLogger(__name__)
@@ -169,15 +170,29 @@ class FleetRegistry:
 
 @dataclass
 class FleetView:
-    nodes: dict[str, dict]  # node id -> newest stream record
+    nodes: dict[str, dict]  # node id -> newest stream record (+ "draining", "drain")
     revision: int
+    drained: dict[str, dict] = field(default_factory=dict)  # node id -> drain record, connected or not
 
 
 async def read_fleet(etcd: Etcd) -> FleetView:
+    """Every connected node's newest stream record and every drain, at one etcd revision."""
     prefix = fleet_prefix(etcd.config.prefix)
-    resp = await etcd.range(prefix, prefix_end(prefix))
+    drains = Keyspace(etcd.config.prefix).drains
+    resp = await etcd.txn(rpc.TxnRequest(success=[
+        rpc.RequestOp(request_range=rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix))),
+        rpc.RequestOp(request_range=rpc.RangeRequest(key=drains, range_end=prefix_end(drains))),
+    ]), read_only=True)
+    registry, drain_kvs = (r.response_range.kvs for r in resp.responses)
+    drained: dict[str, dict] = {}
+    for kv in drain_kvs:
+        try:
+            record = json.loads(kv.value)
+        except ValueError:
+            record = {}
+        drained[urllib.parse.unquote(kv.key[len(drains):].decode())] = {**record, "revision": kv.mod_revision}
     nodes: dict[str, dict] = {}
-    for kv in resp.kvs:
+    for kv in registry:
         try:
             doc = json.loads(kv.value)
         except ValueError:
@@ -188,7 +203,11 @@ async def read_fleet(etcd: Etcd) -> FleetView:
             nodes[doc["node_id"]] = doc
         else:
             cur["streams"] = cur.get("streams", 1) + 1
-    return FleetView(nodes, resp.header.revision)
+    for node_id, doc in nodes.items():
+        doc["draining"] = node_id in drained
+        if node_id in drained:
+            doc["drain"] = drained[node_id]
+    return FleetView(nodes, resp.header.revision, drained)
 
 
 def rollout_status(fleet: FleetView, revision: int) -> dict:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from .cache import SnapshotCache
 from .etcd import Etcd, EtcdConfig
+from .frontprobe import FrontProber
 from .metrics import EtcdMetrics, XdsMetrics
 from .registry import FleetRegistry
 from .server.common import StreamObserver
@@ -40,6 +41,7 @@ class ReplicaConfig:
     registry_flush_interval: float = 0.2
     tls: tuple[bytes, bytes, bytes | None] | None = None  # server cert, key, client CA (mTLS)
     metrics_port: int | None = None  # serve Prometheus /metrics on host:metrics_port (0: any free port)
+    probe_interval: float = 2.0  # probe connected Envoys' /healthz this often (0: never); frontprobe.py
 
     def __post_init__(self) -> None:
         if not self.replica_id:
@@ -59,7 +61,8 @@ class XdsReplica:
         self.metrics.watch_cache(self.cache)
         self.registry = FleetRegistry(Etcd(config.etcd), config.replica_id, config.registry_flush_interval)
         self.registry.etcd.metrics = etcd_metrics
-        self.service = XdsService(self.cache, [self.registry, self.metrics, *(extra_observers or [])], config.limits)
+        self.prober = FrontProber(config.probe_interval)
+        self.service = XdsService(self.cache, [self.registry, self.metrics, self.prober, *(extra_observers or [])], config.limits)
         self.server: grpc.aio.Server | None = None
         self.port = config.port
         self.metrics_port: int | None = None
@@ -78,6 +81,7 @@ class XdsReplica:
         else:
             self.port = self.server.add_insecure_port(addr)
         await self.server.start()
+        await self.prober.start()
         if self.config.metrics_port is not None:
             self._metrics_server, _ = start_http_server(self.config.metrics_port, self.config.host, self.metrics_registry)
             self.metrics_port = self._metrics_server.server_address[1]
@@ -87,6 +91,7 @@ class XdsReplica:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+        await self.prober.stop()
         if self.server:
             await self.server.stop(grace)
         await self.registry.stop()

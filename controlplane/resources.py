@@ -202,6 +202,31 @@ def load_assignment(cluster: str, backends: Iterable[Backend]) -> endpoint_pb2.C
     return cla
 
 
+# -- the front health gate -------------------------------------------------------------------
+
+# Each Envoy's bootstrap has a static EDS cluster `lbcp_gate` whose assignment is named after
+# the node (`lbcp.gate/{node id}`), and its ops listener's health check requires 100 % of that
+# cluster healthy. The replica serves the assignment with one placeholder endpoint, HEALTHY
+# while the node is in service and UNHEALTHY while an operator has drained it, so a drain
+# fails that one Envoy's /healthz (and the front tier withdraws it) without touching the
+# fleet's shared resources. Nothing routes to the gate; its endpoint is never connected to.
+GATE_CLUSTER = "lbcp_gate"
+GATE_PREFIX = "lbcp.gate/"
+
+
+def gate_name(node_id: str) -> str:
+    return GATE_PREFIX + node_id
+
+
+def gate_assignment(name: str, drained: bool) -> endpoint_pb2.ClusterLoadAssignment:
+    """The gate assignment served under `name` (a subscribed `lbcp.gate/...` name)."""
+    ep = endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=_socket("127.0.0.1", 9)))
+    ep.health_status = health_check_pb2.UNHEALTHY if drained else health_check_pb2.HEALTHY
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    cla.endpoints.append(endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[ep]))
+    return cla
+
+
 # -- listeners -------------------------------------------------------------------------------
 
 

@@ -86,6 +86,8 @@ class Snapshot:
     # Names that exist but whose resource is still being built (hash rings), by type. Live:
     # the cache's own view of its build queue, so it is current whenever a stream looks.
     pending: dict[str, object] = field(default_factory=dict)
+    # Node ids an operator has drained: their streams serve a failing health gate.
+    drained: frozenset[str] = frozenset()
     _versions: dict[str, str] = field(default_factory=dict, repr=False)
 
     def of(self, type_url: str) -> dict[str, Entry]:

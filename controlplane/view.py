@@ -13,6 +13,7 @@ resumes the watch at `revision + 1`, and reloads in full if that revision was co
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 
@@ -36,7 +37,7 @@ class IntentView:
     def __init__(self, etcd: Etcd, keyspace: Keyspace | None = None) -> None:
         self.etcd = etcd
         self.keys = keyspace or Keyspace(etcd.config.prefix)
-        # Intent folders sort as backends/ < clusters/ < listeners/ < routes/; runtime state
+        # Intent folders sort as backends/ < clusters/ < drains/ < listeners/ < routes/; runtime state
         # (fleet registry) lives under `_runtime/`, outside this range, so it is not watched here.
         self._start = self.keys.root + b"backends/"
         self._end = prefix_end(self.keys.root + b"routes/")
@@ -45,6 +46,8 @@ class IntentView:
         self.backends: dict[str, dict[str, Stored[Backend]]] = {}
         self.listeners: dict[str, Stored[Listener]] = {}
         self.routes: dict[str, Stored[Route]] = {}
+        # Drained Envoys: node id -> the drain record (JSON: reason, since).
+        self.drained: dict[str, dict] = {}
         self.ready = asyncio.Event()
         self.connected = False
         self.loads = 0
@@ -112,6 +115,18 @@ class IntentView:
         else:
             self._table(ref.kind)[ref.name] = stored
 
+    def _set_drain(self, key: bytes, value: bytes | None) -> None:
+        node = self.keys.drained_node(key)
+        if node is None:
+            return
+        if value is None:
+            self.drained.pop(node, None)
+            return
+        try:
+            self.drained[node] = json.loads(value)
+        except ValueError:
+            self.drained[node] = {}  # still drained: the key's presence is what counts
+
     def _decode(self, ref: Ref, kv) -> Stored | None:
         try:
             return Stored(self.keys.decode(ref.kind, kv.value), kv.mod_revision, kv.create_revision)
@@ -141,9 +156,12 @@ class IntentView:
             more = page.more
         before = self._all_refs()
         self.clusters, self.backends, self.listeners, self.routes = {}, {}, {}, {}
+        self.drained = {}
         for kv in kvs:
             ref = self.keys.ref(kv.key)
-            if ref is not None:
+            if ref is None:
+                self._set_drain(kv.key, kv.value)
+            else:
                 stored = self._decode(ref, kv)
                 if stored is not None:
                     self._set(ref, stored)
@@ -190,6 +208,7 @@ class IntentView:
             for ev in resp.events:
                 ref = self.keys.ref(ev.kv.key)
                 if ref is None:
+                    self._set_drain(ev.kv.key, ev.kv.value if ev.type == 0 else None)
                     continue
                 self._pending_changed.add(ref)
                 # PUT = 0, DELETE = 1

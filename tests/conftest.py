@@ -75,7 +75,8 @@ async def api(etcd_config: EtcdConfig) -> AsyncIterator:
 async def _replica(etcd_config: EtcdConfig, replica_id: str) -> AsyncIterator:
     from controlplane.replica import ReplicaConfig, XdsReplica
 
-    r = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id=replica_id, registry_flush_interval=0.05, metrics_port=0))
+    r = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id=replica_id, registry_flush_interval=0.05, metrics_port=0,
+                                 probe_interval=0.25))
     await r.start()
     yield r
     await r.stop(grace=0)
@@ -112,8 +113,9 @@ def envoys(tmp_path: Path) -> Iterator:
 
     started: list[EnvoyProcess] = []
 
-    def make(node_id: str, xds: list[tuple[str, int]], fleet: str = "default", delta: bool = True) -> EnvoyProcess:
-        e = EnvoyProcess(tmp_path / "envoy", node_id, fleet, xds, delta=delta)
+    def make(node_id: str, xds: list[tuple[str, int]], fleet: str = "default", delta: bool = True,
+             public_address: str = "") -> EnvoyProcess:
+        e = EnvoyProcess(tmp_path / "envoy", node_id, fleet, xds, delta=delta, public_address=public_address)
         e.start()
         started.append(e)
         return e

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from google.protobuf import json_format
 
-from ..resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SHORT_NAMES, TYPE_ORDER
+from ..resources import CLUSTER_TYPE, ENDPOINT_TYPE, GATE_PREFIX, LISTENER_TYPE, ROUTE_TYPE, SHORT_NAMES, TYPE_ORDER, gate_assignment
+from ..snapshot import Entry, make_entry
 
 WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
 # While the client has not yet subscribed to the endpoints of clusters it was just sent,
@@ -103,6 +104,29 @@ class StreamObserver(Protocol):
 _stream_ids = itertools.count(1)
 
 
+class _WithGate(Mapping):
+    """A snapshot's endpoint entries plus one stream's own health-gate entry (read-only)."""
+
+    __slots__ = ("base", "name", "entry")
+
+    def __init__(self, base: Mapping[str, Entry], name: str, entry: Entry) -> None:
+        self.base, self.name, self.entry = base, name, entry
+
+    def __getitem__(self, key: str) -> Entry:
+        return self.entry if key == self.name else self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key == self.name or key in self.base
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.base
+        if self.name not in self.base:
+            yield self.name
+
+    def __len__(self) -> int:
+        return len(self.base) + (self.name not in self.base)
+
+
 class BaseStream:
     protocol = "?"
 
@@ -123,6 +147,12 @@ class BaseStream:
         self.writing_since = 0.0  # monotonic start of a write still in progress (0: none)
         self._cds_sent_at: float | None = None
         self._rewarm: set[str] = set()
+        self.front_health: dict | None = None  # the last /healthz probe (frontprobe.py)
+        # The health-gate name this stream subscribed to (bootstraps name it after the node,
+        # but an Envoy started with --service-node keeps the bootstrap's name): its content
+        # always follows this stream's own node id.
+        self.gate: str | None = None
+        self._gate: tuple[str, bool, Entry] | None = None  # (name, drained, entry) last built
 
     @property
     def fleet(self) -> str:
@@ -136,6 +166,29 @@ class BaseStream:
 
     def ordered_types(self) -> list[str]:
         return [t for t in TYPE_ORDER if t in self.types] + sorted(t for t in self.types if t not in TYPE_ORDER)
+
+    def entries(self, snap, type_url: str) -> Mapping[str, Entry]:
+        """What this stream may be sent of `type_url`: the fleet's snapshot, and for
+        endpoints also this node's health gate once it subscribed to it."""
+        base = snap.of(type_url)
+        if type_url != ENDPOINT_TYPE or self.gate is None:
+            return base
+        drained = self.node.id in snap.drained
+        if self._gate is None or self._gate[:2] != (self.gate, drained):
+            self._gate = (self.gate, drained, make_entry(ENDPOINT_TYPE, self.gate, gate_assignment(self.gate, drained)))
+        return _WithGate(base, self.gate, self._gate[2])
+
+    def note_endpoint_names(self, names: set[str]) -> None:
+        """Called when the EDS subscription changed: find the health gate among the names."""
+        self.gate = next((n for n in names if n.startswith(GATE_PREFIX)), None)
+
+    def _gate_changed(self, snap) -> bool:
+        if self.gate is None:
+            return False
+        return self._gate is None or self._gate[:2] != (self.gate, self.node.id in snap.drained)
+
+    def changed_front_health(self) -> None:
+        self._emit("changed")
 
     def _emit(self, event: str, *args) -> None:
         for o in self.observers:
@@ -183,7 +236,8 @@ class BaseStream:
             if not st.requested or st.in_flight is not None:
                 continue
             version = snap.version(t)
-            if t not in dirty and st.seen_version == version and not (t == ENDPOINT_TYPE and self._rewarm):
+            if (t not in dirty and st.seen_version == version
+                    and not (t == ENDPOINT_TYPE and (self._rewarm or self._gate_changed(snap)))):
                 continue
             if t in (LISTENER_TYPE, ROUTE_TYPE):
                 if owed is None:
@@ -223,6 +277,7 @@ class BaseStream:
             "connected_since": self.connected_since,
             "acked_revision": self.acked_revision,
             "types": {SHORT_NAMES.get(t, t): st.as_dict() for t, st in self.types.items()},
+            **({"front_health": self.front_health} if self.front_health is not None else {}),
         }
 
     def holding_for_warming(self, type_url: str, eds_owed: bool) -> bool:

@@ -56,13 +56,15 @@ class DeltaStream(BaseStream):
                 st.names.discard(name)
                 st.have.pop(name, None)
                 st.missing_reported.discard(name)
+        if type_url == ENDPOINT_TYPE and (req.resource_names_subscribe or req.resource_names_unsubscribe):
+            self.note_endpoint_names(st.names)
         self.poke(type_url)
 
     def _diff(self, type_url: str, snap: Snapshot) -> tuple[list[str], list[str], list[str]]:
         st = self.types[type_url]
-        entries = snap.of(type_url)
+        entries = self.entries(snap, type_url)
         interest = set(entries) if st.wildcard else set()
-        interest |= st.names & entries.keys()
+        interest |= {n for n in st.names if n in entries}
         rewarm = self._rewarm if type_url == ENDPOINT_TYPE else set()
         send = sorted(
             n for n in interest
@@ -84,7 +86,7 @@ class DeltaStream(BaseStream):
             first_wildcard = st.wildcard and st.pushes == 0 and not st.have
             if not send and not removed and not missing and not first_wildcard:
                 continue
-            entries = snap.of(type_url)
+            entries = self.entries(snap, type_url)
             nonce = next_nonce()
             parts = [ld(1, str(snap.revision).encode())]
             parts += [entries[n].delta_chunk for n in send]
@@ -112,7 +114,7 @@ class DeltaStream(BaseStream):
             send, removed, _ = self._diff(type_url, snap)
             if send or removed:
                 return
-            entries = snap.of(type_url)
+            entries = self.entries(snap, type_url)
             if any(st.rejected.get(n) == e.version for n, e in entries.items() if n in st.names or st.wildcard):
                 return
         if self.types and self.acked_revision != snap.revision:

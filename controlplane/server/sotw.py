@@ -19,23 +19,22 @@ Rules followed (envoy api/xds_protocol):
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from ..resources import CLUSTER_TYPE, ENDPOINT_TYPE
-from ..snapshot import Snapshot, ld, set_version
+from ..snapshot import Entry, Snapshot, ld, set_version
 from .common import WILDCARD_TYPES, BaseStream, next_nonce
 
 _BODY_CACHE_SIZE = 256
 _bodies: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
 
 
-def _body(type_url: str, version: str, snap: Snapshot, names: list[str]) -> bytes:
+def _body(type_url: str, version: str, entries: Mapping[str, Entry], names: list[str]) -> bytes:
     """DiscoveryResponse bytes without the nonce: built once per (type, version, names sent),
     shared by every stream that needs the same response."""
     key = (type_url, version, hash(tuple(names)))
     body = _bodies.get(key)
     if body is None:
-        entries = snap.of(type_url)
         body = ld(1, version.encode()) + b"".join(entries[n].sotw_chunk for n in names) + ld(4, type_url.encode())
         _bodies[key] = body
         if len(_bodies) > _BODY_CACHE_SIZE:
@@ -71,11 +70,13 @@ class SotwStream(BaseStream):
         names = set(req.resource_names)
         st.wildcard = "*" in names or (not names and type_url in WILDCARD_TYPES)
         st.names = names - {"*"}
+        if type_url == ENDPOINT_TYPE:
+            self.note_endpoint_names(st.names)
         self.poke(type_url)
 
     async def flush(self, snap: Snapshot, write: Callable[[bytes], Awaitable[None]]) -> None:
         for type_url, st in self.due_types(snap):
-            entries = snap.of(type_url)
+            entries = self.entries(snap, type_url)
             if st.wildcard:
                 names = sorted(entries)
                 version = snap.version(type_url)
@@ -95,7 +96,7 @@ class SotwStream(BaseStream):
                 send = changed or names
                 self._sent[type_url] = {n: entries[n].version for n in names}
             nonce = next_nonce()
-            body = _body(type_url, version, snap, send) + ld(5, nonce.encode())
+            body = _body(type_url, version, entries, send) + ld(5, nonce.encode())
             rewarm: set[str] = set()
             if type_url == CLUSTER_TYPE:
                 rewarm = {n for n in names if self._cds_versions.get(n) not in (None, entries[n].version)}
@@ -109,7 +110,7 @@ class SotwStream(BaseStream):
                 continue
             if st.in_flight is not None or st.acked_version != st.sent_version:
                 return
-            entries = snap.of(type_url)
+            entries = self.entries(snap, type_url)
             if st.wildcard:
                 if st.acked_version != snap.version(type_url):
                     return

@@ -52,3 +52,52 @@ async def test_frontdoor_follows_the_fleet(api, store: Store, replica) -> None:
     assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
     for c in (clients[0], clients[2]):
         await c.close()
+
+
+async def test_drain_api_contract(api, replica) -> None:
+    """Drain/undrain: a clear 4xx for an unknown node, a bad body or a node not drained;
+    ?force drains a node before it connects; the drain shows in /v1/fleet."""
+    missing = await api.post("/v1/fleet/ghost/drain")
+    assert missing.status_code == 404 and missing.json()["code"] == "node-not-found"
+    assert missing.headers["content-type"] == "application/problem+json"
+    for body in ({"reason": 5}, {"reason": "x" * 257}, {"why": "no"}, ["reason"]):
+        bad = await api.post("/v1/fleet/ghost/drain", json=body, params={"force": "true"})
+        assert bad.status_code == 422, body
+    assert (await api.get("/v1/fleet")).json()["drained"] == {}  # nothing written by the refusals
+    for params in ({"wait": "acked"}, {"wait": "withdrawn", "timeout": "soon"}, {"wait": "withdrawn", "timeout": "301s"}):
+        bad_wait = await api.post("/v1/fleet/ghost/drain", params={"force": "true", **params})
+        assert bad_wait.status_code == 422, params
+    assert (await api.get("/v1/fleet")).json()["drained"] == {}
+
+    forced = await api.post("/v1/fleet/ghost/drain", json={"reason": "rack move"}, params={"force": "true"})
+    assert forced.status_code == 201 and forced.json()["draining"] is True
+    fleet = (await api.get("/v1/fleet")).json()
+    assert fleet["drained"]["ghost"]["reason"] == "rack move"
+    # A node id with a slash is one node, not a path.
+    slash = await api.post("/v1/fleet/rack%2F7/drain", params={"force": "true"})
+    assert slash.status_code == 201 and slash.json()["node_id"] == "rack/7"
+    assert "rack/7" in (await api.get("/v1/fleet")).json()["drained"]
+
+    # The node connects while drained: it is in the registry but not in service.
+    c = AdsClient(f"127.0.0.1:{replica.port}", "ghost", "edge")
+    await c.open()
+    await c.request(CLUSTER_TYPE)
+    r = await c.recv()
+    await c.request(CLUSTER_TYPE, version=r.version_info, nonce=r.nonce)
+
+    async def registered() -> bool:
+        return (await api.get("/v1/fleet/ghost")).status_code == 200
+
+    await wait_for(registered, what="ghost in the registry")
+    assert (await api.get("/v1/fleet/ghost")).json()["draining"] is True
+    assert (await api.get("/v1/frontdoor/json")).json()["in_service"] == []
+
+    async def serving() -> bool:
+        return [m["node_id"] for m in (await api.get("/v1/frontdoor/json")).json()["in_service"]] == ["ghost"]
+
+    assert (await api.delete("/v1/fleet/ghost/drain")).status_code == 200
+    await wait_for(serving, what="ghost in service once undrained")
+    gone = await api.delete("/v1/fleet/ghost/drain")
+    assert gone.status_code == 404 and gone.json()["code"] == "not-drained"
+    assert (await api.delete("/v1/fleet/rack%2F7/drain")).status_code == 200
+    await c.close()

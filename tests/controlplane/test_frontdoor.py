@@ -76,3 +76,96 @@ def test_in_service_from_the_fleet_registry() -> None:
     nodes["b"]["acked_revision"] = 0  # never configured
     assert [m.node_id for m in in_service(nodes)] == ["a", "d"]
     assert all(ipaddress.ip_address(m.address) for m in in_service(nodes))
+
+
+def test_in_service_needs_a_passing_front_health_check() -> None:
+    """An Envoy with an ops listener is in service only once the replica's probe of its
+    /healthz passed; one without an ops listener cannot be probed and is trusted."""
+    base = {"fleet": "edge", "acked_revision": 5}
+    nodes = {
+        "probed-ok": {**base, "peer": "ipv4:10.0.0.1:1", "metadata": {"ops_port": 8081}, "front_health": {"ok": True}},
+        "probed-failing": {**base, "peer": "ipv4:10.0.0.2:1", "metadata": {"ops_port": 8081}, "front_health": {"ok": False, "status": 503}},
+        "not-probed-yet": {**base, "peer": "ipv4:10.0.0.3:1", "metadata": {"ops_port": 8081}},
+        "no-ops-listener": {**base, "peer": "ipv4:10.0.0.4:1"},
+    }
+    assert [m.node_id for m in in_service(nodes)] == ["no-ops-listener", "probed-ok"]
+
+
+def _tool(name: str) -> str:
+    import shutil
+
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    assert path, f"{name} is not installed: `make` installs it (Debian: bird2, nftables, iptables)"
+    return path
+
+
+def _check(cmd: list[str], text: str, tmp_path, suffix: str) -> None:
+    import subprocess
+
+    f = tmp_path / f"render{suffix}"
+    f.write_text(text)
+    if "-f" in cmd or "-c" in cmd:
+        cmd = [*cmd, str(f)]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    else:
+        run = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, f"{cmd} rejected the render:\n{text}\n{run.stdout}{run.stderr}"
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 10])
+def test_renders_pass_the_real_tools(n: int, tmp_path) -> None:
+    """nft --check, bird -p and iptables-restore --test parse what lbcp renders."""
+    ms = _members(n)
+    for mode in ("hash", "numgen"):
+        _check([_tool("nft"), "--check", "-f"], render_nftables(ms, "198.51.100.1", 443, mode=mode), tmp_path, f"-{mode}.nft")
+    for member in (ms[0] if ms else None, None):
+        _check([_tool("bird"), "-p", "-c"], render_bird(member, "198.51.100.1", "192.0.2.1", 65001, 65000, "envoy-0"), tmp_path, ".bird")
+    _check([_tool("bird"), "-p", "-c"], render_bird(Member("v6", "2001:db8::1"), "2001:db8:ffff::1", "2001:db8::fe", 65001, 65000, "v6"),
+           tmp_path, "-v6.bird")
+    for mode in ("nth", "random"):
+        _check([_tool("iptables-restore"), "--test"], render_iptables(ms, "198.51.100.1", 443, mode=mode), tmp_path, ".ipt")
+
+
+def test_the_real_tools_reject_a_broken_render(tmp_path) -> None:
+    """The checks above can fail: a corrupted render is refused by each tool."""
+    import subprocess
+
+    broken = {
+        ".nft": ([_tool("nft"), "--check", "-f"], render_nftables(_members(3), "198.51.100.1", 443).replace("jhash", "jhsh")),
+        ".bird": ([_tool("bird"), "-p", "-c"], render_bird(_members(1)[0], "198.51.100.1", "192.0.2.1", 65001, 65000, "e").replace("blackhole", "blakhole")),
+    }
+    for suffix, (cmd, text) in broken.items():
+        f = tmp_path / f"broken{suffix}"
+        f.write_text(text)
+        assert subprocess.run([*cmd, str(f)], capture_output=True, timeout=30).returncode != 0, suffix
+    ipt = render_iptables(_members(3), "198.51.100.1", 443).replace("--every", "--evry")
+    assert subprocess.run([_tool("iptables-restore"), "--test"], input=ipt.encode(), capture_output=True, timeout=30).returncode != 0
+
+
+@pytest.mark.parametrize("n", [3, 10, 50])
+def test_nftables_maglev_keeps_clients_when_the_set_changes(n: int, tmp_path) -> None:
+    """maglev mode: every Envoy owns slots/N ±1 slots, and when one leaves only its own
+    slots move (plus Maglev's few percent); `hash` mod N would move most clients."""
+    from collections import Counter
+
+    from controlplane.frontdoor import MAGLEV_SLOTS, maglev_slots
+
+    ms = _members(n)
+    before = maglev_slots(ms)
+    owners = Counter(m.node_id for m in before)
+    assert len(before) == MAGLEV_SLOTS and len(owners) == n
+    assert max(owners.values()) - min(owners.values()) <= 1
+    gone = ms[1]
+    after = maglev_slots([m for m in ms if m != gone])
+    assert gone not in after
+    stayed = [a == b for a, b in zip(before, after) if a != gone]
+    moved = stayed.count(False) / len(stayed)
+    assert moved < 0.06, f"{moved:.1%} of other clients moved"
+    # Against `hash` mode (jhash mod N over the sorted set), for the same departure.
+    rest = [m for m in ms if m != gone]
+    kept = [ms[h % n] == rest[h % (n - 1)] for h in range(10_000) if ms[h % n] != gone]
+    assert kept.count(False) / len(kept) > 0.4 > moved
+    text = render_nftables(ms, "198.51.100.1", 443, mode="maglev")
+    assert f"jhash ip saddr mod {MAGLEV_SLOTS} map {{ 0 : {before[0].address}," in text
+    _check([_tool("nft"), "--check", "-f"], text, tmp_path, ".nft")
+    assert render_nftables(list(reversed(ms)), "198.51.100.1", 443, mode="maglev") == text

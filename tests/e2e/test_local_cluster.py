@@ -108,6 +108,7 @@ def test_up_apply_get_down(local_cluster) -> None:
     # The front tier for the two local Envoys (both in service; their address is the peer's).
     dns = _lbcp(state, "frontdoor", "render", "--format", "dns", "--fleet", "default", "--zone", "example.test", "--name", "www").stdout
     assert dns.count("\tIN\tA\t127.0.0.1") == 2 and "envoy-0" in dns and "envoy-1" in dns
+    _front_door_cli(state, doc)
     bad = _lbcp(state, "backend", "add", "nope", "x", "127.0.0.1:1", check=False)
     assert bad.returncode == 1 and "cluster-not-found" in bad.stderr
 
@@ -178,3 +179,64 @@ def test_a_component_that_dies_is_reported(local_cluster) -> None:
     assert "xDS replica xds-0 exited unexpectedly" in out and "xds-0.log" in out, out[-2000:]
     pids = [doc["pids"]["admin_api"], *doc["pids"]["etcd"], *doc["pids"]["others"]]
     wait_until(lambda: not any(_alive(p) for p in pids), 15, what="everything stopped")
+
+
+def _front_door_cli(state: Path, doc: dict) -> None:
+    """lbcp node drain/undrain, frontdoor exabgp, frontdoor render --watch and lbcp dns
+    against the running local cluster."""
+    import dns.message
+    import dns.query
+
+    from controlplane.procs import free_port
+
+    exabgp = ["frontdoor", "exabgp", "--node", "envoy-0", "--vip", "198.51.100.1", "--interval", "0.2", "--count", "1"]
+    assert _lbcp(state, *exabgp).stdout == "announce route 198.51.100.1/32 next-hop self\n"
+    out = _lbcp(state, "node", "drain", "envoy-0", "--reason", "test", "--wait", "20").stdout
+    assert "withdrawn from the front tier" in out
+    assert _lbcp(state, *exabgp).stdout == "withdraw route 198.51.100.1/32 next-hop self\n"
+    dns_text = _lbcp(state, "frontdoor", "render", "--format", "dns").stdout
+    assert "envoy-1" in dns_text and "envoy-0" not in dns_text
+    assert _lbcp(state, "node", "drain", "nobody", check=False).returncode == 1
+
+    # A sidecar's watch: first render now (one Envoy), the next when envoy-0 is back.
+    out_file = state / "frontdoor.nft"
+    marker = state / "reloads"
+    err = open(state / "watch.err", "w")
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "--state-dir", str(state), "frontdoor", "render", "--format", "nftables", "--watch",
+         "--interval", "0.2", "--count", "2", "-o", str(out_file), "--exec", f"sh -c 'echo reload >> {marker}'"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_until(lambda: marker.exists(), 30, what="the first watched render")
+        assert "1 Envoys in service (envoy-1)" in out_file.read_text()
+        _lbcp(state, "node", "undrain", "envoy-0")
+        assert watch.wait(30) == 0, (state / "watch.err").read_text()
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(10)
+        err.close()
+    assert "2 Envoys in service (envoy-0, envoy-1)" in out_file.read_text()
+    assert marker.read_text() == "reload\nreload\n"
+
+    # lbcp dns, as its own process, answers a real query from etcd's fleet state.
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "api.cli", "dns", "--port", str(port), "--etcd", ",".join(doc["etcd"]),
+                               "--zone", "example.test", "--name", "www"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def answered() -> bool:
+            try:
+                r = dns.query.udp(dns.message.make_query("www.example.test", "A"), "127.0.0.1", port=port, timeout=1)
+            except (OSError, dns.exception.Timeout):
+                return False
+            return bool(r.answer) and {a.address for a in r.answer[0]} == {"127.0.0.1"}
+
+        wait_until(answered, 30, what="lbcp dns answering")
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)

@@ -62,7 +62,7 @@ async def test_kitchen_sink_is_acked(api, replica, backends, envoys) -> None:
         stats = e.stats("update_rejected")
         assert not any(v for v in stats.values()), stats
         clusters = e.stats("cluster_manager.active_clusters")
-        assert clusters["cluster_manager.active_clusters"] == 7 + 2  # ours + lbcp_xds + lbcp_admin (ops listener)
+        assert clusters["cluster_manager.active_clusters"] == 7 + 3  # ours + lbcp_xds + lbcp_admin + lbcp_gate (ops listener)
         listeners = e.stats("listener_manager.total_listeners_active")
         # ours (other-fleet's listener is not for this fleet) + the bootstrap's ops listener
         assert listeners["listener_manager.total_listeners_active"] == 2 + 1
