@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from controlplane.errors import FieldError, PreconditionFailed, TooLarge, ValidationFailed
 from controlplane.keyspace import Ref, Stored
-from controlplane.model import MODELS, Backend, Kind, _parse_duration
+from controlplane.model import MODELS, Backend, Kind
 from controlplane.store import AnyOp, Op, ReplaceBackends, Store, WriteResult
 
 from .auth import Role, require
