@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
 
     from controlplane.model import Kind
 
-    for kind in (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE):
+    for kind in (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE):
         app.include_router(kind_router(kind))
     app.include_router(backends_router())
     app.include_router(batch_router())

@@ -68,8 +68,8 @@ def _apply_ops(docs: list[dict], default_kind: str | None) -> list[dict]:
     for d in docs:
         d = dict(d)
         kind = d.pop("kind", default_kind)
-        if kind not in ("cluster", "listener", "route", "backend"):
-            raise SystemExit(f"a document needs kind: cluster, backend, listener or route (got {kind!r})")
+        if kind not in ("cluster", "listener", "route", "backend", "certificate"):
+            raise SystemExit(f"a document needs kind: cluster, backend, listener, route or certificate (got {kind!r})")
         if kind == "backend":
             cluster = d.pop("cluster", None)
             ops.append({"op": "put", "kind": "backend", "cluster": cluster, "name": d.get("name"), "body": d})
@@ -80,7 +80,7 @@ def _apply_ops(docs: list[dict], default_kind: str | None) -> list[dict]:
             ops.append({"op": "replace_backends", "cluster": d.get("name"), "body": backends})
     # Make-before-use order inside the one transaction does not matter to etcd, but a
     # reader of the results expects clusters first.
-    order = {"cluster": 0, "backend": 1, "listener": 2, "route": 3}
+    order = {"certificate": -1, "cluster": 0, "backend": 1, "listener": 2, "route": 3}
     ops.sort(key=lambda o: order.get(o.get("kind", "backend"), 1))
     return ops
 
@@ -165,8 +165,18 @@ def cmd_get(args: argparse.Namespace) -> int:
         _emit(items, args.output, ["NAME", "LISTENER", "DOMAINS", "MATCH", "BACKENDS", "REVISION"],
               lambda i: [i["name"], i["listener"], ",".join(i["domains"]), match(i),
                          ",".join(f"{b['cluster']}:{b['weight']}" for b in i["backends"]), i["revision"]])
+    elif what in ("certificate", "certificates"):
+        items = [c.get(f"/v1/certificates/{args.name}")] if args.name else c.list_all("/v1/certificates")
+
+        def days_left(i: dict) -> str:
+            left = i.get("expires_in_seconds")
+            return "?" if left is None else (f"{left / 86400:.1f}" if left > 0 else "EXPIRED")
+
+        _emit(items, args.output, ["NAME", "SUBJECT", "SANS", "ISSUER", "NOT_AFTER", "DAYS_LEFT", "REVISION"],
+              lambda i: [i["name"], i.get("subject", "?"), ",".join(i.get("sans", [])) or "-", i.get("issuer", "?"),
+                         i.get("not_after", "?"), days_left(i), i["revision"]])
     else:
-        raise SystemExit("lbcp get clusters|backends CLUSTER|listeners|routes")
+        raise SystemExit("lbcp get clusters|backends CLUSTER|listeners|routes|certificates")
     return 0
 
 
@@ -316,6 +326,32 @@ def cmd_node_drain(args: argparse.Namespace) -> int:
 def cmd_node_undrain(args: argparse.Namespace) -> int:
     r = _client(args).request("DELETE", f"/v1/fleet/{quote(args.node, safe='')}/drain").json()
     print(f"node {args.node} back in service (revision {r['revision']})")
+    return 0
+
+
+def cmd_kek_generate(args: argparse.Namespace) -> int:
+    from controlplane.certificates import generate_kek
+
+    print(generate_kek())
+    return 0
+
+
+def cmd_certificates_reseal(args: argparse.Namespace) -> int:
+    """Re-seal every certificate's key with LBCP_KEK (reading older ones via LBCP_KEK_PREVIOUS)."""
+    import asyncio
+
+    from controlplane.etcd import Etcd, EtcdConfig
+    from controlplane.store import Store
+
+    async def run() -> list[str]:
+        etcd = Etcd(EtcdConfig.from_env(args.etcd, args.prefix))
+        try:
+            return await Store(etcd).reseal_certificates()
+        finally:
+            await etcd.close()
+
+    names = asyncio.run(run())
+    print(f"resealed {len(names)} certificate(s){': ' + ', '.join(names) if names else ''}")
     return 0
 
 
@@ -684,6 +720,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("node")
     x.set_defaults(func=cmd_node_undrain)
 
+    x = sub.add_parser("kek", help="key-encryption keys for certificates at rest")
+    ks = x.add_subparsers(dest="action", required=True)
+    ks.add_parser("generate", help="print a new random KEK (set it as LBCP_KEK)").set_defaults(func=cmd_kek_generate)
+    x = sub.add_parser("certificates", help="certificate maintenance")
+    cs = x.add_subparsers(dest="action", required=True)
+    x = cs.add_parser("reseal", help="re-encrypt every certificate key with LBCP_KEK (after a KEK rotation)")
+    x.add_argument("--etcd", help="etcd endpoints, comma-separated (env LBCP_ETCD_ENDPOINTS)")
+    x.add_argument("--prefix", help="etcd key prefix (env LBCP_ETCD_PREFIX, default /lbcp/v1/)")
+    x.set_defaults(func=cmd_certificates_reseal)
+
     x = sub.add_parser("dns", help="authoritative DNS for the front door's name: the in-service Envoys, rotated")
     x.add_argument("--host", default="127.0.0.1")
     x.add_argument("--port", type=int, default=5353, help="UDP and TCP (0: any free port)")
@@ -696,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--interval", type=float, default=0.5, help="seconds between reads of the fleet state")
     x.set_defaults(func=cmd_dns)
 
-    g = sub.add_parser("get", help="list objects: clusters | backends CLUSTER | listeners | routes")
+    g = sub.add_parser("get", help="list objects: clusters | backends CLUSTER | listeners | routes | certificates")
     g.add_argument("what")
     g.add_argument("name", nargs="?")
     g.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")

@@ -23,13 +23,16 @@ from pydantic import BaseModel, ValidationError
 
 from controlplane.errors import FieldError, PreconditionFailed, TooLarge, ValidationFailed
 from controlplane.keyspace import Ref, Stored
-from controlplane.model import MODELS, Backend, Kind
+from controlplane.certificates import info as cert_info
+from controlplane.certificates import validate as validate_certificate
+from controlplane.model import MODELS, Backend, Certificate, Kind
 from controlplane.store import AnyOp, Op, ReplaceBackends, Store, WriteResult
 
 from .auth import Role, require
 from .problems import ApiError, field_errors
 
-PLURAL = {Kind.CLUSTER: "clusters", Kind.LISTENER: "listeners", Kind.ROUTE: "routes", Kind.BACKEND: "backends"}
+PLURAL = {Kind.CLUSTER: "clusters", Kind.LISTENER: "listeners", Kind.ROUTE: "routes", Kind.BACKEND: "backends",
+          Kind.CERTIFICATE: "certificates"}
 MAX_BATCH_OPS = 10_000
 _readers = [Depends(require(Role.READER))]
 _writers = [Depends(require(Role.WRITER))]
@@ -38,10 +41,34 @@ _writers = [Depends(require(Role.WRITER))]
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def public(obj: Any) -> dict[str, Any]:
+    """An object as the API shows it: a certificate without its private key, with the
+    leaf's facts (subject, SANs, issuer, validity, fingerprint) instead."""
+    if isinstance(obj, Certificate):
+        doc = {"name": obj.name, "certificate_chain": obj.certificate_chain}
+        try:
+            doc |= cert_info(obj.certificate_chain).as_dict()
+        except ValueError:
+            pass  # validated on write; a hand-edited value still lists, without facts
+        return doc
+    return obj.model_dump(mode="json")
+
+
 def present(stored: Stored) -> dict[str, Any]:
-    doc = stored.obj.model_dump(mode="json")
+    doc = public(stored.obj)
     doc["revision"] = stored.mod_revision
     return doc
+
+
+def checked(obj: Any, base: str = "") -> Any:
+    """Write-time checks a model cannot make alone: a certificate's chain, key and validity."""
+    if isinstance(obj, Certificate):
+        if not isinstance(obj.private_key, str):
+            raise ValidationFailed([FieldError(f"{base}/private_key", "send the private key as PEM text")])
+        errors = validate_certificate(obj.certificate_chain, obj.private_key)
+        if errors:
+            raise ValidationFailed([FieldError(base + e.pointer, e.detail) for e in errors])
+    return obj
 
 
 def _store(request: Request) -> Store:
@@ -147,7 +174,7 @@ async def _finish(request: Request, result: WriteResult, body: dict, status: int
 
 async def _object_response(request: Request, result: WriteResult, ref: Ref) -> JSONResponse:
     r = result.results[0]
-    doc = r.obj.model_dump(mode="json") if r.obj is not None else {}
+    doc = public(r.obj) if r.obj is not None else {}
     rev = r.mod_revision or result.revision
     doc["revision"] = rev
     status = 201 if r.outcome == "created" and not result.dry_run else 200
@@ -187,7 +214,7 @@ async def _put(request: Request, ref: Ref, dry_run: bool, action: str = "put") -
 async def _put_doc(request: Request, ref: Ref, doc: Any, dry_run: bool, action: str) -> JSONResponse:
     body_rev = _pop_revision(doc)
     forced, if_match = _preconditions(request, body_rev)
-    obj = parse(MODELS[ref.kind], doc)
+    obj = checked(parse(MODELS[ref.kind], doc))
     if obj.name != ref.name:
         raise ValidationFailed([FieldError("/name", f"the body names {obj.name!r} but the path names {ref.name!r}")])
     result = await _store(request).apply([Op(forced or action, ref, obj, if_match)], dry_run=dry_run)  # type: ignore[arg-type]
@@ -238,7 +265,7 @@ async def _delete(request: Request, ref: Ref, dry_run: bool) -> JSONResponse:
     result = await _store(request).apply([Op("delete", ref, None, if_match)], dry_run=dry_run)
     r = result.results[0]
     return await _finish(
-        request, result, {"deleted": r.obj.model_dump(mode="json") if r.obj else None, "revision": result.revision}, 200, _headers(result)
+        request, result, {"deleted": public(r.obj) if r.obj else None, "revision": result.revision}, 200, _headers(result)
     )
 
 
@@ -246,7 +273,8 @@ async def _delete(request: Request, ref: Ref, dry_run: bool) -> JSONResponse:
 
 
 def kind_router(kind: Kind) -> APIRouter:
-    """CRUD for a top-level kind (cluster, listener, route)."""
+    """CRUD for a top-level kind (cluster, listener, route, certificate). Certificates have
+    no PATCH: a chain and its key change together, by PUT."""
     plural = PLURAL[kind]
     schema = MODELS[kind].__name__
     r = APIRouter(prefix=f"/v1/{plural}", tags=[plural])
@@ -276,12 +304,13 @@ def kind_router(kind: Kind) -> APIRouter:
     async def put(request: Request, name: str, dry_run: bool = False) -> JSONResponse:
         return await _put(request, ref(name), dry_run)
 
-    @r.patch(
-        "/{name}", dependencies=_writers, summary=f"Merge-patch a {kind}",
-        openapi_extra=_body_doc({"type": "object"}, ("application/merge-patch+json", "application/json")),
-    )
-    async def patch(request: Request, name: str, dry_run: bool = False) -> JSONResponse:
-        return await _patch(request, ref(name), dry_run)
+    if kind != Kind.CERTIFICATE:
+        @r.patch(
+            "/{name}", dependencies=_writers, summary=f"Merge-patch a {kind}",
+            openapi_extra=_body_doc({"type": "object"}, ("application/merge-patch+json", "application/json")),
+        )
+        async def patch(request: Request, name: str, dry_run: bool = False) -> JSONResponse:
+            return await _patch(request, ref(name), dry_run)
 
     @r.delete("/{name}", dependencies=_writers, summary=f"Delete a {kind}")
     async def delete(request: Request, name: str, dry_run: bool = False) -> JSONResponse:
@@ -401,7 +430,7 @@ def _batch_op(i: int, item: Any) -> AnyOp:
     try:
         kind = Kind(item.get("kind"))
     except ValueError:
-        raise ValidationFailed([FieldError(f"{base}/kind", "kind is one of cluster, backend, listener, route")]) from None
+        raise ValidationFailed([FieldError(f"{base}/kind", "kind is one of cluster, backend, listener, route, certificate")]) from None
     body = item.get("body")
     name = item.get("name")
     if name is None and isinstance(body, dict):
@@ -426,7 +455,7 @@ def _batch_op(i: int, item: Any) -> AnyOp:
         return Op("delete", ref, None, if_match, f"{base}/body")
     if isinstance(body, dict) and "name" not in body:
         body = {**body, "name": name}
-    obj = parse(MODELS[kind], body, f"{base}/body")
+    obj = checked(parse(MODELS[kind], body, f"{base}/body"), f"{base}/body")
     if obj.name != name:
         raise ValidationFailed([FieldError(f"{base}/body/name", f"the body names {obj.name!r}, the operation {name!r}")])
     return Op(action, ref, obj, if_match, f"{base}/body")

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import resources as res
+from .certificates import KeyUnavailable, keyring
+from .integrity import sni_names
 from .keyspace import Ref
 from .model import Kind
 from .snapshot import Entry, InconsistentSnapshot, Snapshot, make_entry
@@ -60,6 +62,10 @@ class SnapshotCache:
         self._eds_clusters: set[str] = set()
         self._listeners: dict[str, tuple[Entry, tuple[str, ...], str | None]] = {}  # entry, fleets, rds name
         self._routes: dict[str, tuple[Entry, frozenset[str]]] = {}  # by route config name: entry, clusters
+        self._secrets: dict[str, Entry] = {}  # certificate name -> SDS Secret
+        self._listener_secrets: dict[str, frozenset[str]] = {}  # listener -> certificates it serves
+        self._cluster_secrets: dict[str, str] = {}  # cluster -> client certificate it presents upstream
+        self._dirty_secrets: set[str] = set()
         self._rings: dict[str, Entry] = {}
         self._ring_interest: dict[object, frozenset[str]] = {}  # subscriber -> cluster names, "*" = all
         self._ring_queue: dict[str, tuple] = {}  # cluster -> (cluster, backends, revision) to build
@@ -166,6 +172,9 @@ class SnapshotCache:
                 self._dirty_listeners = True  # routes' consistency depends on clusters
             elif ref.kind == Kind.BACKEND:
                 self._dirty_clusters.add(ref.cluster or "")
+            elif ref.kind == Kind.CERTIFICATE:
+                self._dirty_secrets.add(ref.name)
+                self._dirty_listeners = True  # SNI names come from certificates
             else:
                 self._dirty_listeners = True
         if self._first_dirty is None:
@@ -204,6 +213,7 @@ class SnapshotCache:
         v = self.view
         dirty = set(v.clusters) | set(self._clusters) if full else self._dirty_clusters
         clusters, endpoints, eds = dict(self._clusters), dict(self._endpoints), set(self._eds_clusters)
+        cluster_secrets = dict(self._cluster_secrets)
         rings, ring_inputs = dict(self._rings), {}
         wanted = self._wanted_rings()
         rebuilt = {"cds": 0, "eds": 0, "lds": 0, "rds": 0}
@@ -212,11 +222,14 @@ class SnapshotCache:
             if stored is None or not res.hashes(stored.obj):
                 rings.pop(name, None)
                 self._ring_queue.pop(name, None)
+            cluster_secrets.pop(name, None)
             if stored is None:
                 clusters.pop(name, None)
                 endpoints.pop(name, None)
                 eds.discard(name)
                 continue
+            if stored.obj.tls is not None and stored.obj.tls.client_certificate:
+                cluster_secrets[name] = stored.obj.tls.client_certificate
             members = [s.obj for s in v.backends.get(name, {}).values()]
             if res.hashes(stored.obj) and (name in wanted or "*" in wanted):
                 ring_inputs[name] = (stored.obj, members, v.revision)
@@ -234,15 +247,34 @@ class SnapshotCache:
                     endpoints[name] = ee
                     rebuilt["eds"] += 1
                 eds.add(name)
-        listeners, routes = self._listeners, self._routes
+        secrets = dict(self._secrets)
+        for name in set(v.certificates) | set(self._secrets) if full else self._dirty_secrets:
+            stored_cert = v.certificates.get(name)
+            if stored_cert is None:
+                secrets.pop(name, None)
+                continue
+            try:
+                key = keyring().open(name, stored_cert.obj.private_key)
+            except KeyUnavailable as exc:
+                # Not servable here (wrong or missing KEK): listeners that need it make the
+                # snapshot inconsistent, and the last good one stays published.
+                log.error("%s", exc)
+                secrets.pop(name, None)
+                continue
+            secrets[name] = make_entry(res.SECRET_TYPE, name, res.secret_resource(stored_cert.obj, key))
+        listeners, routes, listener_secrets = self._listeners, self._routes, self._listener_secrets
         if full or self._dirty_listeners:
-            listeners, routes = {}, {}
+            listeners, routes, listener_secrets = {}, {}, {}
             by_listener: dict[str, list] = {}
             for s in v.routes.values():
                 by_listener.setdefault(s.obj.listener, []).append(s.obj)
             for name, s in v.listeners.items():
                 lst = s.obj
-                e = make_entry(res.LISTENER_TYPE, name, res.listener_resource(lst))
+                sni = None
+                if lst.tls is not None:
+                    listener_secrets[name] = frozenset(lst.tls.certificates)
+                    sni = {c: sni_names(v.certificates[c].obj) for c in lst.tls.certificates if c in v.certificates}
+                e = make_entry(res.LISTENER_TYPE, name, res.listener_resource(lst, sni))
                 rds = res.route_config_name(name) if lst.protocol == "http" else None
                 listeners[name] = (e, tuple(lst.fleets), rds)
                 old = self._listeners.get(name)
@@ -254,9 +286,11 @@ class SnapshotCache:
                     old_r = self._routes.get(rds)
                     rebuilt["rds"] += old_r is None or old_r[0].version != re_.version
         # Check every fleet this cache serves before publishing anything.
-        previous = (self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings)
-        self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings = (
-            clusters, endpoints, eds, listeners, routes, rings)
+        previous = (self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings,
+                    self._secrets, self._listener_secrets, self._cluster_secrets)
+        (self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings,
+         self._secrets, self._listener_secrets, self._cluster_secrets) = (
+            clusters, endpoints, eds, listeners, routes, rings, secrets, listener_secrets, cluster_secrets)
         revision = v.revision
         previous_drained, self._drained = self._drained, frozenset(v.drained)
         try:
@@ -266,7 +300,8 @@ class SnapshotCache:
                 s.check()
         except InconsistentSnapshot as exc:
             # Keep serving the last good snapshot; a later change may complete the picture.
-            self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings = previous
+            (self._clusters, self._endpoints, self._eds_clusters, self._listeners, self._routes, self._rings,
+             self._secrets, self._listener_secrets, self._cluster_secrets) = previous
             self._drained = previous_drained
             self.stats.rejected += 1
             self.stats.last_error = str(exc)
@@ -277,6 +312,7 @@ class SnapshotCache:
         self._fleet_snapshots = snaps
         self._dirty_clusters = set()
         self._dirty_listeners = False
+        self._dirty_secrets = set()
         self.first_change_at = self._first_dirty
         self._first_dirty = None
         self.stats.builds += 1
@@ -294,12 +330,18 @@ class SnapshotCache:
         lds = {n: e for n, (e, fleets, _) in self._listeners.items() if not fleets or fleet in fleets}
         rds_names = {self._listeners[n][2] for n in lds if self._listeners[n][2]}
         rds = {n: self._routes[n][0] for n in rds_names if n in self._routes}
+        # A fleet gets the certificates (and keys) of its own listeners only.
+        needed = {n: self._listener_secrets[n] for n in lds if n in self._listener_secrets}
+        # Every fleet gets every cluster, and so the client certificates clusters present.
+        needed |= {f"cluster {n}": frozenset({c}) for n, c in self._cluster_secrets.items()}
+        sds = {c: self._secrets[c] for cs in needed.values() for c in cs if c in self._secrets}
         snap.resources = {
             res.CLUSTER_TYPE: self._clusters,
             res.ENDPOINT_TYPE: self._endpoints,
             res.LISTENER_TYPE: lds,
             res.ROUTE_TYPE: rds,
             res.HASH_RING_TYPE: self._rings,
+            res.SECRET_TYPE: sds,
         }
         snap.pending = {res.HASH_RING_TYPE: self._ring_queue.keys()}
         snap.drained = self._drained
@@ -307,6 +349,7 @@ class SnapshotCache:
             res.CLUSTER_TYPE: {n: {n} for n in self._eds_clusters},
             res.LISTENER_TYPE: {n: {self._listeners[n][2]} for n in lds if self._listeners[n][2]},  # type: ignore[misc]
             res.ROUTE_TYPE: {n: set(self._routes[n][1]) for n in rds},
+            res.SECRET_TYPE: {n: set(cs) for n, cs in needed.items()},
         }
         return snap
 

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .errors import FieldError, InUse, StoreError, ValidationFailed
-from .model import Cluster, Kind, Listener, Protocol, Route
+from .model import Certificate, Cluster, Kind, Listener, Protocol, Route
 
 
 class PortConflict(StoreError):
@@ -28,6 +28,7 @@ class World:
     clusters: dict[str, Cluster] = field(default_factory=dict)
     listeners: dict[str, Listener] = field(default_factory=dict)
     routes: dict[str, Route] = field(default_factory=dict)
+    certificates: dict[str, Certificate] = field(default_factory=dict)
 
 
 def _overlap(a: Listener, b: Listener) -> bool:
@@ -74,12 +75,40 @@ def route_errors(route: Route, world: World) -> list[FieldError]:
 def listener_errors(listener: Listener, world: World) -> list[FieldError]:
     errors: list[FieldError] = []
     if listener.tls is not None:
-        # Certificates (and their delivery over SDS) do not exist yet: refuse rather than
-        # serve plain text on a listener the operator asked to be TLS.
-        errors.append(FieldError("/tls", "TLS listeners are not supported yet: certificates as intent are not implemented"))
+        if listener.protocol != "http":
+            errors.append(FieldError("/tls", "TLS termination is for http listeners (a tcp listener passes TLS through)"))
+        claimed: dict[str, str] = {}
+        for i, name in enumerate(listener.tls.certificates):
+            cert = world.certificates.get(name)
+            if cert is None:
+                errors.append(FieldError(f"/tls/certificates/{i}", f"certificate {name!r} does not exist"))
+                continue
+            # Each certificate's filter chain matches the DNS names of its leaf by SNI: two
+            # certificates may not claim the same name on one listener.
+            for dns_name in sni_names(cert):
+                other = claimed.setdefault(dns_name, name)
+                if other != name:
+                    errors.append(FieldError(f"/tls/certificates/{i}",
+                                             f"certificates {other!r} and {name!r} both serve {dns_name!r}: SNI would be ambiguous"))
     if listener.protocol == "tcp" and listener.cluster not in world.clusters:
         errors.append(FieldError("/cluster", f"cluster {listener.cluster!r} does not exist"))
     return errors
+
+
+def sni_names(cert: Certificate) -> tuple[str, ...]:
+    """The server names a certificate is chosen for by SNI: its leaf's DNS names."""
+    from .certificates import info
+
+    try:
+        return tuple(sorted(set(info(cert.certificate_chain).dns_names)))
+    except ValueError:
+        return ()
+
+
+def cluster_errors(cluster: Cluster, world: World) -> list[FieldError]:
+    if cluster.tls is not None and cluster.tls.client_certificate and cluster.tls.client_certificate not in world.certificates:
+        return [FieldError("/tls/client_certificate", f"certificate {cluster.tls.client_certificate!r} does not exist")]
+    return []
 
 
 def check(world: World, changed: set[tuple[Kind, str]], pointers: dict[tuple[Kind, str], str] | None = None) -> None:
@@ -100,11 +129,21 @@ def check(world: World, changed: set[tuple[Kind, str]], pointers: dict[tuple[Kin
             _add(kind, name, route_errors(world.routes[name], world))
         elif kind == Kind.LISTENER and name in world.listeners:
             _add(kind, name, listener_errors(world.listeners[name], world))
+        elif kind == Kind.CLUSTER and name in world.clusters:
+            _add(kind, name, cluster_errors(world.clusters[name], world))
     if errors:
         raise ValidationFailed(errors)
 
     # Objects that already exist and would be broken by this change.
     for kind, name in sorted(changed):
+        if kind == Kind.CERTIFICATE:
+            users = sorted({f"listener {lst.name}" for lst in world.listeners.values()
+                            if lst.tls is not None and name in lst.tls.certificates and listener_errors(lst, world)}
+                           | {f"cluster {c.name}" for c in world.clusters.values()
+                              if c.tls is not None and c.tls.client_certificate == name and cluster_errors(c, world)})
+            if users:
+                what = "deleted" if name not in world.certificates else "changed this way"
+                raise InUse("certificate", f"certificate {name!r} cannot be {what}: it is used by {', '.join(users)}", users)
         if kind == Kind.CLUSTER:
             users = sorted(
                 {

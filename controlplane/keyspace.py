@@ -6,6 +6,7 @@ Layout under the configured prefix P (default `/lbcp/v1/`), one key per object:
     P backends/{cluster}/{backend}
     P listeners/{listener}
     P routes/{route}
+    P certificates/{certificate}     the private key sealed with the KEK when one is set
     P drains/{node id, %-quoted}      an operator's drain of one Envoy (see drain_key)
 
 Values are compact JSON: `{"schema": 1, "kind": "...", "spec": {...}}`. Names cannot
@@ -25,7 +26,8 @@ from .model import MODELS, SCHEMA_VERSION, Intent, Kind
 
 T = TypeVar("T", bound=BaseModel)
 
-_FOLDERS = {Kind.CLUSTER: "clusters", Kind.BACKEND: "backends", Kind.LISTENER: "listeners", Kind.ROUTE: "routes"}
+_FOLDERS = {Kind.CLUSTER: "clusters", Kind.BACKEND: "backends", Kind.LISTENER: "listeners", Kind.ROUTE: "routes",
+            Kind.CERTIFICATE: "certificates"}
 _KINDS = {v: k for k, v in _FOLDERS.items()}
 
 
@@ -101,7 +103,12 @@ class Keyspace:
 
     @staticmethod
     def encode(kind: Kind, obj: Intent) -> bytes:
-        doc = {"schema": SCHEMA_VERSION, "kind": str(kind), "spec": obj.model_dump(mode="json")}
+        spec = obj.model_dump(mode="json")
+        if kind == Kind.CERTIFICATE and isinstance(spec.get("private_key"), str):
+            from .certificates import keyring
+
+            spec["private_key"] = keyring().seal(spec["name"], spec["private_key"])
+        doc = {"schema": SCHEMA_VERSION, "kind": str(kind), "spec": spec}
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
     @staticmethod

@@ -157,3 +157,29 @@ class _CacheCollector:
         yield CounterMetricFamily("lbcp_snapshot_rejected", "snapshot builds not published (inconsistent or failed)",
                                   value=self.cache.stats.rejected)
         yield CounterMetricFamily("lbcp_snapshot_builds", "snapshots published", value=self.cache.published)
+        expiry = GaugeMetricFamily("lbcp_certificate_expiry_seconds",
+                                   "seconds until the leaf of each certificate in intent expires (negative: expired)",
+                                   labels=["certificate"])
+        now = time.time()
+        for name, not_after in self._expiries().items():
+            expiry.add_metric([name], not_after - now)
+        yield expiry
+
+    def _expiries(self) -> dict[str, float]:
+        # Parse each certificate once per stored revision: scrapes stay cheap.
+        from .certificates import info
+
+        certs = self.cache.view.certificates
+        out: dict[str, float] = {}
+        cache = getattr(self, "_parsed", {})
+        for name, stored in certs.items():
+            hit = cache.get(name)
+            if hit is None or hit[0] != stored.mod_revision:
+                try:
+                    hit = (stored.mod_revision, info(stored.obj.certificate_chain).not_after.timestamp())
+                except ValueError:
+                    continue
+            cache[name] = hit
+            out[name] = hit[1]
+        self._parsed = {n: cache[n] for n in out}
+        return out

@@ -206,6 +206,28 @@ class CircuitBreakers(_Model):
     max_retries: int | None = Field(None, ge=0, le=100_000_000)
 
 
+class ClusterTLS(_Model):
+    """TLS from Envoy to this cluster's backends."""
+
+    sni: str | None = Field(None, max_length=253, description="Server name sent to backends (and checked against their certificate).")
+    ca_bundle: str | None = Field(None, max_length=262144, description="PEM CA certificates that must have signed the backends' certificates.")
+    client_certificate: Name | None = Field(None, description="A certificate (by name) presented to backends that require client certificates.")
+    insecure_skip_verify: bool = Field(False, description="Encrypt without verifying backends (no ca_bundle). Not for production.")
+
+    @model_validator(mode="after")
+    def _verification(self) -> "ClusterTLS":
+        if self.ca_bundle is None and not self.insecure_skip_verify:
+            raise ValueError("give ca_bundle (PEM) to verify backends, or set insecure_skip_verify")
+        if self.ca_bundle is not None:
+            from cryptography import x509
+
+            try:
+                x509.load_pem_x509_certificates(self.ca_bundle.encode())
+            except ValueError as exc:
+                raise ValueError(f"ca_bundle is not PEM certificates: {exc}") from None
+        return self
+
+
 class Cluster(_Model):
     """A named group of backends and how to balance over them."""
 
@@ -215,6 +237,7 @@ class Cluster(_Model):
     connect_timeout: Duration = 5.0
     health_check: HealthCheck | None = None
     circuit_breakers: CircuitBreakers | None = None
+    tls: ClusterTLS | None = None
 
     @property
     def hashing(self) -> bool:
@@ -296,7 +319,29 @@ class Backend(_Model):
 
 
 class ListenerTLS(_Model):
-    certificates: list[Name] = Field(min_length=1, max_length=64, description="Names of certificates to serve.")
+    """TLS termination: the first certificate is the default; each certificate also serves
+    the DNS names of its leaf by SNI (one filter chain per certificate)."""
+
+    certificates: list[Name] = Field(min_length=1, max_length=64, description="Names of certificates to serve; the first is the default.")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted.")
+    max_version: Literal["1.2", "1.3"] = "1.3"
+    alpn: list[Literal["h2", "http/1.1"]] = Field(default_factory=lambda: ["h2", "http/1.1"], max_length=2,
+                                                  description="Protocols offered by ALPN, in preference order.")
+
+    @field_validator("certificates")
+    @classmethod
+    def _unique_certificates(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("certificates must not repeat a name")
+        return v
+
+    @model_validator(mode="after")
+    def _versions(self) -> "ListenerTLS":
+        if self.min_version > self.max_version:
+            raise ValueError("min_version is above max_version")
+        if len(set(self.alpn)) != len(self.alpn):
+            raise ValueError("alpn must not repeat a protocol")
+        return self
 
 
 class Listener(_Model):
@@ -469,6 +514,31 @@ class Route(_Model):
         return self
 
 
+# --- certificates ---------------------------------------------------------------------------
+
+
+class SealedKey(_Model):
+    """A private key as stored when a key-encryption key is configured (AES-256-GCM)."""
+
+    alg: Literal["A256GCM"]
+    kid: str = Field(max_length=64)
+    nonce: str = Field(max_length=64)
+    data: str = Field(max_length=65536)
+
+
+class Certificate(_Model):
+    """A PEM certificate chain (leaf first) and its private key. The key is write-only."""
+
+    name: Name
+    certificate_chain: str = Field(min_length=1, max_length=65536, description="PEM, leaf first, then each issuer.")
+    private_key: str | SealedKey = Field(description="PEM, unencrypted. Never returned; sealed at rest when a KEK is set.")
+
+    def __repr__(self) -> str:  # never let the key reach a log line
+        return f"Certificate(name={self.name!r})"
+
+    __str__ = __repr__
+
+
 # --- kinds ----------------------------------------------------------------------------------
 
 
@@ -477,6 +547,7 @@ class Kind(StrEnum):
     BACKEND = "backend"
     LISTENER = "listener"
     ROUTE = "route"
+    CERTIFICATE = "certificate"
 
 
 MODELS: dict[Kind, type[_Model]] = {
@@ -484,6 +555,7 @@ MODELS: dict[Kind, type[_Model]] = {
     Kind.BACKEND: Backend,
     Kind.LISTENER: Listener,
     Kind.ROUTE: Route,
+    Kind.CERTIFICATE: Certificate,
 }
 
-Intent = Cluster | Backend | Listener | Route
+Intent = Cluster | Backend | Listener | Route | Certificate

@@ -37,25 +37,30 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import http_pb2, range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from .gen.lbcp.v1 import ring_pb2
-from .model import AdminState, Backend, Cluster, Listener, Protocol, Route
+from .model import AdminState, Backend, Certificate, Cluster, Listener, Protocol, Route
 from .ring import MaglevTable, RingHashTable, ring_for
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 # Push order that never references a resource Envoy does not have yet (make before break).
 # lbcp's own resource (protos/lbcp/v1/ring.proto), served on the same ADS stream on demand.
 HASH_RING_TYPE = "type.googleapis.com/lbcp.v1.HashRing"
 
-TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
-SHORT_NAMES = {CLUSTER_TYPE: "cds", ENDPOINT_TYPE: "eds", LISTENER_TYPE: "lds", ROUTE_TYPE: "rds", HASH_RING_TYPE: "ring"}
+TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+SHORT_NAMES = {CLUSTER_TYPE: "cds", ENDPOINT_TYPE: "eds", LISTENER_TYPE: "lds", ROUTE_TYPE: "rds", SECRET_TYPE: "sds",
+               HASH_RING_TYPE: "ring"}
 
 DEFAULT_CIRCUIT_LIMIT = 1_000_000
 EDGE_BUFFER_LIMIT = 32 * 1024
@@ -124,6 +129,9 @@ def cluster_resource(c: Cluster, backends: Iterable[Backend] = ()) -> cluster_pb
             cluster_pb2.Cluster.RingHashLbConfig.XX_HASH if lb.hash_function == "xx_hash" else cluster_pb2.Cluster.RingHashLbConfig.MURMUR_HASH_2
         )
     out.common_lb_config.update_merge_window.CopyFrom(duration_pb2.Duration())  # 0 s: see module doc
+
+    if c.tls is not None:
+        out.transport_socket.CopyFrom(_upstream_tls(c))
 
     if c.protocol == Protocol.HTTP2:
         opts = http_protocol_options_pb2.HttpProtocolOptions()
@@ -234,7 +242,49 @@ def route_config_name(listener: str) -> str:
     return listener
 
 
-def listener_resource(lst: Listener) -> listener_pb2.Listener:
+def secret_resource(cert: Certificate, private_key_pem: str) -> secret_pb2.Secret:
+    """The certificate as an SDS Secret (the key opened from its sealed form by the caller)."""
+    return secret_pb2.Secret(name=cert.name, tls_certificate=tls_common_pb2.TlsCertificate(
+        certificate_chain=base_pb2.DataSource(inline_bytes=cert.certificate_chain.encode()),
+        private_key=base_pb2.DataSource(inline_bytes=private_key_pem.encode()),
+    ))
+
+
+def _upstream_tls(c: Cluster) -> base_pb2.TransportSocket:
+    assert c.tls is not None
+    ctx = tls_pb2.UpstreamTlsContext(sni=c.tls.sni or "")
+    common = ctx.common_tls_context
+    if c.protocol == Protocol.HTTP2:
+        common.alpn_protocols.append("h2")
+    if c.tls.ca_bundle is not None:
+        v = common.validation_context
+        v.trusted_ca.inline_string = c.tls.ca_bundle
+        if c.tls.sni:
+            # Check the backend's certificate names the server asked for, not just its CA.
+            v.match_typed_subject_alt_names.append(tls_common_pb2.SubjectAltNameMatcher(
+                san_type=tls_common_pb2.SubjectAltNameMatcher.DNS, matcher=string_pb2.StringMatcher(exact=c.tls.sni)))
+    if c.tls.client_certificate:
+        common.tls_certificate_sds_secret_configs.append(secret_pb2.SdsSecretConfig(name=c.tls.client_certificate, sds_config=_ads()))
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(ctx))
+
+
+_TLS_VERSIONS = {"1.2": tls_common_pb2.TlsParameters.TLSv1_2, "1.3": tls_common_pb2.TlsParameters.TLSv1_3}
+
+
+def _downstream_tls(lst: Listener, certificate: str) -> base_pb2.TransportSocket:
+    assert lst.tls is not None
+    ctx = tls_pb2.DownstreamTlsContext()
+    common = ctx.common_tls_context
+    common.tls_params.tls_minimum_protocol_version = _TLS_VERSIONS[lst.tls.min_version]
+    common.tls_params.tls_maximum_protocol_version = _TLS_VERSIONS[lst.tls.max_version]
+    common.alpn_protocols.extend(lst.tls.alpn)
+    # By name over ADS: rotating the certificate changes the Secret, never this Listener.
+    common.tls_certificate_sds_secret_configs.append(secret_pb2.SdsSecretConfig(name=certificate, sds_config=_ads()))
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(ctx))
+
+
+def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | None = None) -> listener_pb2.Listener:
+    """`server_names`: for a TLS listener, each certificate's SNI names (its leaf's DNS names)."""
     out = listener_pb2.Listener(name=lst.name, address=_socket(lst.address, lst.port))
     out.per_connection_buffer_limit_bytes.value = EDGE_BUFFER_LIMIT
     chain = listener_components_pb2.FilterChain()
@@ -266,7 +316,27 @@ def listener_resource(lst: Listener) -> listener_pb2.Listener:
         )
         hcm.http_filters.append(hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())))
         chain.filters.append(listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm)))
-    out.filter_chains.append(chain)
+    if lst.tls is None:
+        out.filter_chains.append(chain)
+        return out
+    # One filter chain per certificate, chosen by SNI; the first certificate is also the
+    # default chain (no SNI, or a name no certificate claims).
+    out.listener_filters.append(listener_components_pb2.ListenerFilter(
+        name="envoy.filters.listener.tls_inspector", typed_config=_any(tls_inspector_pb2.TlsInspector())))
+    names = server_names or {}
+    for cert in lst.tls.certificates:
+        if names.get(cert):
+            sni = listener_components_pb2.FilterChain()
+            sni.CopyFrom(chain)
+            sni.name = f"{lst.name}/{cert}"
+            sni.filter_chain_match.server_names.extend(names[cert])
+            sni.transport_socket.CopyFrom(_downstream_tls(lst, cert))
+            out.filter_chains.append(sni)
+    default = listener_components_pb2.FilterChain()
+    default.CopyFrom(chain)
+    default.name = f"{lst.name}/default"
+    default.transport_socket.CopyFrom(_downstream_tls(lst, lst.tls.certificates[0]))
+    out.default_filter_chain.CopyFrom(default)
     return out
 
 

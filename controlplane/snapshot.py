@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, TYPE_ORDER
+from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, TYPE_ORDER
 
 
 def varint(n: int) -> bytes:
@@ -107,6 +107,10 @@ class Snapshot:
                 missing = needs - have.keys()
                 if missing:
                     raise InconsistentSnapshot(f"{parent.rsplit('.', 1)[-1]} {name!r} references missing {sorted(missing)}")
+        for listener, secrets in self.references.get(SECRET_TYPE, {}).items():
+            missing = secrets - self.of(SECRET_TYPE).keys()
+            if missing:
+                raise InconsistentSnapshot(f"{listener!r} needs certificates that cannot be served: {sorted(missing)}")
         for rc_name, clusters in self.references.get(ROUTE_TYPE, {}).items():
             missing = clusters - self.of(CLUSTER_TYPE).keys()
             if missing:

@@ -40,7 +40,7 @@ from .keyspace import Keyspace, Ref, Stored
 from .model import Backend, Cluster, Intent, Kind, Listener, Route
 
 _MAX_ATTEMPTS = 8
-_WORLD_KINDS = (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE)
+_WORLD_KINDS = (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE)
 
 
 @dataclass(frozen=True)
@@ -318,6 +318,8 @@ class Store:
                     world.listeners[ref.name] = v  # type: ignore[assignment]
                 elif ref.kind == Kind.ROUTE:
                     world.routes[ref.name] = v  # type: ignore[assignment]
+                elif ref.kind == Kind.CERTIFICATE:
+                    world.certificates[ref.name] = v  # type: ignore[assignment]
             for op in ops:
                 if isinstance(op, Op) and op.ref.kind in _WORLD_KINDS:
                     pointers[(op.ref.kind, op.ref.name)] = op.pointer
@@ -332,8 +334,13 @@ class Store:
             if isinstance(v, Route):
                 relied.add(self.keys.key(Ref(Kind.LISTENER, v.listener)))
                 relied.update(self.keys.key(Ref(Kind.CLUSTER, b.cluster)) for b in v.backends)
-            elif isinstance(v, Listener) and v.cluster is not None:
-                relied.add(self.keys.key(Ref(Kind.CLUSTER, v.cluster)))
+            elif isinstance(v, Cluster) and v.tls is not None and v.tls.client_certificate:
+                relied.add(self.keys.key(Ref(Kind.CERTIFICATE, v.tls.client_certificate)))
+            elif isinstance(v, Listener):
+                if v.cluster is not None:
+                    relied.add(self.keys.key(Ref(Kind.CLUSTER, v.cluster)))
+                if v.tls is not None:
+                    relied.update(self.keys.key(Ref(Kind.CERTIFICATE, c)) for c in v.tls.certificates)
         compares = [
             _cmp_mod(k, rpc.Compare.EQUAL, seen[k].mod_revision if k in seen else 0) for k in sorted(relied)
         ]
@@ -354,6 +361,29 @@ class Store:
         for f in cascade:
             writes.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=f, range_end=prefix_end(f))))
         return _Plan(revision, results, compares, writes)
+
+    async def reseal_certificates(self) -> list[str]:
+        """Rewrite every certificate whose key is not sealed with the current KEK (after a
+        KEK rotation, or when a KEK is first configured). Each rewrite is guarded by the
+        revision it read, so a concurrent PUT wins. Returns the names rewritten."""
+        from .certificates import keyring
+        from .model import Certificate
+
+        done: list[str] = []
+        token = None
+        while True:
+            page = await self.list(Kind.CERTIFICATE, limit=100, page_token=token)
+            for stored in page.items:
+                cert = stored.obj
+                if keyring().sealed_with_current(cert.private_key):
+                    continue
+                plain = Certificate(name=cert.name, certificate_chain=cert.certificate_chain,
+                                    private_key=keyring().open(cert.name, cert.private_key))
+                await self.apply([Op("replace", Ref(Kind.CERTIFICATE, cert.name), plain, stored.mod_revision)])
+                done.append(cert.name)
+            token = page.next_page_token
+            if not token:
+                return done
 
     # -- convenience -----------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import grpc
 from .errors import StoreError
 from .etcd import Etcd, prefix_end
 from .keyspace import Keyspace, Ref, Stored
-from .model import Backend, Cluster, Kind, Listener, Route
+from .model import Backend, Certificate, Cluster, Kind, Listener, Route
 from .watchpump import WatchPump
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class IntentView:
     def __init__(self, etcd: Etcd, keyspace: Keyspace | None = None) -> None:
         self.etcd = etcd
         self.keys = keyspace or Keyspace(etcd.config.prefix)
-        # Intent folders sort as backends/ < clusters/ < drains/ < listeners/ < routes/; runtime state
+        # Intent folders sort as backends/ < certificates/ < clusters/ < drains/ < listeners/ < routes/; runtime state
         # (fleet registry) lives under `_runtime/`, outside this range, so it is not watched here.
         self._start = self.keys.root + b"backends/"
         self._end = prefix_end(self.keys.root + b"routes/")
@@ -46,6 +46,7 @@ class IntentView:
         self.backends: dict[str, dict[str, Stored[Backend]]] = {}
         self.listeners: dict[str, Stored[Listener]] = {}
         self.routes: dict[str, Stored[Route]] = {}
+        self.certificates: dict[str, Stored[Certificate]] = {}
         # Drained Envoys: node id -> the drain record (JSON: reason, since).
         self.drained: dict[str, dict] = {}
         self.ready = asyncio.Event()
@@ -99,7 +100,8 @@ class IntentView:
     # -- internals -------------------------------------------------------------------------
 
     def _table(self, kind: Kind) -> dict:
-        return {Kind.CLUSTER: self.clusters, Kind.LISTENER: self.listeners, Kind.ROUTE: self.routes}[kind]
+        return {Kind.CLUSTER: self.clusters, Kind.LISTENER: self.listeners, Kind.ROUTE: self.routes,
+                Kind.CERTIFICATE: self.certificates}[kind]
 
     def _set(self, ref: Ref, stored: Stored | None) -> None:
         if ref.kind == Kind.BACKEND:
@@ -136,7 +138,7 @@ class IntentView:
 
     def _all_refs(self) -> dict[Ref, int]:
         out: dict[Ref, int] = {}
-        for kind in (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE):
+        for kind in (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE):
             for name, s in self._table(kind).items():
                 out[Ref(kind, name)] = s.mod_revision
         for cluster, members in self.backends.items():
@@ -155,7 +157,7 @@ class IntentView:
             kvs.extend(page.kvs)
             more = page.more
         before = self._all_refs()
-        self.clusters, self.backends, self.listeners, self.routes = {}, {}, {}, {}
+        self.clusters, self.backends, self.listeners, self.routes, self.certificates = {}, {}, {}, {}, {}
         self.drained = {}
         for kv in kvs:
             ref = self.keys.ref(kv.key)

@@ -198,9 +198,10 @@ def test_refuses_public_bind_without_tokens() -> None:
         Tokens.parse("writer:short")
 
 
-async def test_tls_listener_is_refused_until_certificates_exist(api: httpx.AsyncClient) -> None:
+async def test_tls_listener_naming_a_missing_certificate_is_refused(api: httpx.AsyncClient) -> None:
     r = await api.put("/v1/listeners/secure", json={"port": 8443, "tls": {"certificates": ["site"]}})
-    assert r.status_code == 422 and r.json()["errors"][0]["pointer"] == "/tls"
+    assert r.status_code == 422 and r.json()["errors"][0]["pointer"] == "/tls/certificates/0"
+    assert "certificate 'site' does not exist" in r.json()["errors"][0]["detail"]
     assert await _keys(api) == []
 
 

@@ -109,6 +109,7 @@ def test_up_apply_get_down(local_cluster) -> None:
     dns = _lbcp(state, "frontdoor", "render", "--format", "dns", "--fleet", "default", "--zone", "example.test", "--name", "www").stdout
     assert dns.count("\tIN\tA\t127.0.0.1") == 2 and "envoy-0" in dns and "envoy-1" in dns
     _front_door_cli(state, doc)
+    _certificates_cli(state, doc)
     bad = _lbcp(state, "backend", "add", "nope", "x", "127.0.0.1:1", check=False)
     assert bad.returncode == 1 and "cluster-not-found" in bad.stderr
 
@@ -240,3 +241,21 @@ def _front_door_cli(state: Path, doc: dict) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(10)
+
+
+def _certificates_cli(state: Path, doc: dict) -> None:
+    """`lbcp apply` a certificate, then `lbcp get certificates` shows its days left."""
+    import yaml
+
+    from tests.certs import CA
+
+    leaf = CA().issue("www.example.test", ["www.example.test"], days=20)
+    path = state / "cert.yaml"
+    path.write_text(yaml.safe_dump({"kind": "certificate", "name": "site", "certificate_chain": leaf.cert_pem.decode(),
+                                    "private_key": leaf.key_pem.decode()}))
+    assert "certificate site created" in _lbcp(state, "apply", "-f", str(path)).stdout
+    table = _lbcp(state, "get", "certificates").stdout.splitlines()
+    assert table[0].split() == ["NAME", "SUBJECT", "SANS", "ISSUER", "NOT_AFTER", "DAYS_LEFT", "REVISION"]
+    row = table[1].split()
+    assert row[0] == "site" and row[2] == "DNS:www.example.test" and 19 < float(row[-2]) <= 20  # the issuer has spaces
+    assert "PRIVATE KEY" not in _lbcp(state, "get", "certificates", "-o", "json").stdout

@@ -41,8 +41,13 @@ def _value(samples: dict, name: str, **labels: str) -> float:
 
 
 async def test_replica_and_api_metrics(api: httpx.AsyncClient, replica, backends, envoys) -> None:
+    from tests.certs import CA
+
     port = free_port()
+    leaf = CA().issue("www.example.com", ["www.example.com"], days=10)
     r = await api.post("/v1/batch", json={"operations": [
+        {"op": "put", "kind": "certificate", "name": "site",
+         "body": {"certificate_chain": leaf.cert_pem.decode(), "private_key": leaf.key_pem.decode()}},
         {"op": "put", "kind": "cluster", "name": "web", "body": {"load_balancer": {"type": "maglev"}}},
         {"op": "replace_backends", "cluster": "web",
          "body": [{"name": b.name, "address": "127.0.0.1", "port": b.port} for b in backends[:2]]},
@@ -81,6 +86,7 @@ async def test_replica_and_api_metrics(api: httpx.AsyncClient, replica, backends
     await wait_for(settled, what="NACK and convergence recorded")
     names, s = await scrape()
     assert names == _documented("xDS replica"), names ^ _documented("xDS replica")
+    assert 9 * 86400 < _value(s, "lbcp_certificate_expiry_seconds", certificate="site") <= 10 * 86400
     assert _value(s, "lbcp_xds_connected_streams", fleet="default", protocol="delta") == 1
     assert _value(s, "lbcp_xds_connected_streams", fleet="other", protocol="sotw") == 1
     for t in ("cds", "eds", "lds", "rds"):
