@@ -37,7 +37,7 @@ from .errors import (
 )
 from .etcd import Etcd, prefix_end
 from .keyspace import Keyspace, Ref, Stored
-from .model import Backend, Cluster, Intent, Kind, Listener, Route
+from .model import Backend, Certificate, Cluster, Intent, Kind, Listener, Route
 
 _MAX_ATTEMPTS = 8
 _WORLD_KINDS = (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE)
@@ -367,7 +367,6 @@ class Store:
         KEK rotation, or when a KEK is first configured). Each rewrite is guarded by the
         revision it read, so a concurrent PUT wins. Returns the names rewritten."""
         from .certificates import keyring
-        from .model import Certificate
 
         done: list[str] = []
         token = None
@@ -387,8 +386,9 @@ class Store:
 
     # -- convenience -----------------------------------------------------------------------
 
-    async def put(self, obj: Cluster | Listener | Route | Backend, *, cluster: str | None = None, if_match: int | None = None) -> WriteResult:
-        kind = {Cluster: Kind.CLUSTER, Listener: Kind.LISTENER, Route: Kind.ROUTE, Backend: Kind.BACKEND}[type(obj)]
+    async def put(self, obj: Cluster | Listener | Route | Backend | Certificate, *, cluster: str | None = None, if_match: int | None = None) -> WriteResult:
+        kind = {Cluster: Kind.CLUSTER, Listener: Kind.LISTENER, Route: Kind.ROUTE, Backend: Kind.BACKEND,
+                Certificate: Kind.CERTIFICATE}[type(obj)]
         return await self.apply([Op("put", Ref(kind, obj.name, cluster), obj, if_match)])
 
     async def delete(self, ref: Ref, *, if_match: int | None = None) -> WriteResult:

@@ -133,7 +133,9 @@ class IntentView:
         try:
             return Stored(self.keys.decode(ref.kind, kv.value), kv.mod_revision, kv.create_revision)
         except Exception as exc:  # one bad value must not stop the fleet's config
-            log.error("ignoring undecodable value at %s: %s", kv.key.decode(errors="replace"), exc)
+            # A validation message may quote the value: for a certificate, that is its key.
+            why = type(exc).__name__ if ref.kind == Kind.CERTIFICATE else exc
+            log.error("ignoring undecodable value at %s: %s", kv.key.decode(errors="replace"), why)
             return None
 
     def _all_refs(self) -> dict[Ref, int]:
