@@ -86,7 +86,7 @@ async def test_sni_default_and_hitless_rotation(api, replica, envoys, backends, 
     # Many open TLS keep-alive connections (h2 and HTTP/1.1) through the listener.
     ctx = tls_context()
     clients = [httpx.AsyncClient(verify=ctx, http2=i % 2 == 0, timeout=5, limits=httpx.Limits(max_connections=1))
-               for i in range(40)]
+               for i in range(100)]
     try:
         async def round_trip() -> None:
             rs = await asyncio.gather(*(c.get(url, extensions=sni) for c in clients))
@@ -116,7 +116,7 @@ async def test_sni_default_and_hitless_rotation(api, replica, envoys, backends, 
         await wait_for(new_leaf, timeout=15, what="new handshakes get the rotated certificate")
         # The open connections were not closed or drained: the same ones still carry requests.
         await round_trip()
-        # The only connections that came and went since are new_leaf's handshakes. All 40 stayed.
+        # The only connections that came and went since are new_leaf's handshakes. All 100 stayed.
         assert await _stat(envoy.admin, f"{stat}.downstream_cx_total") == opened + probes
         assert await _stat(envoy.admin, f"{stat}.downstream_cx_destroy") == closed + probes
         assert await _stat(envoy.admin, f"{stat}.downstream_cx_active") == len(clients)
