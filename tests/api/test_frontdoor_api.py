@@ -12,7 +12,14 @@ from tests.conftest import wait_for
 
 async def test_frontdoor_follows_the_fleet(api, store: Store, replica) -> None:
     await store.put(Cluster(name="web"))
-    await store.put(Backend(name="b", address="10.0.0.1", port=80), cluster="web")
+    rev = (await store.put(Backend(name="b", address="10.0.0.1", port=80), cluster="web")).revision
+    # These clients ACK once: let the replica publish the writes first, so that ACK is final.
+    assert await replica.view.wait_for_revision(rev, 5)
+
+    async def published() -> bool:
+        return replica.cache.revision >= rev
+
+    await wait_for(published, what="the replica publishing the writes")
     clients = []
     for i in range(3):
         c = AdsClient(f"127.0.0.1:{replica.port}", f"edge-{i}", "edge")
