@@ -65,6 +65,7 @@ class SnapshotCache:
         self._secrets: dict[str, Entry] = {}  # certificate name -> SDS Secret
         self._listener_secrets: dict[str, frozenset[str]] = {}  # listener -> certificates it serves
         self._cluster_secrets: dict[str, str] = {}  # cluster -> client certificate it presents upstream
+        self._sni: dict[str, tuple[int, tuple[str, ...]]] = {}  # certificate -> (mod revision, SNI names)
         self._dirty_secrets: set[str] = set()
         self._rings: dict[str, Entry] = {}
         self._ring_interest: dict[object, frozenset[str]] = {}  # subscriber -> cluster names, "*" = all
@@ -273,7 +274,7 @@ class SnapshotCache:
                 sni = None
                 if lst.tls is not None:
                     listener_secrets[name] = frozenset(lst.tls.certificates)
-                    sni = {c: sni_names(v.certificates[c].obj) for c in lst.tls.certificates if c in v.certificates}
+                    sni = {c: self._sni_names(c) for c in lst.tls.certificates if c in v.certificates}
                 e = make_entry(res.LISTENER_TYPE, name, res.listener_resource(lst, sni))
                 rds = res.route_config_name(name) if lst.protocol == "http" else None
                 listeners[name] = (e, tuple(lst.fleets), rds)
@@ -324,6 +325,15 @@ class SnapshotCache:
             self._queue_ring(name, *inputs)
         for fn in list(self._watchers):
             fn()
+
+    def _sni_names(self, certificate: str) -> tuple[str, ...]:
+        """A certificate's SNI names, parsed once per stored revision (listeners are rebuilt
+        on every cluster change; certificates rarely change)."""
+        stored = self.view.certificates[certificate]
+        hit = self._sni.get(certificate)
+        if hit is None or hit[0] != stored.mod_revision:
+            hit = self._sni[certificate] = (stored.mod_revision, sni_names(stored.obj))
+        return hit[1]
 
     def _fleet_snapshot(self, fleet: str, revision: int | None = None) -> Snapshot:
         snap = Snapshot(fleet=fleet, revision=self.revision if revision is None else revision)
