@@ -15,6 +15,7 @@ balancer does), at most `concurrency` at a time, each bounded by `timeout`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -79,10 +80,8 @@ class FrontProber:
             t.cancel()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     # -- StreamObserver --------------------------------------------------------------------

@@ -13,6 +13,7 @@ resumes the watch at `revision + 1`, and reloads in full if that revision was co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -71,10 +72,8 @@ class IntentView:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     async def wait_for_revision(self, revision: int, timeout: float) -> bool:
