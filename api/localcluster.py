@@ -47,6 +47,18 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _dns_answers(port: int, name: str) -> bool:
+    import dns.exception
+    import dns.message
+    import dns.query
+
+    try:
+        dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=1)
+        return True
+    except (OSError, dns.exception.DNSException):
+        return False
+
+
 def _demo_intent(backends: list[DemoBackend], listener_port: int) -> list[dict]:
     return [
         {"op": "put", "kind": "cluster", "name": "web",
@@ -161,6 +173,16 @@ def up(state_dir: str = ".lbcp", etcd_nodes: int = 1, api_port: int | None = Non
             except TimeoutError:
                 _say("  WARNING: the demo route does not answer through Envoy yet; see the logs")
 
+        # The front door: authoritative DNS for www.lbcp.test, answering with the Envoys in service.
+        dns_port = free_port()
+        _say("starting the front-door DNS (lbcp dns) ...")
+        dns_proc = Proc(_lbcp_argv("dns", "--host", "127.0.0.1", "--port", str(dns_port), "--etcd", eps,
+                                   "--zone", "lbcp.test", "--name", "www", "--ttl", "5"), logs / "dns.log")
+        dns_proc.start()
+        procs.append(("front-door DNS", dns_proc))
+        _ready("front-door DNS", dns_proc, lambda: _dns_answers(dns_port, "www.lbcp.test"))
+        _say(f"  www.lbcp.test answered on 127.0.0.1:{dns_port} (UDP and TCP)")
+
         listener = f"127.0.0.1:{listener_port}" if demo and demo_intent else None
         doc = {
             "admin_api": api_url,
@@ -168,6 +190,7 @@ def up(state_dir: str = ".lbcp", etcd_nodes: int = 1, api_port: int | None = Non
             "xds": [f"{h}:{p}" for h, p in xds],
             "envoys": [{"node_id": e.node_id, "listener": listener, "admin": e.admin} for e in envoy_procs],
             "backends": [{"name": b.name, "address": f"127.0.0.1:{b.port}"} for b in demo],
+            "dns": {"address": f"127.0.0.1:{dns_port}", "name": "www.lbcp.test"},
             "token": None,
             "metrics": {"admin_api": f"{api_url}/metrics", "xds": xds_metrics,
                         "envoys": [f"{e.admin}/stats/prometheus" for e in envoy_procs]},
@@ -211,7 +234,8 @@ def _summary(doc: dict, state: Path) -> str:
     lines = ["", "lbcp is up.",
              f"  admin API   {doc['admin_api']}   (OpenAPI docs: {doc['admin_api']}/docs)",
              f"  xDS         {', '.join(doc['xds'])}",
-             f"  etcd        {', '.join(doc['etcd'])}"]
+             f"  etcd        {', '.join(doc['etcd'])}",
+             f"  front door  {doc['dns']['name']} on {doc['dns']['address']} (lbcp dns: the Envoys in service)"]
     for e in doc["envoys"]:
         lines.append(f"  {e['node_id']:<11} listener {e['listener'] or '-'}   admin {e['admin']}")
     lines += [f"  metrics     {doc['metrics']['admin_api']}, {', '.join(doc['metrics']['xds'])}",
@@ -225,7 +249,9 @@ def _summary(doc: dict, state: Path) -> str:
               "  .venv/bin/lbcp get clusters",
               "  .venv/bin/lbcp backend add web web-9 127.0.0.1:9009 --weight 2",
               "  .venv/bin/lbcp ring watch web --key alice",
-              f"  curl -s {doc['admin_api']}/v1/fleet", "",
+              f"  curl -s {doc['admin_api']}/v1/fleet",
+              f"  dig @127.0.0.1 -p {doc['dns']['address'].rsplit(':', 1)[1]} {doc['dns']['name']}   # the front door",
+              "  .venv/bin/lbcp node drain envoy-0 --wait 10              # ... drops an Envoy from it, connections stay", "",
               "Ctrl-C stops everything (or `lbcp down` if started with --detach)."]
     return "\n".join(lines)
 

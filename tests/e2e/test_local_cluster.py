@@ -57,7 +57,7 @@ def test_up_apply_get_down(local_cluster) -> None:
     doc = json.loads((state / "cluster.json").read_text())
     assert doc["admin_api"].startswith("http://127.0.0.1:") and doc["etcd"]
 
-    assert set(doc) >= {"admin_api", "xds", "etcd", "envoys", "backends", "token", "metrics"}
+    assert set(doc) >= {"admin_api", "xds", "etcd", "envoys", "backends", "token", "metrics", "dns"}
     assert len(doc["xds"]) == 2 and len(doc["envoys"]) == 2 and len(doc["backends"]) == 3
     assert all(set(e) == {"node_id", "listener", "admin"} for e in doc["envoys"])
     assert all(set(b) == {"name", "address"} for b in doc["backends"])
@@ -185,10 +185,9 @@ def test_a_component_that_dies_is_reported(local_cluster) -> None:
 def _front_door_cli(state: Path, doc: dict) -> None:
     """lbcp node drain/undrain, frontdoor exabgp, frontdoor render --watch and lbcp dns
     against the running local cluster."""
+    import dns.exception
     import dns.message
     import dns.query
-
-    from controlplane.procs import free_port
 
     exabgp = ["frontdoor", "exabgp", "--node", "envoy-0", "--vip", "198.51.100.1", "--interval", "0.2", "--count", "1"]
     assert _lbcp(state, *exabgp).stdout == "announce route 198.51.100.1/32 next-hop self\n"
@@ -220,28 +219,20 @@ def _front_door_cli(state: Path, doc: dict) -> None:
     assert "2 Envoys in service (envoy-0, envoy-1)" in out_file.read_text()
     assert marker.read_text() == "reload\nreload\n"
 
-    # lbcp dns, as its own process, answers a real query from etcd's fleet state.
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "dns", "--port", str(port), "--etcd", ",".join(doc["etcd"]),
-                               "--zone", "example.test", "--name", "www"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        def answered() -> bool:
-            try:
-                r = dns.query.udp(dns.message.make_query("www.example.test", "A"), "127.0.0.1", port=port, timeout=1)
-            except (OSError, dns.exception.Timeout):
-                return False
-            return bool(r.answer) and {a.address for a in r.answer[0]} == {"127.0.0.1"}
+    # lbcp up runs `lbcp dns` (its own process) for www.lbcp.test: a real query gets the
+    # Envoys in service from etcd's fleet state.
+    host, port = doc["dns"]["address"].rsplit(":", 1)
 
-        wait_until(answered, 30, what="lbcp dns answering")
-    finally:
-        server.terminate()
+    def answered() -> bool:
         try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+            r = dns.query.udp(dns.message.make_query(doc["dns"]["name"], "A"), host, port=int(port), timeout=1)
+        except (OSError, dns.exception.Timeout):
+            return False
+        return bool(r.answer) and {a.address for a in r.answer[0]} == {"127.0.0.1"}
 
+    wait_until(answered, 30, what="lbcp dns answering")
+    tcp = dns.query.tcp(dns.message.make_query(doc["dns"]["name"], "A"), host, port=int(port), timeout=2)
+    assert {a.address for a in tcp.answer[0]} == {"127.0.0.1"}
 
 def _certificates_cli(state: Path, doc: dict) -> None:
     """`lbcp apply` a certificate, then `lbcp get certificates` shows its days left."""
