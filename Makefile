@@ -7,13 +7,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test deps etcd frontdoor-tools lock protos clean
+.PHONY: run test lint deps etcd frontdoor-tools lock protos clean
 
 run: deps
 	$(BIN)/lbcp up
 
-test: deps
+test: deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Lint, format and types (pinned in constraints.txt); `make test` runs it first, so CI fails
+# on a new finding. Config in pyproject.toml ([tool.ruff], [tool.mypy]).
+LINT_PATHS := controlplane api tests bench
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
 
 deps: $(STAMP) etcd frontdoor-tools $(BIN)/promtool
 

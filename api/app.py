@@ -6,23 +6,23 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import problems
+from api.auth import Tokens, is_loopback
+from api.fleet import fleet_router
+from api.frontdoor import frontdoor_router
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.resources import backends_router, batch_router, kind_router
+from api.ring import ring_router
 from controlplane.etcd import Etcd, EtcdConfig
-from controlplane.model import MODELS
-from controlplane.store import Store
-
-from . import problems
-from .auth import Tokens, is_loopback
-from .fleet import fleet_router
-from .frontdoor import frontdoor_router
-from .metrics import ApiMetrics, MetricsMiddleware
-from .resources import backends_router, batch_router, kind_router
-from .ring import ring_router
+from controlplane.intent.model import MODELS
+from controlplane.intent.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,11 @@ class _BodyLimit:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         resp = problems.problem(
-            413, "payload-too-large", "Payload too large", f"request bodies are limited to {self.max_bytes} bytes", scope.get("path")
+            413,
+            "payload-too-large",
+            "Payload too large",
+            f"request bodies are limited to {self.max_bytes} bytes",
+            scope.get("path"),
         )
         await resp(scope, receive, send)
 
@@ -111,7 +115,10 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
     app = FastAPI(
         title="lbcp admin API",
         version="1",
-        description="Operators' intent for an Envoy fleet: clusters, backends, listeners, routes. Errors are RFC 9457 problem+json.",
+        description=(
+            "Operators' intent for an Envoy fleet: clusters, backends, listeners, routes. "
+            "Errors are RFC 9457 problem+json."
+        ),
         lifespan=lifespan,
     )
     app.state.tokens = settings.tokens
@@ -122,7 +129,7 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
 
-    from controlplane.model import Kind
+    from controlplane.intent.model import Kind
 
     for kind in (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE):
         app.include_router(kind_router(kind))
@@ -143,7 +150,7 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
             return problems.problem(503, "store-unavailable", "Store unavailable", "etcd cannot be reached", "/readyz")
         return JSONResponse({"status": "ready"})
 
-    def openapi() -> dict:
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)

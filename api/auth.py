@@ -11,13 +11,14 @@ import hashlib
 import hmac
 import ipaddress
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from fastapi import Request
 
-from .problems import ApiError
+from api.problems import ApiError
 
 
 class Role(StrEnum):
@@ -93,7 +94,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def require(role: Role):
+def require(role: Role) -> Callable[[Request], Awaitable[Role]]:
     """A FastAPI dependency that lets a request through only with at least `role`."""
 
     async def _check(request: Request) -> Role:

@@ -17,19 +17,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
+from aetcd import rpc
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from aetcd import rpc
-
-from controlplane.errors import FieldError, ValidationFailed
-from controlplane.keyspace import Keyspace
-from controlplane.model import _parse_duration
-from controlplane.registry import read_fleet, rollout_status
-
-from .auth import Role, require
-from .problems import ApiError
+from api._request import json_body, wait_timeout
+from api.auth import Role, require
+from api.problems import ApiError
+from controlplane.intent.errors import FieldError, ValidationFailed
+from controlplane.intent.keyspace import Keyspace
+from controlplane.xds.registry import read_fleet, rollout_status
 
 _readers = [Depends(require(Role.READER))]
 _writers = [Depends(require(Role.WRITER))]
@@ -62,16 +61,22 @@ def fleet_router() -> APIRouter:
         etcd = request.app.state.store.etcd
         view = await read_fleet(etcd)
         if node_id not in view.nodes and node_id not in view.drained and not force:
-            raise ApiError(404, "node-not-found", "Node not found",
-                           f"no connected Envoy has node id {node_id!r} (add ?force=true to drain it before it connects)")
+            raise ApiError(
+                404,
+                "node-not-found",
+                "Node not found",
+                f"no connected Envoy has node id {node_id!r} (add ?force=true to drain it before it connects)",
+            )
         key = Keyspace(etcd.config.prefix).drain_key(node_id)
         record = {"reason": reason, "since": time.time()}
         # Create only: draining an already drained node keeps its first record (and `since`).
-        resp = await etcd.txn(rpc.TxnRequest(
-            compare=[rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)],
-            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=json.dumps(record).encode()))],
-            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
-        ))
+        resp = await etcd.txn(
+            rpc.TxnRequest(
+                compare=[rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)],
+                success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=json.dumps(record).encode()))],
+                failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+            )
+        )
         if resp.succeeded:
             revision, status = resp.header.revision, 201
         else:
@@ -84,14 +89,18 @@ def fleet_router() -> APIRouter:
             headers["Lbcp-Withdrawal"] = "complete" if body["withdrawal"]["complete"] else "timeout"
         return JSONResponse(body, status_code=status, headers=headers)
 
-    @r.delete("/v1/fleet/{node_id:path}/drain", dependencies=_writers, summary="Put a drained Envoy back in the front tier")
+    @r.delete(
+        "/v1/fleet/{node_id:path}/drain", dependencies=_writers, summary="Put a drained Envoy back in the front tier"
+    )
     async def undrain(request: Request, node_id: str) -> JSONResponse:
         etcd = request.app.state.store.etcd
         resp = await etcd.delete(Keyspace(etcd.config.prefix).drain_key(node_id))
         if not resp.deleted:
             raise ApiError(404, "not-drained", "Node not drained", f"node {node_id!r} is not drained")
-        return JSONResponse({"node_id": node_id, "draining": False, "revision": resp.header.revision},
-                            headers={"Lbcp-Revision": str(resp.header.revision)})
+        return JSONResponse(
+            {"node_id": node_id, "draining": False, "revision": resp.header.revision},
+            headers={"Lbcp-Revision": str(resp.header.revision)},
+        )
 
     @r.get("/v1/rollouts/{revision}", dependencies=_readers, summary="Which Envoys have (or rejected) an etcd revision")
     async def rollout(request: Request, revision: int) -> JSONResponse:
@@ -101,23 +110,9 @@ def fleet_router() -> APIRouter:
     return r
 
 
-async def wait_for_rollout(request: Request, revision: int, timeout: float) -> dict:
-    """Poll the registry until every connected node acked `revision` (or one rejected it)."""
-    etcd = request.app.state.store.etcd
-    deadline = time.monotonic() + timeout
-    while True:
-        status = rollout_status(await read_fleet(etcd), revision)
-        if status["complete"] or status["rejected"] or time.monotonic() >= deadline:
-            status["timed_out"] = not status["complete"] and not status["rejected"]
-            return status
-        await asyncio.sleep(0.05)
-
-
 async def _drain_reason(request: Request) -> str:
     if not await request.body():
         return ""
-    from .resources import json_body
-
     doc = await json_body(request)
     if not isinstance(doc, dict) or set(doc) - {"reason"}:
         raise ValidationFailed([FieldError("", 'the body is optional; it may hold only {"reason": "..."}')])
@@ -127,18 +122,7 @@ async def _drain_reason(request: Request) -> str:
     return reason
 
 
-def wait_timeout(request: Request, default: str = "10s") -> float:
-    """`?timeout=` of a waiting write (a duration, at most 300 s), or a 422."""
-    try:
-        timeout = _parse_duration(request.query_params.get("timeout", default))
-    except ValueError as exc:
-        raise ValidationFailed([FieldError("/query/timeout", str(exc))]) from None
-    if timeout > 300:
-        raise ValidationFailed([FieldError("/query/timeout", "at most 300s")])
-    return timeout
-
-
-async def _wait_withdrawn(request: Request, node_id: str, revision: int, timeout: float) -> dict:
+async def _wait_withdrawn(request: Request, node_id: str, revision: int, timeout: float) -> dict[str, Any]:
     """Poll until the node has acked the drain and, when it is probed, its /healthz fails."""
     etcd = request.app.state.store.etcd
     deadline = time.monotonic() + timeout
@@ -146,10 +130,14 @@ async def _wait_withdrawn(request: Request, node_id: str, revision: int, timeout
         doc = (await read_fleet(etcd)).nodes.get(node_id)
         acked = doc is not None and doc.get("acked_revision", 0) >= revision
         probed = doc is not None and bool((doc.get("metadata") or {}).get("ops_port"))
-        failing = probed and (doc.get("front_health") or {}).get("ok") is False
+        failing = doc is not None and probed and (doc.get("front_health") or {}).get("ok") is False
         # A node that is not connected has nothing to withdraw: the front tier already left it.
         complete = doc is None or (acked and (failing or not probed))
         if complete or time.monotonic() >= deadline:
-            return {"complete": complete, "connected": doc is not None, "acked": acked,
-                    "health_failing": failing if probed else None}
+            return {
+                "complete": complete,
+                "connected": doc is not None,
+                "acked": acked,
+                "health_failing": failing if probed else None,
+            }
         await asyncio.sleep(0.1)

@@ -12,11 +12,10 @@ import xxhash
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from controlplane import frontdoor
-from controlplane.errors import FieldError, ValidationFailed
-from controlplane.registry import read_fleet
-
-from .auth import Role, require
+from api.auth import Role, require
+from controlplane.frontdoor import render as frontdoor
+from controlplane.intent.errors import FieldError, ValidationFailed
+from controlplane.xds.registry import read_fleet
 
 _readers = [Depends(require(Role.READER))]
 FORMATS = ("json", "dns", "iptables", "nftables", "bird")
@@ -26,10 +25,22 @@ def frontdoor_router() -> APIRouter:
     r = APIRouter(prefix="/v1/frontdoor", tags=["frontdoor"])
 
     @r.get("/{fmt}", dependencies=_readers, summary="DNS records, BIRD, iptables or nftables for the in-service Envoys")
-    async def render(request: Request, fmt: str, fleet: str | None = None, revision: int | None = Query(None, ge=0),
-                     zone: str = "example.com", name: str = "www", ttl: int = Query(60, ge=1, le=86400),
-                     vip: str = "198.51.100.1", port: int = Query(443, ge=1, le=65535), mode: str | None = None,
-                     node: str | None = None, neighbor: str = "192.0.2.1", local_as: int = 65001, peer_as: int = 65000) -> Response:
+    async def render(
+        request: Request,
+        fmt: str,
+        fleet: str | None = None,
+        revision: int | None = Query(None, ge=0),
+        zone: str = "example.com",
+        name: str = "www",
+        ttl: int = Query(60, ge=1, le=86400),
+        vip: str = "198.51.100.1",
+        port: int = Query(443, ge=1, le=65535),
+        mode: str | None = None,
+        node: str | None = None,
+        neighbor: str = "192.0.2.1",
+        local_as: int = 65001,
+        peer_as: int = 65000,
+    ) -> Response:
         if fmt not in FORMATS:
             raise ValidationFailed([FieldError("/format", f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")])
         view = await read_fleet(request.app.state.store.etcd)

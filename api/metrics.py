@@ -15,9 +15,16 @@ from controlplane.metrics import LATENCY_BUCKETS, EtcdMetrics, RingMetrics
 class ApiMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("lbcp_api_requests_total", "admin API requests", ["method", "route", "status"], registry=r)
-        self.seconds = Histogram("lbcp_api_request_seconds", "admin API request latency", ["method", "route"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "lbcp_api_requests_total", "admin API requests", ["method", "route", "status"], registry=r
+        )
+        self.seconds = Histogram(
+            "lbcp_api_request_seconds",
+            "admin API request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.etcd = EtcdMetrics(r)
         self.ring = RingMetrics(r)
 

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controlplane.errors import FieldError, StoreError, ValidationFailed
-from controlplane.etcd import _translate
+from controlplane.etcd import translate_error
+from controlplane.intent.errors import FieldError, StoreError, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,13 @@ class ApiError(StoreError):
 
 
 def problem(status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"type": f"urn:lbcp:problem:{code}", "title": title, "status": status, "detail": detail, "code": code}
+    body: dict[str, Any] = {
+        "type": f"urn:lbcp:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
     if instance:
         body["instance"] = instance
     body.update({k: v for k, v in extra.items() if v is not None})
@@ -99,7 +105,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(grpc.aio.AioRpcError)
     async def _on_grpc(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
-        return _store_error(request, _translate(exc))
+        return _store_error(request, translate_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -117,4 +123,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(500, "internal-error", "Internal error", "an unexpected error occurred; see the server log", request.url.path)
+        return problem(
+            500,
+            "internal-error",
+            "Internal error",
+            "an unexpected error occurred; see the server log",
+            request.url.path,
+        )

@@ -13,26 +13,29 @@ Shapes (same for every kind):
 from __future__ import annotations
 
 import functools
-
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from controlplane.errors import FieldError, PreconditionFailed, TooLarge, ValidationFailed
-from controlplane.keyspace import Ref, Stored
-from controlplane.certificates import info as cert_info
-from controlplane.certificates import validate as validate_certificate
-from controlplane.model import MODELS, Backend, Certificate, Kind
-from controlplane.store import AnyOp, Op, ReplaceBackends, Store, WriteResult
+from api._request import json_body, parse, wait_for_rollout, wait_timeout
+from api.auth import Role, require
+from api.problems import ApiError, field_errors
+from controlplane.intent.certificates import info as cert_info
+from controlplane.intent.certificates import validate as validate_certificate
+from controlplane.intent.errors import FieldError, PreconditionFailed, TooLarge, ValidationFailed
+from controlplane.intent.keyspace import Ref, Stored
+from controlplane.intent.model import MODELS, Backend, Certificate, Kind
+from controlplane.intent.store import AnyOp, Op, ReplaceBackends, Store, WriteResult
 
-from .auth import Role, require
-from .problems import ApiError, field_errors
-
-PLURAL = {Kind.CLUSTER: "clusters", Kind.LISTENER: "listeners", Kind.ROUTE: "routes", Kind.BACKEND: "backends",
-          Kind.CERTIFICATE: "certificates"}
+PLURAL = {
+    Kind.CLUSTER: "clusters",
+    Kind.LISTENER: "listeners",
+    Kind.ROUTE: "routes",
+    Kind.BACKEND: "backends",
+    Kind.CERTIFICATE: "certificates",
+}
 MAX_BATCH_OPS = 10_000
 _readers = [Depends(require(Role.READER))]
 _writers = [Depends(require(Role.WRITER))]
@@ -51,10 +54,10 @@ def public(obj: Any) -> dict[str, Any]:
         except ValueError:
             pass  # validated on write; a hand-edited value still lists, without facts
         return doc
-    return obj.model_dump(mode="json")
+    return dict(obj.model_dump(mode="json"))
 
 
-def present(stored: Stored) -> dict[str, Any]:
+def present(stored: Stored[Any]) -> dict[str, Any]:
     doc = public(stored.obj)
     doc["revision"] = stored.mod_revision
     return doc
@@ -72,30 +75,8 @@ def checked(obj: Any, base: str = "") -> Any:
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.store
-
-
-async def json_body(request: Request, *, patch: bool = False) -> Any:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    allowed = ("application/json", "application/merge-patch+json") if patch else ("application/json",)
-    if ctype not in allowed:
-        raise ApiError(415, "unsupported-media-type", "Unsupported media type", f"send the body as {' or '.join(allowed)}")
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ApiError(400, "invalid-json", "Invalid JSON", "the body nests too deeply") from None
-    except ValueError as exc:
-        raise ApiError(400, "invalid-json", "Invalid JSON", f"the body is not valid JSON: {exc}") from None
-
-
-def parse(model: type[BaseModel], data: Any, base: str = "") -> Any:
-    if not isinstance(data, dict):
-        raise ValidationFailed([FieldError(base, "expected a JSON object")])
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ValidationFailed(field_errors(exc, base)) from None
+    store: Store = request.app.state.store
+    return store
 
 
 def _pop_revision(doc: Any, base: str = "") -> int | None:
@@ -136,14 +117,20 @@ def _preconditions(request: Request, body_revision: int | None) -> tuple[str | N
             try:
                 if_match = int(im.removeprefix("W/").strip('"'))
             except ValueError:
-                raise ApiError(400, "invalid-precondition", "Invalid precondition", 'If-Match takes an ETag like "42", or *') from None
+                raise ApiError(
+                    400, "invalid-precondition", "Invalid precondition", 'If-Match takes an ETag like "42", or *'
+                ) from None
     elif body_revision is not None:
         if_match = body_revision
     if inm is not None:
         if inm.strip() != "*":
-            raise ApiError(400, "invalid-precondition", "Invalid precondition", "If-None-Match takes only * (create-only)")
+            raise ApiError(
+                400, "invalid-precondition", "Invalid precondition", "If-None-Match takes only * (create-only)"
+            )
         if action is not None or if_match is not None:
-            raise ApiError(400, "invalid-precondition", "Invalid precondition", "If-Match and If-None-Match exclude each other")
+            raise ApiError(
+                400, "invalid-precondition", "Invalid precondition", "If-Match and If-None-Match exclude each other"
+            )
         action = "create"
     return action, if_match
 
@@ -157,18 +144,20 @@ def _headers(result: WriteResult, etag: int | None = None) -> dict[str, str]:
     return h
 
 
-async def _finish(request: Request, result: WriteResult, body: dict, status: int, headers: dict[str, str]) -> JSONResponse:
+async def _finish(
+    request: Request, result: WriteResult, body: dict[str, Any], status: int, headers: dict[str, str]
+) -> JSONResponse:
     """Answer a write; with `?wait=acked[&timeout=5s]`, only once the fleet has acked it."""
     wait = request.query_params.get("wait")
     if wait is not None and not result.dry_run:
         if wait != "acked":
             raise ValidationFailed([FieldError("/query/wait", "wait takes only 'acked'")])
-        from .fleet import wait_for_rollout, wait_timeout
-
         timeout = wait_timeout(request, "5s")
         rollout = await wait_for_rollout(request, result.revision, timeout)
         body["rollout"] = rollout
-        headers["Lbcp-Rollout"] = "complete" if rollout["complete"] else ("rejected" if rollout["rejected"] else "timeout")
+        headers["Lbcp-Rollout"] = (
+            "complete" if rollout["complete"] else ("rejected" if rollout["rejected"] else "timeout")
+        )
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -183,7 +172,7 @@ async def _object_response(request: Request, result: WriteResult, ref: Ref) -> J
     return await _finish(request, result, doc, status, headers)
 
 
-def _body_doc(schema: str | dict, content: tuple[str, ...] = ("application/json",)) -> dict:
+def _body_doc(schema: str | dict[str, Any], content: tuple[str, ...] = ("application/json",)) -> dict[str, Any]:
     s = {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
     return {"requestBody": {"required": True, "content": {c: {"schema": s} for c in content}}}
 
@@ -244,7 +233,12 @@ async def _patch(request: Request, ref: Ref, dry_run: bool) -> JSONResponse:
     body_rev = _pop_revision(patch)
     forced, if_match = _preconditions(request, body_rev)
     if forced == "create":
-        raise ApiError(400, "invalid-precondition", "Invalid precondition", "PATCH modifies an existing object; If-None-Match does not apply")
+        raise ApiError(
+            400,
+            "invalid-precondition",
+            "Invalid precondition",
+            "PATCH modifies an existing object; If-None-Match does not apply",
+        )
     store = _store(request)
     current = await store.get(ref)
     if if_match is not None and if_match != current.mod_revision:
@@ -265,7 +259,11 @@ async def _delete(request: Request, ref: Ref, dry_run: bool) -> JSONResponse:
     result = await _store(request).apply([Op("delete", ref, None, if_match)], dry_run=dry_run)
     r = result.results[0]
     return await _finish(
-        request, result, {"deleted": public(r.obj) if r.obj else None, "revision": result.revision}, 200, _headers(result)
+        request,
+        result,
+        {"deleted": public(r.obj) if r.obj else None, "revision": result.revision},
+        200,
+        _headers(result),
     )
 
 
@@ -284,7 +282,9 @@ def kind_router(kind: Kind) -> APIRouter:
         return Ref(kind, name)
 
     @r.get("", dependencies=_readers, summary=f"List {plural}")
-    async def list_(request: Request, limit: int = Query(100, ge=1, le=1000), page_token: str | None = Query(None, max_length=4096)) -> JSONResponse:
+    async def list_(
+        request: Request, limit: int = Query(100, ge=1, le=1000), page_token: str | None = Query(None, max_length=4096)
+    ) -> JSONResponse:
         return await _list(request, kind, None, limit, page_token)
 
     @r.post("", dependencies=_writers, summary=f"Create a {kind}", openapi_extra=_body_doc(schema), status_code=201)
@@ -305,8 +305,11 @@ def kind_router(kind: Kind) -> APIRouter:
         return await _put(request, ref(name), dry_run)
 
     if kind != Kind.CERTIFICATE:
+
         @r.patch(
-            "/{name}", dependencies=_writers, summary=f"Merge-patch a {kind}",
+            "/{name}",
+            dependencies=_writers,
+            summary=f"Merge-patch a {kind}",
             openapi_extra=_body_doc({"type": "object"}, ("application/merge-patch+json", "application/json")),
         )
         async def patch(request: Request, name: str, dry_run: bool = False) -> JSONResponse:
@@ -328,7 +331,12 @@ def backends_router() -> APIRouter:
         return Ref(Kind.BACKEND, name, cluster)
 
     @r.get("", dependencies=_readers, summary="List a cluster's backends")
-    async def list_(request: Request, cluster: str, limit: int = Query(100, ge=1, le=1000), page_token: str | None = Query(None, max_length=4096)) -> JSONResponse:
+    async def list_(
+        request: Request,
+        cluster: str,
+        limit: int = Query(100, ge=1, le=1000),
+        page_token: str | None = Query(None, max_length=4096),
+    ) -> JSONResponse:
         _check_name(Kind.CLUSTER, cluster, "/cluster")
         return await _list(request, Kind.BACKEND, cluster, limit, page_token)
 
@@ -341,7 +349,9 @@ def backends_router() -> APIRouter:
         return await _put_doc(request, ref(cluster, name), doc, dry_run, "create")
 
     @r.put(
-        "", dependencies=_writers, summary="Replace the whole member set",
+        "",
+        dependencies=_writers,
+        summary="Replace the whole member set",
         openapi_extra=_body_doc({"type": "array", "items": {"$ref": "#/components/schemas/Backend"}}),
     )
     async def replace_all(request: Request, cluster: str, dry_run: bool = False) -> JSONResponse:
@@ -357,10 +367,17 @@ def backends_router() -> APIRouter:
         result = await _store(request).apply([ReplaceBackends(cluster, backends)], dry_run=dry_run)
         r0 = result.results[0]
         return await _finish(
-            request, result,
-            {"revision": result.revision, "added": r0.added, "removed": r0.removed, "updated": r0.updated,
-             "unchanged": len(backends) - len(r0.added) - len(r0.updated)},
-            200, _headers(result),
+            request,
+            result,
+            {
+                "revision": result.revision,
+                "added": r0.added,
+                "removed": r0.removed,
+                "updated": r0.updated,
+                "unchanged": len(backends) - len(r0.added) - len(r0.updated),
+            },
+            200,
+            _headers(result),
         )
 
     @r.get("/{name}", dependencies=_readers, summary="Get a backend")
@@ -372,7 +389,9 @@ def backends_router() -> APIRouter:
         return await _put(request, ref(cluster, name), dry_run)
 
     @r.patch(
-        "/{name}", dependencies=_writers, summary="Merge-patch a backend",
+        "/{name}",
+        dependencies=_writers,
+        summary="Merge-patch a backend",
         openapi_extra=_body_doc({"type": "object"}, ("application/merge-patch+json", "application/json")),
     )
     async def patch(request: Request, cluster: str, name: str, dry_run: bool = False) -> JSONResponse:
@@ -426,11 +445,15 @@ def _batch_op(i: int, item: Any) -> AnyOp:
             raise ValidationFailed([FieldError(f"{base}/body", "replace_backends takes an array of backends")])
         return ReplaceBackends(cluster, tuple(parse(Backend, d, f"{base}/body/{j}") for j, d in enumerate(body)), base)
     if action not in ("create", "put", "replace", "delete"):
-        raise ValidationFailed([FieldError(f"{base}/op", "op is one of create, put, replace, delete, replace_backends")])
+        raise ValidationFailed(
+            [FieldError(f"{base}/op", "op is one of create, put, replace, delete, replace_backends")]
+        )
     try:
-        kind = Kind(item.get("kind"))
+        kind = Kind(str(item.get("kind")))
     except ValueError:
-        raise ValidationFailed([FieldError(f"{base}/kind", "kind is one of cluster, backend, listener, route, certificate")]) from None
+        raise ValidationFailed(
+            [FieldError(f"{base}/kind", "kind is one of cluster, backend, listener, route, certificate")]
+        ) from None
     body = item.get("body")
     name = item.get("name")
     if name is None and isinstance(body, dict):
@@ -457,18 +480,25 @@ def _batch_op(i: int, item: Any) -> AnyOp:
         body = {**body, "name": name}
     obj = checked(parse(MODELS[kind], body, f"{base}/body"), f"{base}/body")
     if obj.name != name:
-        raise ValidationFailed([FieldError(f"{base}/body/name", f"the body names {obj.name!r}, the operation {name!r}")])
+        raise ValidationFailed(
+            [FieldError(f"{base}/body/name", f"the body names {obj.name!r}, the operation {name!r}")]
+        )
     return Op(action, ref, obj, if_match, f"{base}/body")
 
 
 def batch_router() -> APIRouter:
     r = APIRouter(tags=["batch"])
 
-    @r.post("/v1/batch", dependencies=_writers, summary="Apply several operations, all or nothing", openapi_extra=_body_doc(_BATCH_SCHEMA))
+    @r.post(
+        "/v1/batch",
+        dependencies=_writers,
+        summary="Apply several operations, all or nothing",
+        openapi_extra=_body_doc(_BATCH_SCHEMA),
+    )
     async def batch(request: Request, dry_run: bool = False) -> JSONResponse:
         doc = await json_body(request)
         if not isinstance(doc, dict) or not isinstance(doc.get("operations"), list):
-            raise ValidationFailed([FieldError("/operations", "expected {\"operations\": [...]}")])
+            raise ValidationFailed([FieldError("/operations", 'expected {"operations": [...]}')])
         if set(doc) != {"operations"}:
             raise ValidationFailed([FieldError(f"/{sorted(set(doc) - {'operations'})[0]}", "unknown field")])
         items = doc["operations"]
@@ -476,17 +506,36 @@ def batch_router() -> APIRouter:
             raise TooLarge(f"a batch holds at most {MAX_BATCH_OPS} operations, got {len(items)}")
         ops = [_batch_op(i, item) for i, item in enumerate(items)]
         result = await _store(request).apply(ops, dry_run=dry_run)
-        out = []
-        for op, res in zip(ops, result.results):
+        out: list[dict[str, object]] = []
+        for op, res in zip(ops, result.results, strict=False):
             if isinstance(op, ReplaceBackends):
-                out.append({"op": "replace_backends", "cluster": op.cluster, "outcome": res.outcome,
-                            "added": res.added, "removed": res.removed, "updated": res.updated})
+                out.append(
+                    {
+                        "op": "replace_backends",
+                        "cluster": op.cluster,
+                        "outcome": res.outcome,
+                        "added": res.added,
+                        "removed": res.removed,
+                        "updated": res.updated,
+                    }
+                )
             else:
-                entry = {"op": op.action, "kind": str(op.ref.kind), "name": op.ref.name, "outcome": res.outcome,
-                         "revision": res.mod_revision or (result.revision if res.outcome != "deleted" else None)}
+                entry: dict[str, object] = {
+                    "op": op.action,
+                    "kind": str(op.ref.kind),
+                    "name": op.ref.name,
+                    "outcome": res.outcome,
+                    "revision": res.mod_revision or (result.revision if res.outcome != "deleted" else None),
+                }
                 if op.ref.cluster:
                     entry["cluster"] = op.ref.cluster
                 out.append(entry)
-        return await _finish(request, result, {"revision": result.revision, "dry_run": result.dry_run, "results": out}, 200, _headers(result))
+        return await _finish(
+            request,
+            result,
+            {"revision": result.revision, "dry_run": result.dry_run, "results": out},
+            200,
+            _headers(result),
+        )
 
     return r

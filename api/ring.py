@@ -21,21 +21,20 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from controlplane.errors import FieldError, ValidationFailed
-from controlplane.keyspace import Ref
-from controlplane.model import Backend, Kind
-from controlplane.ring import HashLB, MaglevTable, ring_for, sample_hashes, xxh64
-
-from .auth import Role, require
-from .resources import json_body, parse
+from api._request import json_body, parse
+from api.auth import Role, require
+from controlplane.intent.errors import FieldError, ValidationFailed
+from controlplane.intent.keyspace import Ref
+from controlplane.intent.model import Backend, Cluster, Kind
+from controlplane.ring.tables import HashLB, MaglevTable, RingHashTable, ring_for, sample_hashes, xxh64
 
 _readers = [Depends(require(Role.READER))]
-_CACHE: OrderedDict[tuple, HashLB] = OrderedDict()
+_CACHE: OrderedDict[tuple[object, ...], HashLB] = OrderedDict()
 _CACHE_SIZE = 64
 _SAMPLES = 200_000
 
 
-async def _build(request: Request, cluster, backends: list[Backend]) -> HashLB:
+async def _build(request: Request, cluster: Cluster, backends: list[Backend]) -> HashLB:
     """Build off the event loop (a 655,373-slot Maglev table takes over a second)."""
     started = time.perf_counter()
     lb = await asyncio.to_thread(ring_for, cluster, backends)
@@ -47,7 +46,14 @@ async def _load(request: Request, cluster: str) -> tuple[Any, list[Backend], int
     store = request.app.state.store
     c = await store.get(Ref(Kind.CLUSTER, cluster))
     if not c.obj.hashing:
-        raise ValidationFailed([FieldError("/load_balancer/type", f"cluster {cluster!r} uses {c.obj.load_balancer.type}; only maglev and ring_hash have a ring")])
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "/load_balancer/type",
+                    f"cluster {cluster!r} uses {c.obj.load_balancer.type}; only maglev and ring_hash have a ring",
+                )
+            ]
+        )
     members, token = [], None
     revision = c.mod_revision
     while True:
@@ -83,7 +89,12 @@ def _shares(lb: HashLB) -> dict[str, float]:
 
 
 def _ideal(backends: list[Backend]) -> dict[str, float]:
-    live = [b for b in backends if b.admin_state == "ready" and b.priority == min((x.priority for x in backends if x.admin_state == "ready"), default=0)]
+    live = [
+        b
+        for b in backends
+        if b.admin_state == "ready"
+        and b.priority == min((x.priority for x in backends if x.admin_state == "ready"), default=0)
+    ]
     total = sum(b.weight for b in live)
     return {b.name: b.weight / total for b in live} if total else {}
 
@@ -105,17 +116,21 @@ def ring_router() -> APIRouter:
         ideal = _ideal(backends)
         avg = 1 / len(shares) if shares else 0
         lbc = c.load_balancer
-        return JSONResponse({
-            "cluster": cluster,
-            "algorithm": lbc.type,
-            "table_size": lbc.table_size if lbc.type == "maglev" else None,
-            "ring_size": None if lbc.type == "maglev" else sum(len(t.hashes) for t in lb.tables if t is not None),
-            "revision": revision,
-            "priority_load": lb.healthy_load,
-            "backends": [{"name": n, "share": s, "ideal_share": ideal.get(n)} for n, s in sorted(shares.items())],
-            "max_over_avg": (max(shares.values()) / avg) if shares else None,
-            "max_over_ideal": max((s / ideal[n] for n, s in shares.items() if ideal.get(n)), default=None),
-        })
+        return JSONResponse(
+            {
+                "cluster": cluster,
+                "algorithm": lbc.type,
+                "table_size": lbc.table_size if lbc.type == "maglev" else None,
+                "ring_size": None
+                if lbc.type == "maglev"
+                else sum(len(t.hashes) for t in lb.tables if isinstance(t, RingHashTable)),
+                "revision": revision,
+                "priority_load": lb.healthy_load,
+                "backends": [{"name": n, "share": s, "ideal_share": ideal.get(n)} for n, s in sorted(shares.items())],
+                "max_over_avg": (max(shares.values()) / avg) if shares else None,
+                "max_over_ideal": max((s / ideal[n] for n, s in shares.items() if ideal.get(n)), default=None),
+            }
+        )
 
     def _pick(lb: HashLB, key: str) -> str | None:
         return lb.pick(xxh64(key.encode()))
@@ -125,7 +140,7 @@ def ring_router() -> APIRouter:
         _, _, revision, lb = await _load(request, cluster)
         return JSONResponse({"key": key, "backend": _pick(lb, key), "hash": xxh64(key.encode()), "revision": revision})
 
-    @r.post("/lookup", dependencies=_readers, summary="Batch lookup: {\"keys\": [...]}")
+    @r.post("/lookup", dependencies=_readers, summary='Batch lookup: {"keys": [...]}')
     async def lookup_many(request: Request, cluster: str) -> JSONResponse:
         doc = await json_body(request)
         keys = doc.get("keys") if isinstance(doc, dict) else None
@@ -141,36 +156,61 @@ def ring_router() -> APIRouter:
         names = {b.name for b in backends}
         errors = [FieldError(f"/remove/{i}", f"no backend {n!r}") for i, n in enumerate(body.remove) if n not in names]
         errors += [FieldError(f"/reweight/{n}", f"no backend {n!r}") for n in body.reweight if n not in names]
-        errors += [FieldError(f"/add/{i}/name", f"backend {b.name!r} exists") for i, b in enumerate(body.add) if b.name in names]
-        errors += [FieldError(f"/reweight/{n}", "weight is 1..1000000") for n, w in body.reweight.items() if not 1 <= w <= 1_000_000]
+        errors += [
+            FieldError(f"/add/{i}/name", f"backend {b.name!r} exists")
+            for i, b in enumerate(body.add)
+            if b.name in names
+        ]
+        errors += [
+            FieldError(f"/reweight/{n}", "weight is 1..1000000")
+            for n, w in body.reweight.items()
+            if not 1 <= w <= 1_000_000
+        ]
         if errors:
             raise ValidationFailed(errors)
-        after_backends = [b.model_copy(update={"weight": body.reweight.get(b.name, b.weight)}) for b in backends if b.name not in body.remove]
+        after_backends = [
+            b.model_copy(update={"weight": body.reweight.get(b.name, b.weight)})
+            for b in backends
+            if b.name not in body.remove
+        ]
         after_backends += body.add
         after = await _build(request, c, after_backends)
-        if all(isinstance(t, MaglevTable) for t in before.tables + after.tables if t is not None) and len(before.tables) == len(after.tables) == 1:
-            tb, ta = before.tables[0], after.tables[0]
-            moved_slots = [(tb.names[x], ta.names[y]) for x, y in zip(tb.table, ta.table) if tb.names[x] != ta.names[y]]
+        tb, ta = (before.tables[0], after.tables[0]) if len(before.tables) == len(after.tables) == 1 else (None, None)
+        moved_slots: list[tuple[str | None, str | None]]
+        if isinstance(tb, MaglevTable) and isinstance(ta, MaglevTable):
+            moved_slots = [
+                (tb.names[x], ta.names[y])
+                for x, y in zip(tb.table, ta.table, strict=False)
+                if tb.names[x] != ta.names[y]
+            ]
             total, method = tb.size, "exact (every Maglev slot)"
         else:
             hs = sample_hashes(_SAMPLES)
             moved_slots = [(a, b) for a, b in ((before.pick(h), after.pick(h)) for h in hs) if a != b]
             total, method = len(hs), f"sampled ({_SAMPLES} request hashes)"
-        out_of: dict[str, int] = {}
-        into: dict[str, int] = {}
+        out_of: dict[str | None, int] = {}
+        into: dict[str | None, int] = {}
         for a, b in moved_slots:
             out_of[a] = out_of.get(a, 0) + 1
             into[b] = into.get(b, 0) + 1
         s0, s1 = _shares(before), _shares(after)
         minimum = sum(abs(s1.get(n, 0) - s0.get(n, 0)) for n in s0.keys() | s1.keys()) / 2
-        return JSONResponse({
-            "revision": revision,
-            "method": method,
-            "moved_fraction": len(moved_slots) / total,
-            "minimum_fraction": minimum,
-            "per_backend": {n: {"moved_out": out_of.get(n, 0) / total, "moved_in": into.get(n, 0) / total,
-                                "share_before": s0.get(n, 0.0), "share_after": s1.get(n, 0.0)}
-                            for n in sorted(s0.keys() | s1.keys())},
-        })
+        return JSONResponse(
+            {
+                "revision": revision,
+                "method": method,
+                "moved_fraction": len(moved_slots) / total,
+                "minimum_fraction": minimum,
+                "per_backend": {
+                    n: {
+                        "moved_out": out_of.get(n, 0) / total,
+                        "moved_in": into.get(n, 0) / total,
+                        "share_before": s0.get(n, 0.0),
+                        "share_after": s1.get(n, 0.0),
+                    }
+                    for n in sorted(s0.keys() | s1.keys())
+                },
+            }
+        )
 
     return r

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from controlplane.procs import EnvoyProcess, EtcdCluster, Proc, free_port, wait_until
+from api.localcluster.procs import EnvoyProcess, EtcdCluster, Proc, free_port, wait_until
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,7 +56,7 @@ async def _client_main(conn, port: int, count: int) -> None:
             if headers.get("connection", "").lower() == "close":
                 return "asked-to-close"
             return "ok" if lines[0].startswith("HTTP/1.1 200") else lines[0][9:12]
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as exc:
             return type(exc).__name__
 
     conn.send(("opened", len(socks)))
@@ -99,29 +99,78 @@ def main(argv: list[str] | None = None) -> int:
         etcd.start()
         eps = ",".join(etcd.endpoints)
         api_port, xds = free_port(), [free_port(), free_port()]
-        procs.append(Proc([sys.executable, "-m", "api.cli", "api", "--port", str(api_port), "--etcd", eps, "--log-level", "warning"],
-                          root / "api.log"))
+        procs.append(
+            Proc(
+                [
+                    sys.executable,
+                    "-m",
+                    "api.cli",
+                    "api",
+                    "--port",
+                    str(api_port),
+                    "--etcd",
+                    eps,
+                    "--log-level",
+                    "warning",
+                ],
+                root / "api.log",
+            )
+        )
         for i, p in enumerate(xds):
-            procs.append(Proc([sys.executable, "-m", "api.cli", "xds", "--port", str(p), "--etcd", eps, "--replica-id", f"x{i}"],
-                              root / f"xds{i}.log"))
+            procs.append(
+                Proc(
+                    [sys.executable, "-m", "api.cli", "xds", "--port", str(p), "--etcd", eps, "--replica-id", f"x{i}"],
+                    root / f"xds{i}.log",
+                )
+            )
         backend_ports = [free_port() for _ in range(6)]
         for i, p in enumerate(backend_ports):
-            procs.append(Proc([sys.executable, "-m", "api.cli", "demo-backend", f"web-{i}", "--port", str(p)], root / f"web-{i}.log"))
+            procs.append(
+                Proc(
+                    [sys.executable, "-m", "api.cli", "demo-backend", f"web-{i}", "--port", str(p)],
+                    root / f"web-{i}.log",
+                )
+            )
         for p in procs:
             p.start()
         api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
         wait_until(lambda: _ok(api, "/readyz"), 30, what="API")
         ports = {"a": free_port(), "b": free_port()}
-        api.post("/v1/batch", json={"operations": [
-            {"op": "put", "kind": "cluster", "name": "web", "body": {"connect_timeout": "2s"}},
-            {"op": "replace_backends", "cluster": "web",
-             "body": [{"name": f"web-{i}", "address": "127.0.0.1", "port": p} for i, p in enumerate(backend_ports[:4])]},
-            {"op": "put", "kind": "cluster", "name": "spare", "body": {}},
-            *({"op": "put", "kind": "listener", "name": f"http-{f}", "body": {"address": "127.0.0.1", "port": p, "fleets": [f]}}
-              for f, p in ports.items()),
-            *({"op": "put", "kind": "route", "name": f"r-{f}", "body": {"listener": f"http-{f}", "backends": [{"cluster": "web"}]}}
-              for f in ports),
-        ]}).raise_for_status()
+        api.post(
+            "/v1/batch",
+            json={
+                "operations": [
+                    {"op": "put", "kind": "cluster", "name": "web", "body": {"connect_timeout": "2s"}},
+                    {
+                        "op": "replace_backends",
+                        "cluster": "web",
+                        "body": [
+                            {"name": f"web-{i}", "address": "127.0.0.1", "port": p}
+                            for i, p in enumerate(backend_ports[:4])
+                        ],
+                    },
+                    {"op": "put", "kind": "cluster", "name": "spare", "body": {}},
+                    *(
+                        {
+                            "op": "put",
+                            "kind": "listener",
+                            "name": f"http-{f}",
+                            "body": {"address": "127.0.0.1", "port": p, "fleets": [f]},
+                        }
+                        for f, p in ports.items()
+                    ),
+                    *(
+                        {
+                            "op": "put",
+                            "kind": "route",
+                            "name": f"r-{f}",
+                            "body": {"listener": f"http-{f}", "backends": [{"cluster": "web"}]},
+                        }
+                        for f in ports
+                    ),
+                ]
+            },
+        ).raise_for_status()
         for i, f in enumerate(ports):
             e = EnvoyProcess(root / "envoy", f"churn-{f}", f, [("127.0.0.1", xds[i])], delta=(i == 0))
             e.start()
@@ -161,26 +210,55 @@ def main(argv: list[str] | None = None) -> int:
             t = time.monotonic()
             if k == 0:
                 i = 4 + (n // 10) % 2
-                r = api.put(f"/v1/clusters/web/backends/web-{i}?wait=acked&timeout=20s", json={"address": "127.0.0.1", "port": backend_ports[i]})
+                r = api.put(
+                    f"/v1/clusters/web/backends/web-{i}?wait=acked&timeout=20s",
+                    json={"address": "127.0.0.1", "port": backend_ports[i]},
+                )
             elif k in (1, 7):
-                r = api.patch(f"/v1/clusters/web/backends/web-{rnd.randrange(4)}?wait=acked&timeout=20s", json={"weight": rnd.randint(1, 9)})
+                r = api.patch(
+                    f"/v1/clusters/web/backends/web-{rnd.randrange(4)}?wait=acked&timeout=20s",
+                    json={"weight": rnd.randint(1, 9)},
+                )
             elif k == 2:
-                r = api.put(f"/v1/clusters/spare/backends/s{n}?wait=acked&timeout=20s", json={"address": "10.9.0.1", "port": 1000 + n})
+                r = api.put(
+                    f"/v1/clusters/spare/backends/s{n}?wait=acked&timeout=20s",
+                    json={"address": "10.9.0.1", "port": 1000 + n},
+                )
             elif k == 3:
-                r = api.put("/v1/clusters/web?wait=acked&timeout=20s", json={"connect_timeout": f"{rnd.randint(2, 4)}s", "health_check": {
-                    "active": {"type": "http", "path": "/", "interval": f"{rnd.randint(5, 10)}s"}}})
+                r = api.put(
+                    "/v1/clusters/web?wait=acked&timeout=20s",
+                    json={
+                        "connect_timeout": f"{rnd.randint(2, 4)}s",
+                        "health_check": {"active": {"type": "http", "path": "/", "interval": f"{rnd.randint(5, 10)}s"}},
+                    },
+                )
             elif k == 4:
-                r = api.put(f"/v1/routes/extra-{n}?wait=acked&timeout=20s", json={"listener": "http-a", "match": {"prefix": f"/x{n}"},
-                                                                                "backends": [{"cluster": "spare"}]})
+                r = api.put(
+                    f"/v1/routes/extra-{n}?wait=acked&timeout=20s",
+                    json={"listener": "http-a", "match": {"prefix": f"/x{n}"}, "backends": [{"cluster": "spare"}]},
+                )
             elif k == 5:
-                r = api.put("/v1/clusters/spare?wait=acked&timeout=20s", json={"load_balancer": {"type": rnd.choice(["round_robin", "random"])}})
+                r = api.put(
+                    "/v1/clusters/spare?wait=acked&timeout=20s",
+                    json={"load_balancer": {"type": rnd.choice(["round_robin", "random"])}},
+                )
             elif k == 6:
-                r = api.put(f"/v1/listeners/new-{n}?wait=acked&timeout=20s", json={"address": "127.0.0.1", "port": free_port(), "fleets": ["a", "b"]})
+                r = api.put(
+                    f"/v1/listeners/new-{n}?wait=acked&timeout=20s",
+                    json={"address": "127.0.0.1", "port": free_port(), "fleets": ["a", "b"]},
+                )
             elif k == 8:
                 r = api.delete(f"/v1/clusters/spare/backends/s{n - 6}?wait=acked&timeout=20s")
             else:
-                r = api.put(f"/v1/routes/extra-{n - 5}?wait=acked&timeout=20s", json={"listener": "http-a", "match": {"prefix": f"/x{n - 5}"},
-                                                                                    "backends": [{"cluster": "web"}], "timeout": f"{rnd.randint(5, 30)}s"})
+                r = api.put(
+                    f"/v1/routes/extra-{n - 5}?wait=acked&timeout=20s",
+                    json={
+                        "listener": "http-a",
+                        "match": {"prefix": f"/x{n - 5}"},
+                        "backends": [{"cluster": "web"}],
+                        "timeout": f"{rnd.randint(5, 30)}s",
+                    },
+                )
             r.raise_for_status()
             changes_s.append(time.monotonic() - t)
             if n % 10 == 9:
@@ -188,19 +266,43 @@ def main(argv: list[str] | None = None) -> int:
         stats1 = [_stats(e) for e in envoys]
         requests = sum(sum(r.values()) for r in rounds)
         failed = sum(v for r in rounds for k, v in r.items() if k != "ok")
-        destroyed = sum(s1.get(k, 0) - s0.get(k, 0) for s0, s1 in zip(stats0, stats1) for k in s1
-                        if k.endswith("downstream_cx_destroy_local") and k.startswith("http.http-"))
-        drained = sum(s1.get(k, 0) - s0.get(k, 0) for s0, s1 in zip(stats0, stats1) for k in s1 if k.endswith("downstream_cx_drain_close"))
-        modified = sum(s1["listener_manager.listener_modified"] - s0["listener_manager.listener_modified"] for s0, s1 in zip(stats0, stats1))
-        result = {"connections": opened, "envoys": 2, "changes": args.changes, "requests": requests, "failed_requests": failed,
-                  "failures": {k: v for r in rounds for k, v in r.items() if k != "ok"},
-                  "connections_closed_by_envoy": destroyed, "drain_closes": drained, "listeners_modified": modified,
-                  "change_acked_seconds_p50": sorted(changes_s)[len(changes_s) // 2], "change_acked_seconds_max": max(changes_s)}
+        destroyed = sum(
+            s1.get(k, 0) - s0.get(k, 0)
+            for s0, s1 in zip(stats0, stats1, strict=False)
+            for k in s1
+            if k.endswith("downstream_cx_destroy_local") and k.startswith("http.http-")
+        )
+        drained = sum(
+            s1.get(k, 0) - s0.get(k, 0)
+            for s0, s1 in zip(stats0, stats1, strict=False)
+            for k in s1
+            if k.endswith("downstream_cx_drain_close")
+        )
+        modified = sum(
+            s1["listener_manager.listener_modified"] - s0["listener_manager.listener_modified"]
+            for s0, s1 in zip(stats0, stats1, strict=False)
+        )
+        result = {
+            "connections": opened,
+            "envoys": 2,
+            "changes": args.changes,
+            "requests": requests,
+            "failed_requests": failed,
+            "failures": {k: v for r in rounds for k, v in r.items() if k != "ok"},
+            "connections_closed_by_envoy": destroyed,
+            "drain_closes": drained,
+            "listeners_modified": modified,
+            "change_acked_seconds_p50": sorted(changes_s)[len(changes_s) // 2],
+            "change_acked_seconds_max": max(changes_s),
+        }
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "churn.json").write_text(json.dumps(result, indent=2) + "\n")
-        print(f"churn: {opened} persistent connections, {args.changes} changes (each acked by both Envoys, p50 "
-              f"{result['change_acked_seconds_p50'] * 1000:.0f} ms): {requests} requests, {failed} failed, "
-              f"{destroyed} connections closed by Envoy, {drained} drain-closes, {modified} listeners modified", flush=True)
+        print(
+            f"churn: {opened} persistent connections, {args.changes} changes (each acked by both Envoys, p50 "
+            f"{result['change_acked_seconds_p50'] * 1000:.0f} ms): {requests} requests, {failed} failed, "
+            f"{destroyed} connections closed by Envoy, {drained} drain-closes, {modified} listeners modified",
+            flush=True,
+        )
         return 0 if failed == destroyed == drained == modified == 0 else 1
     finally:
         for proc, conn in clients:

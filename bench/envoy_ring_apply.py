@@ -21,13 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from api.localcluster.procs import EnvoyProcess, EtcdCluster, free_port
 from controlplane.etcd import Etcd, EtcdConfig
-from controlplane.model import Backend, Cluster
-from controlplane.procs import EnvoyProcess, EtcdCluster, free_port
-from controlplane.replica import ReplicaConfig, XdsReplica
-from controlplane.resources import ENDPOINT_TYPE
-from controlplane.ring import ring_for
-from controlplane.store import ReplaceBackends, Store
+from controlplane.intent.model import Backend, Cluster
+from controlplane.intent.store import ReplaceBackends, Store
+from controlplane.ring.tables import ring_for
+from controlplane.xds.replica import ReplicaConfig, XdsReplica
+from controlplane.xds.resources import ENDPOINT_TYPE
 
 LBS = {
     "round_robin": {"type": "round_robin"},
@@ -58,8 +58,10 @@ class AckTimes:
 
 def _members(n: int, round_: int) -> list[Backend]:
     # Weights change every round so each update is a real change to every host.
-    return [Backend(name=f"b{i:04d}", address=f"127.1.{i // 250}.{i % 250 + 1}", port=8000,
-                    weight=1 + (i + round_) % 4) for i in range(n)]
+    return [
+        Backend(name=f"b{i:04d}", address=f"127.1.{i // 250}.{i % 250 + 1}", port=8000, weight=1 + (i + round_) % 4)
+        for i in range(n)
+    ]
 
 
 async def run(n: int, repeats: int) -> dict:
@@ -95,8 +97,12 @@ async def run(n: int, repeats: int) -> dict:
                 t0 = time.perf_counter()
                 ring_for(cluster, _members(n, 1))
                 lbcp_ms = (time.perf_counter() - t0) * 1000
-            row = {"lb": label, "ack_ms_median": statistics.median(times) * 1000, "ack_ms_max": max(times) * 1000,
-                   "lbcp_build_ms": lbcp_ms}
+            row = {
+                "lb": label,
+                "ack_ms_median": statistics.median(times) * 1000,
+                "ack_ms_max": max(times) * 1000,
+                "lbcp_build_ms": lbcp_ms,
+            }
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
     finally:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from api.localcluster.procs import EnvoyProcess, EtcdCluster, Proc, free_port, wait_until
 from controlplane.etcd import Etcd, EtcdConfig, prefix_end
-from controlplane.procs import EnvoyProcess, EtcdCluster, Proc, free_port, wait_until
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -63,21 +63,58 @@ def main() -> int:
         eps = ",".join(etcd.endpoints)
         api_port = free_port()
         api = f"http://127.0.0.1:{api_port}"
-        procs.append(Proc([sys.executable, "-m", "api.cli", "api", "--port", str(api_port), "--etcd", eps, "--log-level", "warning"], root / "api.log"))
+        procs.append(
+            Proc(
+                [
+                    sys.executable,
+                    "-m",
+                    "api.cli",
+                    "api",
+                    "--port",
+                    str(api_port),
+                    "--etcd",
+                    eps,
+                    "--log-level",
+                    "warning",
+                ],
+                root / "api.log",
+            )
+        )
         xds = [free_port(), free_port()]
         for i, p in enumerate(xds):
-            procs.append(Proc([sys.executable, "-m", "api.cli", "xds", "--port", str(p), "--etcd", eps, "--replica-id", f"x{i}"], root / f"xds{i}.log"))
+            procs.append(
+                Proc(
+                    [sys.executable, "-m", "api.cli", "xds", "--port", str(p), "--etcd", eps, "--replica-id", f"x{i}"],
+                    root / f"xds{i}.log",
+                )
+            )
         for p in procs:
             p.start()
         wait_until(lambda: httpx.get(f"{api}/readyz").status_code == 200 if _up(api) else False, 30, what="api")
         c = httpx.Client(base_url=api, timeout=10)
         lport = free_port()
-        c.post("/v1/batch", json={"operations": [
-            {"op": "put", "kind": "cluster", "name": "bench", "body": {}},
-            {"op": "put", "kind": "backend", "cluster": "bench", "name": "seed", "body": {"address": "127.0.0.1", "port": 1}},
-            {"op": "put", "kind": "listener", "name": "http", "body": {"address": "127.0.0.1", "port": lport}},
-            {"op": "put", "kind": "route", "name": "r", "body": {"listener": "http", "backends": [{"cluster": "bench"}]}},
-        ]}).raise_for_status()
+        c.post(
+            "/v1/batch",
+            json={
+                "operations": [
+                    {"op": "put", "kind": "cluster", "name": "bench", "body": {}},
+                    {
+                        "op": "put",
+                        "kind": "backend",
+                        "cluster": "bench",
+                        "name": "seed",
+                        "body": {"address": "127.0.0.1", "port": 1},
+                    },
+                    {"op": "put", "kind": "listener", "name": "http", "body": {"address": "127.0.0.1", "port": lport}},
+                    {
+                        "op": "put",
+                        "kind": "route",
+                        "name": "r",
+                        "body": {"listener": "http", "backends": [{"cluster": "bench"}]},
+                    },
+                ]
+            },
+        ).raise_for_status()
         for i, p in enumerate(xds):
             e = EnvoyProcess(root / "envoy", f"bench-{i}", "default", [("127.0.0.1", p)], delta=not args.sotw)
             e.start()
@@ -102,8 +139,12 @@ def main() -> int:
             "protocol": "sotw" if args.sotw else "delta",
             "envoys": len(envoys),
             "replicas": len(xds),
-            "propagation_ms": {"p50": _pct(samples, 50) * 1e3, "p99": _pct(samples, 99) * 1e3, "max": max(samples) * 1e3,
-                               "mean": statistics.mean(samples) * 1e3},
+            "propagation_ms": {
+                "p50": _pct(samples, 50) * 1e3,
+                "p99": _pct(samples, 99) * 1e3,
+                "max": max(samples) * 1e3,
+                "mean": statistics.mean(samples) * 1e3,
+            },
             "etcd_floor_ms": {"p50": _pct(floor, 50) * 1e3, "p99": _pct(floor, 99) * 1e3},
         }
         result["ratio_p50"] = result["propagation_ms"]["p50"] / max(result["etcd_floor_ms"]["p50"], 1e-6)
@@ -111,9 +152,12 @@ def main() -> int:
         out.mkdir(exist_ok=True)
         (out / f"propagation-{result['protocol']}.json").write_text(json.dumps(result, indent=2) + "\n")
         pm, fm = result["propagation_ms"], result["etcd_floor_ms"]
-        print(f"propagation ({result['protocol']}, {args.changes} changes, 2 Envoys on 2 replicas): "
-              f"p50 {pm['p50']:.1f} ms, p99 {pm['p99']:.1f} ms, max {pm['max']:.1f} ms; "
-              f"etcd put->watch floor p50 {fm['p50']:.2f} ms, p99 {fm['p99']:.2f} ms; ratio p50 {result['ratio_p50']:.0f}x")
+        print(
+            f"propagation ({result['protocol']}, {args.changes} changes, 2 Envoys on 2 replicas): "
+            f"p50 {pm['p50']:.1f} ms, p99 {pm['p99']:.1f} ms, max {pm['max']:.1f} ms; "
+            f"etcd put->watch floor p50 {fm['p50']:.2f} ms, p99 {fm['p99']:.2f} ms; ratio p50 "
+            f"{result['ratio_p50']:.0f}x"
+        )
         return 0
     finally:
         for e in envoys:

@@ -15,7 +15,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from controlplane.ring import HashLB, RingConfig, RingHost, sample_hashes
+from controlplane.ring.tables import HashLB, RingConfig, RingHost, sample_hashes
 
 
 def hosts(n: int) -> list[RingHost]:
@@ -40,16 +40,30 @@ def main() -> None:
     for algo, sizes in (("maglev", (65537, 655373)), ("ring_hash", (1024, 65536))):
         for size in sizes:
             for n in (10, 100, 1000):
-                cfg = RingConfig("maglev", table_size=size) if algo == "maglev" else RingConfig("ring_hash", minimum_ring_size=size)
+                cfg = (
+                    RingConfig("maglev", table_size=size)
+                    if algo == "maglev"
+                    else RingConfig("ring_hash", minimum_ring_size=size)
+                )
                 took, mem, lb = build(n, cfg)
                 t = time.perf_counter()
                 for h in keys:
                     lb.pick(h)
                 rate = len(keys) / (time.perf_counter() - t)
-                rows.append({"algorithm": algo, "size": size, "backends": n, "build_s": round(took, 4),
-                             "memory_mb": round(mem / 1e6, 2), "lookups_per_s": round(rate)})
-                print(f"{algo:9} size {size:>7} N {n:>5}: build {took * 1000:8.1f} ms, memory {mem / 1e6:6.2f} MB, "
-                      f"lookup {rate / 1e6:.2f} M/s")
+                rows.append(
+                    {
+                        "algorithm": algo,
+                        "size": size,
+                        "backends": n,
+                        "build_s": round(took, 4),
+                        "memory_mb": round(mem / 1e6, 2),
+                        "lookups_per_s": round(rate),
+                    }
+                )
+                print(
+                    f"{algo:9} size {size:>7} N {n:>5}: build {took * 1000:8.1f} ms, memory {mem / 1e6:6.2f} MB, "
+                    f"lookup {rate / 1e6:.2f} M/s"
+                )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "ring_build.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -1,16 +1,10 @@
-"""Errors of the intent store, each with a stable code and the HTTP status it maps to."""
+"""Errors raised at the ground floor (the etcd connection), with a stable code and HTTP status.
+
+`StoreError` is the base of every intent-store error (`controlplane.intent.errors` adds the
+rest); it lives here so that `etcd.py` raises it without importing the rooms above it.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class FieldError:
-    """One reason a document is invalid: a JSON pointer into the document and why."""
-
-    pointer: str
-    detail: str
 
 
 class StoreError(Exception):
@@ -26,57 +20,6 @@ class StoreError(Exception):
         self.extra = extra
 
 
-class NotFound(StoreError):
-    status = 404
-    title = "Not found"
-
-    def __init__(self, kind: str, name: str) -> None:
-        super().__init__(f"{kind} {name!r} does not exist")
-        self.code = f"{kind}-not-found"
-        self.title = f"{kind.capitalize()} not found"
-
-
-class AlreadyExists(StoreError):
-    code = "already-exists"
-    status = 409
-    title = "Already exists"
-
-
-class InUse(StoreError):
-    status = 409
-
-    def __init__(self, kind: str, detail: str, users: list[str]) -> None:
-        super().__init__(detail, users=users)
-        self.code = f"{kind}-in-use"
-        self.title = f"{kind.capitalize()} in use"
-
-
-class PreconditionFailed(StoreError):
-    code = "precondition-failed"
-    status = 412
-    title = "Precondition failed"
-
-    def __init__(self, detail: str, current_revision: int | None) -> None:
-        super().__init__(detail, current_revision=current_revision)
-        self.current_revision = current_revision
-
-
-class ValidationFailed(StoreError):
-    code = "validation-failed"
-    status = 422
-    title = "Validation failed"
-
-    def __init__(self, errors: list[FieldError], detail: str | None = None) -> None:
-        super().__init__(detail or "; ".join(f"{e.pointer or '/'}: {e.detail}" for e in errors))
-        self.errors = errors
-
-
-class WriteConflict(StoreError):
-    code = "write-conflict"
-    status = 409
-    title = "Concurrent write conflict"
-
-
 class TooLarge(StoreError):
     code = "batch-too-large"
     status = 413
@@ -87,12 +30,6 @@ class StoreUnavailable(StoreError):
     code = "store-unavailable"
     status = 503
     title = "Store unavailable"
-
-
-class InvalidPageToken(StoreError):
-    code = "invalid-page-token"
-    status = 400
-    title = "Invalid page token"
 
 
 class PageTokenExpired(StoreError):

@@ -18,14 +18,20 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from aetcd import rpc
 
-from .errors import PageTokenExpired, StoreError, StoreUnavailable, TooLarge
+from controlplane.errors import PageTokenExpired, StoreError, StoreUnavailable, TooLarge
+
+if TYPE_CHECKING:
+    from controlplane.metrics import EtcdMetrics
 
 log = logging.getLogger(__name__)
+# aetcd's stubs are untyped: a Watch call streams rpc.WatchRequest out and rpc.WatchResponse in.
+WatchCall = grpc.aio.StreamStreamCall[Any, Any]
+
 T = TypeVar("T")
 
 # etcd's own default request limit is 1.5 MiB; lbcp's launcher raises it, and the client
@@ -81,7 +87,7 @@ class EtcdConfig:
 def _target(endpoint: str) -> str:
     for scheme in ("http://", "https://"):
         if endpoint.startswith(scheme):
-            return endpoint[len(scheme):].rstrip("/")
+            return endpoint[len(scheme) :].rstrip("/")
     return endpoint
 
 
@@ -95,7 +101,7 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
-def _translate(exc: grpc.aio.AioRpcError) -> StoreError:
+def translate_error(exc: grpc.aio.AioRpcError) -> StoreError:
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
         return PageTokenExpired(f"etcd: {details}")
@@ -116,7 +122,7 @@ class Etcd:
         self._current = 0
         self._token: str | None = None
         self._lock = asyncio.Lock()
-        self.metrics = None  # an EtcdMetrics, if the owner exports metrics
+        self.metrics: EtcdMetrics | None = None  # set by an owner that exports metrics
 
     # -- channels ------------------------------------------------------------------------
 
@@ -132,6 +138,7 @@ class Etcd:
             ("grpc.max_reconnect_backoff_ms", 2_000),
         ]
         if self.config.tls:
+
             def _read(path: str | None) -> bytes | None:
                 if path is None:
                     return None
@@ -165,7 +172,7 @@ class Etcd:
                 try:
                     await asyncio.wait_for(ch.channel_ready(), self.config.connect_timeout)
                     return ch
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     log.info("etcd endpoint %s not reachable, trying the next", self._targets[self._current])
                     self._current = (self._current + 1) % len(self._targets)
         raise StoreUnavailable(f"no etcd endpoint reachable ({', '.join(self._targets)})")
@@ -181,7 +188,9 @@ class Etcd:
             self._token = resp.token
         return (("token", self._token),)
 
-    async def _call(self, make: Callable[[grpc.aio.Channel, object], Awaitable[T]], *, idempotent: bool, op: str = "other") -> T:
+    async def _call(
+        self, make: Callable[[grpc.aio.Channel, object], Awaitable[T]], *, idempotent: bool, op: str = "other"
+    ) -> T:
         started = time.perf_counter()
         try:
             result = await self._call_once(make, idempotent=idempotent)
@@ -208,7 +217,7 @@ class Etcd:
                         await self._metadata(ch, refresh=True)
                         reauthed = True
                         continue
-                    last = _translate(exc)
+                    last = translate_error(exc)
                     if not isinstance(last, StoreUnavailable):
                         raise last from exc
                     if exc.code() == grpc.StatusCode.UNAVAILABLE:
@@ -240,12 +249,16 @@ class Etcd:
             serializable=serializable,
         )
         return await self._call(
-            lambda ch, md: rpc.KVStub(ch).Range(req, timeout=self.config.timeout, metadata=md), idempotent=True, op="range"
+            lambda ch, md: rpc.KVStub(ch).Range(req, timeout=self.config.timeout, metadata=md),
+            idempotent=True,
+            op="range",
         )
 
     async def txn(self, req: rpc.TxnRequest, *, read_only: bool = False) -> rpc.TxnResponse:
         return await self._call(
-            lambda ch, md: rpc.KVStub(ch).Txn(req, timeout=self.config.timeout, metadata=md), idempotent=read_only, op="txn"
+            lambda ch, md: rpc.KVStub(ch).Txn(req, timeout=self.config.timeout, metadata=md),
+            idempotent=read_only,
+            op="txn",
         )
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> rpc.PutResponse:
@@ -257,7 +270,9 @@ class Etcd:
     async def delete(self, key: bytes, range_end: bytes | None = None) -> rpc.DeleteRangeResponse:
         req = rpc.DeleteRangeRequest(key=key, range_end=range_end or b"")
         return await self._call(
-            lambda ch, md: rpc.KVStub(ch).DeleteRange(req, timeout=self.config.timeout, metadata=md), idempotent=False, op="delete"
+            lambda ch, md: rpc.KVStub(ch).DeleteRange(req, timeout=self.config.timeout, metadata=md),
+            idempotent=False,
+            op="delete",
         )
 
     # -- leases ----------------------------------------------------------------------------
@@ -265,9 +280,11 @@ class Etcd:
     async def lease_grant(self, ttl: int) -> int:
         req = rpc.LeaseGrantRequest(TTL=ttl)
         resp = await self._call(
-            lambda ch, md: rpc.LeaseStub(ch).LeaseGrant(req, timeout=self.config.timeout, metadata=md), idempotent=False, op="lease_grant"
+            lambda ch, md: rpc.LeaseStub(ch).LeaseGrant(req, timeout=self.config.timeout, metadata=md),
+            idempotent=False,
+            op="lease_grant",
         )
-        return resp.ID
+        return int(resp.ID)
 
     async def lease_keepalive(self, lease_id: int) -> int:
         """Refresh a lease once; returns its remaining TTL (0 or less: the lease is gone)."""
@@ -277,26 +294,28 @@ class Etcd:
             await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
             resp = await call.read()
             call.cancel()
-            return resp.TTL
+            return int(resp.TTL)
 
         return await self._call(_once, idempotent=True, op="lease_keepalive")
 
     async def lease_revoke(self, lease_id: int) -> None:
         req = rpc.LeaseRevokeRequest(ID=lease_id)
         await self._call(
-            lambda ch, md: rpc.LeaseStub(ch).LeaseRevoke(req, timeout=self.config.timeout, metadata=md), idempotent=True, op="lease_revoke"
+            lambda ch, md: rpc.LeaseStub(ch).LeaseRevoke(req, timeout=self.config.timeout, metadata=md),
+            idempotent=True,
+            op="lease_revoke",
         )
 
     # -- watch -----------------------------------------------------------------------------
 
-    async def watch(self, key: bytes, range_end: bytes, start_revision: int) -> grpc.aio.StreamStreamCall:
+    async def watch(self, key: bytes, range_end: bytes, start_revision: int) -> WatchCall:
         """Open a raw Watch stream with one watcher (progress notifications on, prev_kv off).
 
         The caller reads `WatchResponse`s and cancels the call when done.
         """
         ch = await self.channel()
         md = await self._metadata(ch)
-        call = rpc.WatchStub(ch).Watch(metadata=md)
+        call: WatchCall = rpc.WatchStub(ch).Watch(metadata=md)
         await call.write(
             rpc.WatchRequest(
                 create_request=rpc.WatchCreateRequest(

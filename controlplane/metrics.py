@@ -2,41 +2,32 @@
 
 Each xDS replica and each admin API owns a `CollectorRegistry`, so several of them can run
 in one process (tests, benchmarks) without colliding, and `/metrics` shows only its own.
-The xDS side is fed by the stream observer protocol and the snapshot cache's publish
-callback, so neither the protocol code nor the cache knows about Prometheus.
-docs/metrics.md lists every name.
+This module holds what several rooms share (buckets, etcd and ring metrics); the xDS
+replica's own metrics are in `controlplane.xds.metrics`. docs/metrics.md lists every name.
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-from .resources import SHORT_NAMES
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
 # `*_created` series double every counter's series count for a value nobody alerts on.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 # Push → ACK and change → ACK are milliseconds on a healthy fleet, seconds when not.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BUILD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def _short(type_url: str) -> str:
-    return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
-
-
 class EtcdMetrics:
     """Every etcd request: latency by operation, errors by operation and code."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.seconds = Histogram("lbcp_etcd_request_seconds", "etcd request latency", ["op"],
-                                 buckets=LATENCY_BUCKETS, registry=registry)
-        self.errors = Counter("lbcp_etcd_request_errors_total", "etcd requests that failed", ["op", "code"],
-                              registry=registry)
+        self.seconds = Histogram(
+            "lbcp_etcd_request_seconds", "etcd request latency", ["op"], buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.errors = Counter(
+            "lbcp_etcd_request_errors_total", "etcd requests that failed", ["op", "code"], registry=registry
+        )
 
     def observe(self, op: str, seconds: float, error: str | None) -> None:
         self.seconds.labels(op).observe(seconds)
@@ -46,140 +37,10 @@ class EtcdMetrics:
 
 class RingMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.seconds = Histogram("lbcp_ring_build_seconds", "time to build one cluster's hash ring", ["algorithm"],
-                                 buckets=BUILD_BUCKETS, registry=registry)
-
-
-class XdsMetrics:
-    """A StreamObserver plus a snapshot-cache watcher for one xDS replica."""
-
-    def __init__(self, registry: CollectorRegistry, replica: str) -> None:
-        self.replica = replica
-        self._registry = r = registry
-        self.streams = Gauge("lbcp_xds_connected_streams", "xDS streams connected to this replica",
-                             ["replica", "fleet", "protocol"], registry=r)
-        self.pushes = Counter("lbcp_xds_pushes_total", "xDS responses sent", ["type"], registry=r)
-        self.push_bytes = Counter("lbcp_xds_push_bytes_total", "bytes of xDS responses sent", ["type"], registry=r)
-        self.push_resources = Counter("lbcp_xds_pushed_resources_total", "resources in xDS responses sent", ["type"], registry=r)
-        self.nacks = Counter("lbcp_xds_nacks_total", "xDS responses rejected by the client", ["type", "fleet"], registry=r)
-        self.ack_seconds = Histogram("lbcp_xds_ack_seconds", "from writing a response to its ACK", ["type"],
-                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.convergence = Histogram(
-            "lbcp_xds_convergence_seconds",
-            "from this replica seeing an etcd change to a client having ACKed everything up to it",
-            ["fleet"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue = Histogram("lbcp_xds_push_queue_seconds",
-                               "snapshot published → its response written to a stream (per type)", ["type"],
-                               buckets=LATENCY_BUCKETS, registry=r)
-        self.debounce = Histogram("lbcp_snapshot_debounce_seconds", "first change seen → snapshot build starts",
-                                  buckets=BUILD_BUCKETS, registry=r)
-        self.build = Histogram("lbcp_snapshot_build_seconds", "snapshot build time", buckets=BUILD_BUCKETS, registry=r)
-        self.snapshot_bytes = Gauge("lbcp_snapshot_bytes", "encoded size of the published resources", ["type"], registry=r)
-        self.snapshot_resources = Gauge("lbcp_snapshot_resources", "published resources", ["type"], registry=r)
-        self.ring = RingMetrics(r)
-        self._seen: OrderedDict[int, float] = OrderedDict()  # revision -> when its first change was seen
-        self._published = 0
-        self._published_at: dict[int, float] = {}  # revision -> when it was published (recent ones)
-        self._last_pushed: dict[tuple[int, str], int] = {}  # (stream, type) -> revision of its last push
-
-    # -- StreamObserver ------------------------------------------------------------------------
-
-    def connected(self, stream) -> None:
-        self.streams.labels(self.replica, stream.fleet, stream.protocol).inc()
-
-    def disconnected(self, stream) -> None:
-        self.streams.labels(self.replica, stream.fleet, stream.protocol).dec()
-        for key in [k for k in self._last_pushed if k[0] == stream.id]:
-            del self._last_pushed[key]
-
-    def changed(self, stream) -> None:
-        seen = self._seen.get(stream.acked_revision)
-        if seen is not None:
-            self.convergence.labels(stream.fleet).observe(time.monotonic() - seen)
-
-    def pushed(self, stream, type_url: str, nbytes: int, resources: int) -> None:
-        t = _short(type_url)
-        self.pushes.labels(t).inc()
-        self.push_bytes.labels(t).inc(nbytes)
-        self.push_resources.labels(t).inc(resources)
-        # Queue time counts only the first push of a newly published revision to this stream
-        # (a push answering a client's new subscription is not waiting on a publish).
-        revision = stream.served_revision
-        key = (stream.id, type_url)
-        if self._last_pushed.get(key, 0) < revision and revision in self._published_at:
-            if key in self._last_pushed:
-                self.queue.labels(t).observe(time.monotonic() - self._published_at[revision])
-        self._last_pushed[key] = revision
-
-    def nacked(self, stream, type_url: str, nack) -> None:
-        self.nacks.labels(_short(type_url), stream.fleet).inc()
-
-    def acked(self, stream, type_url: str, latency: float) -> None:
-        self.ack_seconds.labels(_short(type_url)).observe(latency)
-
-    # -- cache -------------------------------------------------------------------------------
-
-    def watch_cache(self, cache) -> None:
-        """Observe `cache`'s builds: called on every publish (and ring republish)."""
-
-        def on_publish() -> None:
-            if cache.published == self._published:
-                return  # a ring finished: same snapshot otherwise
-            self._published = cache.published
-            self._published_at[cache.revision] = time.monotonic()
-            while len(self._published_at) > 64:
-                del self._published_at[min(self._published_at)]
-            st = cache.stats
-            self.build.observe(st.last_build_seconds)
-            self.debounce.observe(st.last_debounce_seconds)
-            if cache.first_change_at is not None:
-                self._seen[cache.revision] = cache.first_change_at
-                while len(self._seen) > 1024:
-                    self._seen.popitem(last=False)
-            snap = cache.snapshot("")
-            for type_url, entries in snap.resources.items():
-                self.snapshot_bytes.labels(_short(type_url)).set(sum(e.size for e in entries.values()))
-                self.snapshot_resources.labels(_short(type_url)).set(len(entries))
-
-        cache.add_watcher(on_publish)
-        cache.ring_observers.append(lambda algorithm, seconds: self.ring.seconds.labels(algorithm).observe(seconds))
-        self._registry.register(_CacheCollector(cache))
-
-
-class _CacheCollector:
-    """Read at scrape time: values the cache already counts."""
-
-    def __init__(self, cache) -> None:
-        self.cache = cache
-
-    def collect(self):
-        yield GaugeMetricFamily("lbcp_snapshot_revision", "etcd revision of the published snapshot", value=self.cache.revision)
-        yield CounterMetricFamily("lbcp_snapshot_rejected", "snapshot builds not published (inconsistent or failed)",
-                                  value=self.cache.stats.rejected)
-        yield CounterMetricFamily("lbcp_snapshot_builds", "snapshots published", value=self.cache.published)
-        expiry = GaugeMetricFamily("lbcp_certificate_expiry_seconds",
-                                   "seconds until the leaf of each certificate in intent expires (negative: expired)",
-                                   labels=["certificate"])
-        now = time.time()
-        for name, not_after in self._expiries().items():
-            expiry.add_metric([name], not_after - now)
-        yield expiry
-
-    def _expiries(self) -> dict[str, float]:
-        # Parse each certificate once per stored revision: scrapes stay cheap.
-        from .certificates import info
-
-        certs = self.cache.view.certificates
-        out: dict[str, float] = {}
-        cache = getattr(self, "_parsed", {})
-        for name, stored in certs.items():
-            hit = cache.get(name)
-            if hit is None or hit[0] != stored.mod_revision:
-                try:
-                    hit = (stored.mod_revision, info(stored.obj.certificate_chain).not_after.timestamp())
-                except ValueError:
-                    continue
-            cache[name] = hit
-            out[name] = hit[1]
-        self._parsed = {n: cache[n] for n in out}
-        return out
+        self.seconds = Histogram(
+            "lbcp_ring_build_seconds",
+            "time to build one cluster's hash ring",
+            ["algorithm"],
+            buckets=BUILD_BUCKETS,
+            registry=registry,
+        )

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from api.localcluster.procs import EtcdCluster
 from controlplane.etcd import Etcd, EtcdConfig
-from controlplane.procs import EtcdCluster
-from controlplane.store import Store
+from controlplane.intent.store import Store
 
 _prefixes = itertools.count()
 
@@ -58,7 +58,9 @@ def make_app(etcd_config: EtcdConfig, tokens: str | None = None, max_body_bytes:
     from api.app import DEFAULT_MAX_BODY, Settings, create_app
     from api.auth import Tokens
 
-    return create_app(Settings(etcd=etcd_config, tokens=Tokens.parse(tokens), max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY))
+    return create_app(
+        Settings(etcd=etcd_config, tokens=Tokens.parse(tokens), max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY)
+    )
 
 
 @pytest.fixture
@@ -73,10 +75,18 @@ async def api(etcd_config: EtcdConfig) -> AsyncIterator:
 
 
 async def _replica(etcd_config: EtcdConfig, replica_id: str) -> AsyncIterator:
-    from controlplane.replica import ReplicaConfig, XdsReplica
+    from controlplane.xds.replica import ReplicaConfig, XdsReplica
 
-    r = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id=replica_id, registry_flush_interval=0.05, metrics_port=0,
-                                 probe_interval=0.25))
+    r = XdsReplica(
+        ReplicaConfig(
+            etcd=etcd_config,
+            port=0,
+            replica_id=replica_id,
+            registry_flush_interval=0.05,
+            metrics_port=0,
+            probe_interval=0.25,
+        )
+    )
     await r.start()
     yield r
     await r.stop(grace=0)
@@ -98,7 +108,7 @@ async def replica2(etcd_config: EtcdConfig) -> AsyncIterator:
 
 @pytest.fixture
 def backends() -> Iterator[list]:
-    from api.demo import DemoBackend
+    from api.localcluster.demo import DemoBackend
 
     started = [DemoBackend(f"b{i}") for i in range(4)]
     yield started
@@ -109,12 +119,13 @@ def backends() -> Iterator[list]:
 @pytest.fixture
 def envoys(tmp_path: Path) -> Iterator:
     """A factory of real Envoys (stopped at the end): envoys(node_id, fleet, [(host, port)], delta=True)."""
-    from controlplane.procs import EnvoyProcess
+    from api.localcluster.procs import EnvoyProcess
 
     started: list[EnvoyProcess] = []
 
-    def make(node_id: str, xds: list[tuple[str, int]], fleet: str = "default", delta: bool = True,
-             public_address: str = "") -> EnvoyProcess:
+    def make(
+        node_id: str, xds: list[tuple[str, int]], fleet: str = "default", delta: bool = True, public_address: str = ""
+    ) -> EnvoyProcess:
         e = EnvoyProcess(tmp_path / "envoy", node_id, fleet, xds, delta=delta, public_address=public_address)
         e.start()
         started.append(e)
@@ -123,8 +134,6 @@ def envoys(tmp_path: Path) -> Iterator:
     yield make
     for e in started:
         e.stop()
-
-
 
 
 async def wait_for(pred, timeout: float = 15.0, what: str = "condition") -> None:

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import scenarios
+from bench.fleetsim import scenarios
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -78,14 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=20.0, help="convergence: changes per second")
     ap.add_argument("--workers", type=int, default=2, help="simulator processes")
     ap.add_argument("--delta-share", type=float, default=0.5)
-    ap.add_argument("--replicas", type=int, default=1, help="convergence: xDS replica processes (clients spread over them)")
+    ap.add_argument(
+        "--replicas", type=int, default=1, help="convergence: xDS replica processes (clients spread over them)"
+    )
     args = ap.parse_args(argv)
     todo = ["convergence", "burst", "reconnect", "big-eds", "write-rate"] if args.scenario == "all" else [args.scenario]
     for s in todo:
         if s == "convergence":
-            rows = [scenarios.convergence(int(n), args.changes, args.rate, workers=args.workers, delta_share=args.delta_share,
-                                          replicas=args.replicas)
-                    for n in args.clients.split(",")]
+            rows = [
+                scenarios.convergence(
+                    int(n),
+                    args.changes,
+                    args.rate,
+                    workers=args.workers,
+                    delta_share=args.delta_share,
+                    replicas=args.replicas,
+                )
+                for n in args.clients.split(",")
+            ]
             suffix = "" if args.replicas == 1 else f"-{args.replicas}replicas"
             _save("convergence" + suffix, rows)
             if not suffix:
@@ -93,28 +103,49 @@ def main(argv: list[str] | None = None) -> int:
         elif s == "burst":
             r = scenarios.burst(args.n or 500, workers=args.workers)
             _save("burst", r)
-            _plot_bars("burst", f"{r['writes']} backend writes, {r['clients']} clients",
-                       ["writes", "pushes/client (batch)", "pushes/client (separate)"],
-                       [r["writes"], r["batch"]["responses_per_client"], r["separate"]["responses_per_client"]], "count")
+            _plot_bars(
+                "burst",
+                f"{r['writes']} backend writes, {r['clients']} clients",
+                ["writes", "pushes/client (batch)", "pushes/client (separate)"],
+                [r["writes"], r["batch"]["responses_per_client"], r["separate"]["responses_per_client"]],
+                "count",
+            )
         elif s == "reconnect":
             r = scenarios.reconnect(args.n or 1000, workers=args.workers)
             _save("reconnect", r)
-            _plot_bars("reconnect", f"Reconnect storm, {r['clients']} clients",
-                       ["replica restart (s)", "all served after (s)"],
-                       [r["replica_restart_seconds"], r["all_served_after_restart_seconds"]], "seconds")
+            _plot_bars(
+                "reconnect",
+                f"Reconnect storm, {r['clients']} clients",
+                ["replica restart (s)", "all served after (s)"],
+                [r["replica_restart_seconds"], r["all_served_after_restart_seconds"]],
+                "seconds",
+            )
         elif s == "big-eds":
             r = scenarios.big_eds(args.n or 200, workers=args.workers)
             _save("big-eds", r)
             big, small = r["big cluster +1 endpoint"], r["small cluster +1 endpoint"]
-            _plot_bars("big-eds", f"Bytes per client for one endpoint change ({r['endpoints']:,} endpoints)",
-                       ["big, delta", "big, SotW", "small, delta", "small, SotW"],
-                       [big["bytes_per_client"]["delta"], big["bytes_per_client"]["sotw"],
-                        small["bytes_per_client"]["delta"], small["bytes_per_client"]["sotw"]], "bytes")
+            _plot_bars(
+                "big-eds",
+                f"Bytes per client for one endpoint change ({r['endpoints']:,} endpoints)",
+                ["big, delta", "big, SotW", "small, delta", "small, SotW"],
+                [
+                    big["bytes_per_client"]["delta"],
+                    big["bytes_per_client"]["sotw"],
+                    small["bytes_per_client"]["delta"],
+                    small["bytes_per_client"]["sotw"],
+                ],
+                "bytes",
+            )
         elif s == "write-rate":
             r = scenarios.write_rate()
             _save("write-rate", r)
-            _plot_bars("write-rate", "Writes per second (16 concurrent)", ["admin API", "raw etcd put"],
-                       [r["api_writes_per_s"], r["etcd_puts_per_s"]], "per second")
+            _plot_bars(
+                "write-rate",
+                "Writes per second (16 concurrent)",
+                ["admin API", "raw etcd put"],
+                [r["api_writes_per_s"], r["etcd_puts_per_s"]],
+                "per second",
+            )
     return 0
 
 

@@ -33,8 +33,12 @@ CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-_TYPES = {CDS: cluster_pb2.Cluster, EDS: endpoint_pb2.ClusterLoadAssignment, LDS: listener_pb2.Listener,
-          RDS: route_pb2.RouteConfiguration}
+_TYPES = {
+    CDS: cluster_pb2.Cluster,
+    EDS: endpoint_pb2.ClusterLoadAssignment,
+    LDS: listener_pb2.Listener,
+    RDS: route_pb2.RouteConfiguration,
+}
 _HCM = "envoy.filters.network.http_connection_manager"
 
 
@@ -51,8 +55,9 @@ class Counters:
 
 
 class SimEnvoy:
-    def __init__(self, target: str, node_id: str, fleet: str = "default", *, delta: bool = True,
-                 nack_first: bool = False) -> None:
+    def __init__(
+        self, target: str, node_id: str, fleet: str = "default", *, delta: bool = True, nack_first: bool = False
+    ) -> None:
         self.target = target
         self.node = base_pb2.Node(id=node_id, cluster=fleet, user_agent_name="lbcp-fleetsim")
         self.delta = delta
@@ -104,10 +109,13 @@ class SimEnvoy:
     async def _stream(self) -> None:
         if self._channel is None:
             # One TCP connection per simulated Envoy, as in a real fleet (gRPC would share one).
-            self._channel = grpc.aio.insecure_channel(self.target, options=[
-                ("grpc.use_local_subchannel_pool", 1),
-                ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-            ])
+            self._channel = grpc.aio.insecure_channel(
+                self.target,
+                options=[
+                    ("grpc.use_local_subchannel_pool", 1),
+                    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                ],
+            )
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
         out = self._out = asyncio.Queue()
         self._first_message = True
@@ -151,12 +159,20 @@ class SimEnvoy:
 
     def _resubscribe(self, t: str, old: set[str], new: set[str], initial: bool = False) -> None:
         if self.delta:
-            self._send(discovery_pb2.DeltaDiscoveryRequest(
-                type_url=t, resource_names_subscribe=sorted(new - old), resource_names_unsubscribe=sorted(old - new),
-                initial_resource_versions={n: v for n, v in self.have[t].items() if n in new} if initial else {}))
+            self._send(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=t,
+                    resource_names_subscribe=sorted(new - old),
+                    resource_names_unsubscribe=sorted(old - new),
+                    initial_resource_versions={n: v for n, v in self.have[t].items() if n in new} if initial else {},
+                )
+            )
         else:
-            self._send(discovery_pb2.DiscoveryRequest(type_url=t, resource_names=sorted(new),
-                                                      version_info=self.sotw_version.get(t, "") if initial else ""))
+            self._send(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=t, resource_names=sorted(new), version_info=self.sotw_version.get(t, "") if initial else ""
+                )
+            )
 
     # -- responses ---------------------------------------------------------------------------
 
@@ -204,8 +220,9 @@ class SimEnvoy:
             if not nack:
                 self.sotw_version[t] = resp.version_info
             names = sorted(self.eds_names if t == EDS else self.rds_names if t == RDS else [])
-            req = discovery_pb2.DiscoveryRequest(type_url=t, response_nonce=resp.nonce, resource_names=names,
-                                                 version_info=self.sotw_version.get(t, ""))
+            req = discovery_pb2.DiscoveryRequest(
+                type_url=t, response_nonce=resp.nonce, resource_names=names, version_info=self.sotw_version.get(t, "")
+            )
         if err is not None:
             req.error_detail.CopyFrom(err)
         self._send(req)
@@ -253,7 +270,11 @@ class SimEnvoy:
             for rc in decoded.values():
                 for vh in rc.virtual_hosts:
                     for r in vh.routes:
-                        wanted = {r.route.cluster} if r.route.cluster else {w.name for w in r.route.weighted_clusters.clusters}
+                        wanted = (
+                            {r.route.cluster}
+                            if r.route.cluster
+                            else {w.name for w in r.route.weighted_clusters.clusters}
+                        )
                         if wanted - self.clusters.keys():
                             self.counters.violations += 1  # a route to a cluster it does not have
 

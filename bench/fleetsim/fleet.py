@@ -6,7 +6,7 @@ import multiprocessing as mp
 import time
 from dataclasses import dataclass
 
-from . import worker
+from bench.fleetsim import worker
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,10 @@ class Fleet:
             self._procs.append(p)
             self._conns.append(parent)
         # Round-robin so each worker gets a mix of delta and SotW clients.
-        self._shares = [clients[i::len(self._conns)] for i in range(len(self._conns))]
+        self._shares = [clients[i :: len(self._conns)] for i in range(len(self._conns))]
 
     def _all(self, cmd: str, args: list) -> list:
-        for conn, arg in zip(self._conns, args):
+        for conn, arg in zip(self._conns, args, strict=False):
             conn.send((cmd, arg))
         out = []
         for conn in self._conns:
@@ -56,10 +56,22 @@ class Fleet:
         """Connect every client; return the seconds until the slowest worker had all its
         clients configured."""
         index = {c.node_id: i for i, c in enumerate(self.clients)}
-        args = [{"timeout": timeout,
-                 "clients": [{"node_id": c.node_id, "delta": c.delta, "fleet": c.fleet, "nack_first": c.nack_first,
-                              "target": self.targets[index[c.node_id] % len(self.targets)]}
-                             for c in share]} for share in self._shares]
+        args = [
+            {
+                "timeout": timeout,
+                "clients": [
+                    {
+                        "node_id": c.node_id,
+                        "delta": c.delta,
+                        "fleet": c.fleet,
+                        "nack_first": c.nack_first,
+                        "target": self.targets[index[c.node_id] % len(self.targets)],
+                    }
+                    for c in share
+                ],
+            }
+            for share in self._shares
+        ]
         return max(self._all("start", args))
 
     def counters(self) -> list[dict]:

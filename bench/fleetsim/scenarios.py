@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import httpx
 
-from .fleet import Fleet, specs
-from .stack import Stack, cpu_seconds, rss_bytes
+from bench.fleetsim.fleet import Fleet, specs
+from bench.fleetsim.stack import Stack, cpu_seconds, rss_bytes
 
 CHANGE_PORT = 20000  # changed/added backends get ports from here: how clients recognise them
 
@@ -73,14 +73,35 @@ def seed(api: httpx.Client, clusters: int, backends: int) -> None:
     for c in range(clusters):
         name = f"c{c:03d}"
         ops.append({"op": "put", "kind": "cluster", "name": name, "body": {"load_balancer": {"type": "maglev"}}})
-        ops.append({"op": "replace_backends", "cluster": name, "body": [
-            {"name": f"{name}-b{i:04d}", "address": f"10.{c // 250}.{c % 250}.{i % 250 + 1}", "port": 8000 + i // 250}
-            for i in range(per)]})
+        ops.append(
+            {
+                "op": "replace_backends",
+                "cluster": name,
+                "body": [
+                    {
+                        "name": f"{name}-b{i:04d}",
+                        "address": f"10.{c // 250}.{c % 250}.{i % 250 + 1}",
+                        "port": 8000 + i // 250,
+                    }
+                    for i in range(per)
+                ],
+            }
+        )
     ops.append({"op": "put", "kind": "listener", "name": "http", "body": {"address": "127.0.0.1", "port": 10000}})
     for c in range(clusters):
-        ops.append({"op": "put", "kind": "route", "name": f"r{c:03d}",
-                    "body": {"listener": "http", "match": {"prefix": f"/c{c:03d}"}, "backends": [{"cluster": f"c{c:03d}"}],
-                             "hash_policies": [{"type": "header", "name": "x-user-id"}]}})
+        ops.append(
+            {
+                "op": "put",
+                "kind": "route",
+                "name": f"r{c:03d}",
+                "body": {
+                    "listener": "http",
+                    "match": {"prefix": f"/c{c:03d}"},
+                    "backends": [{"cluster": f"c{c:03d}"}],
+                    "hash_policies": [{"type": "header", "name": "x-user-id"}],
+                },
+            }
+        )
     api.post("/v1/batch", json={"operations": ops}).raise_for_status()
 
 
@@ -100,8 +121,17 @@ def _responses(before: list[dict], after: list[dict]) -> float:
 # -- 1. convergence ------------------------------------------------------------------------------
 
 
-def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 50, backends: int = 1000,
-                delta_share: float = 0.5, workers: int = 2, registry_interval: float = 0.2, replicas: int = 1) -> dict:
+def convergence(
+    n: int,
+    changes: int = 200,
+    rate: float = 20.0,
+    clusters: int = 50,
+    backends: int = 1000,
+    delta_share: float = 0.5,
+    workers: int = 2,
+    registry_interval: float = 0.2,
+    replicas: int = 1,
+) -> dict:
     with _running(replicas, registry_interval) as (stack, api, fleets):
         seed(api, clusters, backends)
         pids, api_pid = [r.pid for r in stack.replicas], stack.api.pid
@@ -120,8 +150,9 @@ def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 
             if delay > 0:
                 time.sleep(delay)
             port = CHANGE_PORT + i
-            r = api.put(f"/v1/clusters/c{i % clusters:03d}/backends/chg-{i:05d}",
-                        json={"address": "127.0.0.2", "port": port})
+            r = api.put(
+                f"/v1/clusters/c{i % clusters:03d}/backends/chg-{i:05d}", json={"address": "127.0.0.2", "port": port}
+            )
             r.raise_for_status()
             t2xx[port] = time.monotonic()
         ports = list(t2xx)
@@ -131,41 +162,67 @@ def convergence(n: int, changes: int = 200, rate: float = 20.0, clusters: int = 
         per_change = [max(t for t in seen[p] if t is not None) - t2xx[p] for p in ports if any(seen[p])]
         per_client = [t - t2xx[p] for p in ports for t in seen[p] if t is not None]
         result = {
-            "scenario": "convergence", "clients": n, "replicas": replicas, "delta_share": delta_share, "clusters": clusters,
-            "backends": backends, "changes": changes, "rate_per_s": rate, "converged": converged,
+            "scenario": "convergence",
+            "clients": n,
+            "replicas": replicas,
+            "delta_share": delta_share,
+            "clusters": clusters,
+            "backends": backends,
+            "changes": changes,
+            "rate_per_s": rate,
+            "converged": converged,
             "connect_seconds": connect,
-            "last_client_ms": {"p50": pct(per_change, 50) * 1e3, "p99": pct(per_change, 99) * 1e3, "max": max(per_change) * 1e3},
+            "last_client_ms": {
+                "p50": pct(per_change, 50) * 1e3,
+                "p99": pct(per_change, 99) * 1e3,
+                "max": max(per_change) * 1e3,
+            },
             "per_client_ms": {"p50": pct(per_client, 50) * 1e3, "p99": pct(per_client, 99) * 1e3},
             "replica_cpu_ms_per_change": (cpu1 - cpu0) / changes * 1e3,
             "api_cpu_ms_per_change": (api1 - api0) / changes * 1e3,
-            "rss_idle_mb": rss0 / 2**20, "rss_with_clients_mb": rss1 / 2**20,
+            "rss_idle_mb": rss0 / 2**20,
+            "rss_with_clients_mb": rss1 / 2**20,
             "rss_per_client_kb": (rss1 - rss0) / n / 1024,
             "bytes_per_change_per_client": _bytes_by_protocol(c0, c1, changes),
             "violations": sum(c["violations"] for c in c1),
             "snapshots_published": (m1["lbcp_snapshot_builds_total"] - m0["lbcp_snapshot_builds_total"]) / replicas,
-            "eds_pushes_per_client": (m1["lbcp_xds_pushes_total{type=eds}"] - m0["lbcp_xds_pushes_total{type=eds}"]) / n,
+            "eds_pushes_per_client": (m1["lbcp_xds_pushes_total{type=eds}"] - m0["lbcp_xds_pushes_total{type=eds}"])
+            / n,
             # Where the time goes, from the replica's own histograms (means over the run).
-            "replica_means_ms": {k: _mean(m0, m1, name) * 1e3 for k, name in (
-                ("debounce", "lbcp_snapshot_debounce_seconds"), ("build", "lbcp_snapshot_build_seconds"),
-                ("publish_to_write_eds", "lbcp_xds_push_queue_seconds{type=eds}"),
-                ("write_to_ack_eds", "lbcp_xds_ack_seconds{type=eds}"),
-                ("change_to_synced", "lbcp_xds_convergence_seconds"))},
+            "replica_means_ms": {
+                k: _mean(m0, m1, name) * 1e3
+                for k, name in (
+                    ("debounce", "lbcp_snapshot_debounce_seconds"),
+                    ("build", "lbcp_snapshot_build_seconds"),
+                    ("publish_to_write_eds", "lbcp_xds_push_queue_seconds{type=eds}"),
+                    ("write_to_ack_eds", "lbcp_xds_ack_seconds{type=eds}"),
+                    ("change_to_synced", "lbcp_xds_convergence_seconds"),
+                )
+            },
         }
         lc = result["last_client_ms"]
         b = result["bytes_per_change_per_client"]
-        print(f"convergence N={n} on {replicas} replica(s): API 2xx -> last client p50 {lc['p50']:.0f} ms, p99 {lc['p99']:.0f} ms, max {lc['max']:.0f} ms; "
-              f"replica CPU {result['replica_cpu_ms_per_change']:.1f} ms/change; RSS {result['rss_per_client_kb']:.0f} KB/client; "
-              f"bytes/change/client delta {b['delta']:.0f}, SotW {b['sotw']:.0f}; {result['snapshots_published']:.0f} snapshots, "
-              f"{result['eds_pushes_per_client']:.0f} EDS pushes/client for {changes} changes; violations {result['violations']}; "
-              f"replica means (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in result["replica_means_ms"].items()), flush=True)
+        print(
+            f"convergence N={n} on {replicas} replica(s): API 2xx -> last client p50 {lc['p50']:.0f} ms, p99 "
+            f"{lc['p99']:.0f} ms, max {lc['max']:.0f} ms; "
+            f"replica CPU {result['replica_cpu_ms_per_change']:.1f} ms/change; RSS {result['rss_per_client_kb']:.0f} "
+            "KB/client; "
+            f"bytes/change/client delta {b['delta']:.0f}, SotW {b['sotw']:.0f}; {result['snapshots_published']:.0f} "
+            "snapshots, "
+            f"{result['eds_pushes_per_client']:.0f} EDS pushes/client for {changes} changes; violations "
+            f"{result['violations']}; "
+            f"replica means (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in result["replica_means_ms"].items()),
+            flush=True,
+        )
         return result
 
 
 # -- 2. burst ------------------------------------------------------------------------------------
 
 
-def burst(n: int = 500, writes: int = 5000, clusters: int = 50, backends: int = 1000, workers: int = 2,
-          concurrency: int = 16) -> dict:
+def burst(
+    n: int = 500, writes: int = 5000, clusters: int = 50, backends: int = 1000, workers: int = 2, concurrency: int = 16
+) -> dict:
     with _running() as (stack, api, fleets):
         seed(api, clusters, backends)
         fleet = _started_fleet(stack, fleets, n, workers)
@@ -174,16 +231,28 @@ def burst(n: int = 500, writes: int = 5000, clusters: int = 50, backends: int = 
         # (a) one batch of `writes` backend puts: one etcd transaction.
         c0 = fleet.counters()
         ports = [CHANGE_PORT + i for i in range(writes)]
-        ops = [{"op": "put", "kind": "backend", "cluster": f"c{i % clusters:03d}", "name": f"burst-{i:05d}",
-                "body": {"address": "127.0.0.2", "port": p}} for i, p in enumerate(ports)]
+        ops = [
+            {
+                "op": "put",
+                "kind": "backend",
+                "cluster": f"c{i % clusters:03d}",
+                "name": f"burst-{i:05d}",
+                "body": {"address": "127.0.0.2", "port": p},
+            }
+            for i, p in enumerate(ports)
+        ]
         t0 = time.monotonic()
         api.post("/v1/batch", json={"operations": ops}).raise_for_status()
         t_2xx = time.monotonic()
         ok = fleet.wait_seen(ports, timeout=300)
         t_all = time.monotonic()
         c1 = fleet.counters()
-        out["batch"] = {"api_ms": (t_2xx - t0) * 1e3, "converged_after_2xx_ms": (t_all - t_2xx) * 1e3, "converged": ok,
-                        "responses_per_client": _responses(c0, c1)}
+        out["batch"] = {
+            "api_ms": (t_2xx - t0) * 1e3,
+            "converged_after_2xx_ms": (t_all - t_2xx) * 1e3,
+            "converged": ok,
+            "responses_per_client": _responses(c0, c1),
+        }
 
         # (b) the same number of separate writes, `concurrency` at a time.
         ports2 = [CHANGE_PORT + writes + i for i in range(writes)]
@@ -191,11 +260,15 @@ def burst(n: int = 500, writes: int = 5000, clusters: int = 50, backends: int = 
         async def write_all() -> float:
             sem = asyncio.Semaphore(concurrency)
             async with httpx.AsyncClient(base_url=stack.api_url, timeout=120) as ac:
+
                 async def one(i: int, p: int) -> None:
                     async with sem:
-                        r = await ac.put(f"/v1/clusters/c{i % clusters:03d}/backends/single-{i:05d}",
-                                         json={"address": "127.0.0.3", "port": p})
+                        r = await ac.put(
+                            f"/v1/clusters/c{i % clusters:03d}/backends/single-{i:05d}",
+                            json={"address": "127.0.0.3", "port": p},
+                        )
                         r.raise_for_status()
+
                 await asyncio.gather(*(one(i, p) for i, p in enumerate(ports2)))
             return time.monotonic()
 
@@ -204,15 +277,25 @@ def burst(n: int = 500, writes: int = 5000, clusters: int = 50, backends: int = 
         ok = fleet.wait_seen(ports2, timeout=600)
         t_all = time.monotonic()
         c2 = fleet.counters()
-        out["separate"] = {"writes_seconds": t_last - t0, "writes_per_s": writes / (t_last - t0),
-                           "converged_after_last_2xx_ms": (t_all - t_last) * 1e3, "converged": ok,
-                           "responses_per_client": _responses(c1, c2)}
+        out["separate"] = {
+            "writes_seconds": t_last - t0,
+            "writes_per_s": writes / (t_last - t0),
+            "converged_after_last_2xx_ms": (t_all - t_last) * 1e3,
+            "converged": ok,
+            "responses_per_client": _responses(c1, c2),
+        }
         out["violations"] = sum(c["violations"] for c in c2)
         a, s = out["batch"], out["separate"]
-        print(f"burst N={n}: one batch of {writes}: API {a['api_ms']:.0f} ms, all clients {a['converged_after_2xx_ms']:.0f} ms later, "
-              f"{a['responses_per_client']:.1f} responses/client; {writes} writes: {s['writes_per_s']:.0f}/s, all clients "
-              f"{s['converged_after_last_2xx_ms']:.0f} ms after the last, {s['responses_per_client']:.0f} responses/client "
-              f"(coalescing: {writes / max(s['responses_per_client'], 1):.0f} writes per push)", flush=True)
+        print(
+            f"burst N={n}: one batch of {writes}: API {a['api_ms']:.0f} ms, all clients "
+            f"{a['converged_after_2xx_ms']:.0f} ms later, "
+            f"{a['responses_per_client']:.1f} responses/client; {writes} writes: {s['writes_per_s']:.0f}/s, all "
+            "clients "
+            f"{s['converged_after_last_2xx_ms']:.0f} ms after the last, {s['responses_per_client']:.0f} "
+            "responses/client "
+            f"(coalescing: {writes / max(s['responses_per_client'], 1):.0f} writes per push)",
+            flush=True,
+        )
         return out
 
 
@@ -227,21 +310,30 @@ def reconnect(n: int = 1000, clusters: int = 50, backends: int = 1000, workers: 
         t_kill = time.monotonic()
         # The replica goes away; while it is down intent changes; it comes back on the same port.
         stack.replicas[0].kill()
-        api.put("/v1/clusters/c000/backends/during-outage", json={"address": "127.0.0.2", "port": CHANGE_PORT}).raise_for_status()
+        api.put(
+            "/v1/clusters/c000/backends/during-outage", json={"address": "127.0.0.2", "port": CHANGE_PORT}
+        ).raise_for_status()
         t_ready = stack.restart_replica(0)
         ok = fleet.wait_seen([CHANGE_PORT], timeout=300)
         t_all = time.monotonic()
         c1 = fleet.counters()
-        result = {"scenario": "reconnect", "clients": n, "converged": ok,
-                  "replica_restart_seconds": t_ready - t_kill,
-                  "all_served_after_restart_seconds": t_all - t_ready,
-                  "reconnects": sum(c["reconnects"] for c in c1) - sum(c["reconnects"] for c in c0),
-                  "violations": sum(c["violations"] for c in c1),
-                  "bytes_per_client": _bytes_by_protocol(c0, c1, 1)}
-        print(f"reconnect storm N={n}: replica back in {result['replica_restart_seconds']:.1f} s, all {n} clients served "
-              f"{result['all_served_after_restart_seconds']:.2f} s later; {result['reconnects']} reconnects; "
-              f"violations {result['violations']}; bytes/client delta {result['bytes_per_client']['delta']:.0f}, "
-              f"SotW {result['bytes_per_client']['sotw']:.0f}", flush=True)
+        result = {
+            "scenario": "reconnect",
+            "clients": n,
+            "converged": ok,
+            "replica_restart_seconds": t_ready - t_kill,
+            "all_served_after_restart_seconds": t_all - t_ready,
+            "reconnects": sum(c["reconnects"] for c in c1) - sum(c["reconnects"] for c in c0),
+            "violations": sum(c["violations"] for c in c1),
+            "bytes_per_client": _bytes_by_protocol(c0, c1, 1),
+        }
+        print(
+            f"reconnect storm N={n}: replica back in {result['replica_restart_seconds']:.1f} s, all {n} clients served "
+            f"{result['all_served_after_restart_seconds']:.2f} s later; {result['reconnects']} reconnects; "
+            f"violations {result['violations']}; bytes/client delta {result['bytes_per_client']['delta']:.0f}, "
+            f"SotW {result['bytes_per_client']['sotw']:.0f}",
+            flush=True,
+        )
         return result
 
 
@@ -252,24 +344,39 @@ def big_eds(n: int = 200, endpoints: int = 10_000, workers: int = 2) -> dict:
     with _running() as (stack, api, fleets):
         seed(api, 10, 100)
         api.put("/v1/clusters/big", json={"load_balancer": {"type": "maglev"}}).raise_for_status()
-        api.put("/v1/clusters/big/backends", json=[
-            {"name": f"big-{i:05d}", "address": f"10.200.{i // 250}.{i % 250 + 1}", "port": 9000} for i in range(endpoints)
-        ]).raise_for_status()
+        api.put(
+            "/v1/clusters/big/backends",
+            json=[
+                {"name": f"big-{i:05d}", "address": f"10.200.{i // 250}.{i % 250 + 1}", "port": 9000}
+                for i in range(endpoints)
+            ],
+        ).raise_for_status()
         fleet = _started_fleet(stack, fleets, n, workers)
         out: dict = {"scenario": "big_eds", "clients": n, "endpoints": endpoints}
-        for label, cluster, port in (("big cluster +1 endpoint", "big", CHANGE_PORT), ("small cluster +1 endpoint", "c000", CHANGE_PORT + 1)):
+        for label, cluster, port in (
+            ("big cluster +1 endpoint", "big", CHANGE_PORT),
+            ("small cluster +1 endpoint", "c000", CHANGE_PORT + 1),
+        ):
             c0 = fleet.counters()
-            api.put(f"/v1/clusters/{cluster}/backends/x-{port}", json={"address": "127.0.0.2", "port": port}).raise_for_status()
+            api.put(
+                f"/v1/clusters/{cluster}/backends/x-{port}", json={"address": "127.0.0.2", "port": port}
+            ).raise_for_status()
             t0 = time.monotonic()
             ok = fleet.wait_seen([port], timeout=120)
             took = time.monotonic() - t0
             c1 = fleet.counters()
             out[label] = {"converged": ok, "ms": took * 1e3, "bytes_per_client": _bytes_by_protocol(c0, c1, 1)}
         big, small = out["big cluster +1 endpoint"], out["small cluster +1 endpoint"]
-        print(f"big EDS N={n}, {endpoints} endpoints: +1 endpoint in it -> {big['bytes_per_client']['delta'] / 1024:.0f} KiB/client "
-              f"(delta), {big['bytes_per_client']['sotw'] / 1024:.0f} KiB (SotW), all in {big['ms']:.0f} ms; +1 in a small "
-              f"cluster -> {small['bytes_per_client']['delta']:.0f} B (delta), {small['bytes_per_client']['sotw']:.0f} B (SotW), "
-              f"{small['ms']:.0f} ms", flush=True)
+        print(
+            f"big EDS N={n}, {endpoints} endpoints: +1 endpoint in it -> "
+            f"{big['bytes_per_client']['delta'] / 1024:.0f} KiB/client "
+            f"(delta), {big['bytes_per_client']['sotw'] / 1024:.0f} KiB (SotW), all in {big['ms']:.0f} ms; +1 in a "
+            "small "
+            f"cluster -> {small['bytes_per_client']['delta']:.0f} B (delta), {small['bytes_per_client']['sotw']:.0f} "
+            "B (SotW), "
+            f"{small['ms']:.0f} ms",
+            flush=True,
+        )
         return out
 
 
@@ -284,14 +391,18 @@ def write_rate(seconds: float = 10.0, concurrency: int = 16) -> dict:
             done = 0
             deadline = time.monotonic() + seconds
             async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as ac:
+
                 async def writer(w: int) -> None:
                     nonlocal done
                     i = 0
                     while time.monotonic() < deadline:
-                        r = await ac.put(f"/v1/clusters/w/backends/w{w}-{i}", json={"address": "127.0.0.2", "port": 1000 + i % 50000})
+                        r = await ac.put(
+                            f"/v1/clusters/w/backends/w{w}-{i}", json={"address": "127.0.0.2", "port": 1000 + i % 50000}
+                        )
                         r.raise_for_status()
                         done += 1
                         i += 1
+
                 await asyncio.gather(*(writer(w) for w in range(concurrency)))
             return done
 
@@ -302,6 +413,7 @@ def write_rate(seconds: float = 10.0, concurrency: int = 16) -> dict:
             done = 0
             deadline = time.monotonic() + seconds
             async with aetcd.Client(host=host, port=int(port)) as client:
+
                 async def writer(w: int) -> None:
                     nonlocal done
                     i = 0
@@ -309,14 +421,24 @@ def write_rate(seconds: float = 10.0, concurrency: int = 16) -> dict:
                         await client.put(f"/raw/w{w}-{i}".encode(), b'{"address":"127.0.0.2","port":1000}')
                         done += 1
                         i += 1
+
                 await asyncio.gather(*(writer(w) for w in range(concurrency)))
             return done
 
         api_n = asyncio.run(api_writes())
         raw_n = asyncio.run(raw_puts())
-        result = {"scenario": "write_rate", "seconds": seconds, "concurrency": concurrency,
-                  "api_writes_per_s": api_n / seconds, "etcd_puts_per_s": raw_n / seconds}
+        result = {
+            "scenario": "write_rate",
+            "seconds": seconds,
+            "concurrency": concurrency,
+            "api_writes_per_s": api_n / seconds,
+            "etcd_puts_per_s": raw_n / seconds,
+        }
         result["ratio"] = result["api_writes_per_s"] / result["etcd_puts_per_s"]
-        print(f"write rate ({concurrency} concurrent, {seconds:.0f} s): API {result['api_writes_per_s']:.0f} backend writes/s, "
-              f"raw etcd (aetcd) {result['etcd_puts_per_s']:.0f} puts/s: {result['ratio'] * 100:.0f}%", flush=True)
+        print(
+            f"write rate ({concurrency} concurrent, {seconds:.0f} s): API {result['api_writes_per_s']:.0f} backend "
+            "writes/s, "
+            f"raw etcd (aetcd) {result['etcd_puts_per_s']:.0f} puts/s: {result['ratio'] * 100:.0f}%",
+            flush=True,
+        )
         return result

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from controlplane.procs import EtcdCluster, Proc, free_port, wait_until
+from api.localcluster.procs import EtcdCluster, Proc, free_port, wait_until
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -56,8 +56,10 @@ class Stack:
         eps = ",".join(self.etcd.endpoints)
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
-        self.api = Proc([sys.executable, "-m", "api.cli", "api", "--port", str(port), "--etcd", eps, "--log-level", "warning"],
-                        self.root / "api.log")
+        self.api = Proc(
+            [sys.executable, "-m", "api.cli", "api", "--port", str(port), "--etcd", eps, "--log-level", "warning"],
+            self.root / "api.log",
+        )
         self.api.start()
         for i in range(self.n_replicas):
             self.xds_ports.append(free_port())
@@ -71,9 +73,25 @@ class Stack:
         return self
 
     def _replica(self, i: int, eps: str) -> Proc:
-        return Proc([sys.executable, "-m", "api.cli", "xds", "--port", str(self.xds_ports[i]), "--etcd", eps,
-                     "--replica-id", f"x{i}", "--metrics-port", str(self.metrics_ports[i]),
-                     "--registry-interval", str(self.registry_interval)], self.root / f"xds{i}.log")
+        return Proc(
+            [
+                sys.executable,
+                "-m",
+                "api.cli",
+                "xds",
+                "--port",
+                str(self.xds_ports[i]),
+                "--etcd",
+                eps,
+                "--replica-id",
+                f"x{i}",
+                "--metrics-port",
+                str(self.metrics_ports[i]),
+                "--registry-interval",
+                str(self.registry_interval),
+            ],
+            self.root / f"xds{i}.log",
+        )
 
     def restart_replica(self, i: int, down_for: float = 0.0) -> float:
         """Kill replica i and start it again on the same ports; returns when it serves again

@@ -7,7 +7,7 @@ import asyncio
 import time
 from dataclasses import asdict
 
-from .client import SimEnvoy
+from bench.fleetsim.client import SimEnvoy
 
 
 async def _serve(conn) -> None:
@@ -18,14 +18,21 @@ async def _serve(conn) -> None:
         if cmd == "start":
             started = time.monotonic()
             for spec in arg["clients"]:
-                c = SimEnvoy(spec["target"], spec["node_id"], spec.get("fleet", "default"), delta=spec["delta"],
-                             nack_first=spec.get("nack_first", False))
+                c = SimEnvoy(
+                    spec["target"],
+                    spec["node_id"],
+                    spec.get("fleet", "default"),
+                    delta=spec["delta"],
+                    nack_first=spec.get("nack_first", False),
+                )
                 c.start()
                 clients.append(c)
             try:
-                await asyncio.wait_for(asyncio.gather(*(c.first_config.wait() for c in clients)), arg.get("timeout", 120))
+                await asyncio.wait_for(
+                    asyncio.gather(*(c.first_config.wait() for c in clients)), arg.get("timeout", 120)
+                )
                 conn.send(("ok", time.monotonic() - started))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 conn.send(("timeout", sum(c.first_config.is_set() for c in clients)))
         elif cmd == "counters":
             conn.send(("ok", [{"node_id": c.node.id, "delta": c.delta, **asdict(c.counters)} for c in clients]))

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from controlplane.certificates import KeyRing, KeyUnavailable, set_keyring
 from controlplane.etcd import prefix_end
+from controlplane.intent.certificates import KeyRing, KeyUnavailable, set_keyring
 from tests.certs import CA
 
 
@@ -49,17 +49,38 @@ async def test_bad_certificates_are_refused_and_nothing_is_written(api, caplog) 
     ca, other = CA(), CA("other CA")
     good = ca.issue("www.example.com", ["www.example.com"])
     stranger = other.issue("www.example.com", ["www.example.com"])
-    expired = ca.issue("old.example.com", ["old.example.com"], not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40), days=10)
+    expired = ca.issue(
+        "old.example.com",
+        ["old.example.com"],
+        not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=40),
+        days=10,
+    )
     chain_reversed = {"certificate_chain": (ca.pem + good.cert_pem).decode(), "private_key": good.key_pem.decode()}
     cases = {
-        "bad PEM": ({"certificate_chain": "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
-                     "private_key": good.key_pem.decode()}, "/certificate_chain", "not a PEM certificate chain"),
-        "not a key": ({"certificate_chain": good.cert_pem.decode(), "private_key": "hello"}, "/private_key", "not an unencrypted PEM private key"),
+        "bad PEM": (
+            {
+                "certificate_chain": "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+                "private_key": good.key_pem.decode(),
+            },
+            "/certificate_chain",
+            "not a PEM certificate chain",
+        ),
+        "not a key": (
+            {"certificate_chain": good.cert_pem.decode(), "private_key": "hello"},
+            "/private_key",
+            "not an unencrypted PEM private key",
+        ),
         "mismatched key": (_body(good, stranger.key_pem), "/private_key", "does not match the leaf"),
         "expired": (_body(expired), "/certificate_chain", "expired at"),
         "chain order": (chain_reversed, "/certificate_chain", "chain order"),
-        "sealed key sent": ({"certificate_chain": good.cert_pem.decode(),
-                             "private_key": {"alg": "A256GCM", "kid": "x", "nonce": "x", "data": "x"}}, "/private_key", "PEM"),
+        "sealed key sent": (
+            {
+                "certificate_chain": good.cert_pem.decode(),
+                "private_key": {"alg": "A256GCM", "kid": "x", "nonce": "x", "data": "x"},
+            },
+            "/private_key",
+            "PEM",
+        ),
         "missing key": ({"certificate_chain": good.cert_pem.decode()}, "/private_key", ""),
     }
     secrets = [good.key_pem.decode(), stranger.key_pem.decode(), expired.key_pem.decode()]
@@ -71,11 +92,19 @@ async def test_bad_certificates_are_refused_and_nothing_is_written(api, caplog) 
         assert any(e["pointer"] == pointer and detail in e["detail"] for e in errors), (what, errors)
         assert not any(s.strip() in r.text for s in secrets), what
     # In a batch too, pointing into the batch.
-    r = await api.post("/v1/batch", json={"operations": [{"op": "put", "kind": "certificate", "name": "site", "body": _body(good, stranger.key_pem)}]})
+    r = await api.post(
+        "/v1/batch",
+        json={
+            "operations": [{"op": "put", "kind": "certificate", "name": "site", "body": _body(good, stranger.key_pem)}]
+        },
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["pointer"] == "/operations/0/body/private_key"
     assert await _keys(api) == []
     # A chain with its issuer, leaf first, is fine.
-    ok = await api.put("/v1/certificates/site", json={"certificate_chain": (good.cert_pem + ca.pem).decode(), "private_key": good.key_pem.decode()})
+    ok = await api.put(
+        "/v1/certificates/site",
+        json={"certificate_chain": (good.cert_pem + ca.pem).decode(), "private_key": good.key_pem.decode()},
+    )
     assert ok.status_code == 201, ok.text
     assert ok.json()["chain_length"] == 2
     for line in caplog.messages:
@@ -87,8 +116,12 @@ async def test_get_shows_facts_never_the_key(api, caplog) -> None:
     ca = CA()
     leaf = ca.issue("www.example.com", ["www.example.com", "example.com", "192.0.2.10"], days=20)
     key_text = leaf.key_pem.decode()
-    responses = [await api.put("/v1/certificates/site", json=_body(leaf)), await api.get("/v1/certificates/site"),
-                 await api.get("/v1/certificates"), await api.put("/v1/certificates/site", json=_body(leaf), params={"dry_run": "true"})]
+    responses = [
+        await api.put("/v1/certificates/site", json=_body(leaf)),
+        await api.get("/v1/certificates/site"),
+        await api.get("/v1/certificates"),
+        await api.put("/v1/certificates/site", json=_body(leaf), params={"dry_run": "true"}),
+    ]
     doc = responses[1].json()
     assert doc["subject"] == "CN=www.example.com" and doc["issuer"] == "CN=lbcp test CA"
     assert doc["sans"] == ["DNS:www.example.com", "DNS:example.com", "IP:192.0.2.10"]
@@ -142,16 +175,28 @@ async def test_listeners_and_certificates_reference_rules(api) -> None:
         assert (await api.put(f"/v1/certificates/{name}", json=_body(issued))).status_code == 201
     overlap = await api.put("/v1/listeners/https", json={"port": 8443, "tls": {"certificates": ["a", "b"]}})
     assert overlap.status_code == 422 and "both serve 'shared.example.com'" in overlap.text
-    tcp = await api.put("/v1/listeners/raw", json={"port": 9443, "protocol": "tcp", "cluster": "x", "tls": {"certificates": ["a"]}})
+    tcp = await api.put(
+        "/v1/listeners/raw", json={"port": 9443, "protocol": "tcp", "cluster": "x", "tls": {"certificates": ["a"]}}
+    )
     assert tcp.status_code == 422
-    bad_versions = await api.put("/v1/listeners/https", json={"port": 8443, "tls": {"certificates": ["a"], "min_version": "1.3", "max_version": "1.2"}})
+    bad_versions = await api.put(
+        "/v1/listeners/https",
+        json={"port": 8443, "tls": {"certificates": ["a"], "min_version": "1.3", "max_version": "1.2"}},
+    )
     assert bad_versions.status_code == 422
     ok = await api.put("/v1/listeners/https", json={"port": 8443, "tls": {"certificates": ["a"]}})
-    assert ok.status_code == 201 and ok.json()["tls"] == {"certificates": ["a"], "min_version": "1.2", "max_version": "1.3", "alpn": ["h2", "http/1.1"]}
+    assert ok.status_code == 201 and ok.json()["tls"] == {
+        "certificates": ["a"],
+        "min_version": "1.2",
+        "max_version": "1.3",
+        "alpn": ["h2", "http/1.1"],
+    }
     in_use = await api.delete("/v1/certificates/a")
     assert in_use.status_code == 409 and in_use.json()["code"] == "certificate-in-use"
     # Replacing "a" so that it would clash with nothing is fine; making the listener ambiguous is not.
-    assert (await api.put("/v1/listeners/https", json={"port": 8443, "tls": {"certificates": ["a"]}})).status_code == 200
+    assert (
+        await api.put("/v1/listeners/https", json={"port": 8443, "tls": {"certificates": ["a"]}})
+    ).status_code == 200
     assert (await api.delete("/v1/listeners/https")).status_code == 200
     assert (await api.delete("/v1/certificates/a")).status_code == 200
 
@@ -159,7 +204,11 @@ async def test_listeners_and_certificates_reference_rules(api) -> None:
 async def test_kek_rotation_reseals_every_certificate(api, kek: KeyRing) -> None:
     ca = CA()
     for name in ("one", "two"):
-        assert (await api.put(f"/v1/certificates/{name}", json=_body(ca.issue(f"{name}.example.com", [f"{name}.example.com"])))).status_code == 201
+        assert (
+            await api.put(
+                f"/v1/certificates/{name}", json=_body(ca.issue(f"{name}.example.com", [f"{name}.example.com"]))
+            )
+        ).status_code == 201
     store = api._transport.app.state.store  # type: ignore[attr-defined]
     assert await store.reseal_certificates() == []  # all sealed with the current key already
     new = KeyRing(current=os.urandom(32), previous=(kek.current,))

@@ -11,13 +11,19 @@ async def _setup(api: httpx.AsyncClient) -> None:
     r = await api.put("/v1/clusters/web", json={"load_balancer": {"type": "maglev"}})
     assert r.status_code == 201, r.text
     for i in range(3):
-        r = await api.post("/v1/clusters/web/backends", json={"name": f"b{i}", "address": "127.0.0.1", "port": 9000 + i})
+        r = await api.post(
+            "/v1/clusters/web/backends", json={"name": f"b{i}", "address": "127.0.0.1", "port": 9000 + i}
+        )
         assert r.status_code == 201, r.text
     r = await api.put("/v1/listeners/http", json={"port": 10000})
     assert r.status_code == 201, r.text
     r = await api.put(
         "/v1/routes/main",
-        json={"listener": "http", "backends": [{"cluster": "web"}], "hash_policies": [{"type": "header", "name": "x-user-id"}]},
+        json={
+            "listener": "http",
+            "backends": [{"cluster": "web"}],
+            "hash_policies": [{"type": "header", "name": "x-user-id"}],
+        },
     )
     assert r.status_code == 201, r.text
 
@@ -30,8 +36,16 @@ async def test_cluster_crud(api: httpx.AsyncClient) -> None:
     r = await api.get("/v1/clusters/web")
     assert r.status_code == 200 and r.headers["etag"] == etag
     body = r.json()
-    assert body["protocol"] == "http2" and body["connect_timeout"] == "250ms" and body["load_balancer"] == {"type": "round_robin"}
-    r = await api.patch("/v1/clusters/web", json={"load_balancer": {"type": "ring_hash"}}, headers={"content-type": "application/merge-patch+json"})
+    assert (
+        body["protocol"] == "http2"
+        and body["connect_timeout"] == "250ms"
+        and body["load_balancer"] == {"type": "round_robin"}
+    )
+    r = await api.patch(
+        "/v1/clusters/web",
+        json={"load_balancer": {"type": "ring_hash"}},
+        headers={"content-type": "application/merge-patch+json"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["load_balancer"]["minimum_ring_size"] == 1024
     assert r.json()["protocol"] == "http2"
@@ -74,7 +88,12 @@ async def test_replace_backends(api: httpx.AsyncClient) -> None:
         ],
     )
     assert r.status_code == 200, r.text
-    assert (r.json()["added"], r.json()["removed"], r.json()["updated"], r.json()["unchanged"]) == (["b9"], ["b2"], ["b1"], 1)
+    assert (r.json()["added"], r.json()["removed"], r.json()["updated"], r.json()["unchanged"]) == (
+        ["b9"],
+        ["b2"],
+        ["b1"],
+        1,
+    )
 
 
 async def test_in_use_and_references(api: httpx.AsyncClient) -> None:
@@ -84,7 +103,9 @@ async def test_in_use_and_references(api: httpx.AsyncClient) -> None:
     r = await api.patch("/v1/clusters/web", json={"load_balancer": {"type": "round_robin"}})
     assert r.status_code == 409 and r.json()["code"] == "cluster-in-use"
     r = await api.put("/v1/routes/other", json={"listener": "http", "backends": [{"cluster": "nope"}]})
-    assert r.status_code == 422 and r.json()["errors"] == [{"pointer": "/backends/0/cluster", "detail": "cluster 'nope' does not exist"}]
+    assert r.status_code == 422 and r.json()["errors"] == [
+        {"pointer": "/backends/0/cluster", "detail": "cluster 'nope' does not exist"}
+    ]
     r = await api.delete("/v1/listeners/http")
     assert r.status_code == 409 and r.json()["code"] == "listener-in-use"
     r = await api.post("/v1/clusters/nope/backends", json={"name": "x", "address": "127.0.0.1", "port": 1})

@@ -3,10 +3,10 @@ that disconnects disappears within the registry's flush interval."""
 
 from __future__ import annotations
 
-from controlplane.model import Backend, Cluster
-from controlplane.resources import CLUSTER_TYPE
-from controlplane.store import Store
-from controlplane.xdsclient import AdsClient
+from controlplane.intent.model import Backend, Cluster
+from controlplane.intent.store import Store
+from controlplane.xds.client import AdsClient
+from controlplane.xds.resources import CLUSTER_TYPE
 from tests.conftest import wait_for
 
 
@@ -31,7 +31,9 @@ async def test_frontdoor_follows_the_fleet(api, store: Store, replica) -> None:
         clients.append(c)
 
     async def members() -> list[str]:
-        return [m["address"] for m in (await api.get("/v1/frontdoor/json", params={"fleet": "edge"})).json()["in_service"]]
+        return [
+            m["address"] for m in (await api.get("/v1/frontdoor/json", params={"fleet": "edge"})).json()["in_service"]
+        ]
 
     async def three() -> bool:
         return await members() == ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
@@ -39,7 +41,9 @@ async def test_frontdoor_follows_the_fleet(api, store: Store, replica) -> None:
     await wait_for(three, what="3 Envoys in service")
     dns = await api.get("/v1/frontdoor/dns", params={"fleet": "edge", "zone": "example.com", "name": "www", "ttl": 30})
     assert dns.status_code == 200 and dns.text.count("\tIN\tA\t") == 3
-    again = await api.get("/v1/frontdoor/dns", params={"fleet": "edge", "zone": "example.com", "name": "www", "ttl": 30})
+    again = await api.get(
+        "/v1/frontdoor/dns", params={"fleet": "edge", "zone": "example.com", "name": "www", "ttl": 30}
+    )
     assert again.headers["etag"] == dns.headers["etag"]  # unchanged set, identical render
     rules = (await api.get("/v1/frontdoor/iptables", params={"fleet": "edge", "vip": "198.51.100.1", "port": 443})).text
     assert rules.count("DNAT") == 3 and "--every 3 --packet 0" in rules
@@ -54,7 +58,10 @@ async def test_frontdoor_follows_the_fleet(api, store: Store, replica) -> None:
 
     await wait_for(two, what="the stopped Envoy withdrawn")
     assert "203.0.113.11" not in (await api.get("/v1/frontdoor/nftables", params={"fleet": "edge"})).text
-    assert "route 198.51.100.1" not in (await api.get("/v1/frontdoor/bird", params={"fleet": "edge", "node": "edge-1"})).text
+    assert (
+        "route 198.51.100.1"
+        not in (await api.get("/v1/frontdoor/bird", params={"fleet": "edge", "node": "edge-1"})).text
+    )
     bad = await api.get("/v1/frontdoor/bind")
     assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
     for c in (clients[0], clients[2]):
@@ -71,7 +78,11 @@ async def test_drain_api_contract(api, replica) -> None:
         bad = await api.post("/v1/fleet/ghost/drain", json=body, params={"force": "true"})
         assert bad.status_code == 422, body
     assert (await api.get("/v1/fleet")).json()["drained"] == {}  # nothing written by the refusals
-    for params in ({"wait": "acked"}, {"wait": "withdrawn", "timeout": "soon"}, {"wait": "withdrawn", "timeout": "301s"}):
+    for params in (
+        {"wait": "acked"},
+        {"wait": "withdrawn", "timeout": "soon"},
+        {"wait": "withdrawn", "timeout": "301s"},
+    ):
         bad_wait = await api.post("/v1/fleet/ghost/drain", params={"force": "true", **params})
         assert bad_wait.status_code == 422, params
     assert (await api.get("/v1/fleet")).json()["drained"] == {}

@@ -12,24 +12,43 @@ import httpx
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from controlplane.procs import Proc, free_port, wait_until
+from api.localcluster.procs import Proc, free_port, wait_until
 
 CASES_PER_OPERATION = 10
 
 
 def _etcd_revision(endpoint: str) -> int:
-    r = httpx.post(f"http://{endpoint}/v3/kv/range", json={"key": base64.b64encode(b"\0").decode(), "count_only": True}, timeout=5)
+    r = httpx.post(
+        f"http://{endpoint}/v3/kv/range", json={"key": base64.b64encode(b"\0").decode(), "count_only": True}, timeout=5
+    )
     return int(r.json()["header"]["revision"])
 
 
 def test_fuzz_the_admin_api(tmp_path: Path, etcd_config) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    api = Proc([sys.executable, "-m", "api.cli", "api", "--port", str(port), "--etcd", ",".join(etcd_config.endpoints),
-                "--prefix", etcd_config.prefix, "--log-level", "warning"], tmp_path / "api.log", env=dict(os.environ))
+    api = Proc(
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "api",
+            "--port",
+            str(port),
+            "--etcd",
+            ",".join(etcd_config.endpoints),
+            "--prefix",
+            etcd_config.prefix,
+            "--log-level",
+            "warning",
+        ],
+        tmp_path / "api.log",
+        env=dict(os.environ),
+    )
     api.start()
     endpoint = etcd_config.endpoints[0]
     try:
+
         def up() -> bool:
             try:
                 return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
@@ -44,12 +63,14 @@ def test_fuzz_the_admin_api(tmp_path: Path, etcd_config) -> None:
             op = result.ok()
 
             @given(case=op.as_strategy())
-            @settings(max_examples=CASES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=CASES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+            )
             def run(case) -> None:
                 before = _etcd_revision(endpoint)
                 r = case.call(base_url=url)
                 after = _etcd_revision(endpoint)
-                key = f"{case.method} {op.path}"
+                key = f"{case.method} {op.path}"  # noqa: B023 (run is called in this iteration)
                 seen[key] = seen.get(key, 0) + 1
                 content_type = (r.headers.get("content-type") or [""])[0]
                 if r.status_code >= 500:

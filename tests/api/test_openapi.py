@@ -8,8 +8,17 @@ import httpx
 async def test_openapi_document(api: httpx.AsyncClient) -> None:
     doc = (await api.get("/openapi.json")).json()
     paths = doc["paths"]
-    for p in ("/v1/clusters", "/v1/clusters/{name}", "/v1/clusters/{cluster}/backends", "/v1/clusters/{cluster}/backends/{name}",
-              "/v1/listeners/{name}", "/v1/routes/{name}", "/v1/batch", "/healthz", "/readyz"):
+    for p in (
+        "/v1/clusters",
+        "/v1/clusters/{name}",
+        "/v1/clusters/{cluster}/backends",
+        "/v1/clusters/{cluster}/backends/{name}",
+        "/v1/listeners/{name}",
+        "/v1/routes/{name}",
+        "/v1/batch",
+        "/healthz",
+        "/readyz",
+    ):
         assert p in paths, p
     assert set(paths["/v1/clusters/{name}"]) == {"get", "put", "patch", "delete"}
     schemas = doc["components"]["schemas"]

@@ -7,7 +7,9 @@ import httpx
 
 async def _cluster(api: httpx.AsyncClient, lb: dict, n: int = 10) -> None:
     await api.put("/v1/clusters/c", json={"load_balancer": lb})
-    await api.put("/v1/clusters/c/backends", json=[{"name": f"b{i}", "address": "10.0.0.1", "port": 1000 + i} for i in range(n)])
+    await api.put(
+        "/v1/clusters/c/backends", json=[{"name": f"b{i}", "address": "10.0.0.1", "port": 1000 + i} for i in range(n)]
+    )
 
 
 async def test_show_and_lookup(api: httpx.AsyncClient) -> None:
@@ -27,7 +29,11 @@ async def test_show_and_lookup(api: httpx.AsyncClient) -> None:
 
 async def test_simulate(api: httpx.AsyncClient) -> None:
     await _cluster(api, {"type": "maglev"})
-    sim = (await api.post("/v1/clusters/c/ring/simulate", json={"add": [{"name": "new", "address": "10.0.0.2", "port": 1}]})).json()
+    sim = (
+        await api.post(
+            "/v1/clusters/c/ring/simulate", json={"add": [{"name": "new", "address": "10.0.0.2", "port": 1}]}
+        )
+    ).json()
     # Adding one of 11 equal backends: ~1/11 of keys move, close to the minimum.
     assert abs(sim["minimum_fraction"] - 1 / 11) < 0.01
     assert sim["minimum_fraction"] <= sim["moved_fraction"] < sim["minimum_fraction"] + 0.02

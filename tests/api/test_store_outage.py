@@ -6,8 +6,8 @@ import asyncio
 
 import httpx
 
+from api.localcluster.procs import EtcdCluster
 from controlplane.etcd import EtcdConfig
-from controlplane.procs import EtcdCluster
 from tests.conftest import make_app
 
 

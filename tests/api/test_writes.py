@@ -71,10 +71,15 @@ async def test_batch_all_or_nothing(api: httpx.AsyncClient) -> None:
     assert len(await _keys(api)) == 4
     assert int(r.headers["lbcp-revision"]) == r.json()["revision"]
     # A failing precondition in the middle leaves the earlier ops unwritten too.
-    r = await api.post("/v1/batch", json={"operations": [
-        {"op": "delete", "kind": "route", "name": "r"},
-        {"op": "create", "kind": "listener", "name": "http", "body": {"port": 10001}},
-    ]})
+    r = await api.post(
+        "/v1/batch",
+        json={
+            "operations": [
+                {"op": "delete", "kind": "route", "name": "r"},
+                {"op": "create", "kind": "listener", "name": "http", "body": {"port": 10001}},
+            ]
+        },
+    )
     assert r.status_code == 409
     assert (await api.get("/v1/routes/r")).status_code == 200
 
@@ -82,7 +87,9 @@ async def test_batch_all_or_nothing(api: httpx.AsyncClient) -> None:
 async def test_dry_run_writes_nothing(api: httpx.AsyncClient) -> None:
     r = await api.put("/v1/clusters/web?dry_run=true", json={})
     assert r.status_code == 200 and r.headers["lbcp-dry-run"] == "true" and r.headers["lbcp-outcome"] == "created"
-    r = await api.post("/v1/batch?dry_run=true", json={"operations": [{"op": "put", "kind": "cluster", "name": "x", "body": {}}]})
+    r = await api.post(
+        "/v1/batch?dry_run=true", json={"operations": [{"op": "put", "kind": "cluster", "name": "x", "body": {}}]}
+    )
     assert r.status_code == 200 and r.json()["dry_run"] is True
     r = await api.put("/v1/clusters/web?dry_run=true", json={"protocol": "bogus"})
     assert r.status_code == 422
@@ -95,21 +102,60 @@ async def test_dry_run_writes_nothing(api: httpx.AsyncClient) -> None:
         ("/v1/clusters/Web", {}, "/name", "should match pattern"),
         ("/v1/clusters/" + "a" * 64, {}, "/name", "at most 63"),
         ("/v1/clusters/web", {"protocol": "udp"}, "/protocol", "http1"),
-        ("/v1/clusters/web", {"load_balancer": {"type": "maglev", "table_size": 65536}}, "/load_balancer/table_size", "prime"),
-        ("/v1/clusters/web", {"load_balancer": {"type": "ring_hash", "minimum_ring_size": 10, "maximum_ring_size": 5}}, "/load_balancer", "minimum_ring_size"),
+        (
+            "/v1/clusters/web",
+            {"load_balancer": {"type": "maglev", "table_size": 65536}},
+            "/load_balancer/table_size",
+            "prime",
+        ),
+        (
+            "/v1/clusters/web",
+            {"load_balancer": {"type": "ring_hash", "minimum_ring_size": 10, "maximum_ring_size": 5}},
+            "/load_balancer",
+            "minimum_ring_size",
+        ),
         ("/v1/clusters/web", {"load_balancer": {"type": "fastest"}}, "/load_balancer", "tag"),
         ("/v1/clusters/web", {"connect_timeout": "5 parsecs"}, "/connect_timeout", "invalid duration"),
         ("/v1/clusters/web", {"health_check": {"active": {"type": "http"}}}, "/health_check/active", "path"),
-        ("/v1/clusters/web", {"health_check": {"active": {"type": "tcp", "interval": "1s", "timeout": "2s"}}}, "/health_check/active", "timeout"),
+        (
+            "/v1/clusters/web",
+            {"health_check": {"active": {"type": "tcp", "interval": "1s", "timeout": "2s"}}},
+            "/health_check/active",
+            "timeout",
+        ),
         ("/v1/clusters/web", {"typo_field": 1}, "/typo_field", "Extra inputs"),
         ("/v1/listeners/l", {"port": 70000}, "/port", "65535"),
         ("/v1/listeners/l", {"port": 80, "protocol": "tcp"}, "", "needs 'cluster'"),
         ("/v1/listeners/l", {"port": 80, "address": "example.com"}, "/address", "literal"),
         ("/v1/routes/r", {"listener": "l", "backends": []}, "/backends", "at least 1"),
-        ("/v1/routes/r", {"listener": "l", "backends": [{"cluster": "a"}], "match": {"regex": "(?=x)"}}, "/match/regex", "RE2"),
-        ("/v1/routes/r", {"listener": "l", "backends": [{"cluster": "a"}], "match": {"prefix": "/", "path": "/x"}}, "/match", "exactly one"),
-        ("/v1/routes/r", {"listener": "l", "backends": [{"cluster": "a"}], "hash_policies": [{"type": "header"}]}, "/hash_policies/0", "needs a name"),
-        ("/v1/routes/r", {"listener": "l", "backends": [{"cluster": "a"}, {"cluster": "b"}], "hash_policies": [{"type": "source_ip"}]}, "", "ambiguous"),
+        (
+            "/v1/routes/r",
+            {"listener": "l", "backends": [{"cluster": "a"}], "match": {"regex": "(?=x)"}},
+            "/match/regex",
+            "RE2",
+        ),
+        (
+            "/v1/routes/r",
+            {"listener": "l", "backends": [{"cluster": "a"}], "match": {"prefix": "/", "path": "/x"}},
+            "/match",
+            "exactly one",
+        ),
+        (
+            "/v1/routes/r",
+            {"listener": "l", "backends": [{"cluster": "a"}], "hash_policies": [{"type": "header"}]},
+            "/hash_policies/0",
+            "needs a name",
+        ),
+        (
+            "/v1/routes/r",
+            {
+                "listener": "l",
+                "backends": [{"cluster": "a"}, {"cluster": "b"}],
+                "hash_policies": [{"type": "source_ip"}],
+            },
+            "",
+            "ambiguous",
+        ),
     ],
 )
 async def test_validation_errors(api: httpx.AsyncClient, path: str, body: dict, pointer: str, needle: str) -> None:
@@ -131,7 +177,15 @@ async def test_validation_errors(api: httpx.AsyncClient, path: str, body: dict, 
         ({"address": "10.0.0.1", "port": 80, "priority": 128}, "/priority", "less than or equal"),
         ({"address": "10.0.0.1", "port": 80, "admin_state": "off"}, "/admin_state", "ready"),
         ({"address": "10.0.0.1", "port": 80, "metadata": {f"k{i}": i for i in range(33)}}, "/metadata", "at most 32"),
-        ({"address": "10.0.0.1", "port": 80, "metadata": {"k": "x" * 1000, "j": "y" * 1000, "l": "z" * 1000, "m": "w" * 1000, "n": "v" * 1000}}, "/metadata", "bytes"),
+        (
+            {
+                "address": "10.0.0.1",
+                "port": 80,
+                "metadata": {"k": "x" * 1000, "j": "y" * 1000, "l": "z" * 1000, "m": "w" * 1000, "n": "v" * 1000},
+            },
+            "/metadata",
+            "bytes",
+        ),
     ],
 )
 async def test_backend_validation(api: httpx.AsyncClient, body: dict, pointer: str, needle: str) -> None:
@@ -146,7 +200,9 @@ async def test_bad_requests_are_problems(api: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and r.json()["code"] == "invalid-json"
     r = await api.put("/v1/clusters/web", content=b"name: web", headers={"content-type": "text/yaml"})
     assert r.status_code == 415 and r.json()["code"] == "unsupported-media-type"
-    r = await api.put("/v1/clusters/web", content=b"[" * 100_000 + b"]" * 100_000, headers={"content-type": "application/json"})
+    r = await api.put(
+        "/v1/clusters/web", content=b"[" * 100_000 + b"]" * 100_000, headers={"content-type": "application/json"}
+    )
     assert r.status_code in (400, 422) and r.headers["content-type"] == "application/problem+json"
     r = await api.get("/v1/clusters", params={"limit": 0})
     assert r.status_code == 422 and r.json()["code"] == "validation-failed"
@@ -172,7 +228,11 @@ async def test_auth_roles(etcd_config) -> None:
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             r = await c.get("/v1/clusters")
-            assert r.status_code == 401 and r.json()["code"] == "unauthenticated" and "bearer" in r.headers["www-authenticate"].lower()
+            assert (
+                r.status_code == 401
+                and r.json()["code"] == "unauthenticated"
+                and "bearer" in r.headers["www-authenticate"].lower()
+            )
             r = await c.get("/v1/clusters", headers={"authorization": "Bearer wrong-token-000000"})
             assert r.status_code == 401
             reader = {"authorization": "Bearer reader-token-123456"}
@@ -205,7 +265,9 @@ async def test_tls_listener_naming_a_missing_certificate_is_refused(api: httpx.A
     assert await _keys(api) == []
 
 
-@pytest.mark.parametrize("name", ["..", ".", "a/b", "%2e%2e", "a%2Fb", "a\x00b", "x" * 300, "-lead", "with space", "ünï", "a\nb"])
+@pytest.mark.parametrize(
+    "name", ["..", ".", "a/b", "%2e%2e", "a%2Fb", "a\x00b", "x" * 300, "-lead", "with space", "ünï", "a\nb"]
+)
 async def test_names_cannot_escape_the_key_space(api: httpx.AsyncClient, name: str) -> None:
     """Names that could leave their etcd folder, or are not DNS-label-like, are a clear 4xx
     for every kind and every way a name arrives (path or body), and nothing is written."""
@@ -218,7 +280,9 @@ async def test_names_cannot_escape_the_key_space(api: httpx.AsyncClient, name: s
         lambda: api.put(f"/v1/clusters/home/backends/{quoted}", json={"address": "10.0.0.1", "port": 80}),
         lambda: api.post("/v1/clusters", json={"name": name}),
         lambda: api.post("/v1/clusters/home/backends", json={"name": name, "address": "10.0.0.1", "port": 80}),
-        lambda: api.post("/v1/batch", json={"operations": [{"op": "put", "kind": "cluster", "name": name, "body": {}}]}),
+        lambda: api.post(
+            "/v1/batch", json={"operations": [{"op": "put", "kind": "cluster", "name": name, "body": {}}]}
+        ),
     ]
     for attempt in attempts:
         r = await attempt()

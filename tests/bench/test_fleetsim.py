@@ -7,8 +7,8 @@ import asyncio
 import dataclasses
 
 from bench.fleetsim.fleet import Fleet, specs
-from controlplane.model import Backend, Cluster, Listener, Route
-from controlplane.store import Store
+from controlplane.intent.model import Backend, Cluster, Listener, Route
+from controlplane.intent.store import Store
 from tests.conftest import wait_for
 
 N = 20
@@ -18,7 +18,9 @@ async def test_small_fleet_converges_and_accounting_matches(store: Store, api, r
     for c in ("web", "api"):
         await store.put(Cluster(name=c, load_balancer={"type": "maglev"} if c == "web" else {"type": "round_robin"}))
         for i in range(3):
-            await store.put(Backend(name=f"{c}-{i}", address="10.0.0.1", port=30000 + i + (10 if c == "api" else 0)), cluster=c)
+            await store.put(
+                Backend(name=f"{c}-{i}", address="10.0.0.1", port=30000 + i + (10 if c == "api" else 0)), cluster=c
+            )
     await store.put(Listener(name="http", port=10000))
     await store.put(Route(name="r", listener="http", backends=[{"cluster": "web"}, {"cluster": "api"}]))
     clients = specs(N, delta_share=0.5)
@@ -59,9 +61,18 @@ async def test_small_fleet_converges_and_accounting_matches(store: Store, api, r
         except AssertionError:
             nodes = {n["node_id"]: n for n in (await api.get("/v1/fleet")).json()["nodes"]}
             by_node = {c["node_id"]: c for c in await asyncio.to_thread(fleet.counters)}
-            diffs = [(n, {t: v["pushes"] for t, v in d["types"].items()}, d["acked_revision"], by_node[n]["acks"], by_node[n]["nacks"], rev)
-                     for n, d in nodes.items()]
-            raise AssertionError(diffs[:5])
+            diffs = [
+                (
+                    n,
+                    {t: v["pushes"] for t, v in d["types"].items()},
+                    d["acked_revision"],
+                    by_node[n]["acks"],
+                    by_node[n]["nacks"],
+                    rev,
+                )
+                for n, d in nodes.items()
+            ]
+            raise AssertionError(diffs[:5]) from None
         nacker = (await api.get(f"/v1/fleet/{clients[3].node_id}")).json()
         assert nacker["types"]["eds"]["last_nack"]["message"] == "fleetsim: NACK as told"
         rollout = (await api.get(f"/v1/rollouts/{rev}")).json()

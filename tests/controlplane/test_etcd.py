@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from aetcd import rpc
 
-from controlplane.errors import StoreError, StoreUnavailable
+from api.localcluster.procs import EtcdCluster, EtcdTLS
 from controlplane.etcd import Etcd, EtcdConfig
-from controlplane.keyspace import Ref
-from controlplane.model import Cluster, Kind
-from controlplane.procs import EtcdCluster, EtcdTLS
-from controlplane.store import Store
+from controlplane.intent.errors import StoreError, StoreUnavailable
+from controlplane.intent.keyspace import Ref
+from controlplane.intent.model import Cluster, Kind
+from controlplane.intent.store import Store
 from tests.certs import CA
 
 
@@ -68,8 +68,10 @@ async def test_user_and_password(private_etcd: EtcdCluster) -> None:
     # An expired/invalidated token is refreshed once, transparently.
     good._token = "not-a-valid-token"
     assert (await Store(good).get(Ref(Kind.CLUSTER, "web"))).obj.name == "web"
-    for cfg in (EtcdConfig(endpoints=tuple(private_etcd.endpoints)),
-                EtcdConfig(endpoints=tuple(private_etcd.endpoints), username="root", password="wrong")):
+    for cfg in (
+        EtcdConfig(endpoints=tuple(private_etcd.endpoints)),
+        EtcdConfig(endpoints=tuple(private_etcd.endpoints), username="root", password="wrong"),
+    ):
         bad = Etcd(cfg)
         with pytest.raises(StoreError):
             await Store(bad).get(Ref(Kind.CLUSTER, "web"))
@@ -87,7 +89,9 @@ async def test_mutual_tls(tmp_path: Path) -> None:
     cluster.start()
     try:
         eps = tuple(f"https://{e}" for e in cluster.endpoints)
-        etcd = Etcd(EtcdConfig(endpoints=eps, ca_file=str(tmp_path / "ca.crt"), cert_file=client_cert, key_file=client_key))
+        etcd = Etcd(
+            EtcdConfig(endpoints=eps, ca_file=str(tmp_path / "ca.crt"), cert_file=client_cert, key_file=client_key)
+        )
         await Store(etcd).put(Cluster(name="web"))
         assert (await Store(etcd).get(Ref(Kind.CLUSTER, "web"))).obj.name == "web"
         await etcd.close()
@@ -104,8 +108,8 @@ async def test_leader_killed_mid_write_loses_no_acknowledged_write(etcd3) -> Non
     """1,000 backend writes, 8 at a time, against a 3-member etcd whose leader is SIGKILLed
     after the first 300 acknowledgements: writes continue after re-election, and every
     write that was acknowledged is in etcd afterwards (unacknowledged ones may or may not be)."""
-    from controlplane.errors import StoreError
-    from controlplane.model import Backend
+    from controlplane.intent.errors import StoreError
+    from controlplane.intent.model import Backend
 
     cluster, etcd = etcd3
     store = Store(etcd)

@@ -12,8 +12,20 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_generated_code_is_current(tmp_path: Path) -> None:
     protos = sorted(str(p.relative_to(ROOT / "protos")) for p in (ROOT / "protos").rglob("*.proto"))
     assert protos, "no .proto files under protos/"
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iprotos", f"--python_out={tmp_path}",
-                    f"--pyi_out={tmp_path}", *protos], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-Iprotos",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            *protos,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
     assert generated
     stale = [str(p) for p in generated if (ROOT / "controlplane/gen" / p).read_bytes() != (tmp_path / p).read_bytes()]
@@ -22,6 +34,6 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
 
 def test_hash_ring_type_url_matches_the_proto() -> None:
     from controlplane.gen.lbcp.v1 import ring_pb2
-    from controlplane.resources import HASH_RING_TYPE
+    from controlplane.xds.resources import HASH_RING_TYPE
 
     assert HASH_RING_TYPE == "type.googleapis.com/" + ring_pb2.HashRing.DESCRIPTOR.full_name

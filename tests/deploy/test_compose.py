@@ -11,7 +11,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from api.cli import _apply_ops, build_parser
+from api.cli import build_parser
+from api.cli.intent import _apply_ops
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = Path(__file__).resolve().parent / "data" / "compose-spec.json"  # copy of ../shared/compose-spec.json
@@ -73,7 +74,7 @@ def test_mounted_files_and_build_context_exist() -> None:
 
 
 def test_lbcp_commands_parse() -> None:
-    for name, s in _compose()["services"].items():
+    for s in _compose()["services"].values():
         if s.get("image") == "lbcp:dev":
             build_parser().parse_args([str(a) for a in s["command"]])  # SystemExit on a bad flag
 
@@ -91,8 +92,13 @@ def test_services_point_at_each_other() -> None:
             continue
         boot = yaml.safe_load((ROOT / s["volumes"][0].split(":")[0]).read_text())
         xds_cluster = next(c for c in boot["static_resources"]["clusters"] if c["name"] == "lbcp_xds")
-        targets = {(e["endpoint"]["address"]["socket_address"]["address"], e["endpoint"]["address"]["socket_address"]["port_value"])
-                   for e in xds_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]}
+        targets = {
+            (
+                e["endpoint"]["address"]["socket_address"]["address"],
+                e["endpoint"]["address"]["socket_address"]["port_value"],
+            )
+            for e in xds_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        }
         assert targets == {(n, int(_flag(c, "--port"))) for n, c in xds.items()}, name
         assert boot["node"]["id"] == name
         assert s["ports"][0].endswith(":10000")
@@ -102,8 +108,12 @@ def test_services_point_at_each_other() -> None:
     assert jobs["lbcp-api"] == {f"api:{_flag(api, '--port')}"}
     assert jobs["lbcp-xds"] == {f"{n}:{_flag(c, '--metrics-port')}" for n, c in xds.items()}
     envoys = [n for n, s in services.items() if s.get("image", "").startswith("envoyproxy/envoy:")]
-    ops = {yaml.safe_load((ROOT / services[n]["volumes"][0].split(":")[0]).read_text())["static_resources"]["listeners"][0]
-           ["address"]["socket_address"]["port_value"] for n in envoys}
+    ops = {
+        yaml.safe_load((ROOT / services[n]["volumes"][0].split(":")[0]).read_text())["static_resources"]["listeners"][
+            0
+        ]["address"]["socket_address"]["port_value"]
+        for n in envoys
+    }
     assert jobs["envoy"] == {f"{n}:{p}" for n in envoys for p in ops}
 
 
@@ -117,8 +127,11 @@ async def test_demo_intent_is_valid_and_names_the_demo_backends(api) -> None:
         cmd = services[b["address"]]["command"]
         assert cmd[:2] == ["demo-backend", b["name"]] and int(_flag(cmd, "--port")) == b["port"]
     listener = next(d for d in docs if d["kind"] == "listener")
-    assert all(s["ports"][0].endswith(f":{listener['port']}") for s in services.values()
-               if s.get("image", "").startswith("envoyproxy/envoy:"))
+    assert all(
+        s["ports"][0].endswith(f":{listener['port']}")
+        for s in services.values()
+        if s.get("image", "").startswith("envoyproxy/envoy:")
+    )
 
 
 def test_dockerfile_copies_what_exists() -> None:

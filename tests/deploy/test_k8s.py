@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from api.cli import build_parser
-from controlplane.procs import envoy_binary
+from api.localcluster.procs import envoy_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -37,8 +37,14 @@ def test_objects_are_complete() -> None:
         if o["kind"] != "Namespace":
             assert o["metadata"]["namespace"] == "lbcp", o["metadata"]["name"]
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
-    assert {("Deployment", "lbcp-api"), ("Service", "lbcp-api"), ("Deployment", "lbcp-xds"), ("Service", "lbcp-xds"),
-            ("DaemonSet", "envoy"), ("ConfigMap", "envoy-bootstrap")} <= kinds
+    assert {
+        ("Deployment", "lbcp-api"),
+        ("Service", "lbcp-api"),
+        ("Deployment", "lbcp-xds"),
+        ("Service", "lbcp-xds"),
+        ("DaemonSet", "envoy"),
+        ("ConfigMap", "envoy-bootstrap"),
+    } <= kinds
 
 
 def test_selectors_ports_and_volumes() -> None:
@@ -62,7 +68,11 @@ def test_selectors_ports_and_volumes() -> None:
             if "configMap" in v:
                 assert ("ConfigMap", v["configMap"]["name"]) in {(o["kind"], o["metadata"]["name"]) for o in objs}
     for svc in (o for o in objs if o["kind"] == "Service"):
-        targets = [w for w in workloads if svc["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        targets = [
+            w
+            for w in workloads
+            if svc["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert targets, f"Service {svc['metadata']['name']} selects no pods"
         named = {p["name"] for w in targets for c in _pod_containers(w) for p in c.get("ports", [])}
         for p in svc["spec"]["ports"]:
@@ -99,12 +109,16 @@ def _bootstrap() -> dict:
 def test_configmap_bootstrap_validates_with_envoy(tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(_bootstrap()))
-    r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_configmap_bootstrap_is_what_the_renderer_makes() -> None:
-    from controlplane.bootstrap import XdsEndpoint, render
+    from controlplane.xds.bootstrap import XdsEndpoint, render
 
     assert _bootstrap() == render("envoy", "default", [XdsEndpoint("lbcp-xds.lbcp.svc.cluster.local", 18000)])

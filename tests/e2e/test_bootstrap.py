@@ -9,15 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controlplane.bootstrap import XdsEndpoint, render
-from controlplane.procs import envoy_binary
+from api.localcluster.procs import envoy_binary
+from controlplane.xds.bootstrap import XdsEndpoint, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _validate(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _repo_bootstraps() -> list[Path]:
@@ -43,7 +47,9 @@ def test_repo_bootstraps_validate(path: Path) -> None:
 
 @pytest.mark.parametrize("delta", [True, False])
 def test_rendered_bootstrap_validates(tmp_path: Path, delta: bool) -> None:
-    doc = render("n1", "edge", [XdsEndpoint("127.0.0.1", 18000), XdsEndpoint("127.0.0.2", 18000)], zone="a", delta=delta)
+    doc = render(
+        "n1", "edge", [XdsEndpoint("127.0.0.1", 18000), XdsEndpoint("127.0.0.2", 18000)], zone="a", delta=delta
+    )
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(doc))
     r = _validate(path)
@@ -59,12 +65,35 @@ def test_validate_catches_a_broken_bootstrap(tmp_path: Path) -> None:
 
 
 def test_render_n_instances(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "api.cli", "bootstrap", "--node-id", "edge", "--xds", "127.0.0.1:1,127.0.0.1:2",
-                        "--count", "3", "-o", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "bootstrap",
+            "--node-id",
+            "edge",
+            "--xds",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--count",
+            "3",
+            "-o",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     docs = [yaml.safe_load((tmp_path / f"edge-{i}.yaml").read_text()) for i in range(3)]
     assert [d["node"]["id"] for d in docs] == ["edge-0", "edge-1", "edge-2"]
-    first = [d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] for d in docs]
+    first = [
+        d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+            "address"
+        ]["socket_address"]["port_value"]
+        for d in docs
+    ]
     assert first == [1, 2, 1]
     assert _validate(tmp_path / "edge-1.yaml").returncode == 0
 
@@ -77,7 +106,9 @@ def test_repo_bootstrap_is_what_the_renderer_makes(path: Path, tmp_path: Path) -
     command = first.removeprefix("# Rendered by: lbcp ").split()
     if "--count" in command:  # renders a folder: render into tmp_path, compare the same file
         command[command.index("-o") + 1] = str(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "api.cli", *command], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "api.cli", *command], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     rendered = (tmp_path / path.name).read_text() if "--count" in command else r.stdout
     assert yaml.safe_load(rendered) == yaml.safe_load(path.read_text()), f"re-render {path.relative_to(ROOT)}"
@@ -91,16 +122,32 @@ async def test_edge_envoy_health_listener_overload_and_edge_settings(api, replic
 
     import httpx
 
-    from controlplane.procs import free_port
+    from api.localcluster.procs import free_port
     from tests.conftest import http_ok, wait_for
 
     port = free_port()
-    r = await api.post("/v1/batch", json={"operations": [
-        {"op": "put", "kind": "cluster", "name": "web", "body": {}},
-        {"op": "put", "kind": "backend", "cluster": "web", "name": "b0", "body": {"address": "127.0.0.1", "port": backends[0].port}},
-        {"op": "put", "kind": "listener", "name": "http", "body": {"address": "127.0.0.1", "port": port}},
-        {"op": "put", "kind": "route", "name": "r", "body": {"listener": "http", "backends": [{"cluster": "web"}]}},
-    ]})
+    r = await api.post(
+        "/v1/batch",
+        json={
+            "operations": [
+                {"op": "put", "kind": "cluster", "name": "web", "body": {}},
+                {
+                    "op": "put",
+                    "kind": "backend",
+                    "cluster": "web",
+                    "name": "b0",
+                    "body": {"address": "127.0.0.1", "port": backends[0].port},
+                },
+                {"op": "put", "kind": "listener", "name": "http", "body": {"address": "127.0.0.1", "port": port}},
+                {
+                    "op": "put",
+                    "kind": "route",
+                    "name": "r",
+                    "body": {"listener": "http", "backends": [{"cluster": "web"}]},
+                },
+            ]
+        },
+    )
     assert r.status_code == 200
     e = await asyncio.to_thread(envoys, "edge-0", [("127.0.0.1", replica.port)])
     await wait_for(http_ok(f"http://127.0.0.1:{port}/"), what="Envoy serving")
@@ -126,6 +173,10 @@ async def test_edge_envoy_health_listener_overload_and_edge_settings(api, replic
     assert "no configured limit" not in e.proc.log_path.read_text()
     dump = e.config_dump("dynamic_listeners")
     text = str(dump)
-    for needle in ("'use_remote_address': True", "'max_concurrent_streams': 100", "'per_connection_buffer_limit_bytes': 32768",
-                   "'headers_with_underscores_action': 'REJECT_REQUEST'"):
+    for needle in (
+        "'use_remote_address': True",
+        "'max_concurrent_streams': 100",
+        "'per_connection_buffer_limit_bytes': 32768",
+        "'headers_with_underscores_action': 'REJECT_REQUEST'",
+    ):
         assert needle in text, needle

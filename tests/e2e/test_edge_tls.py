@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from controlplane.procs import free_port
+from api.localcluster.procs import free_port
 from tests.certs import CA
 from tests.conftest import wait_for
 
@@ -43,19 +43,47 @@ async def _stat(admin: str, name: str) -> int:
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
 async def test_sni_default_and_hitless_rotation(api, replica, envoys, backends, delta: bool) -> None:
     ca = CA()
-    site_a, site_b, fallback = ca.issue("a.example.com", ["a.example.com"]), ca.issue("b.example.com", ["b.example.com", "*.b.example.com"]), ca.issue("fallback")
+    site_a, site_b, fallback = (
+        ca.issue("a.example.com", ["a.example.com"]),
+        ca.issue("b.example.com", ["b.example.com", "*.b.example.com"]),
+        ca.issue("fallback"),
+    )
     for name, issued in (("site-a", site_a), ("site-b", site_b), ("fallback", fallback)):
         r = await api.put(f"/v1/certificates/{name}", json=_cert_body(issued))
         assert r.status_code == 201, r.text
         assert "private_key" not in r.json() and issued.key_pem.decode() not in r.text
     port = free_port()
-    r = await api.post("/v1/batch", json={"operations": [
-        {"op": "put", "kind": "cluster", "name": "web", "body": {}},
-        {"op": "put", "kind": "backend", "cluster": "web", "name": "b0", "body": {"address": "127.0.0.1", "port": backends[0].port}},
-        {"op": "put", "kind": "listener", "name": "https", "body": {"address": "127.0.0.1", "port": port,
-                                                                     "tls": {"certificates": ["fallback", "site-a", "site-b"]}}},
-        {"op": "put", "kind": "route", "name": "all", "body": {"listener": "https", "backends": [{"cluster": "web"}]}},
-    ]})
+    r = await api.post(
+        "/v1/batch",
+        json={
+            "operations": [
+                {"op": "put", "kind": "cluster", "name": "web", "body": {}},
+                {
+                    "op": "put",
+                    "kind": "backend",
+                    "cluster": "web",
+                    "name": "b0",
+                    "body": {"address": "127.0.0.1", "port": backends[0].port},
+                },
+                {
+                    "op": "put",
+                    "kind": "listener",
+                    "name": "https",
+                    "body": {
+                        "address": "127.0.0.1",
+                        "port": port,
+                        "tls": {"certificates": ["fallback", "site-a", "site-b"]},
+                    },
+                },
+                {
+                    "op": "put",
+                    "kind": "route",
+                    "name": "all",
+                    "body": {"listener": "https", "backends": [{"cluster": "web"}]},
+                },
+            ]
+        },
+    )
     assert r.status_code == 200, r.text
     envoy = envoys(f"tls-edge-{delta}", [("127.0.0.1", replica.port)], delta=delta)
     ca_pem = ca.pem
@@ -85,9 +113,12 @@ async def test_sni_default_and_hitless_rotation(api, replica, envoys, backends, 
 
     # Many open TLS keep-alive connections (h2 and HTTP/1.1) through the listener.
     ctx = tls_context()
-    clients = [httpx.AsyncClient(verify=ctx, http2=i % 2 == 0, timeout=5, limits=httpx.Limits(max_connections=1))
-               for i in range(100)]
+    clients = [
+        httpx.AsyncClient(verify=ctx, http2=i % 2 == 0, timeout=5, limits=httpx.Limits(max_connections=1))
+        for i in range(100)
+    ]
     try:
+
         async def round_trip() -> None:
             rs = await asyncio.gather(*(c.get(url, extensions=sni) for c in clients))
             assert all(r.status_code == 200 for r in rs)
@@ -97,11 +128,16 @@ async def test_sni_default_and_hitless_rotation(api, replica, envoys, backends, 
         opened = await _stat(envoy.admin, f"{stat}.downstream_cx_total")
         closed = await _stat(envoy.admin, f"{stat}.downstream_cx_destroy")
         assert await _stat(envoy.admin, f"{stat}.downstream_cx_active") == len(clients)
-        lm = {k: await _stat(envoy.admin, f"listener_manager.{k}") for k in ("listener_modified", "listener_removed", "total_filter_chains_draining")}
+        lm = {
+            k: await _stat(envoy.admin, f"listener_manager.{k}")
+            for k in ("listener_modified", "listener_removed", "total_filter_chains_draining")
+        }
 
         # Rotate site-a: a new key and certificate, same names.
         rotated = ca.issue("a.example.com", ["a.example.com"])
-        r = await api.put("/v1/certificates/site-a", json=_cert_body(rotated), params={"wait": "acked", "timeout": "15s"})
+        r = await api.put(
+            "/v1/certificates/site-a", json=_cert_body(rotated), params={"wait": "acked", "timeout": "15s"}
+        )
         assert r.status_code == 200 and r.headers["Lbcp-Rollout"] == "complete", r.text
         fingerprint = r.json()["fingerprint_sha256"]
 
@@ -175,15 +211,51 @@ async def test_upstream_tls_with_client_certificate(api, replica, envoys, tmp_pa
         assert (await api.put("/v1/certificates/edge-client", json=_cert_body(client))).status_code == 201
         port = free_port()
         tls = {"sni": "backend.internal", "ca_bundle": ca.pem.decode(), "client_certificate": "edge-client"}
-        r = await api.post("/v1/batch", json={"operations": [
-            {"op": "put", "kind": "cluster", "name": "secure", "body": {"tls": tls}},
-            {"op": "put", "kind": "backend", "cluster": "secure", "name": "b", "body": {"address": "127.0.0.1", "port": backend.port}},
-            {"op": "put", "kind": "cluster", "name": "wrong-ca", "body": {"tls": {**tls, "ca_bundle": CA("other").pem.decode()}}},
-            {"op": "put", "kind": "backend", "cluster": "wrong-ca", "name": "b", "body": {"address": "127.0.0.1", "port": backend.port}},
-            {"op": "put", "kind": "listener", "name": "plain", "body": {"address": "127.0.0.1", "port": port}},
-            {"op": "put", "kind": "route", "name": "bad", "body": {"listener": "plain", "match": {"prefix": "/bad"}, "backends": [{"cluster": "wrong-ca"}]}},
-            {"op": "put", "kind": "route", "name": "good", "body": {"listener": "plain", "backends": [{"cluster": "secure"}]}},
-        ]})
+        r = await api.post(
+            "/v1/batch",
+            json={
+                "operations": [
+                    {"op": "put", "kind": "cluster", "name": "secure", "body": {"tls": tls}},
+                    {
+                        "op": "put",
+                        "kind": "backend",
+                        "cluster": "secure",
+                        "name": "b",
+                        "body": {"address": "127.0.0.1", "port": backend.port},
+                    },
+                    {
+                        "op": "put",
+                        "kind": "cluster",
+                        "name": "wrong-ca",
+                        "body": {"tls": {**tls, "ca_bundle": CA("other").pem.decode()}},
+                    },
+                    {
+                        "op": "put",
+                        "kind": "backend",
+                        "cluster": "wrong-ca",
+                        "name": "b",
+                        "body": {"address": "127.0.0.1", "port": backend.port},
+                    },
+                    {"op": "put", "kind": "listener", "name": "plain", "body": {"address": "127.0.0.1", "port": port}},
+                    {
+                        "op": "put",
+                        "kind": "route",
+                        "name": "bad",
+                        "body": {
+                            "listener": "plain",
+                            "match": {"prefix": "/bad"},
+                            "backends": [{"cluster": "wrong-ca"}],
+                        },
+                    },
+                    {
+                        "op": "put",
+                        "kind": "route",
+                        "name": "good",
+                        "body": {"listener": "plain", "backends": [{"cluster": "secure"}]},
+                    },
+                ]
+            },
+        )
         assert r.status_code == 200, r.text
         envoys("tls-upstream", [("127.0.0.1", replica.port)])
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import httpx
 
-from controlplane.procs import free_port
+from api.localcluster.procs import free_port
 from tests.conftest import http_ok, wait_for
 
 
@@ -27,7 +27,9 @@ async def test_rest_to_envoy_traffic(api: httpx.AsyncClient, replica, backends, 
         r = await api.put(f"/v1/clusters/web/backends/{b.name}", json={"address": "127.0.0.1", "port": b.port})
         assert r.status_code == 201
     assert (await api.put("/v1/listeners/http", json={"address": "127.0.0.1", "port": port})).status_code == 201
-    assert (await api.put("/v1/routes/main", json={"listener": "http", "backends": [{"cluster": "web"}]})).status_code == 201
+    assert (
+        await api.put("/v1/routes/main", json={"listener": "http", "backends": [{"cluster": "web"}]})
+    ).status_code == 201
 
     envoy = await asyncio.to_thread(envoys, "envoy-1", [("127.0.0.1", replica.port)])
 

@@ -6,9 +6,9 @@ import asyncio
 
 import httpx
 
+from api.localcluster.procs import EtcdCluster, free_port
 from controlplane.etcd import EtcdConfig
-from controlplane.procs import EtcdCluster, free_port
-from controlplane.replica import ReplicaConfig, XdsReplica
+from controlplane.xds.replica import ReplicaConfig, XdsReplica
 from tests.conftest import http_ok, wait_for
 
 
@@ -16,7 +16,11 @@ def _dynamic(envoy) -> dict:
     """(kind, name) -> (version, resource) from Envoy's /config_dump."""
     out = {}
     for cfg in envoy.config_dump()["configs"]:
-        for key, kind in (("dynamic_active_clusters", "cluster"), ("dynamic_listeners", "listener"), ("dynamic_route_configs", "route")):
+        for key, kind in (
+            ("dynamic_active_clusters", "cluster"),
+            ("dynamic_listeners", "listener"),
+            ("dynamic_route_configs", "route"),
+        ):
             for item in cfg.get(key, []):
                 if kind == "listener":
                     item = item.get("active_state", {})
@@ -28,9 +32,19 @@ def _dynamic(envoy) -> dict:
 
 async def _setup(api, backends, port: int) -> None:
     await api.put("/v1/clusters/web", json={"load_balancer": {"type": "maglev"}})
-    await api.put("/v1/clusters/web/backends", json=[{"name": b.name, "address": "127.0.0.1", "port": b.port} for b in backends[:3]])
+    await api.put(
+        "/v1/clusters/web/backends",
+        json=[{"name": b.name, "address": "127.0.0.1", "port": b.port} for b in backends[:3]],
+    )
     await api.put("/v1/listeners/http", json={"address": "127.0.0.1", "port": port})
-    await api.put("/v1/routes/main", json={"listener": "http", "backends": [{"cluster": "web"}], "hash_policies": [{"type": "header", "name": "x-user"}]})
+    await api.put(
+        "/v1/routes/main",
+        json={
+            "listener": "http",
+            "backends": [{"cluster": "web"}],
+            "hash_policies": [{"type": "header", "name": "x-user"}],
+        },
+    )
 
 
 async def test_two_replicas_sotw_and_delta_converge(api, replica, replica2, backends, envoys) -> None:
@@ -45,7 +59,10 @@ async def test_two_replicas_sotw_and_delta_converge(api, replica, replica2, back
 
     await wait_for(all_connected, what="three Envoys in /v1/fleet")
     # A write that waits for the fleet to ack it.
-    r = await api.put("/v1/clusters/web/backends/b3?wait=acked&timeout=10s", json={"address": "127.0.0.1", "port": backends[3].port, "weight": 3})
+    r = await api.put(
+        "/v1/clusters/web/backends/b3?wait=acked&timeout=10s",
+        json={"address": "127.0.0.1", "port": backends[3].port, "weight": 3},
+    )
     assert r.status_code == 201 and r.headers["lbcp-rollout"] == "complete", r.json()
     assert sorted(r.json()["rollout"]["acked"]) == ["envoy-a", "envoy-b", "envoy-c"]
     rev = r.json()["revision"]
@@ -70,9 +87,11 @@ async def test_updated_cluster_rewarms_without_waiting(api, replica, backends, e
     for delta in (True, False):
         e = await asyncio.to_thread(envoys, f"rewarm-{delta}", [("127.0.0.1", replica.port)], "default", delta)
 
-        async def serving() -> bool:
-            return e.stats("cluster_manager").get("cluster_manager.warming_clusters", 1) == 0 and \
-                e.stats("cluster_manager").get("cluster_manager.active_clusters", 0) >= 2
+        async def serving(e=e) -> bool:
+            return (
+                e.stats("cluster_manager").get("cluster_manager.warming_clusters", 1) == 0
+                and e.stats("cluster_manager").get("cluster_manager.active_clusters", 0) >= 2
+            )
 
         await wait_for(serving, what="cluster active")
         r = await api.patch("/v1/clusters/web?wait=acked&timeout=5s", json={"connect_timeout": f"{2 + delta}s"})
@@ -111,7 +130,9 @@ async def test_etcd_down_envoys_keep_serving(tmp_path, backends, envoys) -> None
                 await asyncio.to_thread(etcd.start)
                 # After etcd returns, new intent flows again with no restart of lbcp.
                 for _ in range(50):
-                    r = await api.put("/v1/clusters/web/backends/b3", json={"address": "127.0.0.1", "port": backends[3].port})
+                    r = await api.put(
+                        "/v1/clusters/web/backends/b3", json={"address": "127.0.0.1", "port": backends[3].port}
+                    )
                     if r.status_code != 503:
                         break
                     await asyncio.sleep(0.2)
@@ -120,7 +141,9 @@ async def test_etcd_down_envoys_keep_serving(tmp_path, backends, envoys) -> None
                 async def b3_seen() -> bool:
                     async with httpx.AsyncClient(timeout=2) as c:
                         for i in range(30):
-                            if (await c.get(f"http://127.0.0.1:{port}/", headers={"x-user": str(i)})).text.strip() == "b3":
+                            if (
+                                await c.get(f"http://127.0.0.1:{port}/", headers={"x-user": str(i)})
+                            ).text.strip() == "b3":
                                 return True
                     return False
 
@@ -139,14 +162,34 @@ async def test_replica_killed_envoys_move_without_churn_or_outage(tmp_path, api,
     import sys
     import time
 
-    from controlplane.procs import Proc
+    from api.localcluster.procs import Proc
 
     port = free_port()
     await _setup(api, backends, port)
     xds_ports = [free_port(), free_port()]
-    procs = [Proc([sys.executable, "-m", "api.cli", "xds", "--port", str(p), "--etcd", ",".join(etcd_config.endpoints),
-                   "--prefix", etcd_config.prefix, "--replica-id", f"proc-{i}", "--registry-interval", "0.05"],
-                  tmp_path / f"xds-{i}.log", env=dict(os.environ)) for i, p in enumerate(xds_ports)]
+    procs = [
+        Proc(
+            [
+                sys.executable,
+                "-m",
+                "api.cli",
+                "xds",
+                "--port",
+                str(p),
+                "--etcd",
+                ",".join(etcd_config.endpoints),
+                "--prefix",
+                etcd_config.prefix,
+                "--replica-id",
+                f"proc-{i}",
+                "--registry-interval",
+                "0.05",
+            ],
+            tmp_path / f"xds-{i}.log",
+            env=dict(os.environ),
+        )
+        for i, p in enumerate(xds_ports)
+    ]
     for p in procs:
         p.start()
     try:
@@ -173,7 +216,11 @@ async def test_replica_killed_envoys_move_without_churn_or_outage(tmp_path, api,
             async with httpx.AsyncClient(timeout=2) as c:
                 while not stop.is_set():
                     try:
-                        statuses.append((await c.get(f"http://127.0.0.1:{port}/", headers={"x-user": str(len(statuses))})).status_code)
+                        statuses.append(
+                            (
+                                await c.get(f"http://127.0.0.1:{port}/", headers={"x-user": str(len(statuses))})
+                            ).status_code
+                        )
                     except httpx.HTTPError:
                         statuses.append(0)
                     await asyncio.sleep(0.01)
@@ -184,8 +231,9 @@ async def test_replica_killed_envoys_move_without_churn_or_outage(tmp_path, api,
         os.killpg(victim.pid, signal.SIGKILL)
 
         async def moved() -> bool:
-            return (await on_replica()) not in (None, first) and (await asyncio.to_thread(e.stats, "control_plane.connected_state")).get(
-                "control_plane.connected_state") == 1
+            return (await on_replica()) not in (None, first) and (
+                await asyncio.to_thread(e.stats, "control_plane.connected_state")
+            ).get("control_plane.connected_state") == 1
 
         await wait_for(moved, timeout=20, what="Envoy reconnected to the other replica")
         reconnect_seconds = time.monotonic() - killed_at
@@ -193,7 +241,10 @@ async def test_replica_killed_envoys_move_without_churn_or_outage(tmp_path, api,
         stop.set()
         await load
         assert statuses and all(s == 200 for s in statuses), {s: statuses.count(s) for s in set(statuses)}
-        print(f"replica killed: Envoy on the other replica after {reconnect_seconds:.2f}s, {len(statuses)} requests all 200")
+        print(
+            f"replica killed: Envoy on the other replica after {reconnect_seconds:.2f}s, {len(statuses)} requests "
+            "all 200"
+        )
         assert reconnect_seconds < 10, reconnect_seconds
         assert _dynamic(e) == before  # same versions, same resources: no churn from the move
         stats = await asyncio.to_thread(e.stats, "update_rejected")

@@ -13,10 +13,10 @@ import dns.message
 import dns.rdatatype
 import httpx
 
-from api.dns import DnsConfig, FrontDoorDns
 from controlplane.etcd import Etcd
-from controlplane.model import Backend, Cluster, Listener, Route, WeightedBackend
-from controlplane.store import Store
+from controlplane.frontdoor.dns import DnsConfig, FrontDoorDns
+from controlplane.intent.model import Backend, Cluster, Listener, Route, WeightedBackend
+from controlplane.intent.store import Store
 from tests.conftest import http_ok, wait_for
 
 ADDRESSES = {"fd-0": "127.0.0.11", "fd-1": "127.0.0.12", "fd-2": "127.0.0.13"}
@@ -33,15 +33,19 @@ async def _resolve(resolver: dns.asyncresolver.Resolver) -> list[str]:
     return sorted(r.address for r in answer)
 
 
-async def test_dns_and_rules_follow_drain_failure_and_stop(api, store: Store, replica, envoys, backends, etcd: Etcd) -> None:
+async def test_dns_and_rules_follow_drain_failure_and_stop(
+    api, store: Store, replica, envoys, backends, etcd: Etcd
+) -> None:
     await store.put(Cluster(name="web"))
     await store.put(Backend(name="b0", address="127.0.0.1", port=backends[0].port), cluster="web")
     # Only fd-0 (fleet "a") gets the edge listener, so a request to its port reaches fd-0.
     port = _free_port()
     await store.put(Listener(name="edge", address="127.0.0.1", port=port, protocol="http", fleets=["a"]))
     await store.put(Route(name="all", listener="edge", backends=[WeightedBackend(cluster="web")]))
-    fleet = {n: envoys(n, [("127.0.0.1", replica.port)], fleet="a" if n == "fd-0" else "b", public_address=a)
-             for n, a in ADDRESSES.items()}
+    fleet = {
+        n: envoys(n, [("127.0.0.1", replica.port)], fleet="a" if n == "fd-0" else "b", public_address=a)
+        for n, a in ADDRESSES.items()
+    }
 
     server = FrontDoorDns(DnsConfig(zone="example.com", name="www", ttl=5, port=0, interval=0.2))
     await server.start()
@@ -52,11 +56,13 @@ async def test_dns_and_rules_follow_drain_failure_and_stop(api, store: Store, re
     resolver.lifetime = 2.0
     resolver.cache = None
     try:
+
         async def answer_is(*nodes: str):
             want = sorted(ADDRESSES[n] for n in nodes)
 
             async def ok() -> bool:
                 return await _resolve(resolver) == want
+
             return ok
 
         await wait_for(await answer_is("fd-0", "fd-1", "fd-2"), timeout=30, what="all three Envoys in the DNS answer")
@@ -66,24 +72,34 @@ async def test_dns_and_rules_follow_drain_failure_and_stop(api, store: Store, re
         # Rotation: successive answers start with each Envoy in turn; TCP answers the same set.
         firsts = set()
         for _ in range(3):
-            resp = await dns.asyncquery.udp(dns.message.make_query("www.example.com", "A"), "127.0.0.1", port=server.port, timeout=2)
+            resp = await dns.asyncquery.udp(
+                dns.message.make_query("www.example.com", "A"), "127.0.0.1", port=server.port, timeout=2
+            )
             firsts.add(list(resp.answer[0])[0].address)
             assert resp.flags & dns.flags.AA
         assert firsts == set(ADDRESSES.values())
-        tcp = await dns.asyncquery.tcp(dns.message.make_query("www.example.com", "A"), "127.0.0.1", port=server.port, timeout=2)
+        tcp = await dns.asyncquery.tcp(
+            dns.message.make_query("www.example.com", "A"), "127.0.0.1", port=server.port, timeout=2
+        )
         assert sorted(r.address for r in tcp.answer[0]) == sorted(ADDRESSES.values())
-        nx = await dns.asyncquery.udp(dns.message.make_query("nope.example.com", "A"), "127.0.0.1", port=server.port, timeout=2)
+        nx = await dns.asyncquery.udp(
+            dns.message.make_query("nope.example.com", "A"), "127.0.0.1", port=server.port, timeout=2
+        )
         assert nx.rcode() == dns.rcode.NXDOMAIN
 
         # fd-0 serves traffic on its edge listener before, during and after its drain.
         drained = fleet["fd-0"]
         await wait_for(http_ok(f"http://127.0.0.1:{port}/"), timeout=30, what="the edge listener serving")
-        listeners_before = _stat(drained, "listener_manager.listener_modified") + _stat(drained, "listener_manager.listener_removed")
+        listeners_before = _stat(drained, "listener_manager.listener_modified") + _stat(
+            drained, "listener_manager.listener_removed"
+        )
 
         # Drain fd-0 through the API: its own /healthz fails (real Envoy), and it leaves the
         # DNS answer and every render within the bound.
         t0 = time.monotonic()
-        r = await api.post("/v1/fleet/fd-0/drain", json={"reason": "kernel upgrade"}, params={"wait": "withdrawn", "timeout": "15s"})
+        r = await api.post(
+            "/v1/fleet/fd-0/drain", json={"reason": "kernel upgrade"}, params={"wait": "withdrawn", "timeout": "15s"}
+        )
         assert r.status_code == 201, r.text
         assert r.json()["withdrawal"]["complete"] and r.json()["withdrawal"]["health_failing"] is True
         assert httpx.get(f"http://127.0.0.1:{drained.ops_port}/healthz").status_code == 503
@@ -95,14 +111,19 @@ async def test_dns_and_rules_follow_drain_failure_and_stop(api, store: Store, re
         fleet_doc = (await api.get("/v1/fleet/fd-0")).json()
         assert fleet_doc["draining"] and fleet_doc["drain"]["reason"] == "kernel upgrade"
         # Draining did not touch its listeners: nothing modified or removed, and it still serves.
-        assert _stat(drained, "listener_manager.listener_modified") + _stat(drained, "listener_manager.listener_removed") == listeners_before
+        assert (
+            _stat(drained, "listener_manager.listener_modified") + _stat(drained, "listener_manager.listener_removed")
+            == listeners_before
+        )
         async with httpx.AsyncClient() as c:
             assert (await c.get(f"http://127.0.0.1:{port}/")).status_code == 200
         # Draining again keeps the first record; undraining puts it back.
         again = await api.post("/v1/fleet/fd-0/drain")
         assert again.status_code == 200 and again.json()["reason"] == "kernel upgrade"
         assert (await api.delete("/v1/fleet/fd-0/drain")).status_code == 200
-        await wait_for(await answer_is("fd-0", "fd-1", "fd-2"), timeout=BOUND, what="the undrained Envoy back in the answer")
+        await wait_for(
+            await answer_is("fd-0", "fd-1", "fd-2"), timeout=BOUND, what="the undrained Envoy back in the answer"
+        )
         assert httpx.get(f"http://127.0.0.1:{drained.ops_port}/healthz").status_code == 200
 
         # An operator fails fd-1's health check on its admin: the replica's probe sees it.
@@ -127,6 +148,6 @@ def _stat(envoy, name: str) -> int:
 
 
 def _free_port() -> int:
-    from controlplane.procs import free_port
+    from api.localcluster.procs import free_port
 
     return free_port()

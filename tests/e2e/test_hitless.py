@@ -10,8 +10,8 @@ import random
 import httpx
 from websockets.asyncio.client import connect as ws_connect
 
-from api.demo import DemoBackend
-from controlplane.procs import free_port
+from api.localcluster.demo import DemoBackend
+from api.localcluster.procs import free_port
 from tests.conftest import http_ok, wait_for
 
 H1, H2, WS = 60, 10, 30  # connections per Envoy (HTTP/2 ones carry several streams each)
@@ -59,15 +59,34 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
     try:
         ports = {"a": free_port(), "b": free_port()}
         members = [{"name": d.name, "address": "127.0.0.1", "port": d.port} for d in demo[:4]]
-        r = await api.post("/v1/batch", json={"operations": [
-            {"op": "put", "kind": "cluster", "name": "web", "body": {"connect_timeout": "1s"}},
-            {"op": "replace_backends", "cluster": "web", "body": members},
-            {"op": "put", "kind": "cluster", "name": "spare", "body": {}},
-            *({"op": "put", "kind": "listener", "name": f"http-{f}", "body": {"address": "127.0.0.1", "port": p, "fleets": [f]}}
-              for f, p in ports.items()),
-            *({"op": "put", "kind": "route", "name": f"r-{f}", "body": {"listener": f"http-{f}", "backends": [{"cluster": "web"}],
-                                                                        "websocket": True}} for f in ports),
-        ]})
+        r = await api.post(
+            "/v1/batch",
+            json={
+                "operations": [
+                    {"op": "put", "kind": "cluster", "name": "web", "body": {"connect_timeout": "1s"}},
+                    {"op": "replace_backends", "cluster": "web", "body": members},
+                    {"op": "put", "kind": "cluster", "name": "spare", "body": {}},
+                    *(
+                        {
+                            "op": "put",
+                            "kind": "listener",
+                            "name": f"http-{f}",
+                            "body": {"address": "127.0.0.1", "port": p, "fleets": [f]},
+                        }
+                        for f, p in ports.items()
+                    ),
+                    *(
+                        {
+                            "op": "put",
+                            "kind": "route",
+                            "name": f"r-{f}",
+                            "body": {"listener": f"http-{f}", "backends": [{"cluster": "web"}], "websocket": True},
+                        }
+                        for f in ports
+                    ),
+                ]
+            },
+        )
         assert r.status_code == 200, r.text
         e_a = await asyncio.to_thread(envoys, "hitless-a", [("127.0.0.1", replica.port)], "a", True)
         e_b = await asyncio.to_thread(envoys, "hitless-b", [("127.0.0.1", replica2.port)], "b", False)
@@ -81,8 +100,15 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
                 await c.open()
                 conns.append(c)
             for _ in range(H2):
-                h2_clients.append(httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", http1=False, http2=True, timeout=5,
-                                                    limits=httpx.Limits(max_connections=1)))
+                h2_clients.append(
+                    httpx.AsyncClient(
+                        base_url=f"http://127.0.0.1:{p}",
+                        http1=False,
+                        http2=True,
+                        timeout=5,
+                        limits=httpx.Limits(max_connections=1),
+                    )
+                )
             for _ in range(WS):
                 sockets.append(await ws_connect(f"ws://127.0.0.1:{p}/ws", open_timeout=5))
         greetings = [await asyncio.wait_for(s.recv(), 5) for s in sockets]
@@ -103,7 +129,7 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
 
         # 100 changes that do not target these connections' listeners, each waited for.
         rnd = random.Random(11)
-        pool = [d for d in demo[4:]]
+        pool = list(demo[4:])
         changes = 0
 
         async def change(method: str, path: str, **kw) -> None:
@@ -116,31 +142,66 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
             k = changes % 10
             if k == 0 and pool:
                 d = pool.pop()
-                await change("PUT", f"/v1/clusters/web/backends/{d.name}", json={"address": "127.0.0.1", "port": d.port})
+                await change(
+                    "PUT", f"/v1/clusters/web/backends/{d.name}", json={"address": "127.0.0.1", "port": d.port}
+                )
             elif k == 1:
-                await change("PATCH", f"/v1/clusters/web/backends/web-{rnd.randrange(4)}", json={"weight": rnd.randint(1, 9)})
+                await change(
+                    "PATCH", f"/v1/clusters/web/backends/web-{rnd.randrange(4)}", json={"weight": rnd.randint(1, 9)}
+                )
             elif k == 2:
-                await change("PUT", f"/v1/clusters/spare/backends/s{changes}", json={"address": "10.9.0.1", "port": 1000 + changes})
+                await change(
+                    "PUT",
+                    f"/v1/clusters/spare/backends/s{changes}",
+                    json={"address": "10.9.0.1", "port": 1000 + changes},
+                )
             elif k == 3:
-                await change("PUT", "/v1/clusters/web", json={"connect_timeout": f"{rnd.randint(1, 3)}s",
-                                                                "health_check": {"active": {"type": "http", "path": "/",
-                                                                                            "interval": f"{rnd.randint(2, 5)}s"}}})
+                await change(
+                    "PUT",
+                    "/v1/clusters/web",
+                    json={
+                        "connect_timeout": f"{rnd.randint(1, 3)}s",
+                        "health_check": {"active": {"type": "http", "path": "/", "interval": f"{rnd.randint(2, 5)}s"}},
+                    },
+                )
             elif k == 4:
-                await change("PUT", f"/v1/routes/extra-{changes}", json={"listener": "http-a", "match": {"prefix": f"/x{changes}"},
-                                                                          "backends": [{"cluster": "spare"}]})
+                await change(
+                    "PUT",
+                    f"/v1/routes/extra-{changes}",
+                    json={
+                        "listener": "http-a",
+                        "match": {"prefix": f"/x{changes}"},
+                        "backends": [{"cluster": "spare"}],
+                    },
+                )
             elif k == 5:
-                await change("PUT", "/v1/clusters/spare", json={"load_balancer": {"type": rnd.choice(["round_robin", "least_request"])}})
+                await change(
+                    "PUT",
+                    "/v1/clusters/spare",
+                    json={"load_balancer": {"type": rnd.choice(["round_robin", "least_request"])}},
+                )
             elif k == 6:
-                await change("PUT", f"/v1/listeners/new-{changes}", json={"address": "127.0.0.1", "port": free_port(), "fleets": ["a", "b"]})
+                await change(
+                    "PUT",
+                    f"/v1/listeners/new-{changes}",
+                    json={"address": "127.0.0.1", "port": free_port(), "fleets": ["a", "b"]},
+                )
             elif k == 7:
                 await change("PATCH", f"/v1/clusters/web/backends/web-{rnd.randrange(4)}", json={"weight": 1})
             elif k == 8:
                 await change("DELETE", f"/v1/clusters/spare/backends/s{changes - 6}")
             else:
                 # A route on a listener that carries connections changes (RDS only, no drain).
-                await change("PUT", f"/v1/routes/extra-{changes - 5}", json={
-                    "listener": "http-a", "match": {"prefix": f"/x{changes - 5}"}, "backends": [{"cluster": "web"}],
-                    "timeout": f"{rnd.randint(5, 30)}s"})
+                await change(
+                    "PUT",
+                    f"/v1/routes/extra-{changes - 5}",
+                    json={
+                        "listener": "http-a",
+                        "match": {"prefix": f"/x{changes - 5}"},
+                        "backends": [{"cluster": "web"}],
+                        "timeout": f"{rnd.randint(5, 30)}s",
+                    },
+                )
             if changes % 10 == 0:
                 await round_trip()
 
@@ -149,28 +210,34 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
         # would have failed otherwise); Envoy closed none and drained none.
         for e in (e_a, e_b):
             after = await _stats(e, "downstream_cx")
-            for stat in ("http.http-a.downstream_cx_destroy", "http.http-b.downstream_cx_destroy",
-                         "http.http-a.downstream_cx_drain_close", "http.http-b.downstream_cx_drain_close"):
+            for stat in (
+                "http.http-a.downstream_cx_destroy",
+                "http.http-b.downstream_cx_destroy",
+                "http.http-a.downstream_cx_drain_close",
+                "http.http-b.downstream_cx_drain_close",
+            ):
                 if stat in after:
                     assert after[stat] == before[e].get(stat, 0), (e.node_id, stat, before[e].get(stat), after[stat])
             lm = await _stats(e, "listener_manager")
             assert lm["listener_manager.total_listeners_draining"] == 0
             assert lm["listener_manager.listener_modified"] == lm_before[e]["listener_manager.listener_modified"]
             assert lm["listener_manager.listener_removed"] == lm_before[e]["listener_manager.listener_removed"]
-            assert lm["listener_manager.listener_added"] > lm_before[e]["listener_manager.listener_added"]  # the new ones
+            assert (
+                lm["listener_manager.listener_added"] > lm_before[e]["listener_manager.listener_added"]
+            )  # the new ones
 
         # Drain the backend holding the most WebSockets: they stay open, new requests avoid it.
         target = max(set(greetings), key=greetings.count)
         await change("PATCH", f"/v1/clusters/web/backends/{target}", json={"admin_state": "drain"})
         for _ in range(3):
             assert target not in await round_trip()  # round_trip also echoes on every WebSocket, the drained ones too
-        held = [s for s, g in zip(sockets, greetings) if g == target]
+        held = [s for s, g in zip(sockets, greetings, strict=False) if g == target]
         assert held
         for s in held:
             await s.close()
         # With its WebSockets closed, removing it drops nothing in flight.
         await change("DELETE", f"/v1/clusters/web/backends/{target}")
-        sockets = [s for s, g in zip(sockets, greetings) if g != target]
+        sockets = [s for s, g in zip(sockets, greetings, strict=False) if g != target]
         assert target not in await round_trip()
     finally:
         for c in conns:

@@ -14,15 +14,20 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from api.localcluster import alive as _alive
-from controlplane.procs import wait_until
+from api.localcluster.cluster import alive as _alive
+from api.localcluster.procs import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _lbcp(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "api.cli", "--state-dir", str(state), *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "api.cli", "--state-dir", str(state), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if check and r.returncode != 0:
         raise AssertionError(f"lbcp {' '.join(args)} failed: {r.stdout}\n{r.stderr}")
     return r
@@ -32,8 +37,13 @@ def _lbcp(state: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 def local_cluster(tmp_path: Path):
     state = tmp_path / "state"
     log = open(tmp_path / "up.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "--state-dir", str(state), "up"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "--state-dir", str(state), "up"],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until(lambda: (state / "cluster.json").exists() or proc.poll() is not None, 60, what="cluster.json")
         assert proc.poll() is None, (tmp_path / "up.log").read_text()
@@ -42,7 +52,7 @@ def local_cluster(tmp_path: Path):
         if proc.poll() is None:
             # A failed test left it running: stop it and everything it started, by PID
             # (its children run in sessions of their own, so killing its group is not enough).
-            from api.localcluster import down
+            from api.localcluster.cluster import down
 
             if (state / "cluster.json").exists():
                 down(str(state), timeout=15)
@@ -78,7 +88,9 @@ def test_up_apply_get_down(local_cluster) -> None:
     for url in [doc["metrics"]["admin_api"], *doc["metrics"]["xds"]]:
         assert "lbcp_" in httpx.get(url, timeout=5).text
     # The demo route answers through Envoy, and the same user always lands on the same backend.
-    names = {httpx.get(f"http://{listener}/", headers={"x-user-id": f"user-{i}"}, timeout=5).text.strip() for i in range(30)}
+    names = {
+        httpx.get(f"http://{listener}/", headers={"x-user-id": f"user-{i}"}, timeout=5).text.strip() for i in range(30)
+    }
     assert names <= {"web-1", "web-2", "web-3"} and len(names) >= 2
     alice = {httpx.get(f"http://{listener}/", headers={"x-user-id": "alice"}, timeout=5).text for _ in range(10)}
     assert len(alice) == 1
@@ -93,7 +105,12 @@ def test_up_apply_get_down(local_cluster) -> None:
     assert table[1].split()[:4] == ["shop", "http1", "ring_hash", "4"]
     assert table[2].split()[:4] == ["web", "http1", "maglev", "3"]
     backends = json.loads(_lbcp(state, "get", "backends", "shop", "-o", "json").stdout)
-    assert {b["name"]: b["admin_state"] for b in backends} == {"shop-1": "ready", "shop-2": "drain", "shop-3": "ready", "shop-4": "ready"}
+    assert {b["name"]: b["admin_state"] for b in backends} == {
+        "shop-1": "ready",
+        "shop-2": "drain",
+        "shop-3": "ready",
+        "shop-4": "ready",
+    }
     ring = _lbcp(state, "ring", "show", "web").stdout
     assert "web: maglev, table 65537" in ring and "web-1" in ring
     looked = _lbcp(state, "ring", "lookup", "web", "alice").stdout.split()
@@ -106,7 +123,9 @@ def test_up_apply_get_down(local_cluster) -> None:
     assert f"key 'alice' -> {next(iter(alice)).strip()}" in watched
 
     # The front tier for the two local Envoys (both in service; their address is the peer's).
-    dns = _lbcp(state, "frontdoor", "render", "--format", "dns", "--fleet", "default", "--zone", "example.test", "--name", "www").stdout
+    dns = _lbcp(
+        state, "frontdoor", "render", "--format", "dns", "--fleet", "default", "--zone", "example.test", "--name", "www"
+    ).stdout
     assert dns.count("\tIN\tA\t127.0.0.1") == 2 and "envoy-0" in dns and "envoy-1" in dns
     _front_door_cli(state, doc)
     _certificates_cli(state, doc)
@@ -203,9 +222,30 @@ def _front_door_cli(state: Path, doc: dict) -> None:
     marker = state / "reloads"
     err = open(state / "watch.err", "w")
     watch = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "--state-dir", str(state), "frontdoor", "render", "--format", "nftables", "--watch",
-         "--interval", "0.2", "--count", "2", "-o", str(out_file), "--exec", f"sh -c 'echo reload >> {marker}'"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "--state-dir",
+            str(state),
+            "frontdoor",
+            "render",
+            "--format",
+            "nftables",
+            "--watch",
+            "--interval",
+            "0.2",
+            "--count",
+            "2",
+            "-o",
+            str(out_file),
+            "--exec",
+            f"sh -c 'echo reload >> {marker}'",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
     try:
         wait_until(lambda: marker.exists(), 30, what="the first watched render")
         assert "1 Envoys in service (envoy-1)" in out_file.read_text()
@@ -234,6 +274,7 @@ def _front_door_cli(state: Path, doc: dict) -> None:
     tcp = dns.query.tcp(dns.message.make_query(doc["dns"]["name"], "A"), host, port=int(port), timeout=2)
     assert {a.address for a in tcp.answer[0]} == {"127.0.0.1"}
 
+
 def _certificates_cli(state: Path, doc: dict) -> None:
     """`lbcp apply` a certificate, then `lbcp get certificates` shows its days left."""
     import yaml
@@ -242,8 +283,16 @@ def _certificates_cli(state: Path, doc: dict) -> None:
 
     leaf = CA().issue("www.example.test", ["www.example.test"], days=20)
     path = state / "cert.yaml"
-    path.write_text(yaml.safe_dump({"kind": "certificate", "name": "site", "certificate_chain": leaf.cert_pem.decode(),
-                                    "private_key": leaf.key_pem.decode()}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "certificate",
+                "name": "site",
+                "certificate_chain": leaf.cert_pem.decode(),
+                "private_key": leaf.key_pem.decode(),
+            }
+        )
+    )
     assert "certificate site created" in _lbcp(state, "apply", "-f", str(path)).stdout
     table = _lbcp(state, "get", "certificates").stdout.splitlines()
     assert table[0].split() == ["NAME", "SUBJECT", "SANS", "ISSUER", "NOT_AFTER", "DAYS_LEFT", "REVISION"]

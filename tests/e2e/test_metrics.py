@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.procs import free_port
-from controlplane.resources import CLUSTER_TYPE
-from controlplane.xdsclient import AdsClient
+from api.localcluster.procs import free_port
+from controlplane.xds.client import AdsClient
+from controlplane.xds.resources import CLUSTER_TYPE
 from tests.conftest import http_ok, wait_for
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -45,15 +45,32 @@ async def test_replica_and_api_metrics(api: httpx.AsyncClient, replica, backends
 
     port = free_port()
     leaf = CA().issue("www.example.com", ["www.example.com"], days=10)
-    r = await api.post("/v1/batch", json={"operations": [
-        {"op": "put", "kind": "certificate", "name": "site",
-         "body": {"certificate_chain": leaf.cert_pem.decode(), "private_key": leaf.key_pem.decode()}},
-        {"op": "put", "kind": "cluster", "name": "web", "body": {"load_balancer": {"type": "maglev"}}},
-        {"op": "replace_backends", "cluster": "web",
-         "body": [{"name": b.name, "address": "127.0.0.1", "port": b.port} for b in backends[:2]]},
-        {"op": "put", "kind": "listener", "name": "http", "body": {"address": "127.0.0.1", "port": port}},
-        {"op": "put", "kind": "route", "name": "main", "body": {"listener": "http", "backends": [{"cluster": "web"}]}},
-    ]})
+    r = await api.post(
+        "/v1/batch",
+        json={
+            "operations": [
+                {
+                    "op": "put",
+                    "kind": "certificate",
+                    "name": "site",
+                    "body": {"certificate_chain": leaf.cert_pem.decode(), "private_key": leaf.key_pem.decode()},
+                },
+                {"op": "put", "kind": "cluster", "name": "web", "body": {"load_balancer": {"type": "maglev"}}},
+                {
+                    "op": "replace_backends",
+                    "cluster": "web",
+                    "body": [{"name": b.name, "address": "127.0.0.1", "port": b.port} for b in backends[:2]],
+                },
+                {"op": "put", "kind": "listener", "name": "http", "body": {"address": "127.0.0.1", "port": port}},
+                {
+                    "op": "put",
+                    "kind": "route",
+                    "name": "main",
+                    "body": {"listener": "http", "backends": [{"cluster": "web"}]},
+                },
+            ]
+        },
+    )
     assert r.status_code == 200, r.text
     revision = r.json()["revision"]
     await asyncio.to_thread(envoys, "metrics-envoy", [("127.0.0.1", replica.port)])
@@ -62,7 +79,9 @@ async def test_replica_and_api_metrics(api: httpx.AsyncClient, replica, backends
         for i in range(20):
             assert (await c.get(f"http://127.0.0.1:{port}/", headers={"x-user-id": str(i)})).status_code == 200
     # A change while the Envoy is connected: a push that waited on a publish (queue time).
-    r = await api.put(f"/v1/clusters/web/backends/{backends[2].name}", json={"address": "127.0.0.1", "port": backends[2].port})
+    r = await api.put(
+        f"/v1/clusters/web/backends/{backends[2].name}", json={"address": "127.0.0.1", "port": backends[2].port}
+    )
     assert r.status_code == 201
     revision = r.json()["revision"]
     # A raw client rejects the clusters once: a NACK to count.
@@ -80,8 +99,11 @@ async def test_replica_and_api_metrics(api: httpx.AsyncClient, replica, backends
 
     async def settled() -> bool:
         _, s = await scrape()
-        return (_value(s, "lbcp_xds_nacks_total", type="cds") == 1 and _value(s, "lbcp_xds_convergence_seconds_count") >= 2
-                and _value(s, "lbcp_xds_push_queue_seconds_count", type="eds") >= 1)
+        return (
+            _value(s, "lbcp_xds_nacks_total", type="cds") == 1
+            and _value(s, "lbcp_xds_convergence_seconds_count") >= 2
+            and _value(s, "lbcp_xds_push_queue_seconds_count", type="eds") >= 1
+        )
 
     await wait_for(settled, what="NACK and convergence recorded")
     names, s = await scrape()
@@ -98,9 +120,13 @@ async def test_replica_and_api_metrics(api: httpx.AsyncClient, replica, backends
     count, total = _value(s, "lbcp_xds_convergence_seconds_count"), _value(s, "lbcp_xds_convergence_seconds_sum")
     assert 0 < total / count < 60
     assert _value(s, "lbcp_snapshot_revision") == revision
-    queued = _value(s, "lbcp_xds_push_queue_seconds_sum", type="eds") / _value(s, "lbcp_xds_push_queue_seconds_count", type="eds")
+    queued = _value(s, "lbcp_xds_push_queue_seconds_sum", type="eds") / _value(
+        s, "lbcp_xds_push_queue_seconds_count", type="eds"
+    )
     assert 0 <= queued < 10
-    assert _value(s, "lbcp_snapshot_resources", type="cds") == 1 and _value(s, "lbcp_snapshot_resources", type="eds") == 1
+    assert (
+        _value(s, "lbcp_snapshot_resources", type="cds") == 1 and _value(s, "lbcp_snapshot_resources", type="eds") == 1
+    )
     assert _value(s, "lbcp_snapshot_bytes", type="lds") > 0
     assert _value(s, "lbcp_snapshot_builds_total") >= 1 and _value(s, "lbcp_snapshot_build_seconds_count") >= 1
     assert _value(s, "lbcp_etcd_request_seconds_count", op="range") >= 1

@@ -15,7 +15,7 @@ import httpx
 import promql_parser
 import yaml
 
-from controlplane.procs import EnvoyProcess, free_port
+from api.localcluster.procs import EnvoyProcess, free_port
 from tests.certs import CA
 from tests.conftest import wait_for
 
@@ -78,8 +78,14 @@ def _base(name: str) -> str:
 
 def test_rules_and_config_with_promtool() -> None:
     promtool = _promtool()
-    assert promtool is not None, "promtool is missing: `make` unpacks it from Debian's prometheus package (apt-get download)"
-    for args in (["check", "rules", "alerts.yml"], ["check", "config", "prometheus.yml"], ["test", "rules", "alerts_test.yml"]):
+    assert promtool is not None, (
+        "promtool is missing: `make` unpacks it from Debian's prometheus package (apt-get download)"
+    )
+    for args in (
+        ["check", "rules", "alerts.yml"],
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ):
         r = subprocess.run([promtool, *args], cwd=PROM, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
 
@@ -88,9 +94,17 @@ def test_rules_structure() -> None:
     """What promtool checks, in Python too (so a machine without promtool still checks it)."""
     rules = _rules()
     assert len({r["alert"] for r in rules}) == len(rules), "alert names repeat"
-    required = {"EnvoyNewConnectionRateHigh", "EnvoyTLSHandshakeRateHigh", "EnvoyHTTP2StreamsPerConnectionHigh",
-                "EnvoyNearConnectionLimit", "EnvoyRejectingConnections", "EnvoyListenerDraining",
-                "EnvoyDisconnectedFromXds", "LbcpXdsNacks", "LbcpConvergenceSlow"}
+    required = {
+        "EnvoyNewConnectionRateHigh",
+        "EnvoyTLSHandshakeRateHigh",
+        "EnvoyHTTP2StreamsPerConnectionHigh",
+        "EnvoyNearConnectionLimit",
+        "EnvoyRejectingConnections",
+        "EnvoyListenerDraining",
+        "EnvoyDisconnectedFromXds",
+        "LbcpXdsNacks",
+        "LbcpConvergenceSlow",
+    }
     assert required <= {r["alert"] for r in rules}
     for r in rules:
         assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r["alert"]
@@ -119,23 +133,64 @@ async def test_envoy_names_exist_on_a_real_envoy(tmp_path: Path, replica) -> Non
     /stats/prometheus (scraped through the ops listener, as Prometheus does)."""
     cert, key = CA().issue("edge.test", ["127.0.0.1"]).write(tmp_path, "edge")
     tls_port = free_port()
-    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-           "stat_prefix": "edge", "codec_type": "AUTO",
-           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
-                                               "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
-           "http_filters": [{"name": "envoy.filters.http.router",
-                             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
-    tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-        "common_tls_context": {"alpn_protocols": ["h2", "http/1.1"],
-                               "tls_certificates": [{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}]}}}
-    listener = {"name": "tls", "address": {"socket_address": {"address": "127.0.0.1", "port_value": tls_port}},
-                "filter_chains": [{"transport_socket": tls, "filters": [
-                    {"name": "envoy.filters.network.connection_limit", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
-                        "stat_prefix": "tls_limit", "max_connections": 1000}},
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}
-    e = EnvoyProcess(tmp_path / "envoy", "names-probe", "default", [("127.0.0.1", replica.port)], extra_listeners=[listener])
+    hcm = {
+        "@type": (
+            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        ),
+        "stat_prefix": "edge",
+        "codec_type": "AUTO",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+    }
+    tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}],
+            },
+        },
+    }
+    listener = {
+        "name": "tls",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": tls_port}},
+        "filter_chains": [
+            {
+                "transport_socket": tls,
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.connection_limit",
+                        "typed_config": {
+                            "@type": (
+                                "type.googleapis.com/envoy.extensions.filters.network.connection_limit."
+                                "v3.ConnectionLimit"
+                            ),
+                            "stat_prefix": "tls_limit",
+                            "max_connections": 1000,
+                        },
+                    },
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm},
+                ],
+            }
+        ],
+    }
+    e = EnvoyProcess(
+        tmp_path / "envoy", "names-probe", "default", [("127.0.0.1", replica.port)], extra_listeners=[listener]
+    )
     await asyncio.to_thread(e.start)
     try:
         async with httpx.AsyncClient(verify=False, http2=True, timeout=5) as c:

@@ -12,9 +12,9 @@ import grpc
 import httpx
 import pytest
 
-from controlplane.procs import Proc, free_port, wait_until
-from controlplane.resources import CLUSTER_TYPE
-from controlplane.xdsclient import AdsClient
+from api.localcluster.procs import Proc, free_port, wait_until
+from controlplane.xds.client import AdsClient
+from controlplane.xds.resources import CLUSTER_TYPE
 from tests.certs import CA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,16 +33,38 @@ def pki(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "ca.pem").write_bytes(ca.pem)
     server = ca.issue("lbcp", ["127.0.0.1", "localhost"]).write(tmp_path, "server")
     client = ca.issue("edge-1", client=True).write(tmp_path, "client")
-    return {"ca": str(tmp_path / "ca.pem"), "cert": server[0], "key": server[1], "client_cert": client[0], "client_key": client[1]}
+    return {
+        "ca": str(tmp_path / "ca.pem"),
+        "cert": server[0],
+        "key": server[1],
+        "client_cert": client[0],
+        "client_key": client[1],
+    }
 
 
 def test_admin_api_over_tls(tmp_path: Path, pki: dict, etcd_config) -> None:
     port = free_port()
-    api = _lbcp(tmp_path, "api", "api", "--host", "127.0.0.1", "--port", str(port), "--etcd", ",".join(etcd_config.endpoints),
-                "--prefix", etcd_config.prefix, "--tls-cert", pki["cert"], "--tls-key", pki["key"],
-                env={"LBCP_API_TOKENS": f"writer:{TOKEN}"})
+    api = _lbcp(
+        tmp_path,
+        "api",
+        "api",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--etcd",
+        ",".join(etcd_config.endpoints),
+        "--prefix",
+        etcd_config.prefix,
+        "--tls-cert",
+        pki["cert"],
+        "--tls-key",
+        pki["key"],
+        env={"LBCP_API_TOKENS": f"writer:{TOKEN}"},
+    )
     ctx = ssl.create_default_context(cafile=pki["ca"])
     try:
+
         def up() -> bool:
             try:
                 return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ctx, timeout=1).status_code == 200
@@ -64,13 +86,34 @@ def test_admin_api_over_tls(tmp_path: Path, pki: dict, etcd_config) -> None:
 
 async def test_xds_mutual_tls_and_node_allow_list(tmp_path: Path, pki: dict, etcd_config) -> None:
     port = free_port()
-    xds = _lbcp(tmp_path, "xds", "xds", "--host", "127.0.0.1", "--port", str(port), "--etcd", ",".join(etcd_config.endpoints),
-                "--prefix", etcd_config.prefix, "--tls-cert", pki["cert"], "--tls-key", pki["key"],
-                "--tls-client-ca", pki["ca"], "--allow-node", "edge=edge-[0-9]+")
+    xds = _lbcp(
+        tmp_path,
+        "xds",
+        "xds",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--etcd",
+        ",".join(etcd_config.endpoints),
+        "--prefix",
+        etcd_config.prefix,
+        "--tls-cert",
+        pki["cert"],
+        "--tls-key",
+        pki["key"],
+        "--tls-client-ca",
+        pki["ca"],
+        "--allow-node",
+        "edge=edge-[0-9]+",
+    )
     ca = Path(pki["ca"]).read_bytes()
-    with_cert = grpc.ssl_channel_credentials(ca, Path(pki["client_key"]).read_bytes(), Path(pki["client_cert"]).read_bytes())
+    with_cert = grpc.ssl_channel_credentials(
+        ca, Path(pki["client_key"]).read_bytes(), Path(pki["client_cert"]).read_bytes()
+    )
     without_cert = grpc.ssl_channel_credentials(ca)
     try:
+
         async def first_response(node: str, fleet: str, creds) -> object:
             c = AdsClient(f"127.0.0.1:{port}", node, fleet, credentials=creds)
             await c.open()
@@ -103,19 +146,29 @@ async def test_xds_mutual_tls_and_node_allow_list(tmp_path: Path, pki: dict, etc
         xds.stop()
 
 
-async def test_envoy_over_mutual_tls_to_the_replica(tmp_path: Path, pki: dict, etcd_config, api, backends, envoys) -> None:
+async def test_envoy_over_mutual_tls_to_the_replica(
+    tmp_path: Path, pki: dict, etcd_config, api, backends, envoys
+) -> None:
     """A real Envoy with `lbcp bootstrap --xds-tls-*` gets its config over mTLS; an Envoy
     without a client certificate gets nothing."""
     import asyncio
 
-    from controlplane.bootstrap import XdsTLS
-    from controlplane.replica import ReplicaConfig, XdsReplica
-    from controlplane.server.service import ServerLimits
+    from controlplane.xds.bootstrap import XdsTLS
+    from controlplane.xds.replica import ReplicaConfig, XdsReplica
+    from controlplane.xds.server.service import ServerLimits
     from tests.conftest import http_ok, wait_for
 
     tls = (Path(pki["cert"]).read_bytes(), Path(pki["key"]).read_bytes(), Path(pki["ca"]).read_bytes())
-    replica = XdsReplica(ReplicaConfig(etcd=etcd_config, port=0, replica_id="mtls", tls=tls, registry_flush_interval=0.05,
-                                       limits=ServerLimits(node_allow=(("default", ("edge-[0-9]+",)),))))
+    replica = XdsReplica(
+        ReplicaConfig(
+            etcd=etcd_config,
+            port=0,
+            replica_id="mtls",
+            tls=tls,
+            registry_flush_interval=0.05,
+            limits=ServerLimits(node_allow=(("default", ("edge-[0-9]+",)),)),
+        )
+    )
     await replica.start()
     try:
         port = free_port()
@@ -124,7 +177,7 @@ async def test_envoy_over_mutual_tls_to_the_replica(tmp_path: Path, pki: dict, e
         await api.put("/v1/listeners/http", json={"address": "127.0.0.1", "port": port})
         await api.put("/v1/routes/main", json={"listener": "http", "backends": [{"cluster": "web"}]})
         client_tls = XdsTLS(pki["client_cert"], pki["client_key"], pki["ca"])
-        from controlplane.procs import EnvoyProcess
+        from api.localcluster.procs import EnvoyProcess
 
         good = EnvoyProcess(tmp_path / "good", "edge-1", "default", [("127.0.0.1", replica.port)], xds_tls=client_tls)
         plain = EnvoyProcess(tmp_path / "plain", "edge-2", "default", [("127.0.0.1", replica.port)])
@@ -134,7 +187,9 @@ async def test_envoy_over_mutual_tls_to_the_replica(tmp_path: Path, pki: dict, e
             assert (await api.get("/v1/fleet/edge-1")).status_code == 200
             await asyncio.to_thread(plain.start)
             await asyncio.sleep(2.0)
-            assert (await asyncio.to_thread(plain.stats, "control_plane.connected_state"))["control_plane.connected_state"] == 0
+            assert (await asyncio.to_thread(plain.stats, "control_plane.connected_state"))[
+                "control_plane.connected_state"
+            ] == 0
             assert "http" not in str(plain.config_dump("dynamic_listeners"))
             assert (await api.get("/v1/fleet/edge-2")).status_code == 404
         finally:

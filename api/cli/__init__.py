@@ -1,0 +1,40 @@
+"""`lbcp`: serve the admin API, start a local cluster, and manage intent without curl.
+
+Client commands find the API through --api / LBCP_API (default: .lbcp/cluster.json from
+`lbcp up`, else http://127.0.0.1:8080) and the token through --token / LBCP_TOKEN. Errors
+print the problem's title and detail and exit 1. Each noun's commands live in a module of
+their own (intent, fleet, ring, frontdoor, servers, local) and register their subparsers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from api.cli import fleet, frontdoor, intent, local, ring, servers
+from api.cli.client import ApiProblem
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lbcp", description="lbcp: a control plane for Envoy fleets")
+    p.add_argument("--api", help="admin API URL (env LBCP_API)")
+    p.add_argument("--token", help="bearer token (env LBCP_TOKEN)")
+    p.add_argument("--state-dir", default=".lbcp", help="where `lbcp up` keeps its state (default .lbcp)")
+    sub = p.add_subparsers(dest="command", required=True)
+    for module in (servers, local, intent, ring, frontdoor, fleet):
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ApiProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

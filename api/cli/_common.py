@@ -1,0 +1,74 @@
+"""What the command modules share: output tables, the API client, address and TLS flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from api.cli.client import Client, discover
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    cells = [headers] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells)
+
+
+def emit(
+    items: list[dict[str, Any]], output: str, headers: list[str], row: Callable[[dict[str, Any]], list[Any]]
+) -> None:
+    if output == "json":
+        print(json.dumps(items, indent=2))
+    elif output == "yaml":
+        print(yaml.safe_dump(items, sort_keys=False), end="")
+    else:
+        print(table([row(i) for i in items], headers))
+
+
+def client_for(args: argparse.Namespace) -> Client:
+    url, token = discover(args.state_dir)
+    return Client(args.api or url, args.token or token)
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"expected ADDRESS:PORT (IPv6 as [::1]:8080), got {value!r}")
+    return host, int(port)
+
+
+def server_flags(s: argparse.ArgumentParser, port: int) -> None:
+    """Where a server listens and which etcd it reads (shared by `lbcp api` and `lbcp xds`)."""
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=port)
+    s.add_argument("--etcd", help="etcd endpoints, comma-separated (env LBCP_ETCD_ENDPOINTS)")
+    s.add_argument("--prefix", help="etcd key prefix (env LBCP_ETCD_PREFIX, default /lbcp/v1/)")
+    s.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM)")
+    s.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+
+
+def tls_files(args: argparse.Namespace) -> tuple[str, str, str | None] | None:
+    if not args.tls_cert and not args.tls_key:
+        if args.tls_client_ca:
+            raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    return args.tls_cert, args.tls_key, args.tls_client_ca
+
+
+def read_tls(files: tuple[str, str, str | None] | None) -> tuple[bytes, bytes, bytes | None] | None:
+    if files is None:
+        return None
+    cert, key, ca = files
+    return Path(cert).read_bytes(), Path(key).read_bytes(), Path(ca).read_bytes() if ca else None

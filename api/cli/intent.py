@@ -1,0 +1,281 @@
+"""Intent commands: apply, get, delete, backends, and certificate keys (KEK, reseal)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from api.cli._common import client_for, emit, split_hostport
+
+
+def _load_docs(path: str) -> list[dict[str, Any]]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    for d in docs:
+        if not isinstance(d, dict):
+            raise SystemExit(f"{path}: every document must be a mapping")
+    return docs
+
+
+def _apply_ops(docs: list[dict[str, Any]], default_kind: str | None) -> list[dict[str, Any]]:
+    """Documents → batch operations. A cluster document may carry its `backends` inline:
+    they become the cluster's whole member set."""
+    ops: list[dict[str, Any]] = []
+    for d in docs:
+        d = dict(d)
+        kind = d.pop("kind", default_kind)
+        if kind not in ("cluster", "listener", "route", "backend", "certificate"):
+            raise SystemExit(f"a document needs kind: cluster, backend, listener, route or certificate (got {kind!r})")
+        if kind == "backend":
+            cluster = d.pop("cluster", None)
+            ops.append({"op": "put", "kind": "backend", "cluster": cluster, "name": d.get("name"), "body": d})
+            continue
+        backends = d.pop("backends", None) if kind == "cluster" else None
+        ops.append({"op": "put", "kind": kind, "name": d.get("name"), "body": d})
+        if backends is not None:
+            ops.append({"op": "replace_backends", "cluster": d.get("name"), "body": backends})
+    # Make-before-use order inside the one transaction does not matter to etcd, but a
+    # reader of the results expects clusters first.
+    order = {"certificate": -1, "cluster": 0, "backend": 1, "listener": 2, "route": 3}
+    ops.sort(key=lambda o: order.get(o.get("kind", "backend"), 1))
+    return ops
+
+
+def cmd_apply(args: argparse.Namespace, default_kind: str | None = None) -> int:
+    ops = _apply_ops(_load_docs(args.file), default_kind)
+    with_dry = {"dry_run": "true"} if args.dry_run else {}
+    res = client_for(args).post("/v1/batch", {"operations": ops}, **with_dry)
+    for r in res["results"]:
+        if r["op"] == "replace_backends":
+            print(f"backends of {r['cluster']}: +{len(r['added'])} -{len(r['removed'])} ~{len(r['updated'])}")
+        else:
+            where = f"{r['cluster']}/" if r.get("cluster") else ""
+            print(f"{r['kind']} {where}{r['name']} {r['outcome']}")
+    print(f"revision {res['revision']}{' (dry run: nothing written)' if res['dry_run'] else ''}")
+    return 0
+
+
+def cmd_backend_add(args: argparse.Namespace) -> int:
+    host, port = split_hostport(args.address)
+    body: dict[str, Any] = {
+        "name": args.name,
+        "address": host,
+        "port": port,
+        "weight": args.weight,
+        "priority": args.priority,
+    }
+    if args.zone:
+        body["zone"] = args.zone
+    r = client_for(args).put(f"/v1/clusters/{args.cluster}/backends/{args.name}", body)
+    print(
+        f"backend {args.cluster}/{args.name} -> {r['address']}:{r['port']} weight {r['weight']} (revision "
+        f"{r['revision']})"
+    )
+    return 0
+
+
+def _set_state(state: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        r = client_for(args).patch(f"/v1/clusters/{args.cluster}/backends/{args.name}", {"admin_state": state})
+        print(f"backend {args.cluster}/{args.name} is {r['admin_state']} (revision {r['revision']})")
+        return 0
+
+    return run
+
+
+def cmd_backend_remove(args: argparse.Namespace) -> int:
+    r = client_for(args).delete(f"/v1/clusters/{args.cluster}/backends/{args.name}")
+    print(f"backend {args.cluster}/{args.name} removed (revision {r['revision']})")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    c = client_for(args)
+    what = args.what
+    if what in ("cluster", "clusters"):
+        items = [c.get(f"/v1/clusters/{args.name}")] if args.name else c.list_all("/v1/clusters")
+        if args.output == "table":
+            for i in items:
+                i["_backends"] = len(c.list_all(f"/v1/clusters/{i['name']}/backends"))
+        emit(
+            items,
+            args.output,
+            ["NAME", "PROTOCOL", "LB", "BACKENDS", "REVISION"],
+            lambda i: [i["name"], i["protocol"], i["load_balancer"]["type"], i.get("_backends"), i["revision"]],
+        )
+    elif what in ("backend", "backends"):
+        if not args.name:
+            raise SystemExit("usage: lbcp get backends CLUSTER")
+        items = c.list_all(f"/v1/clusters/{args.name}/backends")
+        emit(
+            items,
+            args.output,
+            ["NAME", "ADDRESS", "PORT", "WEIGHT", "ZONE", "PRIORITY", "STATE", "REVISION"],
+            lambda i: [
+                i["name"],
+                i["address"],
+                i["port"],
+                i["weight"],
+                i.get("zone") or "-",
+                i["priority"],
+                i["admin_state"],
+                i["revision"],
+            ],
+        )
+    elif what in ("listener", "listeners"):
+        items = [c.get(f"/v1/listeners/{args.name}")] if args.name else c.list_all("/v1/listeners")
+        emit(
+            items,
+            args.output,
+            ["NAME", "ADDRESS", "PORT", "PROTOCOL", "CLUSTER", "FLEETS", "REVISION"],
+            lambda i: [
+                i["name"],
+                i["address"],
+                i["port"],
+                i["protocol"],
+                i.get("cluster") or "-",
+                ",".join(i["fleets"]) or "all",
+                i["revision"],
+            ],
+        )
+    elif what in ("route", "routes"):
+        items = [c.get(f"/v1/routes/{args.name}")] if args.name else c.list_all("/v1/routes")
+
+        def match(i: dict[str, Any]) -> str:
+            m = i["match"]
+            return next(f"{k}={m[k]}" for k in ("prefix", "path", "regex") if m.get(k) is not None)
+
+        emit(
+            items,
+            args.output,
+            ["NAME", "LISTENER", "DOMAINS", "MATCH", "BACKENDS", "REVISION"],
+            lambda i: [
+                i["name"],
+                i["listener"],
+                ",".join(i["domains"]),
+                match(i),
+                ",".join(f"{b['cluster']}:{b['weight']}" for b in i["backends"]),
+                i["revision"],
+            ],
+        )
+    elif what in ("certificate", "certificates"):
+        items = [c.get(f"/v1/certificates/{args.name}")] if args.name else c.list_all("/v1/certificates")
+
+        def days_left(i: dict[str, Any]) -> str:
+            left = i.get("expires_in_seconds")
+            return "?" if left is None else (f"{left / 86400:.1f}" if left > 0 else "EXPIRED")
+
+        emit(
+            items,
+            args.output,
+            ["NAME", "SUBJECT", "SANS", "ISSUER", "NOT_AFTER", "DAYS_LEFT", "REVISION"],
+            lambda i: [
+                i["name"],
+                i.get("subject", "?"),
+                ",".join(i.get("sans", [])) or "-",
+                i.get("issuer", "?"),
+                i.get("not_after", "?"),
+                days_left(i),
+                i["revision"],
+            ],
+        )
+    else:
+        raise SystemExit("lbcp get clusters|backends CLUSTER|listeners|routes|certificates")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    c = client_for(args)
+    r = c.delete(f"/v1/{args.kind}s/{args.name}")
+    print(f"{args.kind} {args.name} deleted (revision {r['revision']})")
+    return 0
+
+
+def cmd_kek_generate(args: argparse.Namespace) -> int:
+    from controlplane.intent.certificates import generate_kek
+
+    print(generate_kek())
+    return 0
+
+
+def cmd_certificates_reseal(args: argparse.Namespace) -> int:
+    """Re-seal every certificate's key with LBCP_KEK (reading older ones via LBCP_KEK_PREVIOUS)."""
+    import asyncio
+
+    from controlplane.etcd import Etcd, EtcdConfig
+    from controlplane.intent.store import Store
+
+    async def run() -> list[str]:
+        etcd = Etcd(EtcdConfig.from_env(args.etcd, args.prefix))
+        try:
+            return await Store(etcd).reseal_certificates()
+        finally:
+            await etcd.close()
+
+    names = asyncio.run(run())
+    print(f"resealed {len(names)} certificate(s){': ' + ', '.join(names) if names else ''}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser(
+        "apply", help="apply YAML/JSON documents (kind: cluster|backend|listener|route) in one transaction"
+    )
+    s.add_argument("-f", "--file", required=True, help="file, or - for stdin")
+    s.add_argument("--dry-run", action="store_true")
+    s.set_defaults(func=cmd_apply)
+
+    for kind in ("cluster", "listener", "route"):
+        k = sub.add_parser(kind, help=f"manage {kind}s")
+        ks = k.add_subparsers(dest="action", required=True)
+        a = ks.add_parser(
+            "apply",
+            help=f"create or replace {kind}s from a file" + (" (with inline backends)" if kind == "cluster" else ""),
+        )
+        a.add_argument("-f", "--file", required=True)
+        a.add_argument("--dry-run", action="store_true")
+        a.set_defaults(func=lambda args, kind=kind: cmd_apply(args, kind))
+        d = ks.add_parser("delete", help=f"delete a {kind}")
+        d.add_argument("name")
+        d.set_defaults(func=cmd_delete, kind=kind)
+
+    b = sub.add_parser("backend", help="manage backends")
+    bs = b.add_subparsers(dest="action", required=True)
+    a = bs.add_parser("add", help="add or replace a backend")
+    a.add_argument("cluster")
+    a.add_argument("name")
+    a.add_argument("address", help="ADDRESS:PORT ([::1]:8080 for IPv6)")
+    a.add_argument("--weight", type=int, default=1)
+    a.add_argument("--priority", type=int, default=0)
+    a.add_argument("--zone")
+    a.set_defaults(func=cmd_backend_add)
+    for verb, state in (("drain", "drain"), ("maint", "maint"), ("ready", "ready")):
+        x = bs.add_parser(verb, help=f"set admin_state={state}")
+        x.add_argument("cluster")
+        x.add_argument("name")
+        x.set_defaults(func=_set_state(state))
+    x = bs.add_parser("remove", help="delete a backend")
+    x.add_argument("cluster")
+    x.add_argument("name")
+    x.set_defaults(func=cmd_backend_remove)
+
+    g = sub.add_parser("get", help="list objects: clusters | backends CLUSTER | listeners | routes | certificates")
+    g.add_argument("what")
+    g.add_argument("name", nargs="?")
+    g.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    g.set_defaults(func=cmd_get)
+
+    x = sub.add_parser("kek", help="key-encryption keys for certificates at rest")
+    ks = x.add_subparsers(dest="action", required=True)
+    ks.add_parser("generate", help="print a new random KEK (set it as LBCP_KEK)").set_defaults(func=cmd_kek_generate)
+    x = sub.add_parser("certificates", help="certificate maintenance")
+    cs = x.add_subparsers(dest="action", required=True)
+    x = cs.add_parser("reseal", help="re-encrypt every certificate key with LBCP_KEK (after a KEK rotation)")
+    x.add_argument("--etcd", help="etcd endpoints, comma-separated (env LBCP_ETCD_ENDPOINTS)")
+    x.add_argument("--prefix", help="etcd key prefix (env LBCP_ETCD_PREFIX, default /lbcp/v1/)")
+    x.set_defaults(func=cmd_certificates_reseal)

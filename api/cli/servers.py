@@ -1,0 +1,225 @@
+"""Server commands: the admin API, an xDS replica, Envoy bootstraps, a demo backend."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from api.cli._common import read_tls, server_flags, split_hostport, tls_files
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import Settings, create_app
+    from api.auth import Tokens
+    from controlplane.etcd import EtcdConfig
+
+    settings = Settings(
+        etcd=EtcdConfig.from_env(args.etcd, args.prefix),
+        tokens=Tokens.from_env(),
+        host=args.host,
+        port=args.port,
+    )
+    settings.check()
+    # httptools (C) parses HTTP when installed: a third less CPU per request than h11.
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    tls = tls_files(args)
+    ssl_options: dict[str, Any] = {}
+    if tls is not None:
+        import ssl
+
+        ssl_options = {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]}
+        if tls[2]:
+            ssl_options |= {"ssl_ca_certs": tls[2], "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    # Tokens travel in headers: access logging stays off so they can never be written out.
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        http=http,
+        **ssl_options,
+    )
+    return 0
+
+
+def _node_allow(items: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """FLEET=REGEX (repeatable) -> ServerLimits.node_allow."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        fleet, sep, pattern = item.partition("=")
+        if not sep or not pattern:
+            raise SystemExit(f"--allow-node takes FLEET=REGEX, got {item!r}")
+        out.setdefault(fleet, []).append(pattern)
+    return tuple((f, tuple(p)) for f, p in out.items())
+
+
+def cmd_xds(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from controlplane.etcd import EtcdConfig
+    from controlplane.xds.replica import ReplicaConfig, XdsReplica
+    from controlplane.xds.server.service import ServerLimits
+
+    cfg = ReplicaConfig(
+        etcd=EtcdConfig.from_env(args.etcd, args.prefix),
+        host=args.host,
+        port=args.port,
+        replica_id=args.replica_id or "",
+        max_connection_age=args.max_connection_age,
+        limits=ServerLimits(max_streams=args.max_streams, node_allow=_node_allow(args.allow_node or [])),
+        metrics_port=args.metrics_port,
+        tls=read_tls(tls_files(args)),
+        registry_flush_interval=args.registry_interval,
+        probe_interval=args.probe_interval,
+    )
+
+    async def run() -> None:
+        await XdsReplica(cfg).run_forever()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _bootstrap_options(args: argparse.Namespace) -> dict[str, Any]:
+    from controlplane.xds.bootstrap import XdsTLS
+
+    tls_args = (args.xds_tls_cert, args.xds_tls_key, args.xds_tls_ca)
+    if any(tls_args) and not all(tls_args):
+        raise SystemExit("--xds-tls-cert, --xds-tls-key and --xds-tls-ca go together")
+    return {
+        "admin_port": args.admin_port,
+        "zone": args.zone or "",
+        "delta": not args.sotw,
+        "max_connections": args.max_connections,
+        "max_heap_bytes": args.max_heap_mib * 1024**2,
+        "ops_port": args.ops_port or None,
+        "xds_tls": XdsTLS(*tls_args, sni=args.xds_tls_sni or "") if all(tls_args) else None,
+        "public_address": args.public_address or "",
+    }
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from controlplane.xds.bootstrap import XdsEndpoint, render
+
+    xds = [XdsEndpoint(*split_hostport(e)) for e in args.xds.split(",") if e]
+    if args.count is None:
+        doc = render(args.node_id, args.fleet, xds, **_bootstrap_options(args))
+        text = yaml.safe_dump(doc, sort_keys=False)
+        if args.output in (None, "-"):
+            print(text, end="")
+        else:
+            Path(args.output).write_text(text)
+        return 0
+    # N instances: node ids NODE-0..N-1, each listing the replicas in a rotated order so
+    # that first connections spread over the replicas.
+    out = Path(args.output or ".")
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(args.count):
+        rotated = xds[i % len(xds) :] + xds[: i % len(xds)]
+        doc = render(f"{args.node_id}-{i}", args.fleet, rotated, **_bootstrap_options(args))
+        (out / f"{args.node_id}-{i}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    print(f"wrote {args.count} bootstraps to {out}/")
+    return 0
+
+
+def cmd_demo_backend(args: argparse.Namespace) -> int:
+    """Run one demo backend in the foreground (docker-compose and k8s demos use it)."""
+    import signal
+    import threading
+
+    from api.localcluster.demo import DemoBackend
+
+    b = DemoBackend(args.name, args.host, args.port)
+    print(f"demo backend {args.name} on {b.address}:{b.port} (HTTP and WebSocket)", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    b.stop()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser("api", help="serve the admin API")
+    server_flags(s, 8080)
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_api)
+
+    s = sub.add_parser("xds", help="serve xDS (ADS, SotW and delta) from etcd intent")
+    server_flags(s, 18000)
+    s.add_argument("--replica-id", help="name in the fleet registry (default host-pid-port)")
+    s.add_argument("--max-streams", type=int, default=20_000)
+    s.add_argument(
+        "--max-connection-age", type=float, default=1800.0, help="seconds; streams rebalance across replicas"
+    )
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on --host:PORT (0: any free port)")
+    s.add_argument(
+        "--allow-node",
+        action="append",
+        metavar="FLEET=REGEX",
+        help="only node ids matching REGEX may join FLEET (repeatable; a fleet not named is open)",
+    )
+    s.add_argument(
+        "--registry-interval",
+        type=float,
+        default=0.2,
+        help="seconds between fleet-registry writes to etcd (rollout status lags by up to this)",
+    )
+    s.add_argument(
+        "--probe-interval",
+        type=float,
+        default=2.0,
+        help="seconds between /healthz probes of each connected Envoy's ops listener (0: off); "
+        "the front tier uses the verdict",
+    )
+    s.set_defaults(func=cmd_xds)
+
+    s = sub.add_parser("bootstrap", help="render an Envoy bootstrap for one instance")
+    s.add_argument("--node-id", required=True)
+    s.add_argument("--fleet", default="default", help="node.cluster: which listeners the Envoy gets")
+    s.add_argument("--xds", required=True, help="replicas, HOST:PORT[,HOST:PORT...]")
+    s.add_argument("--admin-port", type=int, default=9901)
+    s.add_argument("--zone")
+    s.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
+    s.add_argument(
+        "--max-connections", type=int, default=100_000, help="overload manager: global downstream connection limit"
+    )
+    s.add_argument(
+        "--max-heap-mib", type=int, default=2048, help="overload manager: heap the fixed-heap monitor measures against"
+    )
+    s.add_argument(
+        "--ops-port",
+        type=int,
+        default=8081,
+        help="ops listener: /healthz for the front tier, /stats/prometheus for Prometheus (0: none)",
+    )
+    s.add_argument("--public-address", help="the address clients reach this Envoy at (front-tier DNS and L4 rules)")
+    s.add_argument(
+        "--xds-tls-cert", help="mutual TLS to the replicas: this Envoy's client certificate (path on its host)"
+    )
+    s.add_argument("--xds-tls-key", help="... its private key")
+    s.add_argument("--xds-tls-ca", help="... the CA that signed the replicas' certificate")
+    s.add_argument("--xds-tls-sni", help="... SNI to send (default none)")
+    s.add_argument("--count", type=int, help="render N instances (NODE-ID-0..N-1) into the --output folder")
+    s.add_argument("-o", "--output", help="file (default stdout), or a folder with --count")
+    s.set_defaults(func=cmd_bootstrap)
+
+    s = sub.add_parser(
+        "demo-backend", help="run one demo backend: answers HTTP with its name, echoes WebSocket messages"
+    )
+    s.add_argument("name")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_demo_backend)

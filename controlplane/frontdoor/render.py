@@ -1,0 +1,280 @@
+"""The front tier, rendered from the fleet's live state: DNS records, BIRD anycast
+announcements, iptables and nftables L4 sharding rules.
+
+Pure functions. Each takes the in-service Envoys and returns text, deterministically: the
+same set renders byte-identical output (members are sorted), so a sidecar that reloads
+on change reloads only when the set changed.
+
+An Envoy is *in service* when its xDS stream is up, it has acked its config (everything up
+to the revision the caller asks about), it is not drained, and its own front health check
+passes (the replica's last probe of its `/healthz`, controlplane.xds.probe) (`in_service()`). Its
+public address comes from node metadata `public_address` (set with `lbcp bootstrap
+--public-address`), falling back to the stream's peer address.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controlplane.etcd import Etcd
+
+import ipaddress
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, order=True)
+class Member:
+    node_id: str
+    address: str
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.address).version
+
+
+def in_service(nodes: dict[str, dict[str, Any]], revision: int | None = None, fleet: str | None = None) -> list[Member]:
+    """Members from a fleet-registry view (`read_fleet(...).nodes`), sorted by node id.
+
+    In service: connected (it is in the registry), not draining, configured (it has acked a
+    config), not stuck on a rejected one (no NACK newer than its last full ACK), and its
+    `/healthz` passed the replica's last probe (a node without an ops listener is not
+    probed and counts as passing); with `revision`, it must also have acked that revision.
+    `fleet` keeps one fleet's nodes."""
+    out = []
+    for node_id, doc in nodes.items():
+        if fleet is not None and doc.get("fleet") != fleet:
+            continue
+        acked = doc.get("acked_revision", 0)
+        if doc.get("draining") or acked <= 0 or (revision is not None and acked < revision):
+            continue
+        if any((st.get("last_nack") or {}).get("revision", 0) > acked for st in doc.get("types", {}).values()):
+            continue
+        health = doc.get("front_health")
+        if (doc.get("metadata") or {}).get("ops_port") and not (health or {}).get("ok"):
+            continue  # probed and failing, or not probed yet: not in front of clients
+        address = (doc.get("metadata") or {}).get("public_address") or _peer_host(doc.get("peer", ""))
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            continue  # no usable address: it cannot be put in front of clients
+        out.append(Member(node_id, address))
+    return sorted(out)
+
+
+def _peer_host(peer: str) -> str:
+    # gRPC peers look like "ipv4:10.0.0.5:51234" or "ipv6:[::1]:51234".
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rpartition("]")[0].lstrip("[")
+    return rest.rpartition(":")[0]
+
+
+# -- DNS -----------------------------------------------------------------------------------------
+
+
+def render_dns(members: list[Member], zone: str, name: str, ttl: int = 60) -> str:
+    """A zone-file fragment: one A/AAAA record per in-service Envoy (round robin by the resolver)."""
+    zone = zone.rstrip(".") + "."
+    lines = [f"; lbcp front door for {name}.{zone} ({len(members)} in service)", f"$ORIGIN {zone}"]
+    for m in sorted(members, key=lambda m: (m.family, ipaddress.ip_address(m.address))):
+        lines.append(f"{name}\t{ttl}\tIN\t{'A' if m.family == 4 else 'AAAA'}\t{m.address}\t; {m.node_id}")
+    return "\n".join(lines) + "\n"
+
+
+# -- anycast / ECMP (BIRD 2) ------------------------------------------------------------------------
+
+
+def render_bird(member: Member | None, vip: str, neighbor: str, local_as: int, peer_as: int, node_id: str) -> str:
+    """BIRD 2 config for one Envoy host: announce the anycast `vip` while that Envoy is in
+    service (`member` is not None), withdraw it otherwise (the route is simply absent)."""
+    net = ipaddress.ip_network(vip if "/" in vip else f"{vip}/{32 if ':' not in vip else 128}", strict=False)
+    channel = "ipv4" if net.version == 4 else "ipv6"
+    state = "in service: announced" if member is not None else "not in service: withdrawn"
+    route = f"    route {net} blackhole;" if member is not None else "    # no route: the VIP is withdrawn"
+    return "\n".join(
+        [
+            f"# lbcp front door for {node_id}: anycast {net} ({state})",
+            "protocol static lbcp_vip {",
+            f"  {channel};",
+            route,
+            "}",
+            "protocol bgp lbcp_upstream {",
+            f"  local as {local_as};",
+            f"  neighbor {neighbor} as {peer_as};",
+            f"  {channel} {{",
+            "    import none;",
+            '    export where proto = "lbcp_vip";',
+            "  };",
+            "}",
+            "",
+        ]
+    )
+
+
+# -- L4 sharding ------------------------------------------------------------------------------------
+
+
+def render_iptables(
+    members: list[Member], vip: str, port: int, mode: str = "nth", chain: str = "LBCP_FRONTDOOR"
+) -> str:
+    """iptables-restore input (nat table) that DNATs new TCP connections to `vip:port` over
+    the in-service Envoys.
+
+    `nth`: rule i (of N) matches every (N-i)-th packet reaching it, so each target gets
+    exactly 1/N of new connections in turn. `random`: rule i matches with probability
+    1/(N-i), so each gets 1/N on average. Both are per new connection (conntrack keeps an
+    established one on its target), but when the set changes, new connections of the same
+    client may land elsewhere; `render_nftables(..., mode="hash")` keeps clients in place.
+    """
+    ms = [m for m in sorted(members) if m.family == 4]
+    lines = ["*nat", f":{chain} - [0:0]", f"-A PREROUTING -d {vip}/32 -p tcp --dport {port} -j {chain}"]
+    n = len(ms)
+    for i, m in enumerate(ms):
+        left = n - i
+        if left == 1:
+            match = ""
+        elif mode == "nth":
+            match = f"-m statistic --mode nth --every {left} --packet 0 "
+        elif mode == "random":
+            match = f"-m statistic --mode random --probability {1 / left:.11f} "
+        else:
+            raise ValueError(f"unknown mode {mode!r}: nth or random")
+        lines.append(
+            f"-A {chain} -p tcp {match}-m comment --comment {m.node_id} -j DNAT --to-destination {m.address}:{port}"
+        )
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+MAGLEV_SLOTS = 1021  # prime; ≥ 5 slots per Envoy up to 200 Envoys
+
+
+def maglev_slots(members: list[Member], slots: int = MAGLEV_SLOTS) -> list[Member]:
+    """A Maglev lookup table over the members (keyed by node id): slot i → its Envoy. Each
+    Envoy owns slots/N ±1 slots; when one leaves, its slots are re-spread and almost every
+    other slot keeps its Envoy (Maglev's minimal disruption)."""
+    from controlplane.ring.tables import MaglevTable, RingHost
+
+    if not members:
+        return []
+    by_id = {m.node_id: m for m in members}
+    table = MaglevTable([(RingHost(m.node_id, m.address, 0, hash_key=m.node_id), 1.0) for m in members], 1.0, slots)
+    return [by_id[table.names[i]] for i in table.table]
+
+
+def render_nftables(
+    members: list[Member],
+    vip: str,
+    port: int,
+    mode: str = "hash",
+    table: str = "lbcp_frontdoor",
+    slots: int = MAGLEV_SLOTS,
+) -> str:
+    """nftables ruleset. `numgen`: round robin (like iptables nth). `hash`: jhash of the
+    client address mod N, so a client keeps its Envoy while the set is unchanged, but a
+    change of N re-spreads most clients. `maglev`: jhash mod `slots` into a Maglev table,
+    so when an Envoy leaves or joins only the clients of the slots that moved change Envoy
+    (about 1/N of them), everyone else stays."""
+    if mode not in ("hash", "numgen", "maglev"):
+        raise ValueError(f"unknown mode {mode!r}: hash, maglev or numgen")
+    ms = [m for m in sorted(members) if m.family == 4]
+    if not ms:
+        body = "    # no Envoy in service: nothing to DNAT to"
+    elif mode == "maglev":
+        targets = ", ".join(f"{i} : {m.address}" for i, m in enumerate(maglev_slots(ms, slots)))
+        body = f"    ip daddr {vip} tcp dport {port} dnat to jhash ip saddr mod {slots} map {{ {targets} }}"
+    else:
+        targets = ", ".join(f"{i} : {m.address}" for i, m in enumerate(ms))
+        pick = f"jhash ip saddr mod {len(ms)}" if mode == "hash" else f"numgen inc mod {len(ms)}"
+        body = f"    ip daddr {vip} tcp dport {port} dnat to {pick} map {{ {targets} }}"
+    return "\n".join(
+        [
+            f"# lbcp front door: {len(ms)} Envoys in service ({', '.join(m.node_id for m in ms)})",
+            f"table ip {table} {{",
+            "  chain prerouting {",
+            "    type nat hook prerouting priority dstnat; policy accept;",
+            body,
+            "  }",
+            "}",
+            "",
+        ]
+    )
+
+
+# -- arithmetic, for tests and for operators who want to check a ruleset ---------------------------
+
+
+@dataclass
+class _Rule:
+    dest: str
+    every: int | None
+    packet: int
+    p: float | None
+    count: int = 0
+
+
+def simulate_iptables(rules_text: str, syns: int, seed: int = 0) -> dict[str, int]:
+    """Feed `syns` new connections through rendered iptables rules (nth counters per rule,
+    random draws seeded) and count where each lands."""
+    import random
+    import re
+
+    rnd = random.Random(seed)
+    rules: list[_Rule] = []
+    for line in rules_text.splitlines():
+        if "--to-destination" not in line:
+            continue
+        dest = line.rsplit("--to-destination ", 1)[1].strip()
+        nth = re.search(r"--every (\d+) --packet (\d+)", line)
+        prob = re.search(r"--probability ([0-9.]+)", line)
+        rules.append(
+            _Rule(
+                dest,
+                every=int(nth.group(1)) if nth else None,
+                packet=int(nth.group(2)) if nth else 0,
+                p=float(prob.group(1)) if prob else None,
+            )
+        )
+    out: dict[str, int] = {}
+    for _ in range(syns):
+        for r in rules:
+            if r.every is not None:
+                hit = r.count % r.every == r.packet
+                r.count += 1  # the nth counter counts every packet that reaches the rule
+            elif r.p is not None:
+                hit = rnd.random() < r.p
+            else:
+                hit = True
+            if hit:
+                out[r.dest] = out.get(r.dest, 0) + 1
+                break
+    return out
+
+
+# -- following the in-service set -------------------------------------------------------------
+
+
+async def follow(etcd: Etcd, fleet: str | None = None, interval: float = 0.5) -> AsyncIterator[list[Member]]:
+    """Yield the in-service set now, then each time it changes (read from etcd every
+    `interval` seconds; a read that fails is retried at the next tick, and the last set
+    stands meanwhile). Withdrawal takes at most: the replica's probe interval + its
+    registry flush + `interval`."""
+    import asyncio
+
+    from controlplane.intent.errors import StoreError
+    from controlplane.xds.registry import read_fleet
+
+    last: list[Member] | None = None
+    while True:
+        members: list[Member] | None
+        try:
+            members = in_service((await read_fleet(etcd)).nodes, fleet=fleet)
+        except StoreError:
+            members = last
+        if members is not None and members != last:
+            last = members
+            yield members
+        await asyncio.sleep(interval)

@@ -1,0 +1,299 @@
+"""Envoy bootstrap for an lbcp fleet: ADS (delta by default) to an HA cluster of xDS replicas.
+
+`render(...)` returns the bootstrap as a dict (write it as YAML or JSON); `lbcp bootstrap`
+renders one per Envoy instance. deploy/envoy/bootstrap.yaml is a rendered example.
+
+What a production edge Envoy needs beyond xDS, after Envoy's "configuring Envoy as an edge
+proxy" guide (the per-listener edge settings live in the LDS translation, xds/resources.py):
+- the overload manager: a global downstream connection limit (the process never accepts
+  more connections than it can carry; Envoy warns when there is none) and a fixed-heap
+  monitor that shrinks the heap at 95 %, stops keep-alive at 95 % and stops accepting
+  requests at 98 %;
+- admin on 127.0.0.1 only;
+- a static operations listener (`ops_port`, default 8081) with two paths and nothing else:
+  `GET /healthz` for the front tier (DNS health checks, the anycast announcer, the L4
+  balancer) answers 200, and 503 once the Envoy fails its health check (`POST
+  /healthcheck/fail` on the admin port: the first step of a drain), so the front tier stops
+  sending new clients before listeners drain; `GET /stats/prometheus` is proxied to the
+  loopback-only admin, so Prometheus can scrape without the admin being exposed.
+  `/healthz` also fails while the node is drained through the API (`POST
+  /v1/fleet/{node}/drain`): the health check requires 100 % of the static EDS cluster
+  `lbcp_gate` healthy, and the replica serves that node's gate assignment UNHEALTHY while it
+  is drained (resources.gate_assignment). Until the gate's first assignment arrives the
+  cluster is empty and `/healthz` fails too: an Envoy is not put in front of clients before
+  it has heard from the control plane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.xds.resources import GATE_CLUSTER, gate_name
+
+
+@dataclass(frozen=True)
+class XdsEndpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class XdsTLS:
+    """Mutual TLS to the xDS replicas: this Envoy's client certificate and key, and the CA
+    that signed the replicas' certificate (files on the Envoy's host)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    sni: str = ""
+
+
+def render(
+    node_id: str,
+    fleet: str,
+    xds: list[XdsEndpoint],
+    *,
+    admin_port: int = 9901,
+    admin_address: str = "127.0.0.1",
+    zone: str = "",
+    region: str = "",
+    delta: bool = True,
+    max_connections: int = 100_000,
+    max_heap_bytes: int = 2 * 1024**3,
+    ops_address: str = "0.0.0.0",
+    ops_port: int | None = 8081,
+    xds_tls: XdsTLS | None = None,
+    public_address: str = "",
+) -> dict[str, Any]:
+    locality = {k: v for k, v in (("region", region), ("zone", zone)) if v}
+    # The address clients reach this Envoy at: the front-tier renders (DNS, iptables) use it.
+    metadata: dict[str, Any] = {"public_address": public_address} if public_address else {}
+    if ops_port is not None:
+        # Where the replica probes /healthz (at the stream's peer address), for the front tier.
+        metadata["ops_port"] = ops_port
+    listeners = [_ops_listener(ops_address, ops_port)] if ops_port is not None else []
+    clusters = [_admin_cluster(admin_address, admin_port), _gate_cluster(node_id)] if ops_port is not None else []
+    return {
+        "node": {
+            "id": node_id,
+            "cluster": fleet,
+            **({"locality": locality} if locality else {}),
+            **({"metadata": metadata} if metadata else {}),
+        },
+        "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": "lbcp_xds",
+                            "retry_policy": {
+                                "retry_back_off": {"base_interval": "0.25s", "max_interval": "5s"},
+                                "num_retries": 100000,
+                            },
+                        }
+                    }
+                ],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "overload_manager": _overload_manager(max_connections, max_heap_bytes),
+        "static_resources": {
+            "listeners": listeners,
+            "clusters": [
+                {
+                    "name": "lbcp_xds",
+                    "type": "STRICT_DNS" if any(not _is_ip(e.host) for e in xds) else "STATIC",
+                    "connect_timeout": "1s",
+                    "lb_policy": "ROUND_ROBIN",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {
+                                "http2_protocol_options": {
+                                    "connection_keepalive": {"interval": "15s", "timeout": "5s"},
+                                }
+                            },
+                        }
+                    },
+                    **({"transport_socket": _xds_transport_socket(xds_tls)} if xds_tls else {}),
+                    # A replica that refuses connections is skipped at once on reconnect.
+                    "outlier_detection": {
+                        "consecutive_local_origin_failure": 1,
+                        "split_external_local_origin_errors": True,
+                        "base_ejection_time": "5s",
+                        "max_ejection_percent": 100,
+                    },
+                    "load_assignment": {
+                        "cluster_name": "lbcp_xds",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {"socket_address": {"address": e.host, "port_value": e.port}}
+                                        }
+                                    }
+                                    for e in xds
+                                ]
+                            }
+                        ],
+                    },
+                },
+                *clusters,
+            ],
+        },
+    }
+
+
+_HEAP = "envoy.resource_monitors.fixed_heap"
+_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
+
+
+def _overload_manager(max_connections: int, max_heap_bytes: int) -> dict[str, Any]:
+    def on_heap(action: str, threshold: float) -> dict[str, Any]:
+        return {"name": action, "triggers": [{"name": _HEAP, "threshold": {"value": threshold}}]}
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": _HEAP,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": max_heap_bytes,
+                },
+            },
+            {
+                "name": _CONNECTIONS,
+                "typed_config": {
+                    "@type": (
+                        "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections."
+                        "v3.DownstreamConnectionsConfig"
+                    ),
+                    "max_active_downstream_connections": max_connections,
+                },
+            },
+        ],
+        "actions": [
+            on_heap("envoy.overload_actions.shrink_heap", 0.95),
+            on_heap("envoy.overload_actions.disable_http_keepalive", 0.95),
+            on_heap("envoy.overload_actions.stop_accepting_requests", 0.98),
+        ],
+    }
+
+
+def _xds_transport_socket(tls: XdsTLS) -> dict[str, Any]:
+    ctx: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_certificates": [
+                {"certificate_chain": {"filename": tls.cert_file}, "private_key": {"filename": tls.key_file}}
+            ],
+            "validation_context": {"trusted_ca": {"filename": tls.ca_file}},
+        },
+    }
+    if tls.sni:
+        ctx["sni"] = tls.sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": ctx}
+
+
+def _admin_cluster(address: str, port: int) -> dict[str, Any]:
+    return {
+        "name": "lbcp_admin",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "lbcp_admin",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}}
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def _gate_cluster(node_id: str) -> dict[str, Any]:
+    return {
+        "name": GATE_CLUSTER,
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "eds_cluster_config": {
+            "service_name": gate_name(node_id),
+            "eds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+    }
+
+
+def _ops_listener(address: str, port: int) -> dict[str, Any]:
+    hcm = {
+        "@type": (
+            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        ),
+        "stat_prefix": "lbcp_ops",
+        "route_config": {
+            "name": "lbcp_ops",
+            "virtual_hosts": [
+                {
+                    "name": "ops",
+                    "domains": ["*"],
+                    "routes": [
+                        # Only the read-only stats page of the admin, never the admin's mutating endpoints.
+                        {
+                            "match": {
+                                "path": "/stats/prometheus",
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {"cluster": "lbcp_admin", "timeout": "10s"},
+                        },
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.health_check",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                    # Answered by Envoy itself: 200, or 503 once the server fails health checks.
+                    "pass_through_mode": False,
+                    # 503 while the node is drained (its gate is unhealthy) or not yet configured.
+                    "cluster_min_healthy_percentages": {GATE_CLUSTER: {"value": 100}},
+                    "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}],
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    return {
+        "name": "lbcp_ops",
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        # Probes and scrapes are not clients: they must not count against the connection limit.
+        "ignore_global_conn_limit": True,
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False

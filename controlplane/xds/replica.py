@@ -1,0 +1,111 @@
+"""One xDS replica: etcd watch → intent view → snapshot cache → gRPC xDS server (+ registry).
+
+`XdsReplica.start()` serves as soon as the first full load of intent is in; when etcd is
+unreachable at any later time it keeps serving the last good snapshot to connected and
+newly connecting Envoys, and resumes on its own when etcd returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from controlplane.etcd import Etcd, EtcdConfig
+from controlplane.intent.view import IntentView
+from controlplane.metrics import EtcdMetrics
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.metrics import XdsMetrics
+from controlplane.xds.probe import FrontProber
+from controlplane.xds.registry import FleetRegistry
+from controlplane.xds.server.common import StreamObserver
+from controlplane.xds.server.service import ServerLimits, XdsService, server_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplicaConfig:
+    etcd: EtcdConfig = field(default_factory=EtcdConfig)
+    host: str = "127.0.0.1"
+    port: int = 18000
+    replica_id: str = ""
+    debounce: float = 0.01
+    max_connection_age: float = 1800.0
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    registry_flush_interval: float = 0.2
+    tls: tuple[bytes, bytes, bytes | None] | None = None  # server cert, key, client CA (mTLS)
+    metrics_port: int | None = None  # serve Prometheus /metrics on host:metrics_port (0: any free port)
+    probe_interval: float = 2.0  # probe connected Envoys' /healthz this often (0: never); xds/probe.py
+
+    def __post_init__(self) -> None:
+        if not self.replica_id:
+            self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{self.port}"
+
+
+class XdsReplica:
+    def __init__(self, config: ReplicaConfig, extra_observers: list[StreamObserver] | None = None) -> None:
+        self.config = config
+        self.metrics_registry = CollectorRegistry()
+        self.metrics = XdsMetrics(self.metrics_registry, config.replica_id)
+        etcd_metrics = EtcdMetrics(self.metrics_registry)
+        self.etcd = Etcd(config.etcd)
+        self.etcd.metrics = etcd_metrics
+        self.view = IntentView(self.etcd)
+        self.cache = SnapshotCache(self.view, debounce=config.debounce)
+        self.metrics.watch_cache(self.cache)
+        self.registry = FleetRegistry(Etcd(config.etcd), config.replica_id, config.registry_flush_interval)
+        self.registry.etcd.metrics = etcd_metrics
+        self.prober = FrontProber(config.probe_interval)
+        self.service = XdsService(
+            self.cache, [self.registry, self.metrics, self.prober, *(extra_observers or [])], config.limits
+        )
+        self.server: grpc.aio.Server | None = None
+        self.port = config.port
+        self.metrics_port: int | None = None
+        self._metrics_server: WSGIServer | None = None
+
+    async def start(self) -> None:
+        await self.view.start()
+        await self.registry.start()
+        self.server = grpc.aio.server(options=server_options(self.config.max_connection_age))
+        self.server.add_generic_rpc_handlers(self.service.handlers())
+        addr = f"{self.config.host}:{self.config.port}"
+        if self.config.tls:
+            cert, key, ca = self.config.tls
+            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+            self.port = self.server.add_secure_port(addr, creds)
+        else:
+            self.port = self.server.add_insecure_port(addr)
+        await self.server.start()
+        await self.prober.start()
+        if self.config.metrics_port is not None:
+            server, _ = start_http_server(self.config.metrics_port, self.config.host, self.metrics_registry)
+            self._metrics_server = server
+            self.metrics_port = server.server_address[1]
+        log.info("xDS replica %s serving on %s:%d", self.config.replica_id, self.config.host, self.port)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        await self.prober.stop()
+        if self.server:
+            await self.server.stop(grace)
+        await self.registry.stop()
+        await self.view.stop()
+        await self.etcd.close()
+        await self.registry.etcd.close()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()

@@ -1,0 +1,6 @@
+"""The xDS gRPC server: SotW and delta stream logic (one module each) and the gRPC service."""
+
+from controlplane.xds.server.common import BaseStream, NodeInfo, StreamObserver
+from controlplane.xds.server.service import ServerLimits, XdsService
+
+__all__ = ["BaseStream", "NodeInfo", "ServerLimits", "StreamObserver", "XdsService"]

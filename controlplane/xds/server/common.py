@@ -1,0 +1,351 @@
+"""What every xDS stream shares: the node, per-type push state, NACK records, observers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from google.protobuf import json_format
+
+from controlplane.xds.resources import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    GATE_PREFIX,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SHORT_NAMES,
+    TYPE_ORDER,
+    gate_assignment,
+)
+from controlplane.xds.snapshot import Entry, Snapshot, make_entry
+
+WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
+# While the client has not yet subscribed to the endpoints of clusters it was just sent,
+# listeners and routes wait (make before break) — but never longer than this.
+WARMING_HOLD_SECONDS = 1.0
+
+_nonces = itertools.count(1)
+
+
+def next_nonce() -> str:
+    return format(next(_nonces), "x")
+
+
+@dataclass
+class Nack:
+    version: str
+    message: str
+    at: float
+    revision: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "message": self.message, "at": self.at, "revision": self.revision}
+
+
+@dataclass
+class TypeState:
+    """One resource type on one stream."""
+
+    requested: bool = False
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    in_flight: str | None = None  # nonce of the response awaiting ACK/NACK
+    last_nonce: str | None = None
+    sent_version: str | None = None
+    sent_revision: int = 0
+    acked_version: str | None = None
+    nack: Nack | None = None
+    rejected_version: str | None = None
+    pushes: int = 0
+    bytes_sent: int = 0
+    sent_at: float = 0.0
+    # Delta: what the client holds, name -> version; names reported as missing.
+    have: dict[str, str] = field(default_factory=dict)
+    missing_reported: set[str] = field(default_factory=set)
+    rejected: dict[str, str] = field(default_factory=dict)
+    # The snapshot version of this type when this stream last evaluated it: with no request
+    # since and the same version, there is nothing to evaluate (most wake-ups at fleet scale).
+    seen_version: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sent_version": self.sent_version,
+            "acked_version": self.acked_version,
+            "pushes": self.pushes,
+            "bytes_sent": self.bytes_sent,
+            "last_nack": self.nack.as_dict() if self.nack else None,
+        }
+
+
+@dataclass
+class NodeInfo:
+    id: str
+    fleet: str
+    locality: dict[str, str]
+    user_agent: str
+    metadata: dict[str, Any]
+    peer: str
+
+    @classmethod
+    def from_proto(cls, node: Any, peer: str) -> NodeInfo:
+        loc = {
+            k: v
+            for k, v in (
+                ("region", node.locality.region),
+                ("zone", node.locality.zone),
+                ("sub_zone", node.locality.sub_zone),
+            )
+            if v
+        }
+        version = node.user_agent_build_version.version
+        ua = node.user_agent_name + (
+            f"/{version.major_number}.{version.minor_number}.{version.patch}"
+            if node.HasField("user_agent_build_version")
+            else ""
+        )
+        meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+        return cls(node.id, node.cluster, loc, ua, meta, peer)
+
+
+class StreamObserver(Protocol):
+    """Told about every stream's life (the fleet registry and metrics implement it)."""
+
+    def connected(self, stream: BaseStream) -> None: ...
+    def changed(self, stream: BaseStream) -> None: ...
+    def disconnected(self, stream: BaseStream) -> None: ...
+    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None: ...
+    def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None: ...
+    def acked(self, stream: BaseStream, type_url: str, latency: float) -> None: ...
+
+
+_stream_ids = itertools.count(1)
+
+
+class _WithGate(Mapping[str, Entry]):
+    """A snapshot's endpoint entries plus one stream's own health-gate entry (read-only)."""
+
+    __slots__ = ("base", "name", "entry")
+
+    def __init__(self, base: Mapping[str, Entry], name: str, entry: Entry) -> None:
+        self.base, self.name, self.entry = base, name, entry
+
+    def __getitem__(self, key: str) -> Entry:
+        return self.entry if key == self.name else self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key == self.name or key in self.base
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.base
+        if self.name not in self.base:
+            yield self.name
+
+    def __len__(self) -> int:
+        return len(self.base) + (self.name not in self.base)
+
+
+class BaseStream:
+    protocol = "?"
+
+    def __init__(self, node: NodeInfo, only_type: str | None, observers: list[StreamObserver]) -> None:
+        self.id = next(_stream_ids)
+        self.node = node
+        self.only_type = only_type
+        self.observers = observers
+        self.types: dict[str, TypeState] = {}
+        self.connected_since = time.time()
+        self.acked_revision = 0
+        self.served_revision = 0
+        self.wake = asyncio.Event()
+        self.wake.set()
+        self.last_snapshot: Snapshot | None = None  # the snapshot of the last flush
+        self.dirty_types: set[str] = set()  # types with a request (subscription, ACK, NACK) since
+        self.hold_expired = False
+        self.writing_since = 0.0  # monotonic start of a write still in progress (0: none)
+        self._cds_sent_at: float | None = None
+        self._rewarm: set[str] = set()
+        self.front_health: dict[str, Any] | None = None  # the last /healthz probe (controlplane.xds.probe)
+        # The health-gate name this stream subscribed to (bootstraps name it after the node,
+        # but an Envoy started with --service-node keeps the bootstrap's name): its content
+        # always follows this stream's own node id.
+        self.gate: str | None = None
+        self._gate: tuple[str, bool, Entry] | None = None  # (name, drained, entry) last built
+
+    @property
+    def fleet(self) -> str:
+        return self.node.fleet
+
+    def state(self, type_url: str) -> TypeState:
+        st = self.types.get(type_url)
+        if st is None:
+            st = self.types[type_url] = TypeState()
+        return st
+
+    def on_request(self, req: Any, snap: Snapshot) -> None:
+        """Take one request of this stream's protocol (an ACK, a NACK or a new subscription)."""
+        raise NotImplementedError
+
+    async def flush(self, snap: Snapshot, write: Callable[[bytes], Awaitable[None]]) -> None:
+        """Write what `snap` owes this stream (each response pre-encoded, through `write`)."""
+        raise NotImplementedError
+
+    def ordered_types(self) -> list[str]:
+        return [t for t in TYPE_ORDER if t in self.types] + sorted(t for t in self.types if t not in TYPE_ORDER)
+
+    def entries(self, snap: Snapshot, type_url: str) -> Mapping[str, Entry]:
+        """What this stream may be sent of `type_url`: the fleet's snapshot, and for
+        endpoints also this node's health gate once it subscribed to it."""
+        base = snap.of(type_url)
+        if type_url != ENDPOINT_TYPE or self.gate is None:
+            return base
+        drained = self.node.id in snap.drained
+        if self._gate is None or self._gate[:2] != (self.gate, drained):
+            self._gate = (self.gate, drained, make_entry(ENDPOINT_TYPE, self.gate, gate_assignment(self.gate, drained)))
+        return _WithGate(base, self.gate, self._gate[2])
+
+    def note_endpoint_names(self, names: set[str]) -> None:
+        """Called when the EDS subscription changed: find the health gate among the names."""
+        self.gate = next((n for n in names if n.startswith(GATE_PREFIX)), None)
+
+    def _gate_changed(self, snap: Snapshot) -> bool:
+        if self.gate is None:
+            return False
+        return self._gate is None or self._gate[:2] != (self.gate, self.node.id in snap.drained)
+
+    def changed_front_health(self) -> None:
+        self._emit("changed")
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for o in self.observers:
+            getattr(o, event)(self, *args)
+
+    def record_ack(self, type_url: str, st: TypeState, version: str) -> None:
+        st.acked_version = version
+        st.in_flight = None
+        self._emit("acked", type_url, time.monotonic() - st.sent_at if st.sent_at else 0.0)
+
+    def record_nack(self, type_url: str, st: TypeState, message: str, revision: int) -> None:
+        st.in_flight = None
+        st.nack = Nack(st.sent_version or "", message, time.time(), st.sent_revision or revision)
+        st.rejected_version = st.sent_version
+        self._emit("nacked", type_url, st.nack)
+
+    def overdue(self, limit: float) -> bool:
+        """Some response has waited longer than `limit` seconds for its ACK/NACK."""
+        now = time.monotonic()
+        return any(st.in_flight is not None and now - st.sent_at > limit for st in self.types.values())
+
+    def poke(self, type_url: str | None = None) -> None:
+        """Something about `type_url` (or the stream) changed: evaluate it at the next flush."""
+        if type_url is None:
+            self.hold_expired = True
+        else:
+            self.dirty_types.add(type_url)
+        self.wake.set()
+
+    def needs_flush(self, snap: Snapshot) -> bool:
+        """False when nothing can have changed since the last flush (same snapshot, no request)."""
+        return snap is not self.last_snapshot or bool(self.dirty_types) or self.hold_expired
+
+    def due_types(self, snap: Snapshot) -> Iterator[tuple[str, TypeState]]:
+        """Types that may be sent now, in push order: requested, nothing in flight, not held
+        back for make-before-break, and changed since this stream last looked (a new version
+        in the snapshot, a request, or endpoints owed after a cluster update). Lazy on
+        purpose: a CDS response sent during the loop must hold back the listeners and routes
+        that come after it."""
+        owed: bool | None = None
+        dirty, self.dirty_types = self.dirty_types, set()
+        self.hold_expired = False
+        for t in self.ordered_types():
+            st = self.types[t]
+            if not st.requested or st.in_flight is not None:
+                continue
+            version = snap.version(t)
+            if (
+                t not in dirty
+                and st.seen_version == version
+                and not (t == ENDPOINT_TYPE and (self._rewarm or self._gate_changed(snap)))
+            ):
+                continue
+            if t in (LISTENER_TYPE, ROUTE_TYPE):
+                if owed is None:
+                    owed = self.eds_owed(snap)
+                if self.holding_for_warming(t, owed):
+                    continue  # not marked seen: looked at again when the hold ends
+            yield t, st
+            st.seen_version = version
+
+    async def _send(
+        self,
+        type_url: str,
+        st: TypeState,
+        snap: Snapshot,
+        nonce: str,
+        version: str,
+        body: bytes,
+        names: list[str],
+        rewarm: set[str],
+        write: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        """Record a response as in flight and write it. `rewarm`: clusters whose endpoints
+        must be sent again (Envoy re-warms an updated cluster and waits for EDS)."""
+        st.in_flight = st.last_nonce = nonce
+        st.sent_version = version
+        st.sent_at = time.monotonic()
+        st.sent_revision = snap.revision
+        st.pushes += 1
+        st.bytes_sent += len(body)
+        if type_url == CLUSTER_TYPE:
+            self._rewarm |= rewarm
+            self._cds_sent_at = time.monotonic()
+        elif type_url == ENDPOINT_TYPE:
+            self._rewarm.difference_update(names)
+        await write(body)
+        self._emit("pushed", type_url, len(body), len(names))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node.id,
+            "fleet": self.node.fleet,
+            "locality": self.node.locality,
+            "user_agent": self.node.user_agent,
+            "peer": self.node.peer,
+            "metadata": self.node.metadata,
+            "protocol": self.protocol,
+            "connected_since": self.connected_since,
+            "acked_revision": self.acked_revision,
+            "types": {SHORT_NAMES.get(t, t): st.as_dict() for t, st in self.types.items()},
+            **({"front_health": self.front_health} if self.front_health is not None else {}),
+        }
+
+    def holding_for_warming(self, type_url: str, eds_owed: bool) -> bool:
+        """Listeners and routes wait while clusters/endpoints are in flight or warming."""
+        if type_url not in (LISTENER_TYPE, ROUTE_TYPE):
+            return False
+        for earlier in TYPE_ORDER[: TYPE_ORDER.index(type_url)]:
+            st = self.types.get(earlier)
+            if st is not None and st.in_flight is not None:
+                return True
+        if eds_owed and self._cds_sent_at is not None:
+            left = WARMING_HOLD_SECONDS - (time.monotonic() - self._cds_sent_at)
+            if left > 0:
+                # Look again when the hold ends, even if nothing else happens by then.
+                asyncio.get_running_loop().call_later(left, self.poke)
+                return True
+        return False
+
+    def eds_owed(self, snap: Snapshot) -> bool:
+        """Clusters the client has that need endpoints it has not subscribed to yet."""
+        eds = self.types.get(ENDPOINT_TYPE)
+        if eds is None or not eds.requested:
+            return False
+        needed = snap.references.get(CLUSTER_TYPE, {}).keys()
+        cds = self.types.get(CLUSTER_TYPE)
+        if cds is None:
+            return False
+        have_clusters = cds.have.keys() if self.protocol == "delta" else needed
+        return any(n not in eds.names for n in needed if n in have_clusters)

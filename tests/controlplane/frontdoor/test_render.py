@@ -1,0 +1,226 @@
+"""Front-tier renderers: deterministic output, correct spreading arithmetic, in-service set."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from controlplane.frontdoor.render import (
+    Member,
+    in_service,
+    render_bird,
+    render_dns,
+    render_iptables,
+    render_nftables,
+    simulate_iptables,
+)
+
+
+def _members(n: int) -> list[Member]:
+    return [Member(f"envoy-{i}", f"203.0.113.{i + 10}") for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 3, 10])
+@pytest.mark.parametrize("mode", ["nth", "random"])
+def test_iptables_spreads_new_connections_evenly(n: int, mode: str) -> None:
+    rules = render_iptables(_members(n), "198.51.100.1", 443, mode=mode)
+    got = simulate_iptables(rules, 10_000, seed=n)
+    assert set(got) == {f"{m.address}:443" for m in _members(n)}
+    for count in got.values():
+        share = count / 10_000
+        # nth is exact (±1 connection); random within a few standard deviations.
+        assert abs(share - 1 / n) < (0.0002 if mode == "nth" else 0.02), (mode, n, got)
+
+
+def test_renders_are_deterministic_and_follow_the_set() -> None:
+    a = _members(3)
+    assert render_dns(a, "example.com", "www") == render_dns(list(reversed(a)), "example.com", "www")
+    assert render_iptables(a, "198.51.100.1", 443) == render_iptables(list(reversed(a)), "198.51.100.1", 443)
+    assert render_nftables(a, "198.51.100.1", 443) == render_nftables(list(reversed(a)), "198.51.100.1", 443)
+    # One Envoy leaves: it disappears from every render.
+    b = a[:1] + a[2:]
+    for text in (
+        render_dns(b, "example.com", "www"),
+        render_iptables(b, "198.51.100.1", 443),
+        render_nftables(b, "198.51.100.1", 443),
+    ):
+        assert a[1].address not in text and a[0].address in text
+
+
+def test_dns_fragment() -> None:
+    ms = [Member("e0", "203.0.113.10"), Member("e1", "2001:db8::7"), Member("e2", "203.0.113.2")]
+    text = render_dns(ms, "example.com.", "www", ttl=30)
+    records = [line.split("\t") for line in text.splitlines() if line.startswith("www")]
+    assert [(r[1], r[3], r[4]) for r in records] == [
+        ("30", "A", "203.0.113.2"),
+        ("30", "A", "203.0.113.10"),
+        ("30", "AAAA", "2001:db8::7"),
+    ]
+    assert "$ORIGIN example.com." in text
+
+
+def test_bird_announces_only_in_service() -> None:
+    on = render_bird(Member("e0", "203.0.113.10"), "198.51.100.1", "192.0.2.1", 65001, 65000, "e0")
+    off = render_bird(None, "198.51.100.1", "192.0.2.1", 65001, 65000, "e0")
+    assert "route 198.51.100.1/32 blackhole;" in on and "route 198.51.100.1" not in off
+    for text in (on, off):
+        assert text.count("{") == text.count("}") and "neighbor 192.0.2.1 as 65000;" in text
+        assert 'export where proto = "lbcp_vip";' in text
+
+
+def test_nftables_hash_keeps_clients_while_the_set_is_stable() -> None:
+    text = render_nftables(_members(3), "198.51.100.1", 443, mode="hash")
+    assert "dnat to jhash ip saddr mod 3 map { 0 : 203.0.113.10, 1 : 203.0.113.11, 2 : 203.0.113.12 }" in text
+    assert text.count("{") == text.count("}")
+    assert "numgen inc mod 3" in render_nftables(_members(3), "198.51.100.1", 443, mode="numgen")
+    assert "no Envoy in service" in render_nftables([], "198.51.100.1", 443)
+
+
+def test_in_service_from_the_fleet_registry() -> None:
+    nodes = {
+        "a": {
+            "fleet": "edge",
+            "acked_revision": 10,
+            "metadata": {"public_address": "203.0.113.1"},
+            "peer": "ipv4:10.0.0.1:5000",
+        },
+        "b": {"fleet": "edge", "acked_revision": 9, "peer": "ipv4:10.0.0.2:5000"},  # behind the revision asked about
+        "c": {"fleet": "edge", "acked_revision": 12, "peer": "ipv6:[2001:db8::3]:5000"},
+        "d": {"fleet": "other", "acked_revision": 12, "peer": "ipv4:10.0.0.4:5000"},
+        "e": {"fleet": "edge", "acked_revision": 12, "peer": "ipv4:10.0.0.5:5000", "draining": True},
+    }
+    assert in_service(nodes, 10, "edge") == [Member("a", "203.0.113.1"), Member("c", "2001:db8::3")]
+    assert [m.node_id for m in in_service(nodes, 10)] == ["a", "c", "d"]
+    assert [m.node_id for m in in_service(nodes)] == ["a", "b", "c", "d"]  # no revision asked: configured is enough
+    nodes["c"]["types"] = {"cds": {"last_nack": {"revision": 13}}}  # stuck on a rejected config
+    nodes["b"]["acked_revision"] = 0  # never configured
+    assert [m.node_id for m in in_service(nodes)] == ["a", "d"]
+    assert all(ipaddress.ip_address(m.address) for m in in_service(nodes))
+
+
+def test_in_service_needs_a_passing_front_health_check() -> None:
+    """An Envoy with an ops listener is in service only once the replica's probe of its
+    /healthz passed; one without an ops listener cannot be probed and is trusted."""
+    base = {"fleet": "edge", "acked_revision": 5}
+    nodes = {
+        "probed-ok": {**base, "peer": "ipv4:10.0.0.1:1", "metadata": {"ops_port": 8081}, "front_health": {"ok": True}},
+        "probed-failing": {
+            **base,
+            "peer": "ipv4:10.0.0.2:1",
+            "metadata": {"ops_port": 8081},
+            "front_health": {"ok": False, "status": 503},
+        },
+        "not-probed-yet": {**base, "peer": "ipv4:10.0.0.3:1", "metadata": {"ops_port": 8081}},
+        "no-ops-listener": {**base, "peer": "ipv4:10.0.0.4:1"},
+    }
+    assert [m.node_id for m in in_service(nodes)] == ["no-ops-listener", "probed-ok"]
+
+
+def _tool(name: str) -> str:
+    import shutil
+
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    assert path, f"{name} is not installed: `make` installs it (Debian: bird2, nftables, iptables)"
+    return path
+
+
+def _check(cmd: list[str], text: str, tmp_path, suffix: str) -> None:
+    import subprocess
+
+    f = tmp_path / f"render{suffix}"
+    f.write_text(text)
+    if "-f" in cmd or "-c" in cmd:
+        cmd = [*cmd, str(f)]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    else:
+        run = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, f"{cmd} rejected the render:\n{text}\n{run.stdout}{run.stderr}"
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 10])
+def test_renders_pass_the_real_tools(n: int, tmp_path) -> None:
+    """nft --check, bird -p and iptables-restore --test parse what lbcp renders."""
+    ms = _members(n)
+    for mode in ("hash", "numgen"):
+        _check(
+            [_tool("nft"), "--check", "-f"],
+            render_nftables(ms, "198.51.100.1", 443, mode=mode),
+            tmp_path,
+            f"-{mode}.nft",
+        )
+    for member in (ms[0] if ms else None, None):
+        _check(
+            [_tool("bird"), "-p", "-c"],
+            render_bird(member, "198.51.100.1", "192.0.2.1", 65001, 65000, "envoy-0"),
+            tmp_path,
+            ".bird",
+        )
+    _check(
+        [_tool("bird"), "-p", "-c"],
+        render_bird(Member("v6", "2001:db8::1"), "2001:db8:ffff::1", "2001:db8::fe", 65001, 65000, "v6"),
+        tmp_path,
+        "-v6.bird",
+    )
+    for mode in ("nth", "random"):
+        _check(
+            [_tool("iptables-restore"), "--test"], render_iptables(ms, "198.51.100.1", 443, mode=mode), tmp_path, ".ipt"
+        )
+
+
+def test_the_real_tools_reject_a_broken_render(tmp_path) -> None:
+    """The checks above can fail: a corrupted render is refused by each tool."""
+    import subprocess
+
+    broken = {
+        ".nft": (
+            [_tool("nft"), "--check", "-f"],
+            render_nftables(_members(3), "198.51.100.1", 443).replace("jhash", "jhsh"),
+        ),
+        ".bird": (
+            [_tool("bird"), "-p", "-c"],
+            render_bird(_members(1)[0], "198.51.100.1", "192.0.2.1", 65001, 65000, "e").replace(
+                "blackhole", "blakhole"
+            ),
+        ),
+    }
+    for suffix, (cmd, text) in broken.items():
+        f = tmp_path / f"broken{suffix}"
+        f.write_text(text)
+        assert subprocess.run([*cmd, str(f)], capture_output=True, timeout=30).returncode != 0, suffix
+    ipt = render_iptables(_members(3), "198.51.100.1", 443).replace("--every", "--evry")
+    assert (
+        subprocess.run(
+            [_tool("iptables-restore"), "--test"], input=ipt.encode(), capture_output=True, timeout=30
+        ).returncode
+        != 0
+    )
+
+
+@pytest.mark.parametrize("n", [3, 10, 50])
+def test_nftables_maglev_keeps_clients_when_the_set_changes(n: int, tmp_path) -> None:
+    """maglev mode: every Envoy owns slots/N ±1 slots, and when one leaves only its own
+    slots move (plus Maglev's few percent); `hash` mod N would move most clients."""
+    from collections import Counter
+
+    from controlplane.frontdoor.render import MAGLEV_SLOTS, maglev_slots
+
+    ms = _members(n)
+    before = maglev_slots(ms)
+    owners = Counter(m.node_id for m in before)
+    assert len(before) == MAGLEV_SLOTS and len(owners) == n
+    assert max(owners.values()) - min(owners.values()) <= 1
+    gone = ms[1]
+    after = maglev_slots([m for m in ms if m != gone])
+    assert gone not in after
+    stayed = [a == b for a, b in zip(before, after, strict=False) if a != gone]
+    moved = stayed.count(False) / len(stayed)
+    assert moved < 0.06, f"{moved:.1%} of other clients moved"
+    # Against `hash` mode (jhash mod N over the sorted set), for the same departure.
+    rest = [m for m in ms if m != gone]
+    kept = [ms[h % n] == rest[h % (n - 1)] for h in range(10_000) if ms[h % n] != gone]
+    assert kept.count(False) / len(kept) > 0.4 > moved
+    text = render_nftables(ms, "198.51.100.1", 443, mode="maglev")
+    assert f"jhash ip saddr mod {MAGLEV_SLOTS} map {{ 0 : {before[0].address}," in text
+    _check([_tool("nft"), "--check", "-f"], text, tmp_path, ".nft")
+    assert render_nftables(list(reversed(ms)), "198.51.100.1", 443, mode="maglev") == text

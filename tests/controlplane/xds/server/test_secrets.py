@@ -1,0 +1,91 @@
+"""Certificates over ADS as SDS Secrets: a fleet gets only the secrets its listeners (and
+clusters) need, keys sealed with a KEK are opened by the replica, and a rotation pushes the
+Secret alone."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from controlplane.intent.certificates import KeyRing, set_keyring
+from controlplane.intent.model import Certificate, Listener, ListenerTLS
+from controlplane.intent.store import Store
+from controlplane.xds.client import AdsClient
+from controlplane.xds.resources import LISTENER_TYPE, SECRET_TYPE
+from tests.certs import CA
+from tests.controlplane.xds.server.test_protocol import QUIET, _settle
+
+
+@pytest.fixture
+def kek():
+    set_keyring(KeyRing(current=os.urandom(32)))
+    yield
+    set_keyring(None)
+
+
+async def _client(replica, node: str, fleet: str, delta: bool) -> AdsClient:
+    c = AdsClient(f"127.0.0.1:{replica.port}", node, fleet, delta=delta)
+    await c.open()
+    return c
+
+
+async def _secret(c: AdsClient, delta: bool, names: list[str]):
+    if delta:
+        await c.delta_request(SECRET_TYPE, subscribe=names)
+    else:
+        await c.request(SECRET_TYPE, names)
+    return await c.recv(QUIET * 3)
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+async def test_secrets_are_per_fleet_sealed_keys_open_and_rotation_pushes_only_the_secret(
+    store: Store, replica, kek, delta
+) -> None:
+    ca = CA()
+    first = ca.issue("www.example.com", ["www.example.com"])
+    await store.put(
+        Certificate(name="site", certificate_chain=first.cert_pem.decode(), private_key=first.key_pem.decode())
+    )
+    rev = (
+        await store.put(Listener(name="https", port=8443, fleets=["edge"], tls=ListenerTLS(certificates=["site"])))
+    ).revision
+    await _settle(replica, rev)
+
+    edge = await _client(replica, "edge-1", "edge", delta)
+    got = await _secret(edge, delta, ["site"])
+    secret = AdsClient.decode(got)["site"]
+    # The replica opened the sealed key: Envoy gets the PEM it was given.
+    assert secret.tls_certificate.private_key.inline_bytes == first.key_pem
+    assert secret.tls_certificate.certificate_chain.inline_bytes == first.cert_pem
+    if delta:
+        await edge.delta_request(SECRET_TYPE, nonce=got.nonce)
+    else:
+        await edge.request(SECRET_TYPE, ["site"], version=got.version_info, nonce=got.nonce)
+    listeners = await _client(replica, "edge-2", "edge", delta)
+    if delta:
+        await listeners.delta_request(LISTENER_TYPE, subscribe=["*"])
+    else:
+        await listeners.request(LISTENER_TYPE)
+    lds = await listeners.recv()
+    assert "https" in AdsClient.decode(lds)
+    if delta:
+        await listeners.delta_request(LISTENER_TYPE, nonce=lds.nonce)
+    else:
+        await listeners.request(LISTENER_TYPE, version=lds.version_info, nonce=lds.nonce)
+
+    # Another fleet has no listener that needs "site": it never gets the key.
+    other = await _client(replica, "other-1", "other", delta)
+    leaked = await _secret(other, delta, ["site"])
+    assert leaked is None or "site" not in AdsClient.decode(leaked)
+
+    # Rotation: the Secret is pushed; the Listener is not.
+    second = ca.issue("www.example.com", ["www.example.com"])
+    await store.put(
+        Certificate(name="site", certificate_chain=second.cert_pem.decode(), private_key=second.key_pem.decode())
+    )
+    pushed = await edge.recv()
+    assert AdsClient.decode(pushed)["site"].tls_certificate.private_key.inline_bytes == second.key_pem
+    assert await listeners.recv(QUIET) is None  # same names, same Listener bytes: nothing to send
+    for c in (edge, listeners, other):
+        await c.close()

@@ -1,0 +1,52 @@
+"""Snapshots: content versions and the consistency check that guards publishing."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.intent.model import Backend, Cluster, Listener, Route
+from controlplane.xds import resources as res
+from controlplane.xds.snapshot import InconsistentSnapshot, Snapshot, make_entry, set_version
+
+
+def _entries():
+    c = make_entry(res.CLUSTER_TYPE, "web", res.cluster_resource(Cluster(name="web")))
+    e = make_entry(
+        res.ENDPOINT_TYPE, "web", res.load_assignment("web", [Backend(name="a", address="10.0.0.1", port=80)])
+    )
+    lst = make_entry(res.LISTENER_TYPE, "http", res.listener_resource(Listener(name="http", port=80)))
+    rc = make_entry(
+        res.ROUTE_TYPE,
+        "http",
+        res.route_configuration("http", [Route(name="r", listener="http", backends=[{"cluster": "web"}])]),
+    )
+    return c, e, lst, rc
+
+
+def test_versions_are_content_hashes() -> None:
+    a = make_entry(res.CLUSTER_TYPE, "web", res.cluster_resource(Cluster(name="web")))
+    b = make_entry(res.CLUSTER_TYPE, "web", res.cluster_resource(Cluster(name="web")))
+    c = make_entry(res.CLUSTER_TYPE, "web", res.cluster_resource(Cluster(name="web", connect_timeout="2s")))
+    assert a.version == b.version != c.version
+    assert set_version({"web": a}) == set_version({"web": b}) != set_version({"web": c})
+
+
+def test_consistency_check() -> None:
+    c, e, lst, rc = _entries()
+    snap = Snapshot(
+        "f",
+        1,
+        {
+            res.CLUSTER_TYPE: {"web": c},
+            res.ENDPOINT_TYPE: {"web": e},
+            res.LISTENER_TYPE: {"http": lst},
+            res.ROUTE_TYPE: {"http": rc},
+        },
+        {res.CLUSTER_TYPE: {"web": {"web"}}, res.LISTENER_TYPE: {"http": {"http"}}, res.ROUTE_TYPE: {"http": {"web"}}},
+    )
+    snap.check()
+    for missing_type, name in ((res.ENDPOINT_TYPE, "web"), (res.ROUTE_TYPE, "http"), (res.CLUSTER_TYPE, "web")):
+        broken = Snapshot("f", 1, {t: dict(v) for t, v in snap.resources.items()}, snap.references)
+        del broken.resources[missing_type][name]
+        with pytest.raises(InconsistentSnapshot):
+            broken.check()
