@@ -129,7 +129,7 @@ async def _wait_withdrawn(request: Request, node_id: str, revision: int, timeout
     while True:
         doc = (await read_fleet(etcd)).nodes.get(node_id)
         acked = doc is not None and doc.get("acked_revision", 0) >= revision
-        probed = doc is not None and bool((doc.get("metadata") or {}).get("ops_port"))
+        probed = doc is not None and bool((doc.get("front_health") or {}).get("probed"))
         failing = doc is not None and probed and (doc.get("front_health") or {}).get("ok") is False
         # A node that is not connected has nothing to withdraw: the front tier already left it.
         complete = doc is None or (acked and (failing or not probed))

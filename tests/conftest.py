@@ -10,6 +10,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,22 +75,48 @@ async def api(etcd_config: EtcdConfig) -> AsyncIterator:
             yield client
 
 
-async def _replica(etcd_config: EtcdConfig, replica_id: str) -> AsyncIterator:
-    from controlplane.xds.replica import ReplicaConfig, XdsReplica
+def _replica_config(etcd_config: EtcdConfig, replica_id: str, **overrides: Any) -> Any:
+    from controlplane.xds.replica import ReplicaConfig
 
-    r = XdsReplica(
-        ReplicaConfig(
-            etcd=etcd_config,
-            port=0,
-            replica_id=replica_id,
-            registry_flush_interval=0.05,
-            metrics_port=0,
-            probe_interval=0.25,
-        )
+    return ReplicaConfig(
+        **{
+            "etcd": etcd_config,
+            "port": 0,
+            "replica_id": replica_id,
+            "registry_flush_interval": 0.05,
+            "metrics_port": 0,
+            "probe_interval": 0.25,
+            "front_cidrs": ("*=127.0.0.0/8",),
+            **overrides,
+        }
     )
+
+
+async def _replica(etcd_config: EtcdConfig, replica_id: str, **overrides: Any) -> AsyncIterator:
+    from controlplane.xds.replica import XdsReplica
+
+    r = XdsReplica(_replica_config(etcd_config, replica_id, **overrides))
     await r.start()
     yield r
     await r.stop(grace=0)
+
+
+@pytest.fixture
+async def make_replica(etcd_config: EtcdConfig) -> AsyncIterator:
+    """A factory of replicas with config overrides: `await make_replica("name", probe_interval=0)`."""
+    from controlplane.xds.replica import XdsReplica
+
+    started: list[XdsReplica] = []
+
+    async def make(replica_id: str, **overrides: Any) -> XdsReplica:
+        r = XdsReplica(_replica_config(etcd_config, replica_id, **overrides))
+        await r.start()
+        started.append(r)
+        return r
+
+    yield make
+    for r in started:
+        await r.stop(grace=0)
 
 
 @pytest.fixture

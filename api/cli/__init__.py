@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from api.cli import fleet, frontdoor, intent, local, ring, servers
+from api.cli import fleet, frontdoor, intent, local, pki, ring, servers
 from api.cli.client import ApiProblem
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="bearer token (env LBCP_TOKEN)")
     p.add_argument("--state-dir", default=".lbcp", help="where `lbcp up` keeps its state (default .lbcp)")
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (servers, local, intent, ring, frontdoor, fleet):
+    for module in (servers, local, intent, ring, frontdoor, fleet, pki):
         module.register(sub)
     return p
 

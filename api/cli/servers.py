@@ -64,21 +64,44 @@ def cmd_xds(args: argparse.Namespace) -> int:
     import asyncio
 
     from controlplane.etcd import EtcdConfig
+    from controlplane.xds.identity import IdentityRule
+    from controlplane.xds.probe import FrontPolicy
     from controlplane.xds.replica import ReplicaConfig, XdsReplica
+    from controlplane.xds.server.common import RequestBounds
     from controlplane.xds.server.service import ServerLimits
 
+    try:  # configuration errors fail here, at start, with the flag's name
+        IdentityRule.parse(args.xds_identity)
+        FrontPolicy.parse(args.front_cidr or [], args.front_unprobed or [])
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    bounds = RequestBounds(
+        max_metadata_bytes=args.max_metadata_bytes,
+        max_names_per_type=args.max_subscriptions,
+        max_nack_message=args.max_nack_message,
+    )
     cfg = ReplicaConfig(
         etcd=EtcdConfig.from_env(args.etcd, args.prefix),
         host=args.host,
         port=args.port,
         replica_id=args.replica_id or "",
         max_connection_age=args.max_connection_age,
-        limits=ServerLimits(max_streams=args.max_streams, node_allow=_node_allow(args.allow_node or [])),
+        limits=ServerLimits(
+            max_streams=args.max_streams,
+            node_allow=_node_allow(args.allow_node or []),
+            bounds=bounds,
+            max_request_bytes=args.max_request_bytes,
+        ),
         metrics_port=args.metrics_port,
         tls=read_tls(tls_files(args)),
         registry_flush_interval=args.registry_interval,
         probe_interval=args.probe_interval,
+        identity=args.xds_identity,
+        front_cidrs=tuple(args.front_cidr or ()),
+        front_unprobed=tuple(args.front_unprobed or ()),
+        insecure=args.insecure,
     )
+    cfg.check()
 
     async def run() -> None:
         await XdsReplica(cfg).run_forever()
@@ -90,12 +113,18 @@ def cmd_xds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bootstrap_options(args: argparse.Namespace) -> dict[str, Any]:
+def _bootstrap_options(args: argparse.Namespace, node_id: str) -> dict[str, Any]:
     from controlplane.xds.bootstrap import XdsTLS
 
-    tls_args = (args.xds_tls_cert, args.xds_tls_key, args.xds_tls_ca)
+    # `{node}` in a path is the instance's node id: each Envoy presents its own certificate.
+    cert, key, ca = (
+        (a or "").replace("{node}", node_id) for a in (args.xds_tls_cert, args.xds_tls_key, args.xds_tls_ca)
+    )
+    tls_args = (cert, key, ca)
     if any(tls_args) and not all(tls_args):
         raise SystemExit("--xds-tls-cert, --xds-tls-key and --xds-tls-ca go together")
+    if cert and Path(cert).is_file():
+        _check_identity(Path(cert), node_id, args.fleet, args.xds_identity)
     return {
         "admin_port": args.admin_port,
         "zone": args.zone or "",
@@ -103,9 +132,19 @@ def _bootstrap_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_connections": args.max_connections,
         "max_heap_bytes": args.max_heap_mib * 1024**2,
         "ops_port": args.ops_port or None,
-        "xds_tls": XdsTLS(*tls_args, sni=args.xds_tls_sni or "") if all(tls_args) else None,
+        "xds_tls": XdsTLS(cert, key, ca, sni=args.xds_tls_sni or "") if all(tls_args) else None,
         "public_address": args.public_address or "",
     }
+
+
+def _check_identity(cert: Path, node_id: str, fleet: str, rule: str) -> None:
+    """The certificate at hand must name the node the way the replicas expect (else they refuse it)."""
+    from controlplane.xds.identity import IdentityError, IdentityRule
+
+    try:
+        IdentityRule.parse(rule).check(cert.read_bytes(), node_id, fleet)
+    except (IdentityError, ValueError) as exc:
+        raise SystemExit(f"{cert}: {exc} (see lbcp pki envoy, docs/security.md)") from None
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -113,7 +152,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
     xds = [XdsEndpoint(*split_hostport(e)) for e in args.xds.split(",") if e]
     if args.count is None:
-        doc = render(args.node_id, args.fleet, xds, **_bootstrap_options(args))
+        doc = render(args.node_id, args.fleet, xds, **_bootstrap_options(args, args.node_id))
         text = yaml.safe_dump(doc, sort_keys=False)
         if args.output in (None, "-"):
             print(text, end="")
@@ -126,7 +165,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for i in range(args.count):
         rotated = xds[i % len(xds) :] + xds[: i % len(xds)]
-        doc = render(f"{args.node_id}-{i}", args.fleet, rotated, **_bootstrap_options(args))
+        node_id = f"{args.node_id}-{i}"
+        doc = render(node_id, args.fleet, rotated, **_bootstrap_options(args, node_id))
         (out / f"{args.node_id}-{i}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"wrote {args.count} bootstraps to {out}/")
     return 0
@@ -184,6 +224,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="seconds between /healthz probes of each connected Envoy's ops listener (0: off); "
         "the front tier uses the verdict",
     )
+    s.add_argument(
+        "--xds-identity",
+        default="spiffe",
+        metavar="RULE",
+        help="with --tls-client-ca: what the client certificate must name for a node id: 'spiffe' "
+        "(URI SAN spiffe://lbcp/fleet/{fleet}/node/{node}), 'dns' (DNS SAN {node}) or a template",
+    )
+    s.add_argument(
+        "--front-cidr",
+        action="append",
+        metavar="FLEET=CIDR",
+        help="a node's public_address enters the front tier only inside these (repeatable; FLEET may be *); "
+        "without one the stream's peer address is used",
+    )
+    s.add_argument(
+        "--front-unprobed",
+        action="append",
+        metavar="FLEET",
+        help="put FLEET's nodes in service without probing their /healthz (fleets without an ops listener; "
+        "repeatable, * for all)",
+    )
+    s.add_argument("--max-subscriptions", type=int, default=20_000, help="resource names per type per stream")
+    s.add_argument("--max-metadata-bytes", type=int, default=8192, help="node metadata a stream may send")
+    s.add_argument("--max-nack-message", type=int, default=4096, help="characters of a NACK message kept")
+    s.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024, help="largest xDS request accepted")
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without mutual TLS (anyone who reaches it reads every fleet's config)",
+    )
     s.set_defaults(func=cmd_xds)
 
     s = sub.add_parser("bootstrap", help="render an Envoy bootstrap for one instance")
@@ -209,7 +279,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument(
         "--xds-tls-cert", help="mutual TLS to the replicas: this Envoy's client certificate (path on its host)"
     )
-    s.add_argument("--xds-tls-key", help="... its private key")
+    s.add_argument("--xds-tls-key", help="... its private key ({node} in a path: the node id)")
+    s.add_argument(
+        "--xds-identity",
+        default="spiffe",
+        help="the replicas' --xds-identity: a readable --xds-tls-cert must name the node that way",
+    )
     s.add_argument("--xds-tls-ca", help="... the CA that signed the replicas' certificate")
     s.add_argument("--xds-tls-sni", help="... SNI to send (default none)")
     s.add_argument("--count", type=int, help="render N instances (NODE-ID-0..N-1) into the --output folder")

@@ -177,6 +177,9 @@ def up(
                     f"xds-{i}",
                     "--metrics-port",
                     str(mport),
+                    # Loopback only: each Envoy's public_address is a 127.x address of its own.
+                    "--front-cidr",
+                    "*=127.0.0.0/8",
                 ),
                 logs / f"xds-{i}.log",
             )

@@ -297,6 +297,7 @@ class EnvoyProcess:
         self.admin_port = free_port()
         self.config_path = self.root / f"{node_id}.json"
         self.ops_port = free_port()
+        self.ops_address = public_address or "127.0.0.1"
         doc = render(
             node_id,
             fleet,
@@ -304,7 +305,8 @@ class EnvoyProcess:
             admin_port=self.admin_port,
             zone=zone,
             delta=delta,
-            ops_address="127.0.0.1",
+            # The ops listener answers at the address the front tier sends clients to.
+            ops_address=self.ops_address,
             ops_port=self.ops_port,
             max_heap_bytes=max_heap_bytes,
             xds_tls=xds_tls,
@@ -332,6 +334,11 @@ class EnvoyProcess:
     @property
     def admin(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def ops(self) -> str:
+        """The ops listener (/healthz, /stats/prometheus), at the Envoy's front address."""
+        return f"http://{self.ops_address}:{self.ops_port}"
 
     def start(self, timeout: float = 30.0) -> None:
         self.proc.start()

@@ -7,9 +7,11 @@ on change reloads only when the set changed.
 
 An Envoy is *in service* when its xDS stream is up, it has acked its config (everything up
 to the revision the caller asks about), it is not drained, and its own front health check
-passes (the replica's last probe of its `/healthz`, controlplane.xds.probe) (`in_service()`). Its
-public address comes from node metadata `public_address` (set with `lbcp bootstrap
---public-address`), falling back to the stream's peer address.
+passes at its front address (the replica's last probe of its `/healthz` there,
+controlplane.xds.probe) (`in_service()`). The front address is the one the replica decided
+from trusted facts (the stream's peer address, or `public_address` inside a CIDR allowed for
+the fleet) and verified by that probe; what a client asserts about itself is never used
+directly.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ def in_service(nodes: dict[str, dict[str, Any]], revision: int | None = None, fl
     """Members from a fleet-registry view (`read_fleet(...).nodes`), sorted by node id.
 
     In service: connected (it is in the registry), not draining, configured (it has acked a
-    config), not stuck on a rejected one (no NACK newer than its last full ACK), and its
-    `/healthz` passed the replica's last probe (a node without an ops listener is not
-    probed and counts as passing); with `revision`, it must also have acked that revision.
+    config), not stuck on a rejected one (no NACK newer than its last full ACK), and the
+    replica verified its front address (its `/healthz` there passed the last probe, or its
+    fleet opts out of probing); with `revision`, it must also have acked that revision.
     `fleet` keeps one fleet's nodes."""
     out = []
     for node_id, doc in nodes.items():
@@ -52,24 +54,17 @@ def in_service(nodes: dict[str, dict[str, Any]], revision: int | None = None, fl
             continue
         if any((st.get("last_nack") or {}).get("revision", 0) > acked for st in doc.get("types", {}).values()):
             continue
-        health = doc.get("front_health")
-        if (doc.get("metadata") or {}).get("ops_port") and not (health or {}).get("ok"):
-            continue  # probed and failing, or not probed yet: not in front of clients
-        address = (doc.get("metadata") or {}).get("public_address") or _peer_host(doc.get("peer", ""))
+        if not (doc.get("front_health") or {}).get("ok"):
+            continue  # failing, not probed yet, or cannot be verified: not in front of clients
+        address = (doc.get("front") or {}).get("address")
+        if not isinstance(address, str):
+            continue
         try:
             ipaddress.ip_address(address)
         except ValueError:
             continue  # no usable address: it cannot be put in front of clients
         out.append(Member(node_id, address))
     return sorted(out)
-
-
-def _peer_host(peer: str) -> str:
-    # gRPC peers look like "ipv4:10.0.0.5:51234" or "ipv6:[::1]:51234".
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6":
-        return rest.rpartition("]")[0].lstrip("[")
-    return rest.rpartition(":")[0]
 
 
 # -- DNS -----------------------------------------------------------------------------------------

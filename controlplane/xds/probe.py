@@ -1,12 +1,19 @@
-"""Front health: each replica probes the `/healthz` of the Envoys connected to it.
+"""Front health: each replica probes the `/healthz` of the Envoys connected to it, at the
+address the front tier would send clients to.
 
 The front tier may only send clients to an Envoy whose own health check passes: that
 check fails when the Envoy was drained (its gate, see resources.gate_assignment), when an
-operator ran `/healthcheck/fail` on its admin, or when it has no config yet. So the replica
-that holds an Envoy's xDS stream asks it, every `interval` seconds, at the stream's peer
-address and the `ops_port` the bootstrap put in node metadata, and records the answer on
-the stream (`front_health`). The fleet registry carries it to etcd, where the front-door
-renders and `lbcp dns` read it. A record is rewritten only when the verdict changes.
+operator ran `/healthcheck/fail` on its admin, or when it has no config yet. And it may
+only send them to an address that is verified to be that Envoy. So for each stream the
+replica decides a *front address* from trusted facts only (`FrontPolicy.front_of`): the
+stream's peer address, or the node's `public_address` metadata when it lies inside a CIDR
+the operator allowed for the node's fleet (`--front-cidr FLEET=CIDR`). It then asks, every
+`interval` seconds, that address's `ops_port` for `/healthz`, and records the address
+(`front`) and the answer (`front_health`) on the stream. The fleet registry carries both to
+etcd, where the front-door renders and `lbcp dns` read them. A node that cannot be probed
+(no ops port, or probing off) is not in service, unless its fleet opts out explicitly
+(`--front-unprobed FLEET`: a fleet without ops listeners, where the front tier trusts the
+stream alone). A record is rewritten only when the verdict changes.
 
 Probes are plain HTTP/1.1 on a fresh connection (what a DNS health checker or a load
 balancer does), at most `concurrency` at a time, each bounded by `timeout`.
@@ -16,8 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from controlplane.xds.resources import ENDPOINT_TYPE
 from controlplane.xds.server.common import BaseStream, Nack
@@ -50,20 +61,82 @@ async def probe(host: str, port: int, timeout: float = 1.0, path: str = "/health
         writer.close()
 
 
-def _target(stream: BaseStream) -> tuple[str, int] | None:
-    port = (stream.node.metadata or {}).get("ops_port")
-    if not isinstance(port, (int, float)) or not 0 < int(port) < 65536:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class FrontPolicy:
+    """Which addresses a fleet's Envoys may be put in front of clients at, and which fleets
+    are in service without a probe. Fleet `*` applies to every fleet."""
+
+    cidrs: tuple[tuple[str, tuple[Network, ...]], ...] = ()
+    unprobed: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, cidrs: Iterable[str] = (), unprobed: Iterable[str] = ()) -> FrontPolicy:
+        """From `FLEET=CIDR` items (repeatable) and fleet names; ValueError on a bad one."""
+        out: dict[str, list[Network]] = {}
+        for item in cidrs:
+            fleet, sep, cidr = item.partition("=")
+            if not sep or not fleet:
+                raise ValueError(f"--front-cidr takes FLEET=CIDR (FLEET may be *), got {item!r}")
+            try:
+                out.setdefault(fleet, []).append(ipaddress.ip_network(cidr, strict=False))
+            except ValueError as exc:
+                raise ValueError(f"--front-cidr {item!r}: {exc}") from None
+        return cls(tuple((f, tuple(n)) for f, n in out.items()), frozenset(unprobed))
+
+    def allows(self, fleet: str, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for f, nets in self.cidrs if f in ("*", fleet) for net in nets)
+
+    def probes(self, fleet: str) -> bool:
+        return not ({"*", fleet} & self.unprobed)
+
+    def front_of(self, stream: BaseStream) -> dict[str, Any]:
+        """The address clients may be sent to for this stream's Envoy, and where it came from."""
+        claimed = stream.node.metadata.get("public_address")
+        if claimed:
+            if isinstance(claimed, str) and self.allows(stream.fleet, claimed):
+                return {"address": claimed, "source": "public_address"}
+            return {
+                "address": None,
+                "source": "public_address",
+                "reason": f"public_address {str(claimed)[:64]!r} is not inside a --front-cidr allowed for fleet "
+                f"{stream.fleet!r}",
+            }
+        peer = stream.node.peer_host
+        try:
+            ipaddress.ip_address(peer)
+        except ValueError:
+            return {"address": None, "source": "peer", "reason": f"peer {stream.node.peer!r} has no IP address"}
+        return {"address": peer, "source": "peer"}
+
+
+def _ops_port(stream: BaseStream) -> int | None:
+    port = stream.node.metadata.get("ops_port")
+    if isinstance(port, bool) or not isinstance(port, (int, float)) or not 0 < int(port) < 65536:
         return None
-    kind, _, rest = stream.node.peer.partition(":")
-    host = rest.rpartition("]")[0].lstrip("[") if kind == "ipv6" else rest.rpartition(":")[0]
-    return (host, int(port)) if host else None
+    return int(port)
+
+
+def _target(stream: BaseStream) -> tuple[str, int] | None:
+    address = (stream.front or {}).get("address")
+    port = _ops_port(stream)
+    return (address, port) if address and port else None
 
 
 class FrontProber:
     """A StreamObserver that probes every connected Envoy with an ops port."""
 
-    def __init__(self, interval: float = 2.0, timeout: float = 1.0, concurrency: int = 64) -> None:
+    def __init__(
+        self, interval: float = 2.0, timeout: float = 1.0, concurrency: int = 64, policy: FrontPolicy | None = None
+    ) -> None:
         self.interval = interval
+        self.policy = policy or FrontPolicy()
         self.timeout = timeout
         self._sem = asyncio.Semaphore(concurrency)
         self._streams: dict[int, BaseStream] = {}
@@ -91,11 +164,21 @@ class FrontProber:
     # -- StreamObserver --------------------------------------------------------------------
 
     def connected(self, stream: BaseStream) -> None:
-        if _target(stream) is None:
+        stream.front = self.policy.front_of(stream)
+        if not self.policy.probes(stream.fleet):
+            # An explicit opt-out: the front tier trusts the stream alone (docs/security.md).
+            verdict = stream.front["address"] is not None
+            error = f"not probed (fleet {stream.fleet!r} opts out with --front-unprobed)"
+            stream.front_health = _health(verdict, None, error if verdict else stream.front["reason"], probed=False)
             return
-        if self.interval <= 0:
-            # Probing is off on this replica: the front tier trusts the stream alone.
-            stream.front_health = {"ok": True, "status": None, "error": "not probed (probing off)", "checked": None}
+        if stream.front["address"] is None:
+            stream.front_health = _health(False, None, stream.front["reason"], probed=False)
+            return
+        if _ops_port(stream) is None or self.interval <= 0:
+            why = "no ops_port in node metadata" if self.interval > 0 else "probing is off on this replica"
+            stream.front_health = _health(
+                False, None, f"{why}: not verified, so not in service (--front-unprobed FLEET opts out)", probed=False
+            )
             return
         self._streams[stream.id] = stream
 
@@ -152,10 +235,14 @@ class FrontProber:
             return
         self._latest[stream.id] = started
         before = stream.front_health
-        stream.front_health = {"ok": ok, "status": status, "error": error, "checked": time.time()}
+        stream.front_health = _health(ok, status, error, probed=True)
         if before is None or before["ok"] != ok or before["status"] != status:
             if before is not None:
                 log.info(
                     "node %s front health: %s (%s)", stream.node.id, "passing" if ok else "failing", status or error
                 )
             stream.changed_front_health()
+
+
+def _health(ok: bool, status: int | None, error: str, *, probed: bool) -> dict[str, Any]:
+    return {"ok": ok, "status": status, "error": error, "probed": probed, "checked": time.time() if probed else None}

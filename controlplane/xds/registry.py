@@ -8,11 +8,26 @@ per flush), so a push to a thousand Envoys is not a thousand etcd round trips.
 
 Readers (`read_fleet`, `rollout`) work from etcd alone, so the admin API answers for the
 whole fleet from any replica.
+
+One stream per node id, fleet-wide. A stream claims its node at `{prefix}_runtime/owners/
+{node id}` before it gets a record: the claim succeeds when nobody
+holds the node, and replaces a holder only when the new stream's client certificate proves
+the same node-bound identity (an Envoy reconnecting after a network cut, or with a renewed
+certificate). Otherwise the new stream is refused: the live stream wins. A claim is freed
+when its stream ends (a dead TCP connection is found by the server's keepalive within
+`KEEPALIVE_SECONDS`) or its replica stops heartbeating: claims live under a short lease of
+their own (`CLAIM_TTL`, kept alive four times per TTL), so a killed replica's nodes are free
+for the Envoys that reconnect elsewhere within seconds, not at the registry lease's expiry.
+Claims that arrive together share one etcd transaction (one nested compare-and-put per
+node); while etcd is unreachable a stream is served provisionally and claims when etcd is
+back (and is closed if the node turns out to be held by another live stream). Each replica
+watches the claims, so a stream taken over on another replica is closed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -20,21 +35,41 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from aetcd import rpc
 
 from controlplane.etcd import Etcd, prefix_end
 from controlplane.intent.errors import StoreError
 from controlplane.intent.keyspace import Keyspace
-from controlplane.xds.server.common import BaseStream, Nack
+from controlplane.xds.server.common import BaseStream, Nack, StreamRejected
 
 log = logging.getLogger(__name__)
 
 LEASE_TTL = 10
+CLAIM_TTL = 3
 _MAX_OPS_PER_TXN = 1000
+_MAX_RECORD_BYTES = 64 * 1024  # a registry record never exceeds this (docs/security.md, "Bounds")
 
 
 def fleet_prefix(root: str) -> bytes:
     return f"{root}_runtime/fleet/".encode()
+
+
+def owners_prefix(root: str) -> bytes:
+    return f"{root}_runtime/owners/".encode()
+
+
+def _put(key: bytes, value: bytes, lease: int) -> rpc.RequestOp:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def _cas(compare: rpc.Compare, key: bytes, success: rpc.RequestOp) -> rpc.RequestOp:
+    """One key's compare-and-op, nested in a larger transaction (etcd >= 3.3)."""
+    return rpc.RequestOp(
+        request_txn=rpc.TxnRequest(
+            compare=[compare], success=[success], failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))]
+        )
+    )
 
 
 class FleetRegistry:
@@ -53,9 +88,187 @@ class FleetRegistry:
         self._wake = asyncio.Event()
         self.flushes = 0
         self.nacks: list[dict[str, Any]] = []
+        self.owners = owners_prefix(etcd.config.prefix)
+        self._claims: dict[int, bytes] = {}  # stream id -> the claim value it holds in etcd
+        self._unclaimed: set[int] = set()  # served provisionally: claim when etcd answers
+        self._claim_queue: list[tuple[BaseStream, asyncio.Future[str | None]]] = []
+        self._claimer: asyncio.Task[None] | None = None
+        self._releases: dict[bytes, bytes] = {}  # owner key -> claim value to delete if still ours
+        self._watcher: asyncio.Task[None] | None = None
+        self._heart: asyncio.Task[None] | None = None
+        self._claim_lease = 0
+        self._lease_lock = asyncio.Lock()
 
     def key(self, s: BaseStream) -> bytes:
         return self.prefix + f"{urllib.parse.quote(s.node.id, safe='')}/{self.replica}.{s.id}".encode()
+
+    def owner_key(self, node_id: str) -> bytes:
+        return self.owners + urllib.parse.quote(node_id, safe="").encode()
+
+    # -- claims: one stream per node id ------------------------------------------------------
+
+    async def claim(self, stream: BaseStream) -> str | None:
+        """Claim `stream`'s node id fleet-wide: None when it may be served (claimed, or
+        provisionally while etcd is unreachable), else why it is refused."""
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._claim_queue.append((stream, fut))
+        if self._claimer is None or self._claimer.done():
+            self._claimer = asyncio.create_task(self._claim_loop(), name="fleet-claims")
+        return await fut
+
+    async def _claim_loop(self) -> None:
+        # Group commit: claims that arrive while a transaction is in flight go in the next one.
+        while self._claim_queue:
+            batch, self._claim_queue = self._claim_queue, []
+            try:
+                verdicts = await self._claim_batch([s for s, _ in batch])
+            except StoreError as exc:
+                log.warning("cannot claim %d node id(s) in etcd (%s); serving them provisionally", len(batch), exc)
+                self._unclaimed |= {s.id for s, _ in batch}
+                verdicts = [None] * len(batch)
+            for (_, fut), verdict in zip(batch, verdicts, strict=True):
+                if not fut.done():
+                    fut.set_result(verdict)
+
+    def _claim_value(self, s: BaseStream) -> bytes:
+        ident = s.identity
+        doc = {
+            "replica": self.replica,
+            "stream": s.id,
+            "peer": s.node.peer,
+            "since": s.connected_since,
+            "identity": ident.name if ident is not None else None,
+            "node_bound": bool(ident is not None and ident.node_bound),
+        }
+        return json.dumps(doc, sort_keys=True).encode()
+
+    async def _claim_batch(self, streams: list[BaseStream]) -> list[str | None]:
+        await self._claim_lease_now()
+        streams_by_key = {self.owner_key(s.node.id): s for s in streams}  # one claim per node per txn
+        values = {k: self._claim_value(s) for k, s in streams_by_key.items()}
+        keys = list(streams_by_key)
+        ops = [
+            _cas(
+                rpc.Compare(key=k, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0),
+                k,
+                _put(k, values[k], self._claim_lease),
+            )
+            for k in keys
+        ]
+        resp = await self.etcd.txn(rpc.TxnRequest(success=ops))
+        verdict: dict[bytes, str | None] = {}
+        takeover: dict[bytes, int] = {}
+        for k, r in zip(keys, resp.responses, strict=True):
+            if r.response_txn.succeeded:
+                verdict[k] = None
+                continue
+            kvs = r.response_txn.responses[0].response_range.kvs
+            if not kvs:  # released between compare and read: try again below
+                takeover[k] = 0
+                continue
+            refusal = self._may_replace(streams_by_key[k], kvs[0].value)
+            if refusal is None:
+                takeover[k] = kvs[0].mod_revision
+            else:
+                verdict[k] = refusal
+        if takeover:
+            ops = [
+                _cas(
+                    rpc.Compare(key=k, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=rev),
+                    k,
+                    _put(k, values[k], self._claim_lease),
+                )
+                for k, rev in takeover.items()
+            ]
+            resp = await self.etcd.txn(rpc.TxnRequest(success=ops))
+            for k, r in zip(takeover, resp.responses, strict=True):
+                verdict[k] = (
+                    None if r.response_txn.succeeded else "another stream claimed this node id at the same time"
+                )
+        out: list[str | None] = []
+        for s in streams:
+            k = self.owner_key(s.node.id)
+            if streams_by_key[k] is not s:
+                out.append("a second stream for this node id arrived in the same instant")
+                continue
+            v = verdict[k]
+            if v is None:
+                self._claims[s.id] = values[k]
+                self._unclaimed.discard(s.id)
+            out.append(v)
+        return out
+
+    def _may_replace(self, s: BaseStream, held: bytes) -> str | None:
+        """None if `s` may take the node over from the holder recorded in `held`, else why not."""
+        try:
+            doc = json.loads(held)
+        except ValueError:
+            return None  # not a claim lbcp wrote: take it
+        mine = doc.get("replica") == self.replica
+        if mine and doc.get("stream") not in self._streams:
+            return None  # our own, for a stream that has ended (its release not yet flushed)
+        ident = s.identity
+        if ident is not None and ident.node_bound and doc.get("node_bound") and doc.get("identity") == ident.name:
+            return None  # the same node-bound certificate identity: the honest reconnect
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(doc.get("since", 0)))
+        return (
+            f"node {s.node.id!r} already has a live xDS stream (replica {doc.get('replica')!r}, "
+            f"from {doc.get('peer')!r}, since {since}); a second stream is refused unless it presents "
+            "the same node-bound client certificate identity. A dead connection is closed by the "
+            "server's keepalive, and the Envoy's next retry then gets in"
+        )
+
+    async def _reclaim(self) -> None:
+        """Claim what was served provisionally (or lost with an expired lease)."""
+        todo = [self._streams[i] for i in list(self._unclaimed) if i in self._streams]
+        if not todo:
+            self._unclaimed &= set(self._streams)
+            return
+        verdicts = await self._claim_batch(todo)
+        for s, refusal in zip(todo, verdicts, strict=True):
+            if refusal is not None:
+                self._unclaimed.discard(s.id)
+                s.evict(StreamRejected(grpc.StatusCode.ALREADY_EXISTS, refusal))
+            else:
+                self._mark(s)
+
+    async def _watch_claims(self) -> None:
+        """Close a local stream as soon as another replica's stream takes its node over."""
+        revision = 0
+        while True:
+            try:
+                if not revision:
+                    revision = (await self.etcd.txn(rpc.TxnRequest(), read_only=True)).header.revision + 1
+                call = await self.etcd.watch(self.owners, prefix_end(self.owners), revision)
+                try:
+                    async for resp in call:
+                        for ev in resp.events:
+                            revision = max(revision, ev.kv.mod_revision + 1)
+                            if ev.type == 0:  # PUT
+                                self._claim_changed(ev.kv.key, ev.kv.value)
+                finally:
+                    call.cancel()
+            except (StoreError, grpc.aio.AioRpcError) as exc:
+                log.debug("claim watch interrupted (%s); resuming", exc)
+            await asyncio.sleep(1.0)
+
+    def _claim_changed(self, key: bytes, value: bytes) -> None:
+        for sid, held in list(self._claims.items()):
+            s = self._streams.get(sid)
+            if s is None or self.owner_key(s.node.id) != key or held == value:
+                continue
+            try:
+                doc = json.loads(value)
+            except ValueError:
+                doc = {}
+            del self._claims[sid]
+            s.evict(
+                StreamRejected(
+                    grpc.StatusCode.ABORTED,
+                    f"node {s.node.id!r} was taken over by a newer stream with the same identity "
+                    f"(replica {doc.get('replica')!r}, from {doc.get('peer')!r})",
+                )
+            )
 
     # -- StreamObserver --------------------------------------------------------------------
 
@@ -69,6 +282,10 @@ class FleetRegistry:
     def disconnected(self, stream: BaseStream) -> None:
         self._streams.pop(stream.id, None)
         self._dirty.discard(stream.id)
+        self._unclaimed.discard(stream.id)
+        held = self._claims.pop(stream.id, None)
+        if held is not None:
+            self._releases[self.owner_key(stream.node.id)] = held
         self._gone[stream.id] = self.key(stream)
         self._wake.set()
 
@@ -102,12 +319,21 @@ class FleetRegistry:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="fleet-registry")
+        self._watcher = asyncio.create_task(self._watch_claims(), name="fleet-claim-watch")
+        self._heart = asyncio.create_task(self._keep_claims(), name="fleet-claim-heartbeat")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=2)
-            self._task = None
+        for task in (self._task, self._watcher, self._claimer, self._heart):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreError):
+                    await asyncio.wait({task}, timeout=2)
+        self._task = self._watcher = self._claimer = self._heart = None
+        if self._claim_lease:
+            # Revoking frees this replica's node ids at once: its Envoys move elsewhere freely.
+            with contextlib.suppress(StoreError, TimeoutError):
+                await asyncio.wait_for(self.etcd.lease_revoke(self._claim_lease), 2)
+            self._claim_lease = 0
         if self._lease:
             # Revoking deletes this replica's records at once (instead of at lease expiry).
             try:
@@ -117,13 +343,40 @@ class FleetRegistry:
             self._lease = 0
 
     async def _ensure_lease(self) -> None:
-        if self._lease:
-            ttl = await self.etcd.lease_keepalive(self._lease)
-            if ttl > 0:
-                return
-            log.warning("fleet registry lease expired; re-registering %d streams", len(self._streams))
-        self._lease = await self.etcd.lease_grant(LEASE_TTL)
-        self._dirty |= set(self._streams)
+        async with self._lease_lock:
+            if self._lease:
+                ttl = await self.etcd.lease_keepalive(self._lease)
+                if ttl > 0:
+                    return
+                log.warning("fleet registry lease expired; re-registering %d streams", len(self._streams))
+            self._lease = await self.etcd.lease_grant(LEASE_TTL)
+            self._dirty |= set(self._streams)
+
+    async def _claim_lease_now(self) -> None:
+        async with self._lease_lock:
+            if not self._claim_lease:
+                self._claim_lease = await self.etcd.lease_grant(CLAIM_TTL)
+
+    async def _keep_claims(self) -> None:
+        """The claims' heartbeat: a replica that stops (killed, partitioned from etcd, its loop
+        stalled past CLAIM_TTL) loses its claims, and claims them again when it can."""
+        while True:
+            await asyncio.sleep(CLAIM_TTL / 4)
+            if not self._claim_lease:
+                continue
+            try:
+                alive = await self.etcd.lease_keepalive(self._claim_lease) > 0
+            except StoreError as exc:
+                log.debug("claim heartbeat failed (%s)", exc)
+                continue
+            if not alive:
+                log.warning(
+                    "node-id claims expired (etcd or this replica stalled); claiming %d again", len(self._claims)
+                )
+                self._claim_lease = 0
+                self._unclaimed |= set(self._claims)
+                self._claims.clear()
+                self._wake.set()
 
     async def _run(self) -> None:
         last_keepalive = 0.0
@@ -137,6 +390,8 @@ class FleetRegistry:
                 if not self._lease or time.monotonic() - last_keepalive > LEASE_TTL / 3:
                     await self._ensure_lease()
                     last_keepalive = time.monotonic()
+                if self._unclaimed:
+                    await self._reclaim()
                 written = await self._flush()
             except StoreError as exc:
                 log.warning("fleet registry cannot write to etcd (%s); retrying", exc)
@@ -153,28 +408,48 @@ class FleetRegistry:
         ops: list[rpc.RequestOp] = []
         for key in self._gone.values():
             ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)))
-        dirty = [self._streams[i] for i in self._dirty if i in self._streams]
+        # A claim is freed only if it is still the one this stream made (a takeover's is not).
+        for key, held in self._releases.items():
+            same = rpc.Compare(key=key, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=held)
+            ops.append(_cas(same, key, rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))))
+        # Only a stream that holds its node's claim has a record (the live stream's, not a rival's).
+        dirty = [self._streams[i] for i in self._dirty if i in self._streams and i in self._claims]
         now = time.time()
         for s in dirty:
-            doc = {**s.as_dict(), "replica": self.replica, "updated": now}
-            ops.append(
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(key=self.key(s), value=json.dumps(doc).encode(), lease=self._lease)
-                )
-            )
+            ops.append(_put(self.key(s), self._record(s, now), self._lease))
         if not ops:
             return 0
         gone, self._gone = self._gone, {}
-        self._dirty = set()
+        releases, self._releases = self._releases, {}
+        self._dirty -= {s.id for s in dirty}
         try:
             for i in range(0, len(ops), _MAX_OPS_PER_TXN):
                 await self.etcd.txn(rpc.TxnRequest(success=ops[i : i + _MAX_OPS_PER_TXN]))
         except StoreError:
             self._gone.update(gone)
+            self._releases.update(releases)
             self._dirty |= {s.id for s in dirty}
             raise
         self.flushes += 1
         return len(ops)
+
+    def _record(self, s: BaseStream, now: float) -> bytes:
+        doc = {**s.as_dict(), "replica": self.replica, "updated": now}
+        raw = json.dumps(doc).encode()
+        if len(raw) <= _MAX_RECORD_BYTES:
+            return raw
+        # Every field is bounded where it enters (node, metadata, NACK messages, types); this
+        # only guards against a future field that is not.
+        log.warning("registry record of %s is %d bytes; writing it without NACK messages", s.node.id, len(raw))
+        for st in doc.get("types", {}).values():
+            if st.get("last_nack"):
+                st["last_nack"]["message"] = "[lbcp: dropped, the record was over its size bound]"
+        doc["truncated"] = True
+        raw = json.dumps(doc).encode()
+        if len(raw) > _MAX_RECORD_BYTES:
+            keep = ("node_id", "fleet", "peer", "protocol", "connected_since", "acked_revision", "replica", "updated")
+            raw = json.dumps({k: doc[k] for k in keep if k in doc} | {"truncated": True}).encode()
+        return raw
 
 
 # -- reading (admin API) ---------------------------------------------------------------------

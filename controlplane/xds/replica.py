@@ -8,6 +8,7 @@ newly connecting Envoys, and resumes on its own when etcd returns.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -21,8 +22,9 @@ from controlplane.etcd import Etcd, EtcdConfig
 from controlplane.intent.view import IntentView
 from controlplane.metrics import EtcdMetrics
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.identity import IdentityRule
 from controlplane.xds.metrics import XdsMetrics
-from controlplane.xds.probe import FrontProber
+from controlplane.xds.probe import FrontPolicy, FrontProber
 from controlplane.xds.registry import FleetRegistry
 from controlplane.xds.server.common import StreamObserver
 from controlplane.xds.server.service import ServerLimits, XdsService, server_options
@@ -43,10 +45,40 @@ class ReplicaConfig:
     tls: tuple[bytes, bytes, bytes | None] | None = None  # server cert, key, client CA (mTLS)
     metrics_port: int | None = None  # serve Prometheus /metrics on host:metrics_port (0: any free port)
     probe_interval: float = 2.0  # probe connected Envoys' /healthz this often (0: never); xds/probe.py
+    # With mTLS (a client CA in `tls`): the rule binding node ids to client certificates
+    # (controlplane.xds.identity: "spiffe", "dns" or a template).
+    identity: str = "spiffe"
+    front_cidrs: tuple[str, ...] = ()  # FLEET=CIDR: where a node's public_address may point
+    front_unprobed: tuple[str, ...] = ()  # fleets in service without a probe (no ops listener)
+    insecure: bool = False  # allow a non-loopback address without mTLS (warned about loudly)
 
     def __post_init__(self) -> None:
         if not self.replica_id:
             self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{self.port}"
+
+    def check(self) -> None:
+        """Refuse to serve xDS to the network without mutual TLS (like the API without tokens)."""
+        mtls = self.tls is not None and self.tls[2] is not None
+        if mtls or _loopback(self.host):
+            return
+        if not self.insecure:
+            raise SystemExit(
+                f"refusing to serve xDS on {self.host} without mutual TLS: anyone who reaches the port could read "
+                "every fleet's configuration and speak for any node. Give --tls-cert, --tls-key and "
+                "--tls-client-ca (docs/security.md), bind to 127.0.0.1, or pass --insecure"
+            )
+        log.warning(
+            "INSECURE: serving xDS on %s without mutual TLS; any client that reaches it reads every fleet's "
+            "configuration and may claim any free node id",
+            self.host,
+        )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class XdsReplica:
@@ -62,9 +94,16 @@ class XdsReplica:
         self.metrics.watch_cache(self.cache)
         self.registry = FleetRegistry(Etcd(config.etcd), config.replica_id, config.registry_flush_interval)
         self.registry.etcd.metrics = etcd_metrics
-        self.prober = FrontProber(config.probe_interval)
+        self.prober = FrontProber(
+            config.probe_interval, policy=FrontPolicy.parse(config.front_cidrs, config.front_unprobed)
+        )
+        mtls = config.tls is not None and config.tls[2] is not None
         self.service = XdsService(
-            self.cache, [self.registry, self.metrics, self.prober, *(extra_observers or [])], config.limits
+            self.cache,
+            [self.registry, self.metrics, self.prober, *(extra_observers or [])],
+            config.limits,
+            claims=self.registry,
+            identity=IdentityRule.parse(config.identity) if mtls else None,
         )
         self.server: grpc.aio.Server | None = None
         self.port = config.port
@@ -74,7 +113,10 @@ class XdsReplica:
     async def start(self) -> None:
         await self.view.start()
         await self.registry.start()
-        self.server = grpc.aio.server(options=server_options(self.config.max_connection_age))
+        self.config.check()
+        self.server = grpc.aio.server(
+            options=server_options(self.config.max_connection_age, self.config.limits.max_request_bytes)
+        )
         self.server.add_generic_rpc_handlers(self.service.handlers())
         addr = f"{self.config.host}:{self.config.port}"
         if self.config.tls:

@@ -123,7 +123,7 @@ async def test_get_shows_facts_never_the_key(api, caplog) -> None:
         await api.put("/v1/certificates/site", json=_body(leaf), params={"dry_run": "true"}),
     ]
     doc = responses[1].json()
-    assert doc["subject"] == "CN=www.example.com" and doc["issuer"] == "CN=lbcp test CA"
+    assert doc["subject"] == "CN=www.example.com" and doc["issuer"] == "CN=lbcp CA"
     assert doc["sans"] == ["DNS:www.example.com", "DNS:example.com", "IP:192.0.2.10"]
     assert 19 * 86400 < doc["expires_in_seconds"] <= 20 * 86400
     assert len(doc["fingerprint_sha256"].split(":")) == 32 and doc["revision"] > 0

@@ -1,5 +1,7 @@
 """`/v1/frontdoor/*` follows the live fleet: xDS clients that connect and ACK appear, one
-that disconnects disappears within the registry's flush interval."""
+that disconnects disappears within the registry's flush interval. The clients here have no
+ops listener, so their fleet opts out of probing, and their public addresses lie inside the
+fleet's allowed front CIDR (otherwise they would not be in service at all)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from controlplane.xds.resources import CLUSTER_TYPE
 from tests.conftest import wait_for
 
 
-async def test_frontdoor_follows_the_fleet(api, store: Store, replica) -> None:
+async def test_frontdoor_follows_the_fleet(api, store: Store, make_replica) -> None:
+    replica = await make_replica("frontdoor", front_cidrs=("edge=203.0.113.0/24",), front_unprobed=("edge",))
     await store.put(Cluster(name="web"))
     rev = (await store.put(Backend(name="b", address="10.0.0.1", port=80), cluster="web")).revision
     # These clients ACK once: let the replica publish the writes first, so that ACK is final.
@@ -68,9 +71,11 @@ async def test_frontdoor_follows_the_fleet(api, store: Store, replica) -> None:
         await c.close()
 
 
-async def test_drain_api_contract(api, replica) -> None:
+async def test_drain_api_contract(api, make_replica) -> None:
     """Drain/undrain: a clear 4xx for an unknown node, a bad body or a node not drained;
-    ?force drains a node before it connects; the drain shows in /v1/fleet."""
+    ?force drains a node before it connects; the drain shows in /v1/fleet. (The raw client
+    has no ops listener: its fleet opts out of probing, so the drain flag alone decides.)"""
+    replica = await make_replica("drain", front_unprobed=("edge",))
     missing = await api.post("/v1/fleet/ghost/drain")
     assert missing.status_code == 404 and missing.json()["code"] == "node-not-found"
     assert missing.headers["content-type"] == "application/problem+json"

@@ -11,6 +11,7 @@ import yaml
 
 from api.cli import build_parser
 from api.localcluster.procs import envoy_binary
+from tests.certs import with_test_certificates
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -108,7 +109,7 @@ def _bootstrap() -> dict:
 
 def test_configmap_bootstrap_validates_with_envoy(tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
-    path.write_text(yaml.safe_dump(_bootstrap()))
+    path.write_text(with_test_certificates(yaml.safe_dump(_bootstrap())))
     r = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
         capture_output=True,
@@ -119,6 +120,8 @@ def test_configmap_bootstrap_validates_with_envoy(tmp_path: Path) -> None:
 
 
 def test_configmap_bootstrap_is_what_the_renderer_makes() -> None:
-    from controlplane.xds.bootstrap import XdsEndpoint, render
+    from controlplane.xds.bootstrap import XdsEndpoint, XdsTLS, render
 
-    assert _bootstrap() == render("envoy", "default", [XdsEndpoint("lbcp-xds.lbcp.svc.cluster.local", 18000)])
+    tls = XdsTLS("/etc/lbcp/xds-tls/tls.crt", "/etc/lbcp/xds-tls/tls.key", "/etc/lbcp/xds-tls/ca.crt")
+    want = render("envoy", "default", [XdsEndpoint("lbcp-xds.lbcp.svc.cluster.local", 18000)], xds_tls=tls)
+    assert _bootstrap() == want

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,19 @@ import yaml
 
 from api.localcluster.procs import envoy_binary
 from controlplane.xds.bootstrap import XdsEndpoint, render
+from tests.certs import with_test_certificates
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _validate(path: Path) -> subprocess.CompletedProcess:
+    """`envoy --mode validate` of a bootstrap; certificate files it names (paths on the Envoy's
+    host, e.g. the compose `pki` volume) are swapped for real ones made here."""
+    text = path.read_text()
+    swapped = with_test_certificates(text)
+    if swapped != text:
+        path = Path(tempfile.mkdtemp(prefix="lbcp-validate-")) / path.name
+        path.write_text(swapped)
     return subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
         capture_output=True,
@@ -180,3 +189,33 @@ async def test_edge_envoy_health_listener_overload_and_edge_settings(api, replic
         "'headers_with_underscores_action': 'REJECT_REQUEST'",
     ):
         assert needle in text, needle
+
+
+def test_pki_bundle_issues_certificates_the_replicas_accept(tmp_path: Path) -> None:
+    """`lbcp pki bundle` issues node-bound certificates; `lbcp bootstrap` refuses to render a
+    bootstrap whose certificate names another node (the replicas would refuse it)."""
+    from controlplane.xds.identity import IdentityRule, peer_sans
+
+    def lbcp(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+
+    pki = tmp_path / "pki"
+    r = lbcp(
+        "pki", "bundle", "--dir", str(pki), "--server", "xds-0=xds-0,127.0.0.1", "--envoy", "e-0", "--envoy", "e-1"
+    )
+    assert r.returncode == 0, r.stderr
+    assert (pki / "e-0.key").stat().st_mode & 0o777 == 0o600
+    rule = IdentityRule.parse("spiffe")
+    assert rule.check((pki / "e-1.crt").read_bytes(), "e-1", "default").name == "spiffe://lbcp/fleet/default/node/e-1"
+    assert peer_sans((pki / "xds-0.crt").read_bytes())[0] == ["xds-0"]
+    again = lbcp("pki", "bundle", "--dir", str(pki), "--envoy", "e-0")
+    assert again.returncode == 0 and "e-0.crt" not in again.stdout  # present files are kept
+    tls = ["--xds-tls-cert", str(pki / "{node}.crt"), "--xds-tls-key", str(pki / "{node}.key")]
+    tls += ["--xds-tls-ca", str(pki / "ca.crt")]
+    ok = lbcp("bootstrap", "--node-id", "e", "--xds", "xds-0:18000", "--count", "2", "-o", str(tmp_path / "b"), *tls)
+    assert ok.returncode == 0, ok.stderr
+    assert str(pki / "e-1.crt") in (tmp_path / "b" / "e-1.yaml").read_text()
+    wrong = lbcp("bootstrap", "--node-id", "e-1", "--xds", "xds-0:18000", *[t.replace("{node}", "e-0") for t in tls])
+    assert wrong.returncode != 0 and "spiffe://lbcp/fleet/default/node/e-1" in wrong.stderr

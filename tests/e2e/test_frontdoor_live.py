@@ -67,7 +67,7 @@ async def test_dns_and_rules_follow_drain_failure_and_stop(
 
         await wait_for(await answer_is("fd-0", "fd-1", "fd-2"), timeout=30, what="all three Envoys in the DNS answer")
         for e in fleet.values():
-            assert await http_ok(f"http://127.0.0.1:{e.ops_port}/healthz")()
+            assert await http_ok(f"{e.ops}/healthz")()
 
         # Rotation: successive answers start with each Envoy in turn; TCP answers the same set.
         firsts = set()
@@ -102,7 +102,7 @@ async def test_dns_and_rules_follow_drain_failure_and_stop(
         )
         assert r.status_code == 201, r.text
         assert r.json()["withdrawal"]["complete"] and r.json()["withdrawal"]["health_failing"] is True
-        assert httpx.get(f"http://127.0.0.1:{drained.ops_port}/healthz").status_code == 503
+        assert httpx.get(f"{drained.ops}/healthz").status_code == 503
         await wait_for(await answer_is("fd-1", "fd-2"), timeout=BOUND, what="the drained Envoy out of the DNS answer")
         withdrawn_after = time.monotonic() - t0
         for fmt in ("iptables", "nftables", "dns"):
@@ -124,7 +124,7 @@ async def test_dns_and_rules_follow_drain_failure_and_stop(
         await wait_for(
             await answer_is("fd-0", "fd-1", "fd-2"), timeout=BOUND, what="the undrained Envoy back in the answer"
         )
-        assert httpx.get(f"http://127.0.0.1:{drained.ops_port}/healthz").status_code == 200
+        assert httpx.get(f"{drained.ops}/healthz").status_code == 200
 
         # An operator fails fd-1's health check on its admin: the replica's probe sees it.
         httpx.post(f"{fleet['fd-1'].admin}/healthcheck/fail").raise_for_status()

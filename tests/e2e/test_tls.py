@@ -28,12 +28,15 @@ def _lbcp(tmp_path: Path, name: str, *args: str, env: dict | None = None) -> Pro
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> dict[str, str]:
+def pki(tmp_path: Path) -> dict:
     ca = CA()
     (tmp_path / "ca.pem").write_bytes(ca.pem)
     server = ca.issue("lbcp", ["127.0.0.1", "localhost"]).write(tmp_path, "server")
-    client = ca.issue("edge-1", client=True).write(tmp_path, "client")
+    # The node ids this client certificate speaks for (the replicas' default identity rule).
+    edge_1 = ["spiffe://lbcp/fleet/edge/node/edge-1", "spiffe://lbcp/fleet/default/node/edge-1"]
+    client = ca.issue("edge-1", edge_1, client=True).write(tmp_path, "client")
     return {
+        "ca_obj": ca,
         "ca": str(tmp_path / "ca.pem"),
         "cert": server[0],
         "key": server[1],
@@ -140,8 +143,15 @@ async def test_xds_mutual_tls_and_node_allow_list(tmp_path: Path, pki: dict, etc
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await first_response("intruder", "edge", with_cert)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        # A fleet with no allow-list stays open to any authenticated node.
-        assert await first_response("anything", "other", with_cert) is not None
+        # A fleet with no allow-list stays open to any node whose certificate names it ...
+        anything = pki["ca_obj"].issue("anything", ["spiffe://lbcp/fleet/other/node/anything"], client=True)
+        its_cert = grpc.ssl_channel_credentials(ca, anything.key_pem, anything.cert_pem)
+        assert await first_response("anything", "other", its_cert) is not None
+        # ... and to no other: edge-1's certificate cannot speak for "anything".
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await first_response("anything", "other", with_cert)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "spiffe://lbcp/fleet/other/node/anything" in (err.value.details() or "")
     finally:
         xds.stop()
 

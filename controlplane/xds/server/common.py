@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import grpc
 from google.protobuf import json_format
 
+from controlplane.xds.identity import MAX_NODE_ID, NODE_ID, Identity
 from controlplane.xds.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -29,6 +32,28 @@ WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
 WARMING_HOLD_SECONDS = 1.0
 
 _nonces = itertools.count(1)
+
+# The node metadata keys lbcp reads; everything else a client sends is dropped on arrival.
+KEPT_METADATA = ("ops_port", "public_address")
+
+
+class StreamRejected(Exception):
+    """A client went past a bound or failed a check: its stream ends with this gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RequestBounds:
+    """What one client may make a replica hold for it (docs/security.md, "Bounds")."""
+
+    max_metadata_bytes: int = 8192  # node metadata as sent (protobuf bytes)
+    max_names_per_type: int = 20_000  # subscribed (and, delta, initially held) names per type
+    max_types: int = 16  # resource types per stream
+    max_nack_message: int = 4096  # characters of a NACK's message kept (the rest is cut, and said so)
 
 
 def next_nonce() -> str:
@@ -91,7 +116,24 @@ class NodeInfo:
     peer: str
 
     @classmethod
-    def from_proto(cls, node: Any, peer: str) -> NodeInfo:
+    def from_proto(cls, node: Any, peer: str, bounds: RequestBounds | None = None) -> NodeInfo:
+        """The node a stream's first request names, or StreamRejected (INVALID_ARGUMENT) when
+        its id, fleet or metadata is out of bounds. Only `KEPT_METADATA` keys are kept."""
+        bounds = bounds or RequestBounds()
+        for what, value in (("node.id", node.id), ("node.cluster (the fleet)", node.cluster or "default")):
+            if not NODE_ID.fullmatch(value):
+                raise StreamRejected(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{what} {value[:64]!r}{'…' if len(value) > 64 else ''} is not valid: 1 to {MAX_NODE_ID} "
+                    "characters of A-Z a-z 0-9 . _ : @ -, starting with a letter or digit",
+                )
+        size = node.metadata.ByteSize() if node.HasField("metadata") else 0
+        if size > bounds.max_metadata_bytes:
+            raise StreamRejected(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node {node.id!r}: node metadata is {size} bytes; this replica accepts at most "
+                f"{bounds.max_metadata_bytes} (lbcp reads only {', '.join(KEPT_METADATA)})",
+            )
         loc = {
             k: v
             for k, v in (
@@ -107,8 +149,18 @@ class NodeInfo:
             if node.HasField("user_agent_build_version")
             else ""
         )
-        meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
-        return cls(node.id, node.cluster, loc, ua, meta, peer)
+        meta = json_format.MessageToDict(node.metadata) if size else {}
+        kept = {k: meta[k] for k in KEPT_METADATA if k in meta}
+        return cls(node.id, node.cluster, {k: v[:128] for k, v in loc.items()}, ua[:128], kept, peer)
+
+    @property
+    def peer_host(self) -> str:
+        """The host part of the gRPC peer: "ipv4:10.0.0.5:51234" -> "10.0.0.5", "ipv6:[::1]:51234"
+        (or its %-encoded form) -> "::1"; "" for a peer without an IP (a Unix socket)."""
+        kind, _, rest = urllib.parse.unquote(self.peer).partition(":")
+        if kind == "ipv6":
+            return rest.rpartition("]")[0].lstrip("[").split("%")[0]
+        return rest.rpartition(":")[0] if kind == "ipv4" else ""
 
 
 class StreamObserver(Protocol):
@@ -151,9 +203,22 @@ class _WithGate(Mapping[str, Entry]):
 class BaseStream:
     protocol = "?"
 
-    def __init__(self, node: NodeInfo, only_type: str | None, observers: list[StreamObserver]) -> None:
+    def __init__(
+        self,
+        node: NodeInfo,
+        only_type: str | None,
+        observers: list[StreamObserver],
+        bounds: RequestBounds | None = None,
+        identity: Identity | None = None,
+    ) -> None:
         self.id = next(_stream_ids)
         self.node = node
+        self.bounds = bounds or RequestBounds()
+        self.identity = identity  # what the client certificate proved (mTLS), else None
+        # Where the front tier may send clients for this node, decided by the replica from
+        # trusted facts only (controlplane.xds.probe): {"address", "source", "reason"}.
+        self.front: dict[str, Any] | None = None
+        self.evicted: StreamRejected | None = None  # set to end this stream with that status
         self.only_type = only_type
         self.observers = observers
         self.types: dict[str, TypeState] = {}
@@ -182,8 +247,24 @@ class BaseStream:
     def state(self, type_url: str) -> TypeState:
         st = self.types.get(type_url)
         if st is None:
+            if len(self.types) >= self.bounds.max_types:
+                raise StreamRejected(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"node {self.node.id!r}: a stream may use at most {self.bounds.max_types} resource types; "
+                    f"{type_url[:200]!r} would be one more",
+                )
             st = self.types[type_url] = TypeState()
         return st
+
+    def check_names(self, type_url: str, count: int) -> None:
+        """Refuse a request that would make this stream hold `count` names of `type_url`
+        (checked before the request changes anything)."""
+        if count > self.bounds.max_names_per_type:
+            raise StreamRejected(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"node {self.node.id!r}: this request would subscribe to {count} names of {type_url}; "
+                f"a stream may hold at most {self.bounds.max_names_per_type} per type (--max-subscriptions)",
+            )
 
     def on_request(self, req: Any, snap: Snapshot) -> None:
         """Take one request of this stream's protocol (an ACK, a NACK or a new subscription)."""
@@ -216,6 +297,11 @@ class BaseStream:
             return False
         return self._gate is None or self._gate[:2] != (self.gate, self.node.id in snap.drained)
 
+    def evict(self, reason: StreamRejected) -> None:
+        """End this stream with `reason` (a takeover, or a claim refused once etcd answered)."""
+        self.evicted = reason
+        self.wake.set()
+
     def changed_front_health(self) -> None:
         self._emit("changed")
 
@@ -230,6 +316,9 @@ class BaseStream:
 
     def record_nack(self, type_url: str, st: TypeState, message: str, revision: int) -> None:
         st.in_flight = None
+        limit = self.bounds.max_nack_message
+        if len(message) > limit:
+            message = f"{message[:limit]}… [lbcp: cut {len(message) - limit} of {len(message)} characters]"
         st.nack = Nack(st.sent_version or "", message, time.time(), st.sent_revision or revision)
         st.rejected_version = st.sent_version
         self._emit("nacked", type_url, st.nack)
@@ -315,6 +404,8 @@ class BaseStream:
             "user_agent": self.node.user_agent,
             "peer": self.node.peer,
             "metadata": self.node.metadata,
+            **({"identity": self.identity.name} if self.identity is not None else {}),
+            **({"front": self.front} if self.front is not None else {}),
             "protocol": self.protocol,
             "connected_since": self.connected_since,
             "acked_revision": self.acked_revision,

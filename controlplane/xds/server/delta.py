@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE
-from controlplane.xds.server.common import WILDCARD_TYPES, BaseStream, next_nonce
+from controlplane.xds.server.common import WILDCARD_TYPES, BaseStream, TypeState, next_nonce
 from controlplane.xds.snapshot import Snapshot, ld
 
 
@@ -28,6 +28,7 @@ class DeltaStream(BaseStream):
     def on_request(self, req: Any, snap: Snapshot) -> None:
         type_url = req.type_url or self.only_type or ""
         st = self.state(type_url)
+        self._check_bounds(type_url, st, req)
         if not st.requested:
             st.requested = True
             st.have.update(req.initial_resource_versions)
@@ -60,6 +61,13 @@ class DeltaStream(BaseStream):
         if type_url == ENDPOINT_TYPE and (req.resource_names_subscribe or req.resource_names_unsubscribe):
             self.note_endpoint_names(st.names)
         self.poke(type_url)
+
+    def _check_bounds(self, type_url: str, st: TypeState, req: Any) -> None:
+        subscribe = req.resource_names_subscribe
+        held = len(st.names) + len(subscribe)
+        if held > self.bounds.max_names_per_type:  # exact count only when the cheap bound is over
+            held = len(st.names.union(subscribe).difference(req.resource_names_unsubscribe, ("*",)))
+        self.check_names(type_url, max(held, len(req.initial_resource_versions)))
 
     def _diff(self, type_url: str, snap: Snapshot) -> tuple[list[str], list[str], list[str]]:
         st = self.types[type_url]

@@ -14,14 +14,15 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.identity import IdentityError, IdentityRule
 from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, HASH_RING_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from controlplane.xds.server.common import BaseStream, NodeInfo, StreamObserver
+from controlplane.xds.server.common import BaseStream, NodeInfo, RequestBounds, StreamObserver, StreamRejected
 from controlplane.xds.server.delta import DeltaStream
 from controlplane.xds.server.sotw import SotwStream
 from controlplane.xds.snapshot import ld, set_version
@@ -29,6 +30,9 @@ from controlplane.xds.snapshot import ld, set_version
 log = logging.getLogger(__name__)
 
 SLOW_WRITE = 0.5  # seconds a write may block before its stream stops holding back publishes
+# The server pings every connection this often (and drops it when a ping goes unanswered for
+# half as long): how soon a silently dead Envoy connection ends its stream and frees its node id.
+KEEPALIVE_SECONDS = 10
 
 _SERVICES = {
     "envoy.service.cluster.v3.ClusterDiscoveryService": ("Clusters", CLUSTER_TYPE),
@@ -52,11 +56,27 @@ class ServerLimits:
     # stuck. Envoy answers each response as soon as it has applied it; a client that stops
     # reading never answers, and would otherwise hold its stream (and memory) forever.
     ack_timeout: float = 60.0
+    # What one client may make a replica hold (node, metadata, subscriptions, NACK messages).
+    bounds: RequestBounds = RequestBounds()
+    # Largest request message accepted (gRPC answers RESOURCE_EXHAUSTED above it).
+    max_request_bytes: int = 4 * 1024 * 1024
+
+
+class NodeClaims(Protocol):
+    """Who decides, fleet-wide, whether a stream may speak for its node id (the registry)."""
+
+    async def claim(self, stream: BaseStream) -> str | None: ...
 
 
 class XdsService:
     def __init__(
-        self, cache: SnapshotCache, observers: list[StreamObserver] | None = None, limits: ServerLimits | None = None
+        self,
+        cache: SnapshotCache,
+        observers: list[StreamObserver] | None = None,
+        limits: ServerLimits | None = None,
+        *,
+        claims: NodeClaims | None = None,
+        identity: IdentityRule | None = None,
     ) -> None:
         self.cache = cache
         # Streams that have not yet taken the latest published snapshot (adaptive coalescing).
@@ -66,6 +86,9 @@ class XdsService:
         self.observers = observers or []
         self.limits = limits or ServerLimits()
         self.streams: dict[int, BaseStream] = {}
+        self.by_node: dict[str, BaseStream] = {}  # node id -> its one stream on this replica
+        self.claims = claims
+        self.identity = identity  # with mTLS: the rule binding node ids to client certificates
         self._allow = {fleet: [re.compile(p) for p in pats] for fleet, pats in self.limits.node_allow}
 
     # -- handlers --------------------------------------------------------------------------
@@ -146,12 +169,21 @@ class XdsService:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
             return
-        node = NodeInfo.from_proto(first.node, context.peer())
+        try:
+            node = NodeInfo.from_proto(first.node, context.peer(), self.limits.bounds)
+        except StreamRejected as exc:
+            await context.abort(exc.code, exc.message)
         denied = self._admitted(node)
         if denied:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED if node.id else grpc.StatusCode.INVALID_ARGUMENT, denied
             )
+        identity = None
+        if self.identity is not None:
+            try:
+                identity = self.identity.check(_peer_certificate(context), node.id, node.fleet)
+            except IdentityError as exc:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         if len(self.streams) >= self.limits.max_streams:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -159,7 +191,10 @@ class XdsService:
             )
         if only_type is not None and first.type_url not in ("", only_type):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"this service serves {only_type} only")
-        s = cls(node, only_type, self.observers)
+        s = cls(node, only_type, self.observers, self.limits.bounds, identity)
+        refusal = await self._claim(s)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, refusal)
         self.streams[s.id] = s
         closed = asyncio.Event()
         wake = s.wake.set
@@ -177,6 +212,9 @@ class XdsService:
                         continue
                     s.on_request(req, self.cache.snapshot(node.fleet))
                     self._ring_interest(s)
+            except StreamRejected as exc:
+                log.warning("stream %d (%s): %s", s.id, node.id, exc.message)
+                s.evict(exc)
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
             finally:
@@ -212,7 +250,9 @@ class XdsService:
                     context.set_details(f"no ACK/NACK within {self.limits.ack_timeout:.0f}s; reconnect")
                     break
                 s.wake.clear()
-                if closed.is_set() or not self.cache.ready:
+                if s.evicted is not None or closed.is_set() or not self.cache.ready:
+                    if s.evicted is not None:
+                        break
                     continue
                 snap = self.cache.snapshot(node.fleet)
                 if s.needs_flush(snap):
@@ -234,9 +274,47 @@ class XdsService:
             self.cache.remove_watcher(wake)
             self.cache.set_ring_interest(s.id, set())
             self.streams.pop(s.id, None)
+            if self.by_node.get(node.id) is s:
+                del self.by_node[node.id]
             self._behind.discard(s.id)
             for o in self.observers:
                 o.disconnected(s)
+        if s.evicted is not None:
+            context.set_code(s.evicted.code)
+            context.set_details(s.evicted.message)
+
+    async def _claim(self, s: BaseStream) -> str | None:
+        """One stream per node id: on this replica first, then fleet-wide (`claims`). A
+        newer stream replaces the one it finds only with the same node-bound identity."""
+        node_id = s.node.id
+        old = self.by_node.get(node_id)
+        if old is not None:
+            same = s.identity is not None and s.identity.node_bound and old.identity == s.identity
+            if not same:
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(old.connected_since))
+                return (
+                    f"node {node_id!r} already has a live xDS stream on this replica (from {old.node.peer!r}, "
+                    f"since {since}); a second stream is refused unless it presents the same node-bound "
+                    f"client certificate identity. A dead connection is closed within {KEEPALIVE_SECONDS * 1.5:.0f}s "
+                    "by the server's keepalive, and the Envoy's next retry then gets in"
+                )
+        self.by_node[node_id] = s
+        refusal = await self.claims.claim(s) if self.claims is not None else None
+        if refusal is not None:
+            if self.by_node.get(node_id) is s:
+                if old is not None and old.id in self.streams:
+                    self.by_node[node_id] = old
+                else:
+                    del self.by_node[node_id]
+            return refusal
+        if old is not None and old.id in self.streams:
+            old.evict(
+                StreamRejected(
+                    grpc.StatusCode.ABORTED,
+                    f"node {node_id!r} was replaced by a newer stream with the same identity from {s.node.peer!r}",
+                )
+            )
+        return None
 
     def _published(self) -> None:
         # A stream stuck writing to a slow client (for over SLOW_WRITE seconds) is not waited
@@ -251,13 +329,25 @@ class XdsService:
             self.cache.set_ring_interest(s.id, st.names | ({"*"} if st.wildcard else set()))
 
 
-def server_options(max_connection_age: float = 1800.0) -> list[tuple[str, int]]:
+def _peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+    certs = context.auth_context().get("x509_pem_cert") or []
+    return next(iter(certs), None)
+
+
+def server_options(
+    max_connection_age: float = 1800.0, max_request_bytes: int = 4 * 1024 * 1024
+) -> list[tuple[str, int]]:
     return [
         # Large EDS responses (10k+ endpoints) exceed gRPC's 4 MiB default.
         ("grpc.max_send_message_length", 128 * 1024 * 1024),
-        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.keepalive_time_ms", KEEPALIVE_SECONDS * 1000),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_SECONDS * 500),
+        # Without this gRPC sends a ping on a connection with no data at most every 5 minutes,
+        # and the keepalive above would find a silently dead Envoy only that late.
+        ("grpc.http2.min_time_between_pings_ms", KEEPALIVE_SECONDS * 1000),
+        # gRPC core (1.5x+) times a keepalive ping out after this, not keepalive_timeout_ms.
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_SECONDS * 500),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),

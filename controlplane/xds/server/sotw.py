@@ -56,6 +56,7 @@ class SotwStream(BaseStream):
 
     def on_request(self, req: Any, snap: Snapshot) -> None:
         type_url = req.type_url or self.only_type or ""
+        self.check_names(type_url, len(req.resource_names))
         st = self.state(type_url)
         if req.response_nonce:
             if req.response_nonce != st.last_nonce:

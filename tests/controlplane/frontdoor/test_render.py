@@ -77,18 +77,22 @@ def test_nftables_hash_keeps_clients_while_the_set_is_stable() -> None:
     assert "no Envoy in service" in render_nftables([], "198.51.100.1", 443)
 
 
+def _node(fleet: str, acked: int, address: str | None, ok: bool | None = True, **extra: object) -> dict:
+    doc: dict = {"fleet": fleet, "acked_revision": acked, "peer": "ipv4:10.9.9.9:5000", **extra}
+    if address is not None:
+        doc["front"] = {"address": address, "source": "public_address"}
+    if ok is not None:
+        doc["front_health"] = {"ok": ok, "probed": True}
+    return doc
+
+
 def test_in_service_from_the_fleet_registry() -> None:
     nodes = {
-        "a": {
-            "fleet": "edge",
-            "acked_revision": 10,
-            "metadata": {"public_address": "203.0.113.1"},
-            "peer": "ipv4:10.0.0.1:5000",
-        },
-        "b": {"fleet": "edge", "acked_revision": 9, "peer": "ipv4:10.0.0.2:5000"},  # behind the revision asked about
-        "c": {"fleet": "edge", "acked_revision": 12, "peer": "ipv6:[2001:db8::3]:5000"},
-        "d": {"fleet": "other", "acked_revision": 12, "peer": "ipv4:10.0.0.4:5000"},
-        "e": {"fleet": "edge", "acked_revision": 12, "peer": "ipv4:10.0.0.5:5000", "draining": True},
+        "a": _node("edge", 10, "203.0.113.1"),
+        "b": _node("edge", 9, "10.0.0.2"),  # behind the revision asked about
+        "c": _node("edge", 12, "2001:db8::3"),
+        "d": _node("other", 12, "10.0.0.4"),
+        "e": _node("edge", 12, "10.0.0.5", draining=True),
     }
     assert in_service(nodes, 10, "edge") == [Member("a", "203.0.113.1"), Member("c", "2001:db8::3")]
     assert [m.node_id for m in in_service(nodes, 10)] == ["a", "c", "d"]
@@ -99,22 +103,23 @@ def test_in_service_from_the_fleet_registry() -> None:
     assert all(ipaddress.ip_address(m.address) for m in in_service(nodes))
 
 
-def test_in_service_needs_a_passing_front_health_check() -> None:
-    """An Envoy with an ops listener is in service only once the replica's probe of its
-    /healthz passed; one without an ops listener cannot be probed and is trusted."""
-    base = {"fleet": "edge", "acked_revision": 5}
+def test_in_service_needs_a_verified_front_address() -> None:
+    """Only the address the replica decided and verified counts: a passing probe there (or
+    the fleet's explicit opt-out, recorded as ok by the replica). What the node says about
+    itself (metadata, its peer) is never read by the front tier."""
     nodes = {
-        "probed-ok": {**base, "peer": "ipv4:10.0.0.1:1", "metadata": {"ops_port": 8081}, "front_health": {"ok": True}},
-        "probed-failing": {
-            **base,
-            "peer": "ipv4:10.0.0.2:1",
-            "metadata": {"ops_port": 8081},
-            "front_health": {"ok": False, "status": 503},
+        "probed-ok": _node("edge", 5, "10.0.0.1"),
+        "probed-failing": _node("edge", 5, "10.0.0.2", ok=False),
+        "not-probed-yet": _node("edge", 5, "10.0.0.3", ok=None),
+        "no-front-address": _node("edge", 5, None, metadata={"public_address": "203.0.113.66"}),
+        "self-asserted-only": {
+            "fleet": "edge",
+            "acked_revision": 5,
+            "peer": "ipv4:10.0.0.6:1",
+            "metadata": {"public_address": "203.0.113.66"},
         },
-        "not-probed-yet": {**base, "peer": "ipv4:10.0.0.3:1", "metadata": {"ops_port": 8081}},
-        "no-ops-listener": {**base, "peer": "ipv4:10.0.0.4:1"},
     }
-    assert [m.node_id for m in in_service(nodes)] == ["no-ops-listener", "probed-ok"]
+    assert [m.node_id for m in in_service(nodes)] == ["probed-ok"]
 
 
 def _tool(name: str) -> str:
