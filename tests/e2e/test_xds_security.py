@@ -161,7 +161,7 @@ async def test_a_live_node_id_cannot_be_taken_over(api, store: Store, replica, r
     or another one, is refused with ALREADY_EXISTS, and envoy-0's record, gate and front
     health stay the real Envoy's."""
     await _intent(store, backends)
-    envoys("envoy-0", [("127.0.0.1", replica.port)], public_address=VICTIM_ADDRESS)
+    victim = envoys("envoy-0", [("127.0.0.1", replica.port)], public_address=VICTIM_ADDRESS)
 
     async def victim_in_service() -> bool:
         doc = (await _fleet(api)).get("envoy-0") or {}
@@ -169,6 +169,7 @@ async def test_a_live_node_id_cannot_be_taken_over(api, store: Store, replica, r
 
     await wait_for(victim_in_service, timeout=30, what="the victim in service")
     before = (await _fleet(api))["envoy-0"]
+    config_before = await asyncio.to_thread(victim.config_dump, "dynamic_active_clusters")
     for port in (replica.port, replica2.port):
         for delta in (False, True):
             thief = await _attacker(port, "envoy-0", metadata={"public_address": "127.0.0.66"}, delta=delta)
@@ -180,6 +181,10 @@ async def test_a_live_node_id_cannot_be_taken_over(api, store: Store, replica, r
     for key in ("peer", "replica", "connected_since", "front", "streams"):
         assert after[key] == before[key], key
     assert after["front"]["address"] == VICTIM_ADDRESS
+    # The victim never noticed: still connected, the same clusters, nothing rejected.
+    stats = await asyncio.to_thread(victim.stats, "control_plane.connected_state")
+    assert stats["control_plane.connected_state"] == 1
+    assert await asyncio.to_thread(victim.config_dump, "dynamic_active_clusters") == config_before
     assert (await api.get("/v1/frontdoor/json")).json()["in_service"][0]["address"] == VICTIM_ADDRESS
 
 
