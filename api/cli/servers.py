@@ -96,6 +96,7 @@ def cmd_xds(args: argparse.Namespace) -> int:
         tls=read_tls(tls_files(args)),
         registry_flush_interval=args.registry_interval,
         probe_interval=args.probe_interval,
+        load_interval=args.load_interval,
         identity=args.xds_identity,
         front_cidrs=tuple(args.front_cidr or ()),
         front_unprobed=tuple(args.front_unprobed or ()),
@@ -223,6 +224,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=2.0,
         help="seconds between /healthz probes of each connected Envoy's ops listener (0: off); "
         "the front tier uses the verdict",
+    )
+    s.add_argument(
+        "--load-interval",
+        type=float,
+        default=2.0,
+        help="seconds between live-load samples of each connected Envoy (its ops listener's /lbcp/load; 0: off)",
     )
     s.add_argument(
         "--xds-identity",

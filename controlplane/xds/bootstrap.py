@@ -26,10 +26,20 @@ proxy" guide (the per-listener edge settings live in the LDS translation, xds/re
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
 from controlplane.xds.resources import GATE_CLUSTER, gate_name
+
+# `GET /lbcp/load` on the ops listener: the admin's stats that make an Envoy's live load, and
+# nothing else (controlplane.xds.load reads it once per sample interval, on a kept-alive
+# connection). The regex is fixed here, so the ops listener exposes no general stats query.
+LOAD_PATH = "/lbcp/load"
+LOAD_STATS = (
+    r"^(listener\..+\.(downstream_cx_active|downstream_cx_total|ssl\.handshake)"
+    r"|http\..+\.downstream_cx_http2_active|http2\.streams_active|overload\..+\.active)$"
+)
 
 
 @dataclass(frozen=True)
@@ -254,6 +264,18 @@ def _ops_listener(address: str, port: int) -> dict[str, Any]:
                                 "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
                             },
                             "route": {"cluster": "lbcp_admin", "timeout": "10s"},
+                        },
+                        {
+                            "match": {
+                                "path": LOAD_PATH,
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {
+                                "cluster": "lbcp_admin",
+                                "timeout": "5s",
+                                "prefix_rewrite": "/stats?format=json&usedonly&filter="
+                                + urllib.parse.quote(LOAD_STATS, safe=""),
+                            },
                         },
                         {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
                     ],

@@ -16,6 +16,7 @@ from prometheus_client.metrics_core import Metric
 from controlplane.intent.certificates import info
 from controlplane.metrics import BUILD_BUCKETS, LATENCY_BUCKETS, RingMetrics
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.load import LoadSampler
 from controlplane.xds.resources import SHORT_NAMES
 from controlplane.xds.server.common import BaseStream, Nack
 
@@ -184,3 +185,46 @@ class _CacheCollector:
             out[name] = hit[1]
         self._parsed = {n: cache[n] for n in out}
         return out
+
+
+class LoadCollector:
+    """Read at scrape time: the live load of the Envoys this replica samples, per fleet and per
+    node (cardinality bounded by the fleet's size)."""
+
+    def __init__(self, sampler: LoadSampler) -> None:
+        self.sampler = sampler
+
+    def collect(self) -> Iterator[Metric]:
+        fleets: dict[str, list[float]] = {}
+        node_cx = GaugeMetricFamily(
+            "lbcp_node_connections", "active downstream connections of one Envoy", labels=["fleet", "node"]
+        )
+        node_cps = GaugeMetricFamily(
+            "lbcp_node_connections_per_second", "new downstream connections per second", labels=["fleet", "node"]
+        )
+        node_over = GaugeMetricFamily("lbcp_node_overloaded", "an overload action is active", labels=["fleet", "node"])
+        for s in self.sampler.streams.values():
+            load = s.load
+            if load is None:
+                continue
+            t = fleets.setdefault(s.fleet, [0.0, 0.0, 0.0, 0.0])
+            t[0] += load["connections"]
+            t[1] += load["connections_per_second"]
+            t[2] += load["tls_handshakes_per_second"]
+            t[3] += load["http2_streams"]
+            node_cx.add_metric([s.fleet, s.node.id], load["connections"])
+            node_cps.add_metric([s.fleet, s.node.id], load["connections_per_second"])
+            node_over.add_metric([s.fleet, s.node.id], 1.0 if load["overloaded"] else 0.0)
+        for name, help_text, i in (
+            ("lbcp_fleet_connections", "active downstream connections of the Envoys sampled here", 0),
+            ("lbcp_fleet_connections_per_second", "new downstream connections per second", 1),
+            ("lbcp_fleet_tls_handshakes_per_second", "TLS handshakes per second", 2),
+            ("lbcp_fleet_http2_streams", "active downstream HTTP/2 streams", 3),
+        ):
+            g = GaugeMetricFamily(name, help_text, labels=["fleet"])
+            for fleet, totals in sorted(fleets.items()):
+                g.add_metric([fleet], totals[i])
+            yield g
+        yield node_cx
+        yield node_cps
+        yield node_over

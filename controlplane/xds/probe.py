@@ -241,7 +241,7 @@ class FrontProber:
                 log.info(
                     "node %s front health: %s (%s)", stream.node.id, "passing" if ok else "failing", status or error
                 )
-            stream.changed_front_health()
+            stream.mark_changed()
 
 
 def _health(ok: bool, status: int | None, error: str, *, probed: bool) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from controlplane.intent.view import IntentView
 from controlplane.metrics import EtcdMetrics
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.identity import IdentityRule
-from controlplane.xds.metrics import XdsMetrics
+from controlplane.xds.load import LoadSampler
+from controlplane.xds.metrics import LoadCollector, XdsMetrics
 from controlplane.xds.probe import FrontPolicy, FrontProber
 from controlplane.xds.registry import FleetRegistry
 from controlplane.xds.server.common import StreamObserver
@@ -45,6 +46,7 @@ class ReplicaConfig:
     tls: tuple[bytes, bytes, bytes | None] | None = None  # server cert, key, client CA (mTLS)
     metrics_port: int | None = None  # serve Prometheus /metrics on host:metrics_port (0: any free port)
     probe_interval: float = 2.0  # probe connected Envoys' /healthz this often (0: never); xds/probe.py
+    load_interval: float = 2.0  # sample connected Envoys' live load this often (0: never); xds/load.py
     # With mTLS (a client CA in `tls`): the rule binding node ids to client certificates
     # (controlplane.xds.identity: "spiffe", "dns" or a template).
     identity: str = "spiffe"
@@ -97,10 +99,12 @@ class XdsReplica:
         self.prober = FrontProber(
             config.probe_interval, policy=FrontPolicy.parse(config.front_cidrs, config.front_unprobed)
         )
+        self.sampler = LoadSampler(config.load_interval)
+        self.metrics_registry.register(LoadCollector(self.sampler))
         mtls = config.tls is not None and config.tls[2] is not None
         self.service = XdsService(
             self.cache,
-            [self.registry, self.metrics, self.prober, *(extra_observers or [])],
+            [self.registry, self.metrics, self.prober, self.sampler, *(extra_observers or [])],
             config.limits,
             claims=self.registry,
             identity=IdentityRule.parse(config.identity) if mtls else None,
@@ -127,6 +131,7 @@ class XdsReplica:
             self.port = self.server.add_insecure_port(addr)
         await self.server.start()
         await self.prober.start()
+        await self.sampler.start()
         if self.config.metrics_port is not None:
             server, _ = start_http_server(self.config.metrics_port, self.config.host, self.metrics_registry)
             self._metrics_server = server
@@ -138,6 +143,7 @@ class XdsReplica:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         await self.prober.stop()
+        await self.sampler.stop()
         if self.server:
             await self.server.stop(grace)
         await self.registry.stop()

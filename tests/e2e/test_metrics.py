@@ -20,7 +20,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
 def _documented(section: str) -> set[str]:
     text = DOC.read_text().split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `(lbcp_[a-z_]+)` \|", text, re.M))
+    return set(re.findall(r"^\| `(lbcp_[a-z0-9_]+)` \|", text, re.M))
 
 
 def _parse(text: str) -> tuple[set[str], dict[tuple[str, frozenset], float]]:

@@ -219,6 +219,7 @@ class BaseStream:
         # trusted facts only (controlplane.xds.probe): {"address", "source", "reason"}.
         self.front: dict[str, Any] | None = None
         self.evicted: StreamRejected | None = None  # set to end this stream with that status
+        self.load: dict[str, Any] | None = None  # the last live-load sample (controlplane.xds.load)
         self.only_type = only_type
         self.observers = observers
         self.types: dict[str, TypeState] = {}
@@ -302,7 +303,8 @@ class BaseStream:
         self.evicted = reason
         self.wake.set()
 
-    def changed_front_health(self) -> None:
+    def mark_changed(self) -> None:
+        """Something the registry records (front health, load) changed: observers hear of it."""
         self._emit("changed")
 
     def _emit(self, event: str, *args: Any) -> None:
@@ -406,6 +408,7 @@ class BaseStream:
             "metadata": self.node.metadata,
             **({"identity": self.identity.name} if self.identity is not None else {}),
             **({"front": self.front} if self.front is not None else {}),
+            **({"load": self.load} if self.load is not None else {}),
             "protocol": self.protocol,
             "connected_since": self.connected_since,
             "acked_revision": self.acked_revision,

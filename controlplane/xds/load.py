@@ -1,0 +1,239 @@
+"""Live load: each replica samples the Envoys connected to it, through their ops listener.
+
+Once per `interval` (default 2 s) the replica reads `GET /lbcp/load` (bootstrap.LOAD_PATH:
+the admin's `/stats?format=json&usedonly&filter=…` for a fixed set of stats) from each
+Envoy, at the front address it verified (controlplane.xds.probe) and the node's ops port,
+on a kept-alive connection: one request per Envoy per interval. From it:
+
+- `connections`: active downstream connections of every traffic listener (the admin's
+  listener and the ops listener excluded), and `listeners`: the same per listener, keyed
+  by Envoy's stat name (`127.0.0.1_10000`);
+- `connections_per_second`, `tls_handshakes_per_second`: the growth of
+  `downstream_cx_total` and `ssl.handshake` since the previous sample, per second;
+- `http2_streams` (the HTTP/2 codec's active streams), `http2_connections`, and
+  `http2_streams_per_connection`;
+- `overloaded`: an overload action is active (`overload_actions`: which);
+- `at`: when the sample was taken (Unix time).
+
+The result lands on the stream (`load`) and, through the registry, in `/v1/fleet`. A record
+is rewritten only when a value changed. Load is only ever read from the Envoy itself at a
+verified address, never taken from what a client says about itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from controlplane.xds.bootstrap import LOAD_PATH
+from controlplane.xds.server.common import BaseStream, Nack
+
+log = logging.getLogger(__name__)
+
+
+def parse_load(stats: list[dict[str, Any]], ops_port: float | None) -> dict[str, Any]:
+    """Totals from the admin's JSON stats: connections (all, per listener), counters, HTTP/2
+    and overload. Per-worker stats and the admin's and ops listener's own are left out."""
+    listeners: dict[str, int] = {}
+    cx_total = handshakes = h2_connections = h2_streams = 0
+    actions: list[str] = []
+    ops_suffix = f"_{int(ops_port)}" if ops_port else None
+    for s in stats:
+        name, value = s.get("name", ""), s.get("value", 0)
+        if not isinstance(value, int | float):
+            continue
+        value = int(value)
+        if name.startswith("listener."):
+            where, _, stat = name[len("listener.") :].rpartition(".")
+            if stat == "handshake" and where.endswith(".ssl"):
+                where, stat = where[: -len(".ssl")], "ssl.handshake"
+            if ".worker_" in where or ".main_thread" in where or where == "admin":
+                continue
+            if ops_suffix and where.endswith(ops_suffix):
+                continue
+            if stat == "downstream_cx_active":
+                listeners[where] = value
+            elif stat == "downstream_cx_total":
+                cx_total += value
+            elif stat == "ssl.handshake":
+                handshakes += value
+        elif name.startswith("http.") and name.endswith(".downstream_cx_http2_active"):
+            prefix = name[len("http.") : -len(".downstream_cx_http2_active")]
+            if prefix not in ("admin", "lbcp_ops"):
+                h2_connections += value
+        elif name == "http2.streams_active":
+            h2_streams = value
+        elif name.startswith("overload.") and name.endswith(".active") and value > 0:
+            actions.append(name[len("overload.") : -len(".active")])
+    return {
+        "connections": sum(listeners.values()),
+        "listeners": dict(sorted(listeners.items())),
+        "cx_total": cx_total,
+        "tls_handshakes_total": handshakes,
+        "http2_connections": h2_connections,
+        "http2_streams": h2_streams,
+        "overload_actions": sorted(actions),
+    }
+
+
+class _KeepAlive:
+    """One HTTP/1.1 connection kept open to an Envoy's ops listener (GET only)."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self._io: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        for attempt in (0, 1):  # a kept-alive connection the other side closed: reconnect once
+            try:
+                return await asyncio.wait_for(self._get(path), self.timeout)
+            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        if self._io is None:
+            self._io = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._io
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\nUser-Agent: lbcp-load\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = bytearray()
+            while size := int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16):
+                body += await reader.readexactly(size)
+                await reader.readexactly(2)
+            await reader.readuntil(b"\r\n")
+        else:
+            body = bytearray(await reader.readexactly(int(headers.get("content-length", "0"))))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, bytes(body)
+
+    def close(self) -> None:
+        if self._io is not None:
+            self._io[1].close()
+            self._io = None
+
+
+class LoadSampler:
+    """A StreamObserver that samples the live load of every connected Envoy it can verify."""
+
+    def __init__(self, interval: float = 2.0, timeout: float = 1.0, concurrency: int = 64) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._sem = asyncio.Semaphore(concurrency)
+        self.streams: dict[int, BaseStream] = {}
+        self._conns: dict[int, _KeepAlive] = {}
+        self._last: dict[int, tuple[float, int, int]] = {}  # stream -> (monotonic, cx_total, handshakes)
+        self._task: asyncio.Task[None] | None = None
+        self.samples = 0
+
+    async def start(self) -> None:
+        if self.interval > 0 and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="load-sampler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for c in self._conns.values():
+            c.close()
+
+    # -- StreamObserver --------------------------------------------------------------------
+
+    def connected(self, stream: BaseStream) -> None:
+        self.streams[stream.id] = stream
+
+    def disconnected(self, stream: BaseStream) -> None:
+        self.streams.pop(stream.id, None)
+        self._last.pop(stream.id, None)
+        conn = self._conns.pop(stream.id, None)
+        if conn is not None:
+            conn.close()
+
+    def changed(self, stream: BaseStream) -> None:
+        pass
+
+    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None:
+        pass
+
+    def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
+        pass
+
+    def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
+        pass
+
+    # -- sampling --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.sample_all()
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def sample_all(self) -> None:
+        await asyncio.gather(*(self._sample(s) for s in list(self.streams.values())))
+
+    def _connection(self, stream: BaseStream) -> _KeepAlive | None:
+        address = (stream.front or {}).get("address")
+        port = stream.node.metadata.get("ops_port")
+        if not address or isinstance(port, bool) or not isinstance(port, int | float) or not 0 < int(port) < 65536:
+            return None  # no verified address or no ops listener: no load to read
+        conn = self._conns.get(stream.id)
+        if conn is None or (conn.host, conn.port) != (address, int(port)):
+            if conn is not None:
+                conn.close()
+            conn = self._conns[stream.id] = _KeepAlive(address, int(port), self.timeout)
+        return conn
+
+    async def _sample(self, stream: BaseStream) -> None:
+        conn = self._connection(stream)
+        if conn is None:
+            return
+        async with self._sem:
+            try:
+                status, body = await conn.get(LOAD_PATH)
+                sampled_at, mono = time.time(), time.monotonic()
+                if status != 200:
+                    raise ValueError(f"HTTP {status}")
+                raw = parse_load(json.loads(body).get("stats", []), stream.node.metadata.get("ops_port"))
+            except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                log.debug("load of %s not read: %s", stream.node.id, exc)
+                return
+        self.samples += 1
+        previous = self._last.get(stream.id)
+        self._last[stream.id] = (mono, raw["cx_total"], raw["tls_handshakes_total"])
+        if previous is None:
+            cps = tls = 0.0
+        else:
+            dt = max(mono - previous[0], 1e-6)
+            # A counter that went down means the Envoy restarted under the same stream: no rate.
+            cps = max(0, raw["cx_total"] - previous[1]) / dt
+            tls = max(0, raw["tls_handshakes_total"] - previous[2]) / dt
+        h2c = raw["http2_connections"]
+        load = {
+            "connections": raw["connections"],
+            "connections_per_second": round(cps, 1),
+            "tls_handshakes_per_second": round(tls, 1),
+            "http2_streams": raw["http2_streams"],
+            "http2_connections": h2c,
+            "http2_streams_per_connection": round(raw["http2_streams"] / h2c, 2) if h2c else 0.0,
+            "overloaded": bool(raw["overload_actions"]),
+            "overload_actions": raw["overload_actions"],
+            "listeners": raw["listeners"],
+        }
+        before = stream.load
+        stream.load = {**load, "at": sampled_at}
+        if before is None or {k: v for k, v in before.items() if k != "at"} != load:
+            stream.mark_changed()  # tells the observers (the registry) the record changed
