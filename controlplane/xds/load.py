@@ -30,18 +30,19 @@ import time
 from typing import Any
 
 from controlplane.xds.bootstrap import LOAD_PATH
-from controlplane.xds.server.common import BaseStream, Nack
+from controlplane.xds.probe import ops_port
+from controlplane.xds.server.common import BaseStream, QuietObserver
 
 log = logging.getLogger(__name__)
 
 
-def parse_load(stats: list[dict[str, Any]], ops_port: float | None) -> dict[str, Any]:
+def parse_load(stats: list[dict[str, Any]], ops_listener_port: int | None) -> dict[str, Any]:
     """Totals from the admin's JSON stats: connections (all, per listener), counters, HTTP/2
     and overload. Per-worker stats and the admin's and ops listener's own are left out."""
     listeners: dict[str, int] = {}
     cx_total = handshakes = h2_connections = h2_streams = 0
     actions: list[str] = []
-    ops_suffix = f"_{int(ops_port)}" if ops_port else None
+    ops_suffix = f"_{ops_listener_port}" if ops_listener_port else None
     for s in stats:
         name, value = s.get("name", ""), s.get("value", 0)
         if not isinstance(value, int | float):
@@ -124,7 +125,7 @@ class _KeepAlive:
             self._io = None
 
 
-class LoadSampler:
+class LoadSampler(QuietObserver):
     """A StreamObserver that samples the live load of every connected Envoy it can verify."""
 
     def __init__(self, interval: float = 2.0, timeout: float = 1.0, concurrency: int = 64) -> None:
@@ -162,18 +163,6 @@ class LoadSampler:
         if conn is not None:
             conn.close()
 
-    def changed(self, stream: BaseStream) -> None:
-        pass
-
-    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None:
-        pass
-
-    def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
-        pass
-
-    def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
-        pass
-
     # -- sampling --------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -187,14 +176,14 @@ class LoadSampler:
 
     def _connection(self, stream: BaseStream) -> _KeepAlive | None:
         address = (stream.front or {}).get("address")
-        port = stream.node.metadata.get("ops_port")
-        if not address or isinstance(port, bool) or not isinstance(port, int | float) or not 0 < int(port) < 65536:
+        port = ops_port(stream)
+        if not address or port is None:
             return None  # no verified address or no ops listener: no load to read
         conn = self._conns.get(stream.id)
-        if conn is None or (conn.host, conn.port) != (address, int(port)):
+        if conn is None or (conn.host, conn.port) != (address, port):
             if conn is not None:
                 conn.close()
-            conn = self._conns[stream.id] = _KeepAlive(address, int(port), self.timeout)
+            conn = self._conns[stream.id] = _KeepAlive(address, port, self.timeout)
         return conn
 
     async def _sample(self, stream: BaseStream) -> None:
@@ -207,7 +196,7 @@ class LoadSampler:
                 sampled_at, mono = time.time(), time.monotonic()
                 if status != 200:
                     raise ValueError(f"HTTP {status}")
-                raw = parse_load(json.loads(body).get("stats", []), stream.node.metadata.get("ops_port"))
+                raw = parse_load(json.loads(body).get("stats", []), ops_port(stream))
             except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 log.debug("load of %s not read: %s", stream.node.id, exc)
                 return

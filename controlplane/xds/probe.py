@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.xds.resources import ENDPOINT_TYPE
-from controlplane.xds.server.common import BaseStream, Nack
+from controlplane.xds.server.common import BaseStream, QuietObserver
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ class FrontPolicy:
         return {"address": peer, "source": "peer"}
 
 
-def _ops_port(stream: BaseStream) -> int | None:
+def ops_port(stream: BaseStream) -> int | None:
+    """The node's ops listener port from its metadata, or None if absent or not a port."""
     port = stream.node.metadata.get("ops_port")
     if isinstance(port, bool) or not isinstance(port, (int, float)) or not 0 < int(port) < 65536:
         return None
@@ -125,11 +126,11 @@ def _ops_port(stream: BaseStream) -> int | None:
 
 def _target(stream: BaseStream) -> tuple[str, int] | None:
     address = (stream.front or {}).get("address")
-    port = _ops_port(stream)
+    port = ops_port(stream)
     return (address, port) if address and port else None
 
 
-class FrontProber:
+class FrontProber(QuietObserver):
     """A StreamObserver that probes every connected Envoy with an ops port."""
 
     def __init__(
@@ -174,7 +175,7 @@ class FrontProber:
         if stream.front["address"] is None:
             stream.front_health = _health(False, None, stream.front["reason"], probed=False)
             return
-        if _ops_port(stream) is None or self.interval <= 0:
+        if ops_port(stream) is None or self.interval <= 0:
             why = "no ops_port in node metadata" if self.interval > 0 else "probing is off on this replica"
             stream.front_health = _health(
                 False, None, f"{why}: not verified, so not in service (--front-unprobed FLEET opts out)", probed=False
@@ -185,15 +186,6 @@ class FrontProber:
     def disconnected(self, stream: BaseStream) -> None:
         self._streams.pop(stream.id, None)
         self._latest.pop(stream.id, None)
-
-    def changed(self, stream: BaseStream) -> None:
-        pass
-
-    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None:
-        pass
-
-    def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
-        pass
 
     def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
         # An ACK of endpoints may carry a new gate (drained / undrained) or the first config

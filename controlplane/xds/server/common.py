@@ -174,6 +174,28 @@ class StreamObserver(Protocol):
     def acked(self, stream: BaseStream, type_url: str, latency: float) -> None: ...
 
 
+class QuietObserver:
+    """A StreamObserver that ignores every event: subclasses override the ones they use."""
+
+    def connected(self, stream: BaseStream) -> None:
+        pass
+
+    def changed(self, stream: BaseStream) -> None:
+        pass
+
+    def disconnected(self, stream: BaseStream) -> None:
+        pass
+
+    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None:
+        pass
+
+    def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
+        pass
+
+    def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
+        pass
+
+
 _stream_ids = itertools.count(1)
 
 
