@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from api._request import json_body, wait_timeout
 from api.auth import Role, require
 from api.problems import ApiError
+from controlplane.frontdoor.render import front_state
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Keyspace
 from controlplane.xds.registry import read_fleet, rollout_status
@@ -41,7 +42,8 @@ def fleet_router() -> APIRouter:
     @r.get("/v1/fleet", dependencies=_readers, summary="Connected Envoys, from every xDS replica")
     async def fleet(request: Request) -> JSONResponse:
         view = await read_fleet(request.app.state.store.etcd)
-        return JSONResponse({"nodes": list(view.nodes.values()), "drained": view.drained, "revision": view.revision})
+        nodes = [{**doc, "front_state": front_state(doc)} for doc in view.nodes.values()]
+        return JSONResponse({"nodes": nodes, "drained": view.drained, "revision": view.revision})
 
     @r.get("/v1/fleet/{node_id:path}", dependencies=_readers, summary="One connected Envoy")
     async def node(request: Request, node_id: str) -> JSONResponse:
@@ -49,7 +51,7 @@ def fleet_router() -> APIRouter:
         doc = view.nodes.get(node_id)
         if doc is None:
             raise ApiError(404, "node-not-found", "Node not found", f"no connected Envoy has node id {node_id!r}")
-        return JSONResponse(doc)
+        return JSONResponse({**doc, "front_state": front_state(doc)})
 
     @r.post("/v1/fleet/{node_id:path}/drain", dependencies=_writers, summary="Drain one Envoy out of the front tier")
     async def drain(request: Request, node_id: str, force: bool = False) -> JSONResponse:

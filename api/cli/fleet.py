@@ -1,4 +1,4 @@
-"""Fleet commands: drain a node out of the front tier, or put it back."""
+"""Fleet commands: the fleet at a glance (`lbcp fleet`), and draining a node out of the front tier."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
-from api.cli._common import client_for
+from api.cli._common import client_for, emit
 
 
 def cmd_node_drain(args: argparse.Namespace) -> int:
@@ -30,7 +30,43 @@ def cmd_node_undrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """One row per connected Envoy: where it is, what it holds, and whether it is in front of clients."""
+    nodes = client_for(args).get("/v1/fleet")["nodes"]
+    if args.fleet:
+        nodes = [n for n in nodes if n.get("fleet") == args.fleet]
+    nodes.sort(key=lambda n: (n.get("fleet", ""), n["node_id"]))
+
+    def row(n: dict[str, Any]) -> list[Any]:
+        load = n.get("load") or {}
+        return [
+            n["node_id"],
+            n.get("fleet"),
+            n.get("replica"),
+            (n.get("front") or {}).get("address") or "-",
+            n.get("front_state"),
+            load.get("connections", "-"),
+            _rate(load.get("connections_per_second")),
+            _rate(load.get("tls_handshakes_per_second")),
+            load.get("http2_streams", "-"),
+            "yes" if load.get("overloaded") else ("no" if load else "-"),
+            n.get("acked_revision"),
+        ]
+
+    headers = ["NODE", "FLEET", "REPLICA", "ADDRESS", "FRONT", "CONNS", "NEW/S", "TLS/S", "H2", "OVERLOAD", "ACKED"]
+    emit(nodes, args.output, headers, row)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    x = sub.add_parser("fleet", help="the connected Envoys: front state, live load, acked revision")
+    x.add_argument("--fleet", help="only this fleet")
+    x.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    x.set_defaults(func=cmd_fleet)
     nd = sub.add_parser("node", help="one Envoy of the fleet: drain it out of the front tier, or put it back")
     nds = nd.add_subparsers(dest="action", required=True)
     x = nds.add_parser("drain", help="fail its /healthz so DNS, anycast and L4 withdraw it; connections stay")

@@ -49,22 +49,37 @@ def in_service(nodes: dict[str, dict[str, Any]], revision: int | None = None, fl
     for node_id, doc in nodes.items():
         if fleet is not None and doc.get("fleet") != fleet:
             continue
-        acked = doc.get("acked_revision", 0)
-        if doc.get("draining") or acked <= 0 or (revision is not None and acked < revision):
-            continue
-        if any((st.get("last_nack") or {}).get("revision", 0) > acked for st in doc.get("types", {}).values()):
-            continue
-        if not (doc.get("front_health") or {}).get("ok"):
-            continue  # failing, not probed yet, or cannot be verified: not in front of clients
-        address = (doc.get("front") or {}).get("address")
-        if not isinstance(address, str):
-            continue
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            continue  # no usable address: it cannot be put in front of clients
-        out.append(Member(node_id, address))
+        if front_state(doc, revision) == "in":
+            out.append(Member(node_id, doc["front"]["address"]))
     return sorted(out)
+
+
+FRONT_STATES = ("in", "drained", "unconfigured", "behind", "rejected", "unverified", "unhealthy")
+
+
+def front_state(doc: dict[str, Any], revision: int | None = None) -> str:
+    """Why a registry record is in front of clients or not, the first reason that applies:
+    `drained` (by an operator), `unconfigured` (no config acked yet), `behind` (has not acked
+    `revision`), `rejected` (stuck on a NACKed config), `unverified` (no trusted front
+    address), `unhealthy` (its `/healthz` at that address fails or was not probed yet), or
+    `in`."""
+    acked = doc.get("acked_revision", 0)
+    if doc.get("draining"):
+        return "drained"
+    if acked <= 0:
+        return "unconfigured"
+    if revision is not None and acked < revision:
+        return "behind"
+    if any((st.get("last_nack") or {}).get("revision", 0) > acked for st in doc.get("types", {}).values()):
+        return "rejected"
+    address = (doc.get("front") or {}).get("address")
+    try:
+        ipaddress.ip_address(address if isinstance(address, str) else "")
+    except ValueError:
+        return "unverified"
+    if not (doc.get("front_health") or {}).get("ok"):
+        return "unhealthy"
+    return "in"
 
 
 # -- DNS -----------------------------------------------------------------------------------------

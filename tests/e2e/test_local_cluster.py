@@ -215,6 +215,13 @@ def _front_door_cli(state: Path, doc: dict) -> None:
     assert _lbcp(state, *exabgp).stdout == "withdraw route 198.51.100.1/32 next-hop self\n"
     dns_text = _lbcp(state, "frontdoor", "render", "--format", "dns").stdout
     assert "envoy-1" in dns_text and "envoy-0" not in dns_text
+    # lbcp fleet: one row per Envoy, with why it is (not) in front of clients and its live load.
+    rows = {r["node_id"]: r for r in json.loads(_lbcp(state, "fleet", "-o", "json").stdout)}
+    assert rows["envoy-0"]["front_state"] == "drained" and rows["envoy-1"]["front_state"] == "in"
+    assert rows["envoy-1"]["load"]["connections"] >= 0
+    table = _lbcp(state, "fleet").stdout.splitlines()
+    assert table[0].split()[:5] == ["NODE", "FLEET", "REPLICA", "ADDRESS", "FRONT"]
+    assert any(line.split()[0] == "envoy-0" and "drained" in line.split() for line in table[1:])
     assert _lbcp(state, "node", "drain", "nobody", check=False).returncode == 1
 
     # A sidecar's watch: first render now (one Envoy), the next when envoy-0 is back.

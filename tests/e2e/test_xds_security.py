@@ -139,6 +139,9 @@ async def test_front_door_takes_only_verified_addresses(api, store: Store, repli
         assert fleet["evil-2"]["front"] == {"address": "127.0.0.99", "source": "public_address"}
         assert fleet["evil-2"]["front_health"]["ok"] is False and fleet["evil-2"]["front_health"]["probed"] is True
         assert "no ops_port" in fleet["evil-3"]["front_health"]["error"]
+        assert fleet["evil-1"]["front_state"] == "unverified"
+        assert fleet["evil-2"]["front_state"] == fleet["evil-3"]["front_state"] == "unhealthy"
+        assert fleet["envoy-0"]["front_state"] == "in"
         assert "metadata" not in fleet["evil-1"] or set(fleet["evil-1"]["metadata"]) <= {"ops_port", "public_address"}
         assert await dns_server() == [VICTIM_ADDRESS]
         front = (await api.get("/v1/frontdoor/json")).json()["in_service"]

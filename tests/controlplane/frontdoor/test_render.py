@@ -229,3 +229,21 @@ def test_nftables_maglev_keeps_clients_when_the_set_changes(n: int, tmp_path) ->
     assert f"jhash ip saddr mod {MAGLEV_SLOTS} map {{ 0 : {before[0].address}," in text
     _check([_tool("nft"), "--check", "-f"], text, tmp_path, ".nft")
     assert render_nftables(list(reversed(ms)), "198.51.100.1", 443, mode="maglev") == text
+
+
+def test_front_state_says_why_a_node_is_out() -> None:
+    from controlplane.frontdoor.render import FRONT_STATES, front_state
+
+    ok = _node("edge", 5, "10.0.0.1")
+    cases = {
+        "in": ok,
+        "drained": {**ok, "draining": True},
+        "unconfigured": {**ok, "acked_revision": 0},
+        "rejected": {**ok, "types": {"lds": {"last_nack": {"revision": 9}}}},
+        "unverified": _node("edge", 5, None),
+        "unhealthy": _node("edge", 5, "10.0.0.1", ok=False),
+    }
+    for want, doc in cases.items():
+        assert front_state(doc) == want, want
+    assert front_state(ok, revision=6) == "behind"
+    assert set(cases) | {"behind"} == set(FRONT_STATES)
