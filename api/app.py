@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
 
     from controlplane.intent.model import Kind
 
-    for kind in (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE):
+    for kind in (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE, Kind.FLEET):
         app.include_router(kind_router(kind))
     app.include_router(backends_router())
     app.include_router(batch_router())

@@ -35,6 +35,7 @@ PLURAL = {
     Kind.ROUTE: "routes",
     Kind.BACKEND: "backends",
     Kind.CERTIFICATE: "certificates",
+    Kind.FLEET: "fleets",
 }
 MAX_BATCH_OPS = 10_000
 _readers = [Depends(require(Role.READER))]

@@ -29,8 +29,10 @@ def _apply_ops(docs: list[dict[str, Any]], default_kind: str | None) -> list[dic
     for d in docs:
         d = dict(d)
         kind = d.pop("kind", default_kind)
-        if kind not in ("cluster", "listener", "route", "backend", "certificate"):
-            raise SystemExit(f"a document needs kind: cluster, backend, listener, route or certificate (got {kind!r})")
+        if kind not in ("cluster", "listener", "route", "backend", "certificate", "fleet"):
+            raise SystemExit(
+                f"a document needs kind: cluster, backend, listener, route, certificate or fleet (got {kind!r})"
+            )
         if kind == "backend":
             cluster = d.pop("cluster", None)
             ops.append({"op": "put", "kind": "backend", "cluster": cluster, "name": d.get("name"), "body": d})
@@ -41,7 +43,7 @@ def _apply_ops(docs: list[dict[str, Any]], default_kind: str | None) -> list[dic
             ops.append({"op": "replace_backends", "cluster": d.get("name"), "body": backends})
     # Make-before-use order inside the one transaction does not matter to etcd, but a
     # reader of the results expects clusters first.
-    order = {"certificate": -1, "cluster": 0, "backend": 1, "listener": 2, "route": 3}
+    order = {"certificate": -1, "cluster": 0, "backend": 1, "listener": 2, "route": 3, "fleet": 4}
     ops.sort(key=lambda o: order.get(o.get("kind", "backend"), 1))
     return ops
 
@@ -163,6 +165,26 @@ def cmd_get(args: argparse.Namespace) -> int:
                 i["revision"],
             ],
         )
+    elif what in ("fleet", "fleets"):
+        items = [c.get(f"/v1/fleets/{args.name}")] if args.name else c.list_all("/v1/fleets")
+
+        def cap(i: dict[str, Any], key: str) -> Any:
+            return (i.get("capacity") or {}).get(key, "-")
+
+        _fleet_headers = ["NAME", "MAX_CONNECTIONS", "HIGH%", "LOW%", "NEW/S", "REVISION"]
+        emit(
+            items,
+            args.output,
+            _fleet_headers,
+            lambda i: [
+                i["name"],
+                cap(i, "max_connections_per_envoy"),
+                cap(i, "high_water_percent"),
+                cap(i, "low_water_percent"),
+                cap(i, "max_new_connections_per_second") or "-",
+                i["revision"],
+            ],
+        )
     elif what in ("certificate", "certificates"):
         items = [c.get(f"/v1/certificates/{args.name}")] if args.name else c.list_all("/v1/certificates")
 
@@ -185,7 +207,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             ],
         )
     else:
-        raise SystemExit("lbcp get clusters|backends CLUSTER|listeners|routes|certificates")
+        raise SystemExit("lbcp get clusters|backends CLUSTER|listeners|routes|certificates|fleets")
     return 0
 
 

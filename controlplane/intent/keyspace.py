@@ -32,6 +32,7 @@ _FOLDERS = {
     Kind.LISTENER: "listeners",
     Kind.ROUTE: "routes",
     Kind.CERTIFICATE: "certificates",
+    Kind.FLEET: "fleets",
 }
 _KINDS = {v: k for k, v in _FOLDERS.items()}
 

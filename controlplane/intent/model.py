@@ -558,6 +558,33 @@ class Certificate(_Model):
     __str__ = __repr__
 
 
+class Capacity(_Model):
+    """What each Envoy of a fleet may hold, and when the front tier stops sending it clients."""
+
+    max_connections_per_envoy: int = Field(
+        ge=1, le=10_000_000, description="Connections each traffic listener of each Envoy accepts; more are refused."
+    )
+    high_water_percent: int = Field(90, ge=1, le=100, description="At or above this share the Envoy leaves the front.")
+    low_water_percent: int = Field(75, ge=0, le=99, description="It comes back only below this share.")
+    max_new_connections_per_second: int | None = Field(
+        None, ge=1, le=1_000_000, description="Per Envoy: new connections admitted per second (a token bucket)."
+    )
+
+    @model_validator(mode="after")
+    def _water(self) -> Capacity:
+        if self.low_water_percent >= self.high_water_percent:
+            raise ValueError("low_water_percent must be below high_water_percent (hysteresis)")
+        return self
+
+
+class Fleet(_Model):
+    """A fleet of Envoys (their node.cluster): its capacity. A fleet with no object keeps the
+    defaults (no limits lbcp sets)."""
+
+    name: Name
+    capacity: Capacity | None = None
+
+
 # --- kinds ----------------------------------------------------------------------------------
 
 
@@ -567,6 +594,7 @@ class Kind(StrEnum):
     LISTENER = "listener"
     ROUTE = "route"
     CERTIFICATE = "certificate"
+    FLEET = "fleet"
 
 
 MODELS: dict[Kind, type[_Model]] = {
@@ -575,6 +603,7 @@ MODELS: dict[Kind, type[_Model]] = {
     Kind.LISTENER: Listener,
     Kind.ROUTE: Route,
     Kind.CERTIFICATE: Certificate,
+    Kind.FLEET: Fleet,
 }
 
-Intent = Cluster | Backend | Listener | Route | Certificate
+Intent = Cluster | Backend | Listener | Route | Certificate | Fleet

@@ -39,7 +39,7 @@ from controlplane.intent.errors import (
     WriteConflict,
 )
 from controlplane.intent.keyspace import Keyspace, Ref, Stored
-from controlplane.intent.model import Backend, Certificate, Cluster, Intent, Kind, Listener, Route
+from controlplane.intent.model import Backend, Certificate, Cluster, Fleet, Intent, Kind, Listener, Route
 
 _MAX_ATTEMPTS = 8
 _WORLD_KINDS = (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE)
@@ -412,7 +412,7 @@ class Store:
 
     async def put(
         self,
-        obj: Cluster | Listener | Route | Backend | Certificate,
+        obj: Cluster | Listener | Route | Backend | Certificate | Fleet,
         *,
         cluster: str | None = None,
         if_match: int | None = None,
@@ -423,6 +423,7 @@ class Store:
             Route: Kind.ROUTE,
             Backend: Kind.BACKEND,
             Certificate: Kind.CERTIFICATE,
+            Fleet: Kind.FLEET,
         }[type(obj)]
         return await self.apply([Op("put", Ref(kind, obj.name, cluster), obj, if_match)])
 

@@ -24,7 +24,7 @@ import grpc
 from controlplane.etcd import Etcd, prefix_end
 from controlplane.intent.errors import StoreError
 from controlplane.intent.keyspace import Keyspace, Ref, Stored
-from controlplane.intent.model import Backend, Certificate, Cluster, Kind, Listener, Route
+from controlplane.intent.model import Backend, Certificate, Cluster, Fleet, Kind, Listener, Route
 from controlplane.intent.watchpump import WatchPump
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class IntentView:
         self.listeners: dict[str, Stored[Listener]] = {}
         self.routes: dict[str, Stored[Route]] = {}
         self.certificates: dict[str, Stored[Certificate]] = {}
+        self.fleets: dict[str, Stored[Fleet]] = {}
         # Drained Envoys: node id -> the drain record (JSON: reason, since).
         self.drained: dict[str, dict[str, Any]] = {}
         self.ready = asyncio.Event()
@@ -106,6 +107,7 @@ class IntentView:
             Kind.LISTENER: self.listeners,
             Kind.ROUTE: self.routes,
             Kind.CERTIFICATE: self.certificates,
+            Kind.FLEET: self.fleets,
         }
         return tables[kind]
 
@@ -146,7 +148,7 @@ class IntentView:
 
     def _all_refs(self) -> dict[Ref, int]:
         out: dict[Ref, int] = {}
-        for kind in (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE):
+        for kind in (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE, Kind.FLEET):
             for name, s in self._table(kind).items():
                 out[Ref(kind, name)] = s.mod_revision
         for cluster, members in self.backends.items():

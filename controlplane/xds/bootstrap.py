@@ -30,7 +30,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.xds.resources import GATE_CLUSTER, gate_name
+from controlplane.xds.resources import GATE_CLUSTER, RUNTIME_LAYER, gate_name
 
 # `GET /lbcp/load` on the ops listener: the admin's stats that make an Envoy's live load, and
 # nothing else (controlplane.xds.load reads it once per sample interval, on a kept-alive
@@ -113,6 +113,21 @@ def render(
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "overload_manager": _overload_manager(max_connections, max_heap_bytes),
+        # The fleet's capacity limits arrive as a runtime layer over ADS (RTDS), so changing them
+        # never touches a listener (xds/resources.runtime_resource). The admin layer stays last.
+        "layered_runtime": {
+            "layers": [
+                {"name": "static", "static_layer": {}},
+                {
+                    "name": RUNTIME_LAYER,
+                    "rtds_layer": {
+                        "name": RUNTIME_LAYER,
+                        "rtds_config": {"ads": {}, "resource_api_version": "V3"},
+                    },
+                },
+                {"name": "admin", "admin_layer": {}},
+            ]
+        },
         "static_resources": {
             "listeners": listeners,
             "clusters": [

@@ -178,6 +178,8 @@ class SnapshotCache:
             elif ref.kind == Kind.CERTIFICATE:
                 self._dirty_secrets.add(ref.name)
                 self._dirty_listeners = True  # SNI names come from certificates
+            elif ref.kind == Kind.FLEET:
+                pass  # its runtime layer is built with each fleet's snapshot at publish
             else:
                 self._dirty_listeners = True
         if self._first_dirty is None:
@@ -373,7 +375,10 @@ class SnapshotCache:
         # Every fleet gets every cluster, and so the client certificates clusters present.
         needed |= {f"cluster {n}": frozenset({c}) for n, c in self._cluster_secrets.items()}
         sds = {c: self._secrets[c] for cs in needed.values() for c in cs if c in self._secrets}
+        fleet_intent = self.view.fleets.get(fleet)
+        runtime = res.runtime_resource(fleet_intent.obj if fleet_intent else None, lds)
         snap.resources = {
+            res.RUNTIME_TYPE: {res.RUNTIME_LAYER: make_entry(res.RUNTIME_TYPE, res.RUNTIME_LAYER, runtime)},
             res.CLUSTER_TYPE: self._clusters,
             res.ENDPOINT_TYPE: self._endpoints,
             res.LISTENER_TYPE: lds,

@@ -40,6 +40,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.service.runtime.v3 import rtds_pb2 as runtime_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import http_pb2, range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
@@ -51,6 +52,7 @@ from controlplane.intent.model import (
     Backend,
     Certificate,
     Cluster,
+    Fleet,
     Listener,
     Maglev,
     Protocol,
@@ -67,9 +69,13 @@ SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Sec
 # Push order that never references a resource Envoy does not have yet (make before break).
 # lbcp's own resource (protos/lbcp/v1/ring.proto), served on the same ADS stream on demand.
 HASH_RING_TYPE = "type.googleapis.com/lbcp.v1.HashRing"
+# The fleet's runtime layer (RTDS): capacity limits that must change without touching a listener.
+RUNTIME_TYPE = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
+RUNTIME_LAYER = "lbcp"
 
-TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+TYPE_ORDER = (RUNTIME_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE)
 SHORT_NAMES = {
+    RUNTIME_TYPE: "rtds",
     CLUSTER_TYPE: "cds",
     ENDPOINT_TYPE: "eds",
     LISTENER_TYPE: "lds",
@@ -309,6 +315,19 @@ def _downstream_tls(lst: Listener, certificate: str) -> base_pb2.TransportSocket
     # By name over ADS: rotating the certificate changes the Secret, never this Listener.
     common.tls_certificate_sds_secret_configs.append(secret_pb2.SdsSecretConfig(name=certificate, sds_config=_ads()))
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(ctx))
+
+
+def runtime_resource(fleet: Fleet | None, listeners: Iterable[str]) -> runtime_pb2.Runtime:
+    """The fleet's RTDS layer (`RUNTIME_LAYER`): each traffic listener's connection limit from
+    its capacity (`envoy.resource_limits.listener.<name>.connection_limit`, which Envoy's
+    listener checks on accept and counts refusals as `downstream_cx_overflow`). A runtime
+    update changes no listener, so a new limit drains nothing. Empty without a capacity."""
+    layer = struct_pb2.Struct()
+    if fleet is not None and fleet.capacity is not None:
+        limit = fleet.capacity.max_connections_per_envoy
+        for name in sorted(listeners):
+            layer.fields[f"envoy.resource_limits.listener.{name}.connection_limit"].number_value = limit
+    return runtime_pb2.Runtime(name=RUNTIME_LAYER, layer=layer)
 
 
 def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | None = None) -> listener_pb2.Listener:
