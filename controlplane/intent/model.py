@@ -567,7 +567,16 @@ class Capacity(_Model):
     high_water_percent: int = Field(90, ge=1, le=100, description="At or above this share the Envoy leaves the front.")
     low_water_percent: int = Field(75, ge=0, le=99, description="It comes back only below this share.")
     max_new_connections_per_second: int | None = Field(
-        None, ge=1, le=1_000_000, description="Per Envoy: new connections admitted per second (a token bucket)."
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Per Envoy listener: new connections per second (a token bucket).",
+    )
+    new_connections_burst: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="The bucket's size: connections at once (default: one second's).",
     )
 
     @model_validator(mode="after")

@@ -377,8 +377,10 @@ class SnapshotCache:
         sds = {c: self._secrets[c] for cs in needed.values() for c in cs if c in self._secrets}
         fleet_intent = self.view.fleets.get(fleet)
         runtime = res.runtime_resource(fleet_intent.obj if fleet_intent else None, lds)
+        admission = res.admission_resource(fleet_intent.obj if fleet_intent else None)
         snap.resources = {
             res.RUNTIME_TYPE: {res.RUNTIME_LAYER: make_entry(res.RUNTIME_TYPE, res.RUNTIME_LAYER, runtime)},
+            res.EXTENSION_TYPE: {res.ADMISSION: make_entry(res.EXTENSION_TYPE, res.ADMISSION, admission)},
             res.CLUSTER_TYPE: self._clusters,
             res.ENDPOINT_TYPE: self._endpoints,
             res.LISTENER_TYPE: lds,

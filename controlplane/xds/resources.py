@@ -28,11 +28,12 @@ from collections.abc import Iterable
 
 import xxhash
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.local_ratelimit.v3 import local_ratelimit_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -42,7 +43,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.service.runtime.v3 import rtds_pb2 as runtime_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from envoy.type.v3 import http_pb2, range_pb2
+from envoy.type.v3 import http_pb2, range_pb2, token_bucket_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
@@ -72,10 +73,16 @@ HASH_RING_TYPE = "type.googleapis.com/lbcp.v1.HashRing"
 # The fleet's runtime layer (RTDS): capacity limits that must change without touching a listener.
 RUNTIME_TYPE = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
 RUNTIME_LAYER = "lbcp"
+# The fleet's admission filter (ECDS): a token bucket on new connections to every listener,
+# served like the runtime layer, so a new rate changes no listener either.
+EXTENSION_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+ADMISSION = "lbcp.admission"
+_RATELIMIT_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.local_ratelimit.v3.LocalRateLimit"
 
-TYPE_ORDER = (RUNTIME_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+TYPE_ORDER = (RUNTIME_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, EXTENSION_TYPE, ROUTE_TYPE)
 SHORT_NAMES = {
     RUNTIME_TYPE: "rtds",
+    EXTENSION_TYPE: "ecds",
     CLUSTER_TYPE: "cds",
     ENDPOINT_TYPE: "eds",
     LISTENER_TYPE: "lds",
@@ -330,10 +337,46 @@ def runtime_resource(fleet: Fleet | None, listeners: Iterable[str]) -> runtime_p
     return runtime_pb2.Runtime(name=RUNTIME_LAYER, layer=layer)
 
 
+def _admission_filter(rate: int | None, burst: int | None) -> local_ratelimit_pb2.LocalRateLimit:
+    # No rate: a bucket no connection rate on one host can empty (the filter stays, so that
+    # setting a rate later changes only this extension config, never the listener).
+    per_second = rate or 0xFFFFFFFF
+    bucket = token_bucket_pb2.TokenBucket(
+        max_tokens=burst or per_second, fill_interval=duration_pb2.Duration(seconds=1)
+    )
+    bucket.tokens_per_fill.value = per_second
+    return local_ratelimit_pb2.LocalRateLimit(stat_prefix="lbcp_admission", token_bucket=bucket)
+
+
+def admission_resource(fleet: Fleet | None) -> extension_pb2.TypedExtensionConfig:
+    """The fleet's admission filter (ECDS, `ADMISSION`): new connections per second per Envoy
+    listener, a token bucket of `new_connections_burst` (default: one second's worth). A
+    connection over the rate is closed at once (Envoy's local_ratelimit listener filter)."""
+    cap = fleet.capacity if fleet is not None else None
+    rate = cap.max_new_connections_per_second if cap is not None else None
+    burst = (cap.new_connections_burst or rate) if cap is not None else None
+    return extension_pb2.TypedExtensionConfig(name=ADMISSION, typed_config=_any(_admission_filter(rate, burst)))
+
+
 def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | None = None) -> listener_pb2.Listener:
     """`server_names`: for a TLS listener, each certificate's SNI names (its leaf's DNS names)."""
     out = listener_pb2.Listener(name=lst.name, address=_socket(lst.address, lst.port))
     out.per_connection_buffer_limit_bytes.value = EDGE_BUFFER_LIMIT
+    # First, before any TLS work: the fleet's admission rate, found over ECDS (no warming: an
+    # unlimited default applies until the fleet's own arrives).
+    out.listener_filters.append(
+        listener_components_pb2.ListenerFilter(
+            name=ADMISSION,
+            config_discovery=config_source_pb2.ExtensionConfigSource(
+                config_source=config_source_pb2.ConfigSource(
+                    ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+                ),
+                default_config=_any(_admission_filter(None, None)),
+                apply_default_config_without_warming=True,
+                type_urls=[_RATELIMIT_TYPE],
+            ),
+        )
+    )
     chain = listener_components_pb2.FilterChain()
     if lst.max_connections is not None:
         limit = connection_limit_pb2.ConnectionLimit(

@@ -14,6 +14,7 @@ async def test_fleet_crud_and_validation(api) -> None:
         "high_water_percent": 90,
         "low_water_percent": 75,
         "max_new_connections_per_second": 200,
+        "new_connections_burst": None,
     }
     etag = r.headers["etag"]
     assert (await api.get("/v1/fleets/edge")).json()["capacity"]["max_connections_per_envoy"] == 1000

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from api.localcluster.procs import free_port
 from tests.conftest import http_ok, wait_for
@@ -36,7 +37,8 @@ async def _open(port: int, n: int) -> tuple[list[KeepAlive], int]:
     return served, refused
 
 
-async def test_capacity_limits_connections_without_touching_listeners(api, replica, envoys, backends) -> None:
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+async def test_capacity_limits_connections_without_touching_listeners(api, replica, envoys, backends, delta) -> None:
     port = free_port()
     ops = [
         {"op": "put", "kind": "cluster", "name": "web", "body": {}},
@@ -49,7 +51,7 @@ async def test_capacity_limits_connections_without_touching_listeners(api, repli
         {"op": "put", "kind": "route", "name": "all", "body": {"listener": "edge", "backends": [{"cluster": "web"}]}},
     ]
     assert (await api.post("/v1/batch", json={"operations": ops})).status_code == 200
-    e = envoys("cap-0", [("127.0.0.1", replica.port)])
+    e = envoys("cap-0", [("127.0.0.1", replica.port)], delta=delta)
     await wait_for(http_ok(f"http://127.0.0.1:{port}/"), timeout=30, what="the listener serving")
     assert LIMIT_KEY not in await _runtime(e)  # no fleet object: no limit from lbcp
 
@@ -90,6 +92,31 @@ async def test_capacity_limits_connections_without_touching_listeners(api, repli
             assert after[key] == before[key], key
         assert after.get("listener_manager.total_filter_chains_draining", 0) == 0
 
+        # A new-connection rate (a token bucket of 10, 10 per second): a burst past it is refused
+        # at once; again no listener changes.
+        rate = {"max_connections_per_envoy": 1000, "max_new_connections_per_second": 10, "new_connections_burst": 10}
+        assert (await api.put("/v1/fleets/default", json={"capacity": rate})).status_code == 200
+
+        async def admission_applied() -> bool:
+            stats = await asyncio.to_thread(e.stats, "extension_config_discovery")
+            return any(k.endswith("lbcp.admission.config_reload") and v >= 2 for k, v in stats.items())
+
+        await wait_for(admission_applied, what="the admission rate in Envoy")
+        await wait_for(await limit_is(1000), what="the raised limit")
+        await asyncio.sleep(1.1)  # a full bucket
+        started = asyncio.get_running_loop().time()
+        served, refused = await _open(port, 40)
+        took = asyncio.get_running_loop().time() - started
+        conns += served
+        allowed = 10 + int(took * 10) + 1  # the burst, plus what refilled while we connected
+        assert 10 <= len(served) <= allowed and refused == 40 - len(served), (len(served), refused, took)
+        limited = await asyncio.to_thread(e.stats, "listener_local_ratelimit")
+        print(f"admission: {len(served)} of 40 in {took:.2f}s admitted, {limited}")
+        assert sum(limited.values()) >= refused
+        after = await asyncio.to_thread(e.stats, "listener_manager")
+        for key in LISTENER_STATS:
+            assert after[key] == before[key], key
+
         # No capacity: no limit.
         assert (await api.delete("/v1/fleets/default")).status_code == 200
 
@@ -97,7 +124,13 @@ async def test_capacity_limits_connections_without_touching_listeners(api, repli
             return LIMIT_KEY not in await _runtime(e)
 
         await wait_for(unlimited, what="the limit gone")
-        served, refused = await _open(port, 5)
+
+        async def admission_default() -> bool:
+            stats = await asyncio.to_thread(e.stats, "extension_config_discovery")
+            return any(k.endswith("lbcp.admission.config_reload") and v >= 3 for k, v in stats.items())
+
+        await wait_for(admission_default, what="the unlimited admission back")
+        served, refused = await _open(port, 40)
         conns += served
         assert refused == 0
     finally:

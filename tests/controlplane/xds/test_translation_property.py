@@ -173,9 +173,31 @@ def _bootstrap(
                     )
                     f.typed_config.Pack(hcm)
         out_listeners.append(json_format.MessageToDict(msg))
+    # Listeners find their admission filter over ADS (ECDS): give the bootstrap a node and an
+    # ADS source, as lbcp's own bootstrap has (validation opens no connection).
+    ads = {
+        "name": "lbcp_xds",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {"cluster_name": "lbcp_xds"},
+    }
     return {
+        "node": {"id": "validate", "cluster": "validate"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
-        "static_resources": {"clusters": out_clusters, "listeners": out_listeners},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "lbcp_xds"}}],
+            }
+        },
+        "static_resources": {"clusters": [*out_clusters, ads], "listeners": out_listeners},
     }
 
 
