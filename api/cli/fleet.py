@@ -53,11 +53,13 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             _rate(load.get("connections_per_second")),
             _rate(load.get("tls_handshakes_per_second")),
             load.get("http2_streams", "-"),
+            "-" if load.get("headroom") is None else f"{load['headroom'] * 100:.0f}%",
             "yes" if load.get("overloaded") else ("no" if load else "-"),
             n.get("acked_revision"),
         ]
 
-    headers = ["NODE", "FLEET", "REPLICA", "ADDRESS", "FRONT", "CONNS", "NEW/S", "TLS/S", "H2", "OVERLOAD", "ACKED"]
+    headers = ["NODE", "FLEET", "REPLICA", "ADDRESS", "FRONT", "CONNS", "NEW/S", "TLS/S", "H2", "HEADROOM", "OVERLOAD"]
+    headers.append("ACKED")
     emit(nodes, args.output, headers, row)
     return 0
 

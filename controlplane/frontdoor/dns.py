@@ -32,7 +32,7 @@ import dns.rrset
 import xxhash
 
 from controlplane.etcd import Etcd
-from controlplane.frontdoor.render import Member, follow
+from controlplane.frontdoor.render import Member, by_headroom, follow
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,11 @@ class FrontDoorDns:
             for family, rdtype in ((4, dns.rdatatype.A), (6, dns.rdatatype.AAAA)):
                 if q.rdtype not in (rdtype, dns.rdatatype.ANY):
                     continue
-                addrs = [m.address for m in self.members if m.family == family]
-                if addrs:
-                    k = next(self._turn) % len(addrs)
-                    rotated = addrs[k:] + addrs[:k]
+                bands = by_headroom([m for m in self.members if m.family == family])
+                if bands:
+                    # Most headroom first; rotated within each band of similar headroom.
+                    k = next(self._turn)
+                    rotated = [m.address for b in bands for m in b[k % len(b) :] + b[: k % len(b)]]
                     resp.answer.append(dns.rrset.from_text_list(self.fqdn, self.config.ttl, "IN", rdtype, rotated))
                     answered = True
         elif q.rdtype in (dns.rdatatype.SOA, dns.rdatatype.ANY):

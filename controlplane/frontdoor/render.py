@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 import ipaddress
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -31,6 +31,8 @@ from typing import Any
 class Member:
     node_id: str
     address: str
+    # Free share of its capacity (0..1, from the replica's load sample); None without one.
+    headroom: float | None = field(default=None, compare=False)
 
     @property
     def family(self) -> int:
@@ -50,19 +52,19 @@ def in_service(nodes: dict[str, dict[str, Any]], revision: int | None = None, fl
         if fleet is not None and doc.get("fleet") != fleet:
             continue
         if front_state(doc, revision) == "in":
-            out.append(Member(node_id, doc["front"]["address"]))
+            out.append(Member(node_id, doc["front"]["address"], (doc.get("load") or {}).get("headroom")))
     return sorted(out)
 
 
-FRONT_STATES = ("in", "drained", "unconfigured", "behind", "rejected", "unverified", "unhealthy")
+FRONT_STATES = ("in", "drained", "unconfigured", "behind", "rejected", "unverified", "unhealthy", "full")
 
 
 def front_state(doc: dict[str, Any], revision: int | None = None) -> str:
     """Why a registry record is in front of clients or not, the first reason that applies:
     `drained` (by an operator), `unconfigured` (no config acked yet), `behind` (has not acked
     `revision`), `rejected` (stuck on a NACKed config), `unverified` (no trusted front
-    address), `unhealthy` (its `/healthz` at that address fails or was not probed yet), or
-    `in`."""
+    address), `unhealthy` (its `/healthz` at that address fails or was not probed yet),
+    `full` (at its fleet's high water, until it drops below low water), or `in`."""
     acked = doc.get("acked_revision", 0)
     if doc.get("draining"):
         return "drained"
@@ -79,7 +81,20 @@ def front_state(doc: dict[str, Any], revision: int | None = None) -> str:
         return "unverified"
     if not (doc.get("front_health") or {}).get("ok"):
         return "unhealthy"
+    if (doc.get("load") or {}).get("full"):
+        return "full"
     return "in"
+
+
+def by_headroom(members: list[Member], band: float = 0.1) -> list[list[Member]]:
+    """Members in bands of similar headroom, the most free band first (members without a
+    capacity share the top band): the DNS answer fills the emptiest Envoys first and still
+    rotates among Envoys of a band."""
+    bands: dict[int, list[Member]] = {}
+    for m in members:
+        level = int(1 / band) if m.headroom is None else int(m.headroom / band + 1e-9)
+        bands.setdefault(level, []).append(m)
+    return [sorted(bands[k]) for k in sorted(bands, reverse=True)]
 
 
 # -- DNS -----------------------------------------------------------------------------------------
@@ -171,7 +186,11 @@ def maglev_slots(members: list[Member], slots: int = MAGLEV_SLOTS) -> list[Membe
     if not members:
         return []
     by_id = {m.node_id: m for m in members}
-    table = MaglevTable([(RingHost(m.node_id, m.address, 0, hash_key=m.node_id), 1.0) for m in members], 1.0, slots)
+    # Weighted by headroom in tenths (an idle Envoy gets more new flows; a near-full one keeps
+    # a tenth's weight): quantizing keeps the table from moving at every sample.
+    weights = [1.0 if m.headroom is None else 0.1 + round(m.headroom, 1) for m in members]
+    hosts = [(RingHost(m.node_id, m.address, 0, hash_key=m.node_id), w) for m, w in zip(members, weights, strict=True)]
+    table = MaglevTable(hosts, 1.0, slots)
     return [by_id[table.names[i]] for i in table.table]
 
 

@@ -13,6 +13,10 @@ on a kept-alive connection: one request per Envoy per interval. From it:
 - `http2_streams` (the HTTP/2 codec's active streams), `http2_connections`, and
   `http2_streams_per_connection`;
 - `overloaded`: an overload action is active (`overload_actions`: which);
+- with a fleet capacity (`/v1/fleets/{fleet}`): `fill` (the fullest traffic listener's
+  connections over `max_connections_per_envoy`), `headroom` (1 - fill), and `full`, with
+  hysteresis: it turns true at `high_water_percent` and false again only below
+  `low_water_percent`, so an Envoy at the boundary does not flap in and out of the front tier;
 - `at`: when the sample was taken (Unix time).
 
 The result lands on the stream (`load`) and, through the registry, in `/v1/fleet`. A record
@@ -27,8 +31,10 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
+from controlplane.intent.model import Capacity
 from controlplane.xds.bootstrap import LOAD_PATH
 from controlplane.xds.probe import ops_port
 from controlplane.xds.server.common import BaseStream, QuietObserver
@@ -81,6 +87,17 @@ def parse_load(stats: list[dict[str, Any]], ops_listener_port: int | None) -> di
     }
 
 
+def _fill(capacity: Capacity | None, listeners: dict[str, int], was_full: bool) -> dict[str, Any]:
+    if capacity is None:
+        return {}
+    fill = max(listeners.values(), default=0) / capacity.max_connections_per_envoy
+    if was_full:
+        full = fill * 100 >= capacity.low_water_percent
+    else:
+        full = fill * 100 >= capacity.high_water_percent
+    return {"fill": round(fill, 4), "headroom": round(max(0.0, 1.0 - fill), 4), "full": full}
+
+
 class _KeepAlive:
     """One HTTP/1.1 connection kept open to an Envoy's ops listener (GET only)."""
 
@@ -128,8 +145,15 @@ class _KeepAlive:
 class LoadSampler(QuietObserver):
     """A StreamObserver that samples the live load of every connected Envoy it can verify."""
 
-    def __init__(self, interval: float = 2.0, timeout: float = 1.0, concurrency: int = 64) -> None:
+    def __init__(
+        self,
+        interval: float = 2.0,
+        timeout: float = 1.0,
+        concurrency: int = 64,
+        capacity: Callable[[str], Capacity | None] | None = None,
+    ) -> None:
         self.interval = interval
+        self.capacity = capacity or (lambda fleet: None)  # a fleet's capacity intent, if any
         self.timeout = timeout
         self._sem = asyncio.Semaphore(concurrency)
         self.streams: dict[int, BaseStream] = {}
@@ -221,6 +245,7 @@ class LoadSampler(QuietObserver):
             "overloaded": bool(raw["overload_actions"]),
             "overload_actions": raw["overload_actions"],
             "listeners": raw["listeners"],
+            **_fill(self.capacity(stream.fleet), raw["listeners"], (stream.load or {}).get("full", False)),
         }
         before = stream.load
         stream.load = {**load, "at": sampled_at}

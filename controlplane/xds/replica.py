@@ -19,6 +19,7 @@ import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from controlplane.etcd import Etcd, EtcdConfig
+from controlplane.intent.model import Capacity
 from controlplane.intent.view import IntentView
 from controlplane.metrics import EtcdMetrics
 from controlplane.xds.cache import SnapshotCache
@@ -99,7 +100,7 @@ class XdsReplica:
         self.prober = FrontProber(
             config.probe_interval, policy=FrontPolicy.parse(config.front_cidrs, config.front_unprobed)
         )
-        self.sampler = LoadSampler(config.load_interval)
+        self.sampler = LoadSampler(config.load_interval, capacity=self._capacity)
         self.metrics_registry.register(LoadCollector(self.sampler))
         mtls = config.tls is not None and config.tls[2] is not None
         self.service = XdsService(
@@ -113,6 +114,10 @@ class XdsReplica:
         self.port = config.port
         self.metrics_port: int | None = None
         self._metrics_server: WSGIServer | None = None
+
+    def _capacity(self, fleet: str) -> Capacity | None:
+        stored = self.view.fleets.get(fleet)
+        return stored.obj.capacity if stored is not None else None
 
     async def start(self) -> None:
         await self.view.start()

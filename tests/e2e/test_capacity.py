@@ -136,3 +136,110 @@ async def test_capacity_limits_connections_without_touching_listeners(api, repli
     finally:
         for c in conns:
             c.close()
+
+
+async def test_a_full_envoy_leaves_the_front_tier_with_hysteresis(api, make_replica, envoys, backends, etcd) -> None:
+    """Two Envoys share a listener (SO_REUSEPORT). The one pushed to high water (8 of 10)
+    leaves the in-service set and the DNS answer within two samples, stays out at 6 (above
+    low water, 5), and returns at 4; while both serve, the emptier one is answered first."""
+    from controlplane.frontdoor.dns import DnsConfig, FrontDoorDns
+    from controlplane.frontdoor.render import follow
+
+    replica = await make_replica("cap", load_interval=0.3, probe_interval=0.3)
+    port = free_port()
+    b0 = {"name": "b0", "address": "127.0.0.1", "port": backends[0].port}
+    ops = [
+        {"op": "put", "kind": "cluster", "name": "web", "body": {}},
+        {"op": "replace_backends", "cluster": "web", "body": [b0]},
+        {"op": "put", "kind": "listener", "name": "edge", "body": {"address": "127.0.0.1", "port": port}},
+        {"op": "put", "kind": "route", "name": "all", "body": {"listener": "edge", "backends": [{"cluster": "web"}]}},
+        {"op": "put", "kind": "fleet", "name": "default", "body": {"capacity": {
+            "max_connections_per_envoy": 10, "high_water_percent": 80, "low_water_percent": 50}}},
+    ]  # fmt: skip
+    assert (await api.post("/v1/batch", json={"operations": ops})).status_code == 200
+    pair = {"a": envoys("hw-a", [("127.0.0.1", replica.port)], public_address="127.0.0.41"),
+            "b": envoys("hw-b", [("127.0.0.1", replica.port)], public_address="127.0.0.42")}  # fmt: skip
+    await wait_for(http_ok(f"http://127.0.0.1:{port}/"), timeout=30, what="the shared listener serving")
+    stat = f"listener.127.0.0.1_{port}.downstream_cx_active"
+
+    async def counts() -> dict[str, int]:
+        return {k: (await asyncio.to_thread(e.stats, stat)).get(stat, 0) for k, e in pair.items()}
+
+    async def states() -> dict[str, str]:
+        nodes = {n["node_id"]: n for n in (await api.get("/v1/fleet")).json()["nodes"]}
+        return {k: nodes.get(f"hw-{k}", {}).get("front_state", "?") for k in pair}
+
+    async def both_in() -> bool:
+        return await states() == {"a": "in", "b": "in"}
+
+    await wait_for(both_in, timeout=30, what="both Envoys in service")
+    held: dict[str, list[KeepAlive]] = {"a": [], "b": []}
+    try:
+        # Open connections one at a time, each attributed to the Envoy that took it, until
+        # "a" holds 8 (high water) and "b" 1.
+        for _ in range(200):
+            if len(held["a"]) >= 8 and len(held["b"]) >= 1:
+                break
+            before = await counts()
+            c = KeepAlive(port)
+            await c.open()
+            await c.get()
+            after = await counts()
+            who = next(k for k in pair if after[k] > before[k])
+            if (who == "a" and len(held["a"]) < 8) or (who == "b" and len(held["b"]) < 1):
+                held[who].append(c)
+            else:
+                c.close()
+        assert len(held["a"]) == 8 and len(held["b"]) == 1
+
+        async def a_is(state: str):
+            async def ok() -> bool:
+                return (await states())["a"] == state
+
+            return ok
+
+        await wait_for(await a_is("full"), timeout=2 * 0.3 + 5, what="hw-a full")
+        members = [m.node_id async for m in _first(follow(etcd, "default", 0.1))]
+        assert members == ["hw-b"]
+        # Down to 6 (60 %, above low water): still out.
+        for c in held["a"][6:]:
+            c.close()
+        del held["a"][6:]
+        await asyncio.sleep(1.0)  # three samples
+        assert (await states())["a"] == "full"
+        # Down to 4 (40 %): back in, and answered after the emptier hw-b.
+        for c in held["a"][4:]:
+            c.close()
+        del held["a"][4:]
+        await wait_for(await a_is("in"), timeout=5, what="hw-a back below low water")
+        server = FrontDoorDns(DnsConfig(zone="example.com", name="www", ttl=5, port=0, interval=0.1))
+        await server.start()
+        follower = asyncio.create_task(server.follow(etcd))
+        try:
+            import dns.asyncresolver
+
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers, resolver.port, resolver.cache = ["127.0.0.1"], server.port, None
+
+            async def two() -> bool:
+                return len(server.members) == 2
+
+            await wait_for(two, what="the DNS server following both")
+            for _ in range(4):
+                answer = [r.address for r in await resolver.resolve("www.example.com", "A")]
+                assert answer == ["127.0.0.42", "127.0.0.41"], answer  # most headroom first, every time
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            await server.stop()
+    finally:
+        for cs in held.values():
+            for c in cs:
+                c.close()
+
+
+async def _first(it):
+    async for members in it:
+        for m in members:
+            yield m
+        return

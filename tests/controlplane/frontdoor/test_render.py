@@ -242,8 +242,38 @@ def test_front_state_says_why_a_node_is_out() -> None:
         "rejected": {**ok, "types": {"lds": {"last_nack": {"revision": 9}}}},
         "unverified": _node("edge", 5, None),
         "unhealthy": _node("edge", 5, "10.0.0.1", ok=False),
+        "full": {**ok, "load": {"connections": 95, "full": True}},
     }
     for want, doc in cases.items():
         assert front_state(doc) == want, want
     assert front_state(ok, revision=6) == "behind"
     assert set(cases) | {"behind"} == set(FRONT_STATES)
+
+
+def test_by_headroom_fills_the_emptiest_first_and_rotates_within_a_band() -> None:
+    from controlplane.frontdoor.render import by_headroom
+
+    members = [
+        Member("old-1", "10.0.0.1", 0.12),
+        Member("old-2", "10.0.0.2", 0.15),
+        Member("new", "10.0.0.3", 0.97),
+        Member("mid", "10.0.0.4", 0.55),
+    ]
+    assert [[m.node_id for m in b] for b in by_headroom(members)] == [["new"], ["mid"], ["old-1", "old-2"]]
+    no_capacity = [Member("a", "10.0.0.1"), Member("b", "10.0.0.2")]
+    assert by_headroom(no_capacity) == [no_capacity]  # one band: plain rotation, as without load
+
+
+def test_maglev_gives_an_idle_envoy_more_slots_and_moves_few_existing_ones() -> None:
+    from controlplane.frontdoor.render import MAGLEV_SLOTS, maglev_slots
+
+    full = [Member(f"e{i}", f"10.0.0.{i}", 0.1) for i in range(1, 4)]
+    before = maglev_slots(full)
+    grown = maglev_slots([*full, Member("e4", "10.0.0.4", 1.0)])
+    share = sum(1 for m in grown if m.node_id == "e4") / MAGLEV_SLOTS
+    assert share > 0.5, share  # weight 1.1 against 0.2 each: the idle Envoy takes most new flows
+    # Existing flows of the old Envoys move only where the new one takes their slots.
+    kept = sum(1 for a, b in zip(before, grown, strict=True) if b.node_id == a.node_id)
+    moved_elsewhere = sum(1 for a, b in zip(before, grown, strict=True) if b.node_id not in (a.node_id, "e4"))
+    assert kept + sum(1 for m in grown if m.node_id == "e4") >= MAGLEV_SLOTS - moved_elsewhere
+    assert moved_elsewhere / MAGLEV_SLOTS < 0.06, moved_elsewhere
