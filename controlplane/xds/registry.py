@@ -98,6 +98,8 @@ class FleetRegistry:
         self._heart: asyncio.Task[None] | None = None
         self._claim_lease = 0
         self._lease_lock = asyncio.Lock()
+        self._refused_by: dict[int, str] = {}  # stream id -> the replica holding its node (refused)
+        self._released: dict[bytes, asyncio.Event] = {}  # owner key -> set when its claim goes
 
     def key(self, s: BaseStream) -> bytes:
         return self.prefix + f"{urllib.parse.quote(s.node.id, safe='')}/{self.replica}.{s.id}".encode()
@@ -110,6 +112,27 @@ class FleetRegistry:
     async def claim(self, stream: BaseStream) -> str | None:
         """Claim `stream`'s node id fleet-wide: None when it may be served (claimed, or
         provisionally while etcd is unreachable), else why it is refused."""
+        refusal = await self._claim_once(stream)
+        holder = self._refused_by.pop(stream.id, None)
+        if refusal is None or holder in (None, self.replica):
+            return refusal
+        # Held by another replica: if that replica died, its claim lapses within CLAIM_TTL.
+        # Wait for that once, rather than refusing an Envoy that reconnects because its replica
+        # was killed (each refusal would grow its retry back-off); a live holder keeps it.
+        key = self.owner_key(stream.node.id)
+        released = self._released.setdefault(key, asyncio.Event())
+        try:
+            await asyncio.wait_for(released.wait(), CLAIM_TTL + 1)
+        except TimeoutError:
+            return refusal
+        finally:
+            if self._released.get(key) is released:
+                del self._released[key]
+        refusal = await self._claim_once(stream)
+        self._refused_by.pop(stream.id, None)
+        return refusal
+
+    async def _claim_once(self, stream: BaseStream) -> str | None:
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._claim_queue.append((stream, fut))
         if self._claimer is None or self._claimer.done():
@@ -207,6 +230,7 @@ class FleetRegistry:
         mine = doc.get("replica") == self.replica
         if mine and doc.get("stream") not in self._streams:
             return None  # our own, for a stream that has ended (its release not yet flushed)
+        self._refused_by[s.id] = str(doc.get("replica"))
         ident = s.identity
         if ident is not None and ident.node_bound and doc.get("node_bound") and doc.get("identity") == ident.name:
             return None  # the same node-bound certificate identity: the honest reconnect
@@ -246,6 +270,8 @@ class FleetRegistry:
                             revision = max(revision, ev.kv.mod_revision + 1)
                             if ev.type == 0:  # PUT
                                 self._claim_changed(ev.kv.key, ev.kv.value)
+                            elif (released := self._released.get(ev.kv.key)) is not None:  # DELETE
+                                released.set()
                 finally:
                     call.cancel()
             except (StoreError, grpc.aio.AioRpcError) as exc:

@@ -340,11 +340,20 @@ def runtime_resource(fleet: Fleet | None, listeners: Iterable[str]) -> runtime_p
 def _admission_filter(rate: int | None, burst: int | None) -> local_ratelimit_pb2.LocalRateLimit:
     # No rate: a bucket no connection rate on one host can empty (the filter stays, so that
     # setting a rate later changes only this extension config, never the listener).
-    per_second = rate or 0xFFFFFFFF
+    if rate is None:
+        bucket = token_bucket_pb2.TokenBucket(max_tokens=0xFFFFFFFF, fill_interval=duration_pb2.Duration(seconds=1))
+        bucket.tokens_per_fill.value = 0xFFFFFFFF
+        return local_ratelimit_pb2.LocalRateLimit(stat_prefix="lbcp_admission", token_bucket=bucket)
+    # Refill in small steps (Envoy's bucket adds tokens_per_fill every fill_interval, capped at
+    # max_tokens): a whole second's tokens at once would let a burst smaller than the rate
+    # cap the rate, and let two refills fall into one second.
+    interval_ms = max(50, min(1000, 1000 // rate))
     bucket = token_bucket_pb2.TokenBucket(
-        max_tokens=burst or per_second, fill_interval=duration_pb2.Duration(seconds=1)
+        max_tokens=burst or rate, fill_interval=duration_pb2.Duration(nanos=interval_ms * 1_000_000)
     )
-    bucket.tokens_per_fill.value = per_second
+    if interval_ms == 1000:
+        bucket.fill_interval.CopyFrom(duration_pb2.Duration(seconds=1))
+    bucket.tokens_per_fill.value = max(1, round(rate * interval_ms / 1000))
     return local_ratelimit_pb2.LocalRateLimit(stat_prefix="lbcp_admission", token_bucket=bucket)
 
 
@@ -362,8 +371,9 @@ def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | 
     """`server_names`: for a TLS listener, each certificate's SNI names (its leaf's DNS names)."""
     out = listener_pb2.Listener(name=lst.name, address=_socket(lst.address, lst.port))
     out.per_connection_buffer_limit_bytes.value = EDGE_BUFFER_LIMIT
-    # First, before any TLS work: the fleet's admission rate, found over ECDS (no warming: an
-    # unlimited default applies until the fleet's own arrives).
+    # First, before any TLS work: the fleet's admission rate, found over ECDS. The listener
+    # warms until it arrives (milliseconds: the replica answers the subscription at once), so a
+    # new Envoy never takes a storm unlimited; the default applies only if it never comes.
     out.listener_filters.append(
         listener_components_pb2.ListenerFilter(
             name=ADMISSION,
@@ -372,7 +382,7 @@ def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | 
                     ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
                 ),
                 default_config=_any(_admission_filter(None, None)),
-                apply_default_config_without_warming=True,
+                apply_default_config_without_warming=False,
                 type_urls=[_RATELIMIT_TYPE],
             ),
         )
