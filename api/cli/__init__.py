@@ -21,15 +21,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api", help="admin API URL (env LBCP_API)")
     p.add_argument("--token", help="bearer token (env LBCP_TOKEN)")
     p.add_argument("--state-dir", default=".lbcp", help="where `lbcp up` keeps its state (default .lbcp)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO, libraries' request lines included")
     sub = p.add_subparsers(dest="command", required=True)
     for module in (servers, local, intent, ring, frontdoor, fleet, pki):
         module.register(sub)
     return p
 
 
+# Long-running servers log their own progress at INFO; client commands print their results
+# and log only warnings. Library request lines (httpx) appear only with -v.
+_SERVERS = {"api", "xds", "dns", "up", "demo-backend"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    server = args.command in _SERVERS
+    level = logging.INFO if args.verbose or server else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except ApiProblem as exc:
