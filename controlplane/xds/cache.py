@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from controlplane.intent.certificates import KeyUnavailable, keyring
 from controlplane.intent.integrity import sni_names
@@ -43,6 +44,20 @@ class BuildStats:
     rebuilt: dict[str, int] = field(default_factory=dict)
     ring_builds: int = 0
     last_ring_build_seconds: float = 0.0
+
+
+# What one build produces, in the order `_swap_built` takes it.
+_BUILT = (
+    "_clusters",
+    "_endpoints",
+    "_eds_clusters",
+    "_listeners",
+    "_routes",
+    "_rings",
+    "_secrets",
+    "_listener_secrets",
+    "_cluster_secrets",
+)
 
 
 class SnapshotCache:
@@ -158,6 +173,13 @@ class SnapshotCache:
                 continue  # same ring: nothing to send anyone
             self._rings = {**self._rings, name: entry}
             self._republish()
+
+    def _swap_built(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Install a build's parts (in `_BUILT` order) and return the ones they replace."""
+        previous = tuple(getattr(self, name) for name in _BUILT)
+        for name, value in zip(_BUILT, values, strict=True):
+            setattr(self, name, value)
+        return previous
 
     def _republish(self) -> None:
         """Publish the current resources again at the same revision (a ring finished)."""
@@ -291,28 +313,9 @@ class SnapshotCache:
                     old_r = self._routes.get(rds)
                     rebuilt["rds"] += old_r is None or old_r[0].version != re_.version
         # Check every fleet this cache serves before publishing anything.
-        previous = (
-            self._clusters,
-            self._endpoints,
-            self._eds_clusters,
-            self._listeners,
-            self._routes,
-            self._rings,
-            self._secrets,
-            self._listener_secrets,
-            self._cluster_secrets,
+        previous = self._swap_built(
+            (clusters, endpoints, eds, listeners, routes, rings, secrets, listener_secrets, cluster_secrets)
         )
-        (
-            self._clusters,
-            self._endpoints,
-            self._eds_clusters,
-            self._listeners,
-            self._routes,
-            self._rings,
-            self._secrets,
-            self._listener_secrets,
-            self._cluster_secrets,
-        ) = (clusters, endpoints, eds, listeners, routes, rings, secrets, listener_secrets, cluster_secrets)
         revision = v.revision
         previous_drained, self._drained = self._drained, frozenset(v.drained)
         try:
@@ -322,17 +325,7 @@ class SnapshotCache:
                 snap.check()
         except InconsistentSnapshot as exc:
             # Keep serving the last good snapshot; a later change may complete the picture.
-            (
-                self._clusters,
-                self._endpoints,
-                self._eds_clusters,
-                self._listeners,
-                self._routes,
-                self._rings,
-                self._secrets,
-                self._listener_secrets,
-                self._cluster_secrets,
-            ) = previous
+            self._swap_built(previous)
             self._drained = previous_drained
             self.stats.rejected += 1
             self.stats.last_error = str(exc)
