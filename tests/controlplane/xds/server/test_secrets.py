@@ -9,7 +9,7 @@ import os
 import pytest
 
 from controlplane.intent.certificates import KeyRing, set_keyring
-from controlplane.intent.model import Certificate, Listener, ListenerTLS
+from controlplane.intent.model import Certificate, Listener, ListenerTLS, SealedKey
 from controlplane.intent.store import Store
 from controlplane.xds.client import AdsClient
 from controlplane.xds.resources import LISTENER_TYPE, SECRET_TYPE
@@ -89,3 +89,43 @@ async def test_secrets_are_per_fleet_sealed_keys_open_and_rotation_pushes_only_t
     assert await listeners.recv(QUIET) is None  # same names, same Listener bytes: nothing to send
     for c in (edge, listeners, other):
         await c.close()
+
+
+async def test_a_snapshot_that_cannot_be_served_is_not_published(store: Store, replica) -> None:
+    """A listener that needs a certificate this replica cannot open (its key sealed with a KEK
+    the replica does not have): the build is rejected, every built part is put back, and the
+    last good snapshot keeps serving until the KEK is there."""
+    import asyncio
+
+    sealed_with, other = KeyRing(current=os.urandom(32)), KeyRing(current=os.urandom(32))
+    set_keyring(other)  # what the replica (and the store) have
+    try:
+        leaf = CA().issue("www.example.com", ["www.example.com"])
+        good = (await store.put(Listener(name="plain", port=8080, fleets=["edge"]))).revision
+        await _settle(replica, good)
+        before = replica.cache.snapshot("edge")
+        rejected = replica.cache.stats.rejected
+        # A key sealed elsewhere, with a KEK this replica does not have.
+        foreign = SealedKey.model_validate(sealed_with.seal("site", leaf.key_pem.decode()))
+        await store.put(Certificate(name="site", certificate_chain=leaf.cert_pem.decode(), private_key=foreign))
+        bad = (
+            await store.put(Listener(name="https", port=8443, fleets=["edge"], tls=ListenerTLS(certificates=["site"])))
+        ).revision
+        assert await replica.view.wait_for_revision(bad, 5)
+        for _ in range(100):
+            if replica.cache.stats.rejected > rejected:
+                break
+            await asyncio.sleep(0.01)
+        assert replica.cache.stats.rejected == rejected + 1
+        assert replica.cache.revision == good
+        assert replica.cache.snapshot("edge") is before
+        assert set(replica.cache._listeners) == {"plain"}  # the rejected build's parts were put back
+        assert set(before.of(LISTENER_TYPE)) == {"plain"}
+        # The certificate again, with a key this replica can open: everything publishes.
+        plain = Certificate(name="site", certificate_chain=leaf.cert_pem.decode(), private_key=leaf.key_pem.decode())
+        fixed = (await store.put(plain)).revision
+        await _settle(replica, fixed)
+        snap = replica.cache.snapshot("edge")
+        assert set(snap.of(LISTENER_TYPE)) == {"plain", "https"} and set(snap.of(SECRET_TYPE)) == {"site"}
+    finally:
+        set_keyring(None)
