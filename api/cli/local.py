@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from api.localcluster.procs import MAX_ENVOYS
+
 
 def cmd_up(args: argparse.Namespace) -> int:
     from api.localcluster.cluster import up, up_detached
@@ -30,10 +32,22 @@ def cmd_down(args: argparse.Namespace) -> int:
     return down(args.state_dir)
 
 
+def _envoy_count(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= MAX_ENVOYS:
+        raise argparse.ArgumentTypeError(f"--envoys takes 0 to {MAX_ENVOYS} (one 127.0.1.N address each), not {n}")
+    return n
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("up", help="start a local cluster on loopback (what `make run` runs)")
     s.add_argument("--etcd-nodes", type=int, choices=(1, 3), default=1)
-    s.add_argument("--envoys", type=int, default=2, help="Envoys to start (they share the demo listener's port)")
+    s.add_argument(
+        "--envoys",
+        type=_envoy_count,
+        default=2,
+        help="Envoys to start (1-254): each listens at its own 127.0.1.N and on the shared 127.0.0.1, same port",
+    )
     s.add_argument("--backends", type=int, default=3, help="demo backends (HTTP + WebSocket) to start")
     s.add_argument("--no-demo", action="store_true", help="start no demo backends and apply no demo intent")
     s.add_argument("--api-port", type=int)

@@ -29,7 +29,7 @@ import httpx
 
 from api.cli.client import Client
 from api.localcluster.demo import DemoBackend
-from api.localcluster.procs import EnvoyProcess, EtcdCluster, Proc, free_port, wait_until
+from api.localcluster.procs import EnvoyProcess, EtcdCluster, Proc, envoy_address, free_port, wait_until
 
 XDS_REPLICAS = 2
 STATE_FILE = "cluster.json"
@@ -81,7 +81,14 @@ def _demo_intent(backends: list[DemoBackend], listener_port: int) -> list[dict[s
             "cluster": "web",
             "body": [{"name": b.name, "address": "127.0.0.1", "port": b.port} for b in backends],
         },
-        {"op": "put", "kind": "listener", "name": "http", "body": {"address": "127.0.0.1", "port": listener_port}},
+        {
+            "op": "put",
+            "kind": "listener",
+            "name": "http",
+            # Shared on 127.0.0.1 (SO_REUSEPORT: the kernel spreads connections), and each
+            # Envoy's own 127.0.1.N, where the front door (lbcp dns) sends clients.
+            "body": {"address": "127.0.0.1", "port": listener_port, "bind_public_address": True},
+        },
         {
             "op": "put",
             "kind": "route",
@@ -205,14 +212,14 @@ def up(
             # Each Envoy prefers a different replica and fails over to the others.
             order = xds[i % len(xds) :] + xds[: i % len(xds)]
             _say(f"starting Envoy envoy-{i} ...")
-            e = EnvoyProcess(state / "envoy", f"envoy-{i}", "default", order)
+            e = EnvoyProcess(state / "envoy", f"envoy-{i}", "default", order, public_address=envoy_address(i))
             envoy_procs.append(e)
             try:
                 e.start()
             except RuntimeError as exc:
                 raise _Failed(f"Envoy envoy-{i} failed: {exc}; log: {e.proc.log_path}\n{e.proc.tail()}") from None
             procs.append((f"Envoy envoy-{i}", e.proc))
-            _say(f"  envoy-{i} ready: admin {e.admin}")
+            _say(f"  envoy-{i} ready at {e.ops_address}: admin {e.admin}")
         if demo and demo_intent and envoy_procs:
             try:
                 wait_until(lambda: _http_ok(f"http://127.0.0.1:{listener_port}/"), 30, what="demo route through Envoy")
@@ -251,7 +258,16 @@ def up(
             "admin_api": api_url,
             "etcd": etcd.endpoints,
             "xds": [f"{h}:{p}" for h, p in xds],
-            "envoys": [{"node_id": e.node_id, "listener": listener, "admin": e.admin} for e in envoy_procs],
+            "envoys": [
+                {
+                    "node_id": e.node_id,
+                    "address": e.ops_address,
+                    "listener": listener,
+                    "own_listener": f"{e.ops_address}:{listener_port}" if listener else None,
+                    "admin": e.admin,
+                }
+                for e in envoy_procs
+            ],
             "backends": [{"name": b.name, "address": f"127.0.0.1:{b.port}"} for b in demo],
             "dns": {"address": f"127.0.0.1:{dns_port}", "name": "www.lbcp.test"},
             "token": None,
@@ -312,7 +328,10 @@ def _summary(doc: dict[str, Any], state: Path) -> str:
         f"  front door  {doc['dns']['name']} on {doc['dns']['address']} (lbcp dns: the Envoys in service)",
     ]
     for e in doc["envoys"]:
-        lines.append(f"  {e['node_id']:<11} listener {e['listener'] or '-'}   admin {e['admin']}")
+        lines.append(
+            f"  {e['node_id']:<11} {e['address']:<11} listener {e['own_listener'] or '-'} "
+            f"(and {e['listener'] or '-'})   admin {e['admin']}"
+        )
     lines += [
         f"  metrics     {doc['metrics']['admin_api']}, {', '.join(doc['metrics']['xds'])}",
         f"  state       {state / STATE_FILE}   logs {doc['logs']}",
@@ -333,7 +352,8 @@ def _summary(doc: dict[str, Any], state: Path) -> str:
         "  .venv/bin/lbcp backend add web web-9 127.0.0.1:9009 --weight 2",
         "  .venv/bin/lbcp ring watch web --key alice",
         f"  curl -s {doc['admin_api']}/v1/fleet",
-        f"  dig @127.0.0.1 -p {doc['dns']['address'].rsplit(':', 1)[1]} {doc['dns']['name']}   # the front door",
+        f"  dig @127.0.0.1 -p {doc['dns']['address'].rsplit(':', 1)[1]} {doc['dns']['name']}   # the front door: "
+        "the Envoys' own addresses, most headroom first",
         "  .venv/bin/lbcp node drain envoy-0 --wait 10              # ... drops an Envoy from it, connections stay",
         "",
         "Ctrl-C stops everything (or `lbcp down` if started with --detach).",

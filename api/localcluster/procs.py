@@ -32,6 +32,17 @@ ETCD_MAX_TXN_OPS = 16384
 ETCD_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
+# `lbcp up` gives Envoy i the loopback address 127.0.1.(i+1): its own front address.
+MAX_ENVOYS = 254
+
+
+def envoy_address(i: int) -> str:
+    """The local cluster's address for its Envoy number `i` (0-based)."""
+    if not 0 <= i < MAX_ENVOYS:
+        raise ValueError(f"a local cluster has at most {MAX_ENVOYS} Envoys")
+    return f"127.0.1.{i + 1}"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago on `host`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -296,8 +307,8 @@ class EnvoyProcess:
         self.node_id = node_id
         self.admin_port = free_port()
         self.config_path = self.root / f"{node_id}.json"
-        self.ops_port = free_port()
         self.ops_address = public_address or "127.0.0.1"
+        self.ops_port = free_port(self.ops_address)
         doc = render(
             node_id,
             fleet,

@@ -371,6 +371,11 @@ class Listener(_Model):
     )
     tls: ListenerTLS | None = None
     max_connections: int | None = Field(None, ge=1, le=100_000_000)
+    bind_public_address: bool = Field(
+        False,
+        description="Each Envoy also listens at its own public_address (node metadata), same port: the address "
+        "the front tier sends that Envoy's clients to, when Envoys share a host (and so this address).",
+    )
     fleets: list[FleetName] = Field(
         default_factory=list, max_length=256, description="Envoy node clusters that get this listener; empty means all."
     )

@@ -75,7 +75,8 @@ class SnapshotCache:
         self._clusters: dict[str, Entry] = {}
         self._endpoints: dict[str, Entry] = {}
         self._eds_clusters: set[str] = set()
-        self._listeners: dict[str, tuple[Entry, tuple[str, ...], str | None]] = {}  # entry, fleets, rds name
+        # entry, fleets, rds name, the public-address variant's base (bind_public_address)
+        self._listeners: dict[str, tuple[Entry, tuple[str, ...], str | None, res.PublicBind | None]] = {}
         self._routes: dict[str, tuple[Entry, frozenset[str]]] = {}  # by route config name: entry, clusters
         self._secrets: dict[str, Entry] = {}  # certificate name -> SDS Secret
         self._listener_secrets: dict[str, frozenset[str]] = {}  # listener -> certificates it serves
@@ -301,9 +302,10 @@ class SnapshotCache:
                 if lst.tls is not None:
                     listener_secrets[name] = frozenset(lst.tls.certificates)
                     sni = {c: self._sni_names(c) for c in lst.tls.certificates if c in v.certificates}
-                e = make_entry(res.LISTENER_TYPE, name, res.listener_resource(lst, sni))
+                msg = res.listener_resource(lst, sni)
+                e = make_entry(res.LISTENER_TYPE, name, msg)
                 rds = res.route_config_name(name) if lst.protocol == "http" else None
-                listeners[name] = (e, tuple(lst.fleets), rds)
+                listeners[name] = (e, tuple(lst.fleets), rds, res.public_bind(lst, msg))
                 old = self._listeners.get(name)
                 rebuilt["lds"] += old is None or old[0].version != e.version
                 if rds is not None:
@@ -360,7 +362,7 @@ class SnapshotCache:
 
     def _fleet_snapshot(self, fleet: str, revision: int | None = None) -> Snapshot:
         snap = Snapshot(fleet=fleet, revision=self.revision if revision is None else revision)
-        lds = {n: e for n, (e, fleets, _) in self._listeners.items() if not fleets or fleet in fleets}
+        lds = {n: e for n, (e, fleets, _, _) in self._listeners.items() if not fleets or fleet in fleets}
         rds_names = {self._listeners[n][2] for n in lds if self._listeners[n][2]}
         rds = {n: self._routes[n][0] for n in rds_names if n in self._routes}
         # A fleet gets the certificates (and keys) of its own listeners only.
@@ -383,6 +385,7 @@ class SnapshotCache:
         }
         snap.pending = {res.HASH_RING_TYPE: self._ring_queue.keys()}
         snap.drained = self._drained
+        snap.public_binds = {n: bind for n in lds if (bind := self._listeners[n][3]) is not None}
         snap.references = {
             res.CLUSTER_TYPE: {n: {n} for n in self._eds_clusters},
             res.LISTENER_TYPE: {n: {rds_name} for n in lds if (rds_name := self._listeners[n][2])},

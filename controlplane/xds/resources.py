@@ -24,7 +24,9 @@ Choices made on purpose (see docs/xds.md):
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import xxhash
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
@@ -528,6 +530,36 @@ def route_entry(r: Route) -> route_components_pb2.Route:
             )
         )
     return route_components_pb2.Route(name=r.name, match=match, route=action)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicBind:
+    """A listener (`bind_public_address`) that each Envoy also binds at its own public
+    address. The fleet's listener is serialised once (`value`); an Envoy's variant is that
+    plus one appended `additional_addresses` field (protobuf merges concatenated fields), so
+    a stream's copy costs a byte concatenation, not a protobuf build."""
+
+    value: bytes
+    address: str
+    port: int
+
+    def at(self, public_address: str) -> bytes:
+        """The listener for an Envoy whose public address is `public_address` (an IP literal):
+        the fleet's bytes when its own address already covers it (the same address, or the
+        wildcard of that family)."""
+        ip, own = ipaddress.ip_address(public_address), ipaddress.ip_address(self.address)
+        if ip == own or (own.is_unspecified and own.version == ip.version):
+            return self.value
+        extra = listener_pb2.Listener(
+            additional_addresses=[listener_pb2.AdditionalAddress(address=_socket(str(ip), self.port))]
+        )
+        return self.value + bytes(extra.SerializeToString(deterministic=True))
+
+
+def public_bind(lst: Listener, msg: listener_pb2.Listener) -> PublicBind | None:
+    if not lst.bind_public_address:
+        return None
+    return PublicBind(msg.SerializeToString(deterministic=True), lst.address, lst.port)
 
 
 def route_configuration(listener: str, routes: Iterable[Route]) -> route_pb2.RouteConfiguration:

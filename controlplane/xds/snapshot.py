@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 import xxhash
 from google.protobuf.message import Message
 
-from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, TYPE_ORDER
+from controlplane.xds.resources import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+    TYPE_ORDER,
+    PublicBind,
+)
 
 
 def varint(n: int) -> bytes:
@@ -51,7 +59,11 @@ class Entry:
 
 def make_entry(type_url: str, name: str, msg: Message, version: str | None = None) -> Entry:
     """Encode `msg` once. Its version is the hash of its bytes unless the caller knows better."""
-    value = msg.SerializeToString(deterministic=True)
+    return encoded_entry(type_url, name, msg.SerializeToString(deterministic=True), version)
+
+
+def encoded_entry(type_url: str, name: str, value: bytes, version: str | None = None) -> Entry:
+    """`make_entry` for a message already serialised (`value`)."""
     version = version or xxhash.xxh64_hexdigest(value)
     any_bytes = ld(1, type_url.encode()) + ld(2, value)
     # Resource: version = 1, resource = 2, name = 3
@@ -90,6 +102,8 @@ class Snapshot:
     pending: dict[str, Container[str]] = field(default_factory=dict)
     # Node ids an operator has drained: their streams serve a failing health gate.
     drained: frozenset[str] = frozenset()
+    # Listeners each Envoy also binds at its own public address (a per-stream variant).
+    public_binds: dict[str, PublicBind] = field(default_factory=dict)
     _versions: dict[str, str] = field(default_factory=dict, repr=False)
 
     def of(self, type_url: str) -> dict[str, Entry]:
@@ -98,7 +112,12 @@ class Snapshot:
     def version(self, type_url: str) -> str:
         v = self._versions.get(type_url)
         if v is None:
-            v = self._versions[type_url] = set_version(self.of(type_url))
+            v = set_version(self.of(type_url))
+            if type_url == LISTENER_TYPE and self.public_binds:
+                # Which listeners bind public addresses is part of what streams are sent (their
+                # own variants), though the fleet's entries do not show it.
+                v = xxhash.xxh64_hexdigest(f"{v} binds {sorted(self.public_binds)}".encode())
+            self._versions[type_url] = v
         return v
 
     def check(self) -> None:

@@ -71,3 +71,56 @@ async def test_rest_to_envoy_traffic(api: httpx.AsyncClient, replica, backends, 
     assert stats.get("listener_manager.listener_modified", 0) == 0
     assert stats.get("listener_manager.lds.update_rejected", 0) == 0
     assert envoy.stats("cluster_manager.cds").get("cluster_manager.cds.update_rejected", 0) == 0
+
+
+async def test_each_envoy_binds_its_own_public_address(api: httpx.AsyncClient, replica, backends, envoys) -> None:
+    """A `bind_public_address` listener: every Envoy listens on the shared address and on its
+    own public_address (same port), delta and SotW alike; turning the flag off closes the
+    per-Envoy sockets and leaves the shared one serving."""
+    port = free_port()
+    await api.put("/v1/clusters/web", json={})
+    await api.put(
+        f"/v1/clusters/web/backends/{backends[0].name}", json={"address": "127.0.0.1", "port": backends[0].port}
+    )
+    body = {"address": "127.0.0.1", "port": port, "bind_public_address": True}
+    assert (await api.put("/v1/listeners/http", json=body)).status_code == 201
+    await api.put("/v1/routes/main", json={"listener": "http", "backends": [{"cluster": "web"}]})
+    xds = [("127.0.0.1", replica.port)]
+    delta = await asyncio.to_thread(envoys, "pub-delta", xds, public_address="127.0.1.41")
+    sotw = await asyncio.to_thread(envoys, "pub-sotw", xds, delta=False, public_address="127.0.1.42")
+    plain = await asyncio.to_thread(envoys, "pub-none", xds)  # no public address: the shared one only
+
+    def requests(e) -> int:
+        return e.stats("^http.http.downstream_rq_total$").get("http.http.downstream_rq_total", 0)
+
+    for address, e in (("127.0.1.41", delta), ("127.0.1.42", sotw)):
+        await wait_for(http_ok(f"http://{address}:{port}/"), timeout=20, what=f"{e.node_id} on {address}")
+        before = [await asyncio.to_thread(requests, x) for x in (delta, sotw, plain)]
+        async with httpx.AsyncClient(timeout=5) as c:
+            for _ in range(5):
+                r = await c.get(f"http://{address}:{port}/", headers={"connection": "close"})
+                assert r.status_code == 200 and r.text.strip() == "b0"
+        after = [await asyncio.to_thread(requests, x) for x in (delta, sotw, plain)]
+        # Only the Envoy at that address served them.
+        assert [a - b for a, b in zip(after, before, strict=True)] == [5 * (x is e) for x in (delta, sotw, plain)]
+    await wait_for(http_ok(f"http://127.0.0.1:{port}/"), what="the shared address")
+    fleet = (await api.get("/v1/fleet")).json()["nodes"]
+    assert all(not any(st.get("last_nack") for st in n["types"].values()) for n in fleet), fleet
+
+    # Off again: the per-Envoy sockets close (their listener is replaced), the shared one stays.
+    body["bind_public_address"] = False
+    assert (await api.put("/v1/listeners/http", json=body)).status_code == 200
+
+    async def own_closed() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=1) as c:
+                await c.get(f"http://127.0.1.41:{port}/", headers={"connection": "close"})
+            return False
+        except httpx.HTTPError:
+            return True
+
+    await wait_for(own_closed, timeout=20, what="the per-Envoy socket closing")
+    # A delta Envoy without a public address was sent nothing: its listener did not change.
+    nodes = {n["node_id"]: n for n in (await api.get("/v1/fleet")).json()["nodes"]}
+    assert nodes["pub-none"]["types"]["lds"]["pushes"] == 1, nodes["pub-none"]
+    await wait_for(http_ok(f"http://127.0.0.1:{port}/"), what="the shared address after the change")

@@ -69,7 +69,8 @@ def test_up_apply_get_down(local_cluster) -> None:
 
     assert set(doc) >= {"admin_api", "xds", "etcd", "envoys", "backends", "token", "metrics", "dns"}
     assert len(doc["xds"]) == 2 and len(doc["envoys"]) == 2 and len(doc["backends"]) == 3
-    assert all(set(e) == {"node_id", "listener", "admin"} for e in doc["envoys"])
+    assert all(set(e) == {"node_id", "address", "listener", "own_listener", "admin"} for e in doc["envoys"])
+    assert [e["address"] for e in doc["envoys"]] == ["127.0.1.1", "127.0.1.2"]
     assert all(set(b) == {"name", "address"} for b in doc["backends"])
     listener = doc["envoys"][0]["listener"]
     # Both Envoys share the listener (SO_REUSEPORT): fresh connections reach each of them.
@@ -122,11 +123,11 @@ def test_up_apply_get_down(local_cluster) -> None:
     assert "web: maglev revision" in watched and "65537 slots" in watched
     assert f"key 'alice' -> {next(iter(alice)).strip()}" in watched
 
-    # The front tier for the two local Envoys (both in service; their address is the peer's).
+    # The front tier for the two local Envoys: both in service, each at its own address.
     dns = _lbcp(
         state, "frontdoor", "render", "--format", "dns", "--fleet", "default", "--zone", "example.test", "--name", "www"
     ).stdout
-    assert dns.count("\tIN\tA\t127.0.0.1") == 2 and "envoy-0" in dns and "envoy-1" in dns
+    assert "\tIN\tA\t127.0.1.1\t; envoy-0" in dns and "\tIN\tA\t127.0.1.2\t; envoy-1" in dns, dns
     _front_door_cli(state, doc)
     _certificates_cli(state, doc)
     bad = _lbcp(state, "backend", "add", "nope", "x", "127.0.0.1:1", check=False)
@@ -275,11 +276,31 @@ def _front_door_cli(state: Path, doc: dict) -> None:
             r = dns.query.udp(dns.message.make_query(doc["dns"]["name"], "A"), host, port=int(port), timeout=1)
         except (OSError, dns.exception.Timeout):
             return False
-        return bool(r.answer) and {a.address for a in r.answer[0]} == {"127.0.0.1"}
+        return bool(r.answer) and {a.address for a in r.answer[0]} == {"127.0.1.1", "127.0.1.2"}
 
     wait_until(answered, 30, what="lbcp dns answering")
     tcp = dns.query.tcp(dns.message.make_query(doc["dns"]["name"], "A"), host, port=int(port), timeout=2)
-    assert {a.address for a in tcp.answer[0]} == {"127.0.0.1"}
+    assert {a.address for a in tcp.answer[0]} == {"127.0.1.1", "127.0.1.2"}
+
+    # The front door is real: a client that resolves the name and connects to the first
+    # answer reaches the Envoy at that address, and no other.
+    by_address = {e["address"]: e for e in doc["envoys"]}
+
+    def requests(e: dict) -> int:
+        text = httpx.get(f"{e['admin']}/stats", params={"filter": "^http.http.downstream_rq_total$"}, timeout=5).text
+        return int(text.split(":")[1])
+
+    before = {a: requests(e) for a, e in by_address.items()}
+    chosen: dict[str, int] = {}
+    listener_port = doc["envoys"][0]["listener"].rsplit(":", 1)[1]
+    for _ in range(10):
+        r = dns.query.udp(dns.message.make_query(doc["dns"]["name"], "A"), host, port=int(port), timeout=2)
+        first = r.answer[0][0].address
+        chosen[first] = chosen.get(first, 0) + 1
+        ok = httpx.get(f"http://{first}:{listener_port}/", headers={"connection": "close"}, timeout=5)
+        assert ok.status_code == 200
+    after = {a: requests(e) for a, e in by_address.items()}
+    assert {a: after[a] - before[a] for a in by_address} == {a: chosen.get(a, 0) for a in by_address}
 
 
 def _certificates_cli(state: Path, doc: dict) -> None:

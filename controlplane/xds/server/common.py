@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import time
 import urllib.parse
@@ -24,7 +25,7 @@ from controlplane.xds.resources import (
     TYPE_ORDER,
     gate_assignment,
 )
-from controlplane.xds.snapshot import Entry, Snapshot, make_entry
+from controlplane.xds.snapshot import Entry, Snapshot, encoded_entry, make_entry
 
 WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
 # While the client has not yet subscribed to the endpoints of clusters it was just sent,
@@ -54,6 +55,13 @@ class RequestBounds:
     max_names_per_type: int = 20_000  # subscribed (and, delta, initially held) names per type
     max_types: int = 16  # resource types per stream
     max_nack_message: int = 4096  # characters of a NACK's message kept (the rest is cut, and said so)
+
+
+def _ip_literal(value: Any) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def next_nonce() -> str:
@@ -199,27 +207,28 @@ class QuietObserver:
 _stream_ids = itertools.count(1)
 
 
-class _WithGate(Mapping[str, Entry]):
-    """A snapshot's endpoint entries plus one stream's own health-gate entry (read-only)."""
+class _Overlay(Mapping[str, Entry]):
+    """A snapshot's entries of one type with one stream's own entries over them (its health
+    gate, its listeners' public-address variants), read-only and without copying the base."""
 
-    __slots__ = ("base", "name", "entry")
+    __slots__ = ("base", "own")
 
-    def __init__(self, base: Mapping[str, Entry], name: str, entry: Entry) -> None:
-        self.base, self.name, self.entry = base, name, entry
+    def __init__(self, base: Mapping[str, Entry], own: Mapping[str, Entry]) -> None:
+        self.base, self.own = base, own
 
     def __getitem__(self, key: str) -> Entry:
-        return self.entry if key == self.name else self.base[key]
+        entry = self.own.get(key)
+        return self.base[key] if entry is None else entry
 
     def __contains__(self, key: object) -> bool:
-        return key == self.name or key in self.base
+        return key in self.own or key in self.base
 
     def __iter__(self) -> Iterator[str]:
         yield from self.base
-        if self.name not in self.base:
-            yield self.name
+        yield from (n for n in self.own if n not in self.base)
 
     def __len__(self) -> int:
-        return len(self.base) + (self.name not in self.base)
+        return len(self.base) + sum(n not in self.base for n in self.own)
 
 
 class BaseStream:
@@ -262,6 +271,10 @@ class BaseStream:
         # always follows this stream's own node id.
         self.gate: str | None = None
         self._gate: tuple[str, bool, Entry] | None = None  # (name, drained, entry) last built
+        # Where this Envoy binds `bind_public_address` listeners too (its public_address, an
+        # IP literal, else None), and their variants last built: name -> (fleet bytes, entry).
+        self.bind_address = _ip_literal(node.metadata.get("public_address"))
+        self._binds: dict[str, tuple[bytes, Entry]] = {}
 
     @property
     def fleet(self) -> str:
@@ -301,15 +314,32 @@ class BaseStream:
         return [t for t in TYPE_ORDER if t in self.types] + sorted(t for t in self.types if t not in TYPE_ORDER)
 
     def entries(self, snap: Snapshot, type_url: str) -> Mapping[str, Entry]:
-        """What this stream may be sent of `type_url`: the fleet's snapshot, and for
-        endpoints also this node's health gate once it subscribed to it."""
+        """What this stream may be sent of `type_url`: the fleet's snapshot, for endpoints
+        also this node's health gate once it subscribed to it, and for listeners this node's
+        variant of those that bind its public address."""
         base = snap.of(type_url)
+        if type_url == LISTENER_TYPE and snap.public_binds and self.bind_address is not None:
+            return _Overlay(base, self._bound(snap))
         if type_url != ENDPOINT_TYPE or self.gate is None:
             return base
         drained = self.node.id in snap.drained
         if self._gate is None or self._gate[:2] != (self.gate, drained):
             self._gate = (self.gate, drained, make_entry(ENDPOINT_TYPE, self.gate, gate_assignment(self.gate, drained)))
-        return _WithGate(base, self.gate, self._gate[2])
+        return _Overlay(base, {self.gate: self._gate[2]})
+
+    def _bound(self, snap: Snapshot) -> dict[str, Entry]:
+        """This node's variants of the snapshot's `bind_public_address` listeners, each built
+        once per listener content (what the fleet is sent changes, or nothing is rebuilt)."""
+        assert self.bind_address is not None
+        own, built = {}, {}
+        for name, bind in snap.public_binds.items():
+            hit = self._binds.get(name)
+            if hit is None or hit[0] != bind.value:
+                hit = (bind.value, encoded_entry(LISTENER_TYPE, name, bind.at(self.bind_address)))
+            built[name] = hit
+            own[name] = hit[1]
+        self._binds = built
+        return own
 
     def note_endpoint_names(self, names: set[str]) -> None:
         """Called when the EDS subscription changed: find the health gate among the names."""

@@ -50,3 +50,29 @@ def test_consistency_check() -> None:
         del broken.resources[missing_type][name]
         with pytest.raises(InconsistentSnapshot):
             broken.check()
+
+
+def test_public_bind_appends_one_address_or_none() -> None:
+    from envoy.config.listener.v3 import listener_pb2
+
+    from controlplane.intent.model import Listener
+    from controlplane.xds.resources import listener_resource, public_bind
+
+    plain = Listener(name="l", address="127.0.0.1", port=8080)
+    assert public_bind(plain, listener_resource(plain)) is None
+    for address, public, extra in (
+        ("127.0.0.1", "127.0.1.9", ["127.0.1.9"]),
+        ("127.0.0.1", "127.0.0.1", []),  # the same address: nothing to add
+        ("0.0.0.0", "10.1.2.3", []),  # the wildcard covers it
+        ("0.0.0.0", "2001:db8::1", ["2001:db8::1"]),  # ... but not another family
+        ("::", "2001:db8::1", []),
+    ):
+        lst = Listener(name="l", address=address, port=8080, bind_public_address=True)
+        msg = listener_resource(lst)
+        bind = public_bind(lst, msg)
+        assert bind is not None
+        got = listener_pb2.Listener.FromString(bind.at(public))
+        assert [a.address.socket_address.address for a in got.additional_addresses] == extra
+        assert all(a.address.socket_address.port_value == 8080 for a in got.additional_addresses)
+        got.ClearField("additional_addresses")
+        assert got == msg  # everything else is the fleet's listener
