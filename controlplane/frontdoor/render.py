@@ -86,15 +86,21 @@ def front_state(doc: dict[str, Any], revision: int | None = None) -> str:
     return "in"
 
 
-def by_headroom(members: list[Member], band: float = 0.1) -> list[list[Member]]:
-    """Members in bands of similar headroom, the most free band first (members without a
-    capacity share the top band): the DNS answer fills the emptiest Envoys first and still
-    rotates among Envoys of a band."""
-    bands: dict[int, list[Member]] = {}
-    for m in members:
-        level = int(1 / band) if m.headroom is None else int(m.headroom / band + 1e-9)
-        bands.setdefault(level, []).append(m)
-    return [sorted(bands[k]) for k in sorted(bands, reverse=True)]
+def by_headroom(members: list[Member], band: float = 0.05) -> list[list[Member]]:
+    """Members in bands of similar headroom, the most free band first: each band is the most
+    free member left and every other within `band` (a share of capacity) of it; members
+    without a capacity count as empty. The DNS answer fills the emptiest Envoy until it is
+    as full as the next (bands anchored at the emptiest, not fixed steps that would split
+    equal Envoys at a boundary) and rotates among Envoys of a band, so clients that resolved
+    from one stale sample do not all pile onto one Envoy."""
+    left = sorted(members, key=lambda m: (-(1.0 if m.headroom is None else m.headroom), m))
+    bands = []
+    while left:
+        top = 1.0 if left[0].headroom is None else left[0].headroom
+        n = next((i for i, m in enumerate(left) if top - (1.0 if m.headroom is None else m.headroom) > band), len(left))
+        bands.append(sorted(left[:n]))
+        left = left[n:]
+    return bands
 
 
 # -- DNS -----------------------------------------------------------------------------------------
@@ -286,11 +292,15 @@ def simulate_iptables(rules_text: str, syns: int, seed: int = 0) -> dict[str, in
 # -- following the in-service set -------------------------------------------------------------
 
 
+def _with_headroom(members: list[Member]) -> list[tuple[Member, float | None]]:
+    return [(m, m.headroom) for m in members]
+
+
 async def follow(etcd: Etcd, fleet: str | None = None, interval: float = 0.5) -> AsyncIterator[list[Member]]:
-    """Yield the in-service set now, then each time it changes (read from etcd every
-    `interval` seconds; a read that fails is retried at the next tick, and the last set
-    stands meanwhile). Withdrawal takes at most: the replica's probe interval + its
-    registry flush + `interval`."""
+    """Yield the in-service set now, then each time it or a member's headroom changes (read
+    from etcd every `interval` seconds; a read that fails is retried at the next tick, and
+    the last set stands meanwhile). Withdrawal takes at most: the replica's probe interval +
+    its registry flush + `interval`."""
     import asyncio
 
     from controlplane.intent.errors import StoreError
@@ -303,7 +313,9 @@ async def follow(etcd: Etcd, fleet: str | None = None, interval: float = 0.5) ->
             members = in_service((await read_fleet(etcd)).nodes, fleet=fleet)
         except StoreError:
             members = last
-        if members is not None and members != last:
+        # Members compare without their headroom (renders sort and diff by identity), but the
+        # DNS order follows headroom, so a change of load alone is a change here.
+        if members is not None and (last is None or _with_headroom(members) != _with_headroom(last)):
             last = members
             yield members
         await asyncio.sleep(interval)

@@ -262,6 +262,9 @@ def test_by_headroom_fills_the_emptiest_first_and_rotates_within_a_band() -> Non
     assert [[m.node_id for m in b] for b in by_headroom(members)] == [["new"], ["mid"], ["old-1", "old-2"]]
     no_capacity = [Member("a", "10.0.0.1"), Member("b", "10.0.0.2")]
     assert by_headroom(no_capacity) == [no_capacity]  # one band: plain rotation, as without load
+    # Bands are anchored at the emptiest: equal Envoys either side of a round number share one.
+    equal = [Member("a", "10.0.0.1", 0.501), Member("b", "10.0.0.2", 0.499), Member("c", "10.0.0.3", 0.44)]
+    assert [[m.node_id for m in b] for b in by_headroom(equal)] == [["a", "b"], ["c"]]
 
 
 def test_maglev_gives_an_idle_envoy_more_slots_and_moves_few_existing_ones() -> None:
