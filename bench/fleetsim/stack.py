@@ -36,8 +36,15 @@ def _ok(url: str) -> bool:
 
 
 class Stack:
-    def __init__(self, replicas: int = 1, root: Path | None = None, registry_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        replicas: int = 1,
+        root: Path | None = None,
+        registry_interval: float = 0.2,
+        replica_args: tuple[str, ...] = (),
+    ) -> None:
         self.registry_interval = registry_interval
+        self.replica_args = replica_args
         self.root = root or Path(tempfile.mkdtemp(prefix="lbcp-fleetsim-"))
         self.etcd = EtcdCluster(self.root / "etcd", 1)
         self.n_replicas = replicas
@@ -89,6 +96,7 @@ class Stack:
                 str(self.metrics_ports[i]),
                 "--registry-interval",
                 str(self.registry_interval),
+                *self.replica_args,
             ],
             self.root / f"xds{i}.log",
         )
