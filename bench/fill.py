@@ -30,7 +30,7 @@ import httpx
 
 from api.localcluster.procs import EnvoyProcess, free_port, wait_until
 from bench.fleetsim.stack import Stack
-from bench.storm import _listening, _sink
+from bench.storm import _listening
 
 RESULTS = Path(__file__).parent / "results"
 ADDRESSES = ["127.0.1.71", "127.0.1.72", "127.0.1.73"]
