@@ -1,6 +1,6 @@
 """Demo backends for `lbcp up`: tiny HTTP servers on loopback that answer with their name.
 
-`GET` answers `NAME\n` (and an `x-backend: NAME` header). A WebSocket upgrade (RFC 6455)
+`GET` answers `NAME\n` (and an `x-backend: NAME` header), after `?delay_ms=N` if given. A WebSocket upgrade (RFC 6455)
 greets with `NAME` and then echoes every text or binary message, so a persistent
 connection through Envoy shows which backend holds it.
 """
@@ -12,6 +12,8 @@ import hashlib
 import io
 import struct
 import threading
+import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -106,6 +108,12 @@ class DemoBackend:
                 if self.headers.get("upgrade", "").lower() == "websocket" and self.headers.get("sec-websocket-key"):
                     self._websocket()
                     return
+                # `?delay_ms=N` answers after N ms (at most 60 s): a request in flight.
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                asked = (query.get("delay_ms") or ["0"])[0]
+                delay = min(60_000, int(asked)) if asked.isdigit() else 0
+                if delay > 0:
+                    time.sleep(delay / 1000)
                 body = f"{outer.name}\n".encode()
                 self.send_response(200)
                 self.send_header("content-type", "text/plain")
