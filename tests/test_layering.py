@@ -31,6 +31,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "controlplane.xds": (*GROUND, "controlplane.intent", "controlplane.ring.tables", "controlplane.gen"),
     "controlplane.ring.watch": (*GROUND, "controlplane.xds.client", "controlplane.xds.resources"),
     "controlplane.frontdoor": (*GROUND, "controlplane.intent", "controlplane.xds.registry", "controlplane.ring.tables"),
+    "controlplane.moves": (
+        *GROUND,
+        "controlplane.intent",
+        "controlplane.xds.resources",
+        "controlplane.xds.registry",
+        "controlplane.frontdoor",
+    ),
     "api": ("controlplane", "api"),
 }
 
@@ -94,7 +101,7 @@ def test_controlplane_root_holds_only_the_ground_floor() -> None:
     modules = sorted(p.stem for p in root.glob("*.py") if p.stem != "__init__")
     assert modules == ["errors", "etcd", "metrics"]
     rooms = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "__pycache__")
-    assert rooms == ["frontdoor", "gen", "intent", "ring", "xds"]
+    assert rooms == ["frontdoor", "gen", "intent", "moves", "ring", "xds"]
 
 
 def test_no_import_cycle() -> None:

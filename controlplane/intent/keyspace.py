@@ -8,6 +8,7 @@ Layout under the configured prefix P (default `/lbcp/v1/`), one key per object:
     P routes/{route}
     P certificates/{certificate}     the private key sealed with the KEK when one is set
     P drains/{node id, %-quoted}      an operator's drain of one Envoy (see drain_key)
+    P sheds/{node id, %-quoted}       connections being moved off one Envoy (see shed_key)
 
 Values are compact JSON: `{"schema": 1, "kind": "...", "spec": {...}}`. Names cannot
 contain `/` (the model's patterns forbid it), so a name never escapes its folder.
@@ -94,6 +95,21 @@ class Keyspace:
         if not key.startswith(self.drains):
             return None
         return urllib.parse.unquote(key[len(self.drains) :].decode())
+
+    # Which shards of one Envoy's connections lbcp has asked it to let go of (rebalance,
+    # evacuation): `{"generations": [int per shard], ...}`, served to that Envoy alone.
+    @property
+    def sheds(self) -> bytes:
+        return self.root + b"sheds/"
+
+    def shed_key(self, node_id: str) -> bytes:
+        return self.sheds + urllib.parse.quote(node_id, safe="").encode()
+
+    def shed_node(self, key: bytes) -> str | None:
+        """The node id a shed key names, or None for any other key."""
+        if not key.startswith(self.sheds):
+            return None
+        return urllib.parse.unquote(key[len(self.sheds) :].decode())
 
     def ref(self, key: bytes) -> Ref | None:
         """The object a key names, or None for keys that are not intent (fleet registry, …)."""

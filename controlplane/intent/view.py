@@ -39,10 +39,11 @@ class IntentView:
     def __init__(self, etcd: Etcd, keyspace: Keyspace | None = None) -> None:
         self.etcd = etcd
         self.keys = keyspace or Keyspace(etcd.config.prefix)
-        # Intent folders sort as backends/ < certificates/ < clusters/ < drains/ < listeners/ < routes/; runtime state
-        # (fleet registry) lives under `_runtime/`, outside this range, so it is not watched here.
+        # Intent folders sort as backends/ < certificates/ < clusters/ < drains/ < fleets/ < listeners/ <
+        # routes/ < sheds/; runtime state (fleet registry) lives under `_runtime/`, outside this
+        # range, so it is not watched here.
         self._start = self.keys.root + b"backends/"
-        self._end = prefix_end(self.keys.root + b"routes/")
+        self._end = prefix_end(self.keys.root + b"sheds/")
         self.revision = 0
         self.clusters: dict[str, Stored[Cluster]] = {}
         self.backends: dict[str, dict[str, Stored[Backend]]] = {}
@@ -52,6 +53,8 @@ class IntentView:
         self.fleets: dict[str, Stored[Fleet]] = {}
         # Drained Envoys: node id -> the drain record (JSON: reason, since).
         self.drained: dict[str, dict[str, Any]] = {}
+        # Envoys asked to let go of shards of their connections: node id -> generation per shard.
+        self.shed: dict[str, tuple[int, ...]] = {}
         self.ready = asyncio.Event()
         self.connected = False
         self.loads = 0
@@ -126,6 +129,11 @@ class IntentView:
             self._table(ref.kind)[ref.name] = stored
 
     def _set_drain(self, key: bytes, value: bytes | None) -> None:
+        """A drain or shed record (node state that is not one of the intent kinds) changed."""
+        shed = self.keys.shed_node(key)
+        if shed is not None:
+            self._set_shed(shed, value)
+            return
         node = self.keys.drained_node(key)
         if node is None:
             return
@@ -136,6 +144,16 @@ class IntentView:
             self.drained[node] = json.loads(value)
         except ValueError:
             self.drained[node] = {}  # still drained: the key's presence is what counts
+
+    def _set_shed(self, node: str, value: bytes | None) -> None:
+        if value is None:
+            self.shed.pop(node, None)
+            return
+        try:
+            gens = json.loads(value)["generations"]
+            self.shed[node] = tuple(int(g) for g in gens)
+        except (ValueError, KeyError, TypeError):
+            log.error("ignoring an undecodable shed record for node %r", node)
 
     def _decode(self, ref: Ref, kv: Any) -> Stored[Any] | None:
         try:
@@ -168,7 +186,7 @@ class IntentView:
             more = page.more
         before = self._all_refs()
         self.clusters, self.backends, self.listeners, self.routes, self.certificates = {}, {}, {}, {}, {}
-        self.drained = {}
+        self.drained, self.shed = {}, {}
         for kv in kvs:
             ref = self.keys.ref(kv.key)
             if ref is None:

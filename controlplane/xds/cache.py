@@ -75,8 +75,8 @@ class SnapshotCache:
         self._clusters: dict[str, Entry] = {}
         self._endpoints: dict[str, Entry] = {}
         self._eds_clusters: set[str] = set()
-        # entry, fleets, rds name, the public-address variant's base (bind_public_address)
-        self._listeners: dict[str, tuple[Entry, tuple[str, ...], str | None, res.PublicBind | None]] = {}
+        # entry, fleets, rds name, what per-Envoy variants start from
+        self._listeners: dict[str, tuple[Entry, tuple[str, ...], str | None, res.ListenerBase]] = {}
         self._routes: dict[str, tuple[Entry, frozenset[str]]] = {}  # by route config name: entry, clusters
         self._secrets: dict[str, Entry] = {}  # certificate name -> SDS Secret
         self._listener_secrets: dict[str, frozenset[str]] = {}  # listener -> certificates it serves
@@ -91,6 +91,7 @@ class SnapshotCache:
         self._ring_worker: asyncio.Task[None] | None = None
         self._fleet_snapshots: dict[str, Snapshot] = {}
         self._drained: frozenset[str] = frozenset()
+        self._sheds: dict[str, tuple[int, ...]] = {}
         self._dirty_clusters: set[str] = set()
         self._dirty_listeners = False
         self._first_dirty: float | None = None
@@ -305,7 +306,7 @@ class SnapshotCache:
                 msg = res.listener_resource(lst, sni)
                 e = make_entry(res.LISTENER_TYPE, name, msg)
                 rds = res.route_config_name(name) if lst.protocol == "http" else None
-                listeners[name] = (e, tuple(lst.fleets), rds, res.public_bind(lst, msg))
+                listeners[name] = (e, tuple(lst.fleets), rds, res.listener_base(lst, msg))
                 old = self._listeners.get(name)
                 rebuilt["lds"] += old is None or old[0].version != e.version
                 if rds is not None:
@@ -320,6 +321,7 @@ class SnapshotCache:
         )
         revision = v.revision
         previous_drained, self._drained = self._drained, frozenset(v.drained)
+        previous_sheds, self._sheds = self._sheds, dict(v.shed)
         try:
             fleets = set(self._fleet_snapshots) | {ALL_FLEETS}
             snaps = {f: self._fleet_snapshot(f, revision) for f in fleets}
@@ -329,6 +331,7 @@ class SnapshotCache:
             # Keep serving the last good snapshot; a later change may complete the picture.
             self._swap_built(previous)
             self._drained = previous_drained
+            self._sheds = previous_sheds
             self.stats.rejected += 1
             self.stats.last_error = str(exc)
             log.error("not publishing revision %d: %s", revision, exc)
@@ -371,7 +374,8 @@ class SnapshotCache:
         needed |= {f"cluster {n}": frozenset({c}) for n, c in self._cluster_secrets.items()}
         sds = {c: self._secrets[c] for cs in needed.values() for c in cs if c in self._secrets}
         fleet_intent = self.view.fleets.get(fleet)
-        runtime = res.runtime_resource(fleet_intent.obj if fleet_intent else None, lds)
+        limits = {n: self.view.listeners[n].obj.max_connections for n in lds if n in self.view.listeners}
+        runtime = res.runtime_resource(fleet_intent.obj if fleet_intent else None, limits)
         admission = res.admission_resource(fleet_intent.obj if fleet_intent else None)
         snap.resources = {
             res.RUNTIME_TYPE: {res.RUNTIME_LAYER: make_entry(res.RUNTIME_TYPE, res.RUNTIME_LAYER, runtime)},
@@ -385,7 +389,8 @@ class SnapshotCache:
         }
         snap.pending = {res.HASH_RING_TYPE: self._ring_queue.keys()}
         snap.drained = self._drained
-        snap.public_binds = {n: bind for n in lds if (bind := self._listeners[n][3]) is not None}
+        snap.listener_bases = {n: self._listeners[n][3] for n in lds}
+        snap.sheds = self._sheds
         snap.references = {
             res.CLUSTER_TYPE: {n: {n} for n in self._eds_clusters},
             res.LISTENER_TYPE: {n: {rds_name} for n in lds if (rds_name := self._listeners[n][2])},

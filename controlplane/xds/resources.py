@@ -25,7 +25,7 @@ Choices made on purpose (see docs/xds.md):
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import xxhash
@@ -37,9 +37,9 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.local_ratelimit.v3 import local_ratelimit_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
-from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -48,6 +48,9 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import http_pb2, range_pb2, token_bucket_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
+from xds.type.matcher.v3 import domain_pb2 as xds_domain_pb2
+from xds.type.matcher.v3 import matcher_pb2 as xds_matcher_pb2
 
 from controlplane.gen.lbcp.v1 import ring_pb2
 from controlplane.intent.model import (
@@ -326,16 +329,18 @@ def _downstream_tls(lst: Listener, certificate: str) -> base_pb2.TransportSocket
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(ctx))
 
 
-def runtime_resource(fleet: Fleet | None, listeners: Iterable[str]) -> runtime_pb2.Runtime:
-    """The fleet's RTDS layer (`RUNTIME_LAYER`): each traffic listener's connection limit from
-    its capacity (`envoy.resource_limits.listener.<name>.connection_limit`, which Envoy's
-    listener checks on accept and counts refusals as `downstream_cx_overflow`). A runtime
-    update changes no listener, so a new limit drains nothing. Empty without a capacity."""
+def runtime_resource(fleet: Fleet | None, listeners: Mapping[str, int | None]) -> runtime_pb2.Runtime:
+    """The fleet's RTDS layer (`RUNTIME_LAYER`): each traffic listener's connection limit
+    (`envoy.resource_limits.listener.<name>.connection_limit`, which Envoy's listener checks
+    on accept and counts refusals as `downstream_cx_overflow`): the lower of its fleet's
+    capacity and its own `max_connections` (`listeners`: name -> that, or None). A runtime
+    update changes no listener, so a new limit drains nothing. Empty with neither."""
     layer = struct_pb2.Struct()
-    if fleet is not None and fleet.capacity is not None:
-        limit = fleet.capacity.max_connections_per_envoy
-        for name in sorted(listeners):
-            layer.fields[f"envoy.resource_limits.listener.{name}.connection_limit"].number_value = limit
+    capacity = fleet.capacity.max_connections_per_envoy if fleet is not None and fleet.capacity is not None else None
+    for name in sorted(listeners):
+        limits = [n for n in (capacity, listeners[name]) if n is not None]
+        if limits:
+            layer.fields[f"envoy.resource_limits.listener.{name}.connection_limit"].number_value = min(limits)
     return runtime_pb2.Runtime(name=RUNTIME_LAYER, layer=layer)
 
 
@@ -389,14 +394,10 @@ def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | 
             ),
         )
     )
+    # `max_connections` is enforced listener-wide through the runtime layer (runtime_resource),
+    # not by a connection_limit filter: that filter counts per filter chain, and the chains
+    # are shards of the listener's connections.
     chain = listener_components_pb2.FilterChain()
-    if lst.max_connections is not None:
-        limit = connection_limit_pb2.ConnectionLimit(
-            stat_prefix=f"{lst.name}_limit", max_connections=wrappers_pb2.UInt64Value(value=lst.max_connections)
-        )
-        chain.filters.append(
-            listener_components_pb2.Filter(name="envoy.filters.network.connection_limit", typed_config=_any(limit))
-        )
     if lst.protocol == "tcp":
         tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=lst.name, cluster=lst.cluster or "")
         chain.filters.append(
@@ -431,30 +432,105 @@ def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | 
             listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))
         )
     if lst.tls is None:
-        out.filter_chains.append(chain)
+        _add_shards(out, chain, lst.name)
+        out.filter_chain_matcher.CopyFrom(_shard_matcher(lst.name))
         return out
-    # One filter chain per certificate, chosen by SNI; the first certificate is also the
-    # default chain (no SNI, or a name no certificate claims).
+    # Shards per certificate, the certificate chosen by SNI (exact and wildcard names, the
+    # longest suffix first); the first certificate is also the default (no SNI, or a name no
+    # certificate claims).
     out.listener_filters.append(
         listener_components_pb2.ListenerFilter(
             name="envoy.filters.listener.tls_inspector", typed_config=_any(tls_inspector_pb2.TlsInspector())
         )
     )
     names = server_names or {}
+    by_name = xds_domain_pb2.ServerNameMatcher()
+    claimed: set[str] = set()
     for cert in lst.tls.certificates:
-        if names.get(cert):
-            sni = listener_components_pb2.FilterChain()
-            sni.CopyFrom(chain)
-            sni.name = f"{lst.name}/{cert}"
-            sni.filter_chain_match.server_names.extend(names[cert])
-            sni.transport_socket.CopyFrom(_downstream_tls(lst, cert))
-            out.filter_chains.append(sni)
+        domains = [n for n in names.get(cert, ()) if n not in claimed]  # the first certificate naming it wins
+        if domains:
+            claimed.update(domains)
+            tls = listener_components_pb2.FilterChain()
+            tls.CopyFrom(chain)
+            tls.transport_socket.CopyFrom(_downstream_tls(lst, cert))
+            _add_shards(out, tls, f"{lst.name}/{cert}")
+            shards = xds_matcher_pb2.Matcher.OnMatch(matcher=_shard_matcher(f"{lst.name}/{cert}"))
+            by_name.domain_matchers.append(
+                xds_domain_pb2.ServerNameMatcher.DomainMatcher(domains=domains, on_match=shards)
+            )
     default = listener_components_pb2.FilterChain()
     default.CopyFrom(chain)
-    default.name = f"{lst.name}/default"
     default.transport_socket.CopyFrom(_downstream_tls(lst, lst.tls.certificates[0]))
-    out.default_filter_chain.CopyFrom(default)
+    _add_shards(out, default, f"{lst.name}/default")
+    fallback = xds_matcher_pb2.Matcher.OnMatch(matcher=_shard_matcher(f"{lst.name}/default"))
+    if by_name.domain_matchers:
+        tree = xds_matcher_pb2.Matcher.MatcherTree(
+            input=_typed("sni", network_inputs_pb2.ServerNameInput()),
+            custom_match=_typed("server_names", by_name),
+        )
+        out.filter_chain_matcher.CopyFrom(xds_matcher_pb2.Matcher(matcher_tree=tree, on_no_match=fallback))
+    else:
+        out.filter_chain_matcher.CopyFrom(fallback.matcher)
     return out
+
+
+# -- shards: the connections one Envoy can be asked to let go of, a tenth at a time ----------
+
+# Every traffic listener's connections are split over SHARDS filter chains by the tens digit
+# of the client's source port (uniform: Linux gives connect() even ports, so the last digit
+# would leave half the shards empty). The chains are identical but for their name, so they
+# behave as one; when lbcp moves connections off an Envoy it serves that Envoy alone a
+# listener in which one shard's chains carry a new generation (their metadata): Envoy drains
+# exactly those chains (an in-place filter-chain update), closing their connections
+# gracefully within its drain time, and nothing else (docs/frontdoor.md, "Moving connections").
+SHARDS = 10
+SHARD_METADATA = "lbcp.shard"
+
+
+def shard_chain_name(prefix: str, shard: int) -> str:
+    return f"{prefix}/s{shard}"
+
+
+def _add_shards(out: listener_pb2.Listener, chain: listener_components_pb2.FilterChain, prefix: str) -> None:
+    for shard in range(SHARDS):
+        c = out.filter_chains.add()
+        c.CopyFrom(chain)
+        c.name = shard_chain_name(prefix, shard)
+
+
+def _typed(name: str, msg: Message) -> xds_extension_pb2.TypedExtensionConfig:
+    return xds_extension_pb2.TypedExtensionConfig(name=name, typed_config=_any(msg))
+
+
+def _shard_matcher(prefix: str) -> xds_matcher_pb2.Matcher:
+    """Source port -> the shard chain of its tens digit (a port below 10 goes to shard 0)."""
+    port = _typed("source_port", network_inputs_pb2.SourcePortInput())
+    out = xds_matcher_pb2.Matcher()
+    for shard in range(1, SHARDS):
+        m = out.matcher_list.matchers.add()
+        m.predicate.single_predicate.input.CopyFrom(port)
+        m.predicate.single_predicate.value_match.safe_regex.google_re2.SetInParent()
+        m.predicate.single_predicate.value_match.safe_regex.regex = f"^[0-9]*{shard}[0-9]$"
+        m.on_match.action.CopyFrom(_chain_action(shard_chain_name(prefix, shard)))
+    out.on_no_match.action.CopyFrom(_chain_action(shard_chain_name(prefix, 0)))
+    return out
+
+
+def _chain_action(chain: str) -> xds_extension_pb2.TypedExtensionConfig:
+    return _typed(chain, wrappers_pb2.StringValue(value=chain))
+
+
+def shed_listener(value: bytes, generations: tuple[int, ...]) -> bytes:
+    """A serialised listener with each shard whose generation is not 0 marked with it (its
+    chains' metadata): served to one Envoy, this drains those shards' connections there."""
+    if not any(generations):
+        return value
+    msg = listener_pb2.Listener.FromString(value)
+    for chain in msg.filter_chains:
+        shard = int(chain.name.rsplit("/s", 1)[1]) if "/s" in chain.name else -1
+        if 0 <= shard < len(generations) and generations[shard]:
+            chain.metadata.filter_metadata[SHARD_METADATA].fields["generation"].number_value = generations[shard]
+    return bytes(msg.SerializeToString(deterministic=True))
 
 
 # -- routes ----------------------------------------------------------------------------------
@@ -533,33 +609,36 @@ def route_entry(r: Route) -> route_components_pb2.Route:
 
 
 @dataclass(frozen=True, slots=True)
-class PublicBind:
-    """A listener (`bind_public_address`) that each Envoy also binds at its own public
-    address. The fleet's listener is serialised once (`value`); an Envoy's variant is that
-    plus one appended `additional_addresses` field (protobuf merges concatenated fields), so
-    a stream's copy costs a byte concatenation, not a protobuf build."""
+class ListenerBase:
+    """A listener as the fleet is sent it (`value`, serialised once), and what a per-Envoy
+    variant needs: with `bind_public`, each Envoy also binds its own public address; an Envoy
+    asked to let go of shards gets them marked (`shed_listener`). A variant is built per
+    stream only for Envoys that need one."""
 
     value: bytes
     address: str
     port: int
+    bind_public: bool
 
-    def at(self, public_address: str) -> bytes:
-        """The listener for an Envoy whose public address is `public_address` (an IP literal):
-        the fleet's bytes when its own address already covers it (the same address, or the
-        wildcard of that family)."""
+    def variant(self, public_address: str | None, generations: tuple[int, ...] | None) -> bytes:
+        """The listener for one Envoy: its public address (an IP literal, or None) and its
+        shard generations (or None)."""
+        value = shed_listener(self.value, generations) if generations else self.value
+        if public_address is None or not self.bind_public:
+            return value
         ip, own = ipaddress.ip_address(public_address), ipaddress.ip_address(self.address)
         if ip == own or (own.is_unspecified and own.version == ip.version):
-            return self.value
+            return value  # its own address already covers it (the same, or that family's wildcard)
+        # One appended `additional_addresses` field: protobuf merges concatenated fields, so
+        # this is a byte concatenation, not a protobuf build.
         extra = listener_pb2.Listener(
             additional_addresses=[listener_pb2.AdditionalAddress(address=_socket(str(ip), self.port))]
         )
-        return self.value + bytes(extra.SerializeToString(deterministic=True))
+        return value + bytes(extra.SerializeToString(deterministic=True))
 
 
-def public_bind(lst: Listener, msg: listener_pb2.Listener) -> PublicBind | None:
-    if not lst.bind_public_address:
-        return None
-    return PublicBind(msg.SerializeToString(deterministic=True), lst.address, lst.port)
+def listener_base(lst: Listener, msg: listener_pb2.Listener) -> ListenerBase:
+    return ListenerBase(msg.SerializeToString(deterministic=True), lst.address, lst.port, lst.bind_public_address)
 
 
 def route_configuration(listener: str, routes: Iterable[Route]) -> route_pb2.RouteConfiguration:

@@ -22,7 +22,7 @@ from controlplane.xds.resources import (
     ROUTE_TYPE,
     SECRET_TYPE,
     TYPE_ORDER,
-    PublicBind,
+    ListenerBase,
 )
 
 
@@ -102,8 +102,10 @@ class Snapshot:
     pending: dict[str, Container[str]] = field(default_factory=dict)
     # Node ids an operator has drained: their streams serve a failing health gate.
     drained: frozenset[str] = frozenset()
-    # Listeners each Envoy also binds at its own public address (a per-stream variant).
-    public_binds: dict[str, PublicBind] = field(default_factory=dict)
+    # What per-Envoy listener variants are built from (public addresses, shed shards).
+    listener_bases: dict[str, ListenerBase] = field(default_factory=dict)
+    # Envoys asked to let go of shards of their connections: node id -> generation per shard.
+    sheds: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _versions: dict[str, str] = field(default_factory=dict, repr=False)
 
     def of(self, type_url: str) -> dict[str, Entry]:
@@ -112,12 +114,7 @@ class Snapshot:
     def version(self, type_url: str) -> str:
         v = self._versions.get(type_url)
         if v is None:
-            v = set_version(self.of(type_url))
-            if type_url == LISTENER_TYPE and self.public_binds:
-                # Which listeners bind public addresses is part of what streams are sent (their
-                # own variants), though the fleet's entries do not show it.
-                v = xxhash.xxh64_hexdigest(f"{v} binds {sorted(self.public_binds)}".encode())
-            self._versions[type_url] = v
+            v = self._versions[type_url] = set_version(self.of(type_url))
         return v
 
     def check(self) -> None:

@@ -25,7 +25,7 @@ from controlplane.xds.resources import (
     TYPE_ORDER,
     gate_assignment,
 )
-from controlplane.xds.snapshot import Entry, Snapshot, encoded_entry, make_entry
+from controlplane.xds.snapshot import Entry, Snapshot, encoded_entry, make_entry, set_version
 
 WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
 # While the client has not yet subscribed to the endpoints of clusters it was just sent,
@@ -272,9 +272,10 @@ class BaseStream:
         self.gate: str | None = None
         self._gate: tuple[str, bool, Entry] | None = None  # (name, drained, entry) last built
         # Where this Envoy binds `bind_public_address` listeners too (its public_address, an
-        # IP literal, else None), and their variants last built: name -> (fleet bytes, entry).
+        # IP literal, else None), and its listener variants last built:
+        # name -> (fleet bytes, shard generations, entry).
         self.bind_address = _ip_literal(node.metadata.get("public_address"))
-        self._binds: dict[str, tuple[bytes, Entry]] = {}
+        self._variants: dict[str, tuple[bytes, tuple[int, ...] | None, Entry]] = {}
 
     @property
     def fleet(self) -> str:
@@ -318,8 +319,8 @@ class BaseStream:
         also this node's health gate once it subscribed to it, and for listeners this node's
         variant of those that bind its public address."""
         base = snap.of(type_url)
-        if type_url == LISTENER_TYPE and snap.public_binds and self.bind_address is not None:
-            return _Overlay(base, self._bound(snap))
+        if type_url == LISTENER_TYPE and self._needs_variants(snap):
+            return _Overlay(base, self._listener_variants(snap))
         if type_url != ENDPOINT_TYPE or self.gate is None:
             return base
         drained = self.node.id in snap.drained
@@ -327,18 +328,33 @@ class BaseStream:
             self._gate = (self.gate, drained, make_entry(ENDPOINT_TYPE, self.gate, gate_assignment(self.gate, drained)))
         return _Overlay(base, {self.gate: self._gate[2]})
 
-    def _bound(self, snap: Snapshot) -> dict[str, Entry]:
-        """This node's variants of the snapshot's `bind_public_address` listeners, each built
-        once per listener content (what the fleet is sent changes, or nothing is rebuilt)."""
-        assert self.bind_address is not None
+    def type_version(self, snap: Snapshot, type_url: str) -> str:
+        """The version of what this stream is owed of `type_url`: the fleet's, unless this
+        Envoy has listener variants of its own (then a hash of those entries)."""
+        if type_url == LISTENER_TYPE and self._needs_variants(snap):
+            return set_version(self.entries(snap, type_url))
+        return snap.version(type_url)
+
+    def _needs_variants(self, snap: Snapshot) -> bool:
+        if self.node.id in snap.sheds:
+            return True
+        return self.bind_address is not None and any(b.bind_public for b in snap.listener_bases.values())
+
+    def _listener_variants(self, snap: Snapshot) -> dict[str, Entry]:
+        """This node's own variants of the snapshot's listeners (its public address, its shed
+        shards), each built once per listener content and generations."""
+        generations = snap.sheds.get(self.node.id)
         own, built = {}, {}
-        for name, bind in snap.public_binds.items():
-            hit = self._binds.get(name)
-            if hit is None or hit[0] != bind.value:
-                hit = (bind.value, encoded_entry(LISTENER_TYPE, name, bind.at(self.bind_address)))
+        for name, base in snap.listener_bases.items():
+            if not (generations or (base.bind_public and self.bind_address is not None)):
+                continue
+            hit = self._variants.get(name)
+            if hit is None or hit[0] != base.value or hit[1] != generations:
+                value = base.variant(self.bind_address, generations)
+                hit = (base.value, generations, encoded_entry(LISTENER_TYPE, name, value))
             built[name] = hit
-            own[name] = hit[1]
-        self._binds = built
+            own[name] = hit[2]
+        self._variants = built
         return own
 
     def note_endpoint_names(self, names: set[str]) -> None:
@@ -407,7 +423,7 @@ class BaseStream:
             st = self.types[t]
             if not st.requested or st.in_flight is not None:
                 continue
-            version = snap.version(t)
+            version = self.type_version(snap, t)
             if (
                 t not in dirty
                 and st.seen_version == version

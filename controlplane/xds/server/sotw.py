@@ -81,7 +81,7 @@ class SotwStream(BaseStream):
             entries = self.entries(snap, type_url)
             if st.wildcard:
                 names = sorted(entries)
-                version = snap.version(type_url)
+                version = self.type_version(snap, type_url)
             else:
                 names = sorted(n for n in st.names if n in entries)
                 if not names:
@@ -114,7 +114,7 @@ class SotwStream(BaseStream):
                 return
             entries = self.entries(snap, type_url)
             if st.wildcard:
-                if st.acked_version != snap.version(type_url):
+                if st.acked_version != self.type_version(snap, type_url):
                     return
             else:
                 names = [n for n in st.names if n in entries]

@@ -56,10 +56,12 @@ def test_public_bind_appends_one_address_or_none() -> None:
     from envoy.config.listener.v3 import listener_pb2
 
     from controlplane.intent.model import Listener
-    from controlplane.xds.resources import listener_resource, public_bind
+    from controlplane.xds.resources import listener_base, listener_resource
 
     plain = Listener(name="l", address="127.0.0.1", port=8080)
-    assert public_bind(plain, listener_resource(plain)) is None
+    assert listener_base(plain, listener_resource(plain)).variant("127.0.1.9", None) == (
+        listener_resource(plain).SerializeToString(deterministic=True)
+    )  # not bind_public_address: the fleet's listener
     for address, public, extra in (
         ("127.0.0.1", "127.0.1.9", ["127.0.1.9"]),
         ("127.0.0.1", "127.0.0.1", []),  # the same address: nothing to add
@@ -69,10 +71,42 @@ def test_public_bind_appends_one_address_or_none() -> None:
     ):
         lst = Listener(name="l", address=address, port=8080, bind_public_address=True)
         msg = listener_resource(lst)
-        bind = public_bind(lst, msg)
-        assert bind is not None
-        got = listener_pb2.Listener.FromString(bind.at(public))
+        got = listener_pb2.Listener.FromString(listener_base(lst, msg).variant(public, None))
         assert [a.address.socket_address.address for a in got.additional_addresses] == extra
         assert all(a.address.socket_address.port_value == 8080 for a in got.additional_addresses)
         got.ClearField("additional_addresses")
         assert got == msg  # everything else is the fleet's listener
+
+
+def test_shards_split_connections_and_a_shed_marks_only_its_shard() -> None:
+    from envoy.config.listener.v3 import listener_pb2
+
+    from controlplane.intent.model import Listener, ListenerTLS
+    from controlplane.xds.resources import SHARD_METADATA, SHARDS, listener_base, listener_resource
+
+    plain = listener_resource(Listener(name="l", port=8080))
+    assert [c.name for c in plain.filter_chains] == [f"l/s{i}" for i in range(SHARDS)]
+    # The tens digit of the source port picks the shard; every chain but the name is the same.
+    regexes = [
+        m.predicate.single_predicate.value_match.safe_regex.regex
+        for m in plain.filter_chain_matcher.matcher_list.matchers
+    ]
+    assert regexes == [f"^[0-9]*{i}[0-9]$" for i in range(1, SHARDS)]
+    assert (
+        len({c.SerializeToString(deterministic=True).replace(c.name.encode(), b"") for c in plain.filter_chains}) == 1
+    )
+
+    tls = Listener(name="t", port=8443, tls=ListenerTLS(certificates=["a", "b"]))
+    msg = listener_resource(tls, {"a": ("a.example",), "b": ("b.example", "*.b.example", "a.example")})
+    assert len(msg.filter_chains) == 3 * SHARDS  # a, b and the default (a's certificate)
+    names = msg.filter_chain_matcher.matcher_tree.custom_match
+    assert names.name == "server_names"
+
+    gens = (0,) * 3 + (7,) + (0,) * (SHARDS - 4)
+    shed = listener_pb2.Listener.FromString(listener_base(tls, msg).variant(None, gens))
+    marked = [c.name for c in shed.filter_chains if c.metadata.filter_metadata[SHARD_METADATA].fields]
+    assert marked == ["t/a/s3", "t/b/s3", "t/default/s3"]
+    assert shed.filter_chains[3].metadata.filter_metadata[SHARD_METADATA].fields["generation"].number_value == 7
+    for c in shed.filter_chains:  # nothing else differs
+        c.ClearField("metadata")
+    assert shed == msg
