@@ -29,6 +29,7 @@ from api.problems import ApiError
 from controlplane.frontdoor.render import front_state
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Keyspace
+from controlplane.moves.controller import read_status, request_key
 from controlplane.xds.registry import read_fleet, rollout_status
 
 _readers = [Depends(require(Role.READER))]
@@ -51,11 +52,52 @@ def fleet_router() -> APIRouter:
         doc = view.nodes.get(node_id)
         if doc is None:
             raise ApiError(404, "node-not-found", "Node not found", f"no connected Envoy has node id {node_id!r}")
-        return JSONResponse({**doc, "front_state": front_state(doc)})
+        evacuation = await read_status(request.app.state.store.etcd, "node", node_id)
+        out = {**doc, "front_state": front_state(doc)}
+        if evacuation is not None and node_id in view.drained:
+            out["evacuation"] = evacuation
+        return JSONResponse(out)
+
+    @r.post(
+        "/v1/fleets/{fleet}/rebalance",
+        dependencies=_writers,
+        summary="Rebalance a fleet's connections once, at a paced rate",
+        status_code=202,
+    )
+    async def rebalance(request: Request, fleet: str) -> JSONResponse:
+        doc = await json_body(request) if await request.body() else {}
+        allowed = {"rate", "tolerance_percent"}
+        bad = [
+            FieldError(f"/{k}", "an integer from 1 to 1000000" if k == "rate" else "an integer from 1 to 100")
+            for k, v in (doc.items() if isinstance(doc, dict) else [])
+            if k in allowed
+            and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= (1_000_000 if k == "rate" else 100))
+        ]
+        if not isinstance(doc, dict) or set(doc) - allowed:
+            bad.append(FieldError("", 'the body may hold {"rate": N, "tolerance_percent": P}'))
+        if bad:
+            raise ValidationFailed(bad)
+        etcd = request.app.state.store.etcd
+        record = {**doc, "at": time.time()}
+        resp = await etcd.put(request_key(etcd.config.prefix, fleet), json.dumps(record).encode())
+        status = await read_status(etcd, "fleet", fleet)
+        return JSONResponse(
+            {"fleet": fleet, "requested": record, "status": status, "revision": resp.header.revision},
+            status_code=202,
+            headers={"Lbcp-Revision": str(resp.header.revision)},
+        )
+
+    @r.get("/v1/fleets/{fleet}/rebalance", dependencies=_readers, summary="A fleet's rebalancing progress")
+    async def rebalance_status(request: Request, fleet: str) -> JSONResponse:
+        etcd = request.app.state.store.etcd
+        status = await read_status(etcd, "fleet", fleet)
+        pending = (await etcd.range(request_key(etcd.config.prefix, fleet))).kvs
+        return JSONResponse({"fleet": fleet, "requested": json.loads(pending[0].value) if pending else None,
+                             "status": status})  # fmt: skip
 
     @r.post("/v1/fleet/{node_id:path}/drain", dependencies=_writers, summary="Drain one Envoy out of the front tier")
     async def drain(request: Request, node_id: str, force: bool = False) -> JSONResponse:
-        reason = await _drain_reason(request)
+        reason, evacuate = await _drain_body(request)
         wait = request.query_params.get("wait")
         if wait is not None and wait != "withdrawn":
             raise ValidationFailed([FieldError("/query/wait", "wait takes only 'withdrawn'")])
@@ -70,8 +112,11 @@ def fleet_router() -> APIRouter:
                 f"no connected Envoy has node id {node_id!r} (add ?force=true to drain it before it connects)",
             )
         key = Keyspace(etcd.config.prefix).drain_key(node_id)
-        record = {"reason": reason, "since": time.time()}
-        # Create only: draining an already drained node keeps its first record (and `since`).
+        record: dict[str, Any] = {"reason": reason, "since": time.time()}
+        if evacuate is not None:
+            record["evacuate"] = evacuate
+        # Create only: draining an already drained node keeps its first record (and `since`);
+        # an evacuation asked of a drained node is added to (or replaces the rate in) it.
         resp = await etcd.txn(
             rpc.TxnRequest(
                 compare=[rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)],
@@ -84,6 +129,14 @@ def fleet_router() -> APIRouter:
         else:
             kv = resp.responses[0].response_range.kvs[0]
             record, revision, status = json.loads(kv.value), kv.mod_revision, 200
+            if evacuate is not None and record.get("evacuate") != evacuate:
+                record["evacuate"] = evacuate
+                same = rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision)
+                put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=json.dumps(record).encode()))
+                changed = await etcd.txn(rpc.TxnRequest(compare=[same], success=[put]))
+                if not changed.succeeded:
+                    raise ApiError(409, "write-conflict", "Conflict", f"the drain of {node_id!r} changed meanwhile")
+                revision = changed.header.revision
         body = {"node_id": node_id, "draining": True, **record, "revision": revision}
         headers = {"Lbcp-Revision": str(revision)}
         if wait is not None:
@@ -112,16 +165,41 @@ def fleet_router() -> APIRouter:
     return r
 
 
-async def _drain_reason(request: Request) -> str:
+async def _drain_body(request: Request) -> tuple[str, dict[str, int] | None]:
+    """The optional drain body: `{"reason": "...", "evacuate": {"connections_per_second": N}}`."""
     if not await request.body():
-        return ""
+        return "", None
     doc = await json_body(request)
-    if not isinstance(doc, dict) or set(doc) - {"reason"}:
-        raise ValidationFailed([FieldError("", 'the body is optional; it may hold only {"reason": "..."}')])
+    if not isinstance(doc, dict) or set(doc) - {"reason", "evacuate"}:
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "", 'the body is optional; it may hold {"reason": "...", "evacuate": {"connections_per_second": N}}'
+                )
+            ]
+        )
     reason = doc.get("reason", "")
     if not isinstance(reason, str) or len(reason) > _MAX_REASON:
         raise ValidationFailed([FieldError("/reason", f"a string of at most {_MAX_REASON} characters")])
-    return reason
+    evacuate = doc.get("evacuate")
+    if evacuate is None:
+        return reason, None
+    rate = evacuate.get("connections_per_second") if isinstance(evacuate, dict) else None
+    if (
+        not isinstance(evacuate, dict)
+        or set(evacuate) != {"connections_per_second"}
+        or not isinstance(rate, int)
+        or isinstance(rate, bool)
+        or not 1 <= rate <= 1_000_000
+    ):
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "/evacuate/connections_per_second", "an integer from 1 to 1000000 (connections closed per second)"
+                )
+            ]
+        )
+    return reason, {"connections_per_second": rate}
 
 
 async def _wait_withdrawn(request: Request, node_id: str, revision: int, timeout: float) -> dict[str, Any]:

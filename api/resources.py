@@ -28,6 +28,7 @@ from controlplane.intent.errors import FieldError, PreconditionFailed, TooLarge,
 from controlplane.intent.keyspace import Ref, Stored
 from controlplane.intent.model import MODELS, Backend, Certificate, Kind
 from controlplane.intent.store import AnyOp, Op, ReplaceBackends, Store, WriteResult
+from controlplane.moves.controller import read_status
 
 PLURAL = {
     Kind.CLUSTER: "clusters",
@@ -191,7 +192,12 @@ async def _list(request: Request, kind: Kind, cluster: str | None, limit: int, p
 
 async def _get(request: Request, ref: Ref) -> JSONResponse:
     stored = await _store(request).get(ref)
-    return JSONResponse(present(stored), headers={"ETag": f'"{stored.mod_revision}"'})
+    body = present(stored)
+    if ref.kind == Kind.FLEET:
+        # What the mover is doing for it (not intent: PUT ignores it, as it does `revision`).
+        rebalance = await read_status(_store(request).etcd, "fleet", ref.name)
+        body["status"] = {"rebalance": rebalance}
+    return JSONResponse(body, headers={"ETag": f'"{stored.mod_revision}"'})
 
 
 async def _put(request: Request, ref: Ref, dry_run: bool, action: str = "put") -> JSONResponse:
@@ -203,6 +209,8 @@ async def _put(request: Request, ref: Ref, dry_run: bool, action: str = "put") -
 
 async def _put_doc(request: Request, ref: Ref, doc: Any, dry_run: bool, action: str) -> JSONResponse:
     body_rev = _pop_revision(doc)
+    if ref.kind == Kind.FLEET and isinstance(doc, dict):
+        doc.pop("status", None)  # as GET shows it: the mover's progress, not intent
     forced, if_match = _preconditions(request, body_rev)
     obj = checked(parse(MODELS[ref.kind], doc))
     if obj.name != ref.name:

@@ -29,6 +29,15 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "controlplane.intent": GROUND,
     "controlplane.ring.tables": (*GROUND, "controlplane.intent.model"),
     "controlplane.xds": (*GROUND, "controlplane.intent", "controlplane.ring.tables", "controlplane.gen"),
+    # The replica runs the mover (one room up: it uses the registry and the front tier).
+    "controlplane.xds.replica": (
+        *GROUND,
+        "controlplane.intent",
+        "controlplane.ring.tables",
+        "controlplane.gen",
+        "controlplane.xds",
+        "controlplane.moves",
+    ),
     "controlplane.ring.watch": (*GROUND, "controlplane.xds.client", "controlplane.xds.resources"),
     "controlplane.frontdoor": (*GROUND, "controlplane.intent", "controlplane.xds.registry", "controlplane.ring.tables"),
     "controlplane.moves": (

@@ -591,12 +591,29 @@ class Capacity(_Model):
         return self
 
 
+class Rebalance(_Model):
+    """Moving persistent connections off Envoys above the fleet's mean, paced, until every
+    Envoy is within the tolerance (controlplane/moves)."""
+
+    enabled: bool = Field(False, description="Rebalance continuously; off: only on POST .../rebalance.")
+    tolerance_percent: int = Field(
+        10, ge=1, le=100, description="An Envoy more than this above the fleet mean gives up connections."
+    )
+    max_moves_per_second: int = Field(
+        100, ge=1, le=1_000_000, description="Connections closed per second, fleet-wide (they reconnect elsewhere)."
+    )
+    min_connection_age: Duration = Field(
+        30.0, description="A shard whose connections were moved is not moved again sooner than this."
+    )
+
+
 class Fleet(_Model):
-    """A fleet of Envoys (their node.cluster): its capacity. A fleet with no object keeps the
-    defaults (no limits lbcp sets)."""
+    """A fleet of Envoys (their node.cluster): its capacity and rebalancing. A fleet with no
+    object keeps the defaults (no limits lbcp sets, no rebalancing)."""
 
     name: Name
     capacity: Capacity | None = None
+    rebalance: Rebalance | None = None
 
 
 # --- kinds ----------------------------------------------------------------------------------

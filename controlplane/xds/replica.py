@@ -22,6 +22,7 @@ from controlplane.etcd import Etcd, EtcdConfig
 from controlplane.intent.model import Capacity
 from controlplane.intent.view import IntentView
 from controlplane.metrics import EtcdMetrics
+from controlplane.moves.controller import Mover
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.identity import IdentityRule
 from controlplane.xds.load import LoadSampler
@@ -54,6 +55,7 @@ class ReplicaConfig:
     front_cidrs: tuple[str, ...] = ()  # FLEET=CIDR: where a node's public_address may point
     front_unprobed: tuple[str, ...] = ()  # fleets in service without a probe (no ops listener)
     insecure: bool = False  # allow a non-loopback address without mTLS (warned about loudly)
+    moves_interval: float = 0.25  # the mover's tick (evacuations, rebalancing); 0: this replica never moves
 
     def __post_init__(self) -> None:
         if not self.replica_id:
@@ -110,6 +112,7 @@ class XdsReplica:
             claims=self.registry,
             identity=IdentityRule.parse(config.identity) if mtls else None,
         )
+        self.mover = Mover(self.etcd, self.view, config.replica_id, config.moves_interval or 1.0)
         self.server: grpc.aio.Server | None = None
         self.port = config.port
         self.metrics_port: int | None = None
@@ -137,6 +140,8 @@ class XdsReplica:
         await self.server.start()
         await self.prober.start()
         await self.sampler.start()
+        if self.config.moves_interval > 0:
+            await self.mover.start()
         if self.config.metrics_port is not None:
             server, _ = start_http_server(self.config.metrics_port, self.config.host, self.metrics_registry)
             self._metrics_server = server
@@ -147,6 +152,7 @@ class XdsReplica:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+        await self.mover.stop()
         await self.prober.stop()
         await self.sampler.stop()
         if self.server:

@@ -1,0 +1,160 @@
+"""Moving connections deliberately: evacuating a drained Envoy at a chosen rate, and
+rebalancing a fleet after it grew. Real Envoys at their own 127.0.1.N, `lbcp dns` (in
+process) as the front door, WebSocket clients that resolve the name on every (re)connect
+and retry with jittered back-off, as real clients do."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+
+import dns.asyncquery
+import dns.message
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import WebSocketException
+
+from api.localcluster.demo import DemoBackend
+from api.localcluster.procs import free_port
+from controlplane.frontdoor.dns import DnsConfig, FrontDoorDns
+from tests.conftest import http_ok, wait_for
+
+NAME = "www.moves.test"
+LIMIT = 1000
+
+
+class Client:
+    """A WebSocket client that stays connected: the first time at `first` (an address), then
+    wherever the front door's first answer says; counts its connections."""
+
+    def __init__(self, port: int, dns_port: int, first: str | None = None) -> None:
+        self.port, self.dns_port, self.first = port, dns_port, first
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self.at: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def resolve(self) -> str | None:
+        try:
+            r = await dns.asyncquery.udp(dns.message.make_query(NAME, "A"), "127.0.0.1", port=self.dns_port, timeout=1)
+        except (OSError, dns.exception.DNSException):
+            return None
+        return r.answer[0][0].address if r.answer else None
+
+    async def run(self, deadline: float) -> None:
+        backoff = 0.05
+        while time.monotonic() < deadline:
+            address, self.first = self.first or await self.resolve(), None
+            if address is not None:
+                try:
+                    async with ws_connect(f"ws://{address}:{self.port}/", open_timeout=3, close_timeout=0.5) as ws:
+                        await asyncio.wait_for(ws.recv(), 3)
+                        self.connects += 1
+                        self.at = address
+                        self.connected.set()
+                        backoff = 0.05
+                        await ws.wait_closed()
+                except (OSError, TimeoutError, WebSocketException):
+                    pass
+            self.connected.clear()
+            self.at = None
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(1.0, backoff * 2)
+
+
+async def _setup(api, etcd, make_replica, envoys, addresses: list[str], capacity: dict | None = None):
+    replica = await make_replica("moves", load_interval=0.25, moves_interval=0.1)
+    demo = [DemoBackend(f"m{i}") for i in range(2)]
+    port = free_port()
+    members = [{"name": d.name, "address": "127.0.0.1", "port": d.port} for d in demo]
+    listener = {"address": "127.0.0.1", "port": port, "bind_public_address": True}
+    route = {"listener": "edge", "websocket": True, "timeout": None, "backends": [{"cluster": "web"}]}
+    fleet = {"capacity": capacity or {"max_connections_per_envoy": LIMIT}}
+    ops = [
+        {"op": "put", "kind": "cluster", "name": "web", "body": {}},
+        {"op": "replace_backends", "cluster": "web", "body": members},
+        {"op": "put", "kind": "listener", "name": "edge", "body": listener},
+        {"op": "put", "kind": "route", "name": "all", "body": route},
+        {"op": "put", "kind": "fleet", "name": "default", "body": fleet},
+    ]
+    assert (await api.post("/v1/batch", json={"operations": ops})).status_code == 200
+    xds = [("127.0.0.1", replica.port)]
+    started = [envoys(f"mv-{i}", xds, public_address=a) for i, a in enumerate(addresses)]
+    front = FrontDoorDns(DnsConfig(zone="moves.test", name="www", ttl=1, port=0, interval=0.1))
+    await front.start()
+    following = asyncio.create_task(front.follow(etcd))
+    for a in addresses:
+        await wait_for(http_ok(f"http://{a}:{port}/"), timeout=30, what=f"the Envoy at {a}")
+    return replica, demo, port, started, front, following
+
+
+async def _teardown(clients, front, following, demo) -> None:
+    for c in clients:
+        if c.task is not None:
+            c.task.cancel()
+    await asyncio.gather(*(c.task for c in clients if c.task is not None), return_exceptions=True)
+    following.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await following
+    await front.stop()
+    for d in demo:
+        d.stop()
+
+
+async def test_evacuate_one_envoy_at_a_chosen_rate(api, etcd, make_replica, envoys) -> None:
+    addresses = ["127.0.1.91", "127.0.1.92", "127.0.1.93"]
+    replica, demo, port, fleet, front, following = await _setup(api, etcd, make_replica, envoys, addresses)
+    active = f"listener.127.0.0.1_{port}.downstream_cx_active"
+
+    async def held(e) -> int:
+        return (await asyncio.to_thread(e.stats, active)).get(active, 0)
+
+    deadline = time.monotonic() + 90
+    clients = [Client(port, front.port, addresses[0]) for _ in range(400)]
+    clients += [Client(port, front.port, a) for a in addresses[1:] for _ in range(100)]
+    try:
+        for c in clients:
+            c.task = asyncio.create_task(c.run(deadline))
+
+        async def all_connected() -> bool:
+            return all(c.connected.is_set() for c in clients)
+
+        await wait_for(all_connected, timeout=60, what="600 WebSockets connected")
+        assert [await held(e) for e in fleet] == [400, 100, 100]
+        others_before = [e.stats("listener_manager.listener_in_place_updated") for e in fleet[1:]]
+        victim = fleet[0]
+        r = await api.post(f"/v1/fleet/{victim.node_id}/drain", json={"evacuate": {"connections_per_second": 100}})
+        assert r.status_code == 201, r.text
+        t0 = time.monotonic()
+        timeline: list[tuple[float, list[int]]] = []
+        while time.monotonic() - t0 < 20:
+            counts = list(await asyncio.gather(*(held(e) for e in fleet)))
+            timeline.append((time.monotonic() - t0, counts))
+            if counts[0] == 0:
+                break
+            await asyncio.sleep(0.05)
+        emptied = timeline[-1][0]
+        first_gone = next(t for t, c in timeline if c[0] < 400)
+        peak_others = max(max(c[1:]) for _, c in timeline)
+        print(f"evacuate: 400 at 100/s emptied in {emptied:.2f}s (first closes at {first_gone:.2f}s, "
+              f"{400 / (emptied - first_gone):.0f}/s from there); the others peaked at {peak_others}")  # fmt: skip
+        assert timeline[-1][1][0] == 0, timeline[-5:]
+        # 400 at 100/s: 4 s (± 25 %) from the first close to the last. Each shard closes one
+        # Envoy drain time (1 s here) after it is asked to, so the first close comes that late.
+        pace = 400 / (emptied - first_gone)
+        assert 75 <= pace <= 125, (pace, timeline[::5])
+        assert emptied <= 4.0 * 1.25 + 1.0 + 0.5, (emptied, timeline[::5])  # + drain time + control latency
+        assert peak_others <= LIMIT
+        await wait_for(all_connected, timeout=20, what="every evacuated client reconnected")
+        assert sum(await asyncio.gather(*(held(e) for e in fleet[1:]))) == 600
+        # The mover touched only the evacuated Envoy's listener.
+        assert [e.stats("listener_manager.listener_in_place_updated") for e in fleet[1:]] == others_before
+        node = (await api.get(f"/v1/fleet/{victim.node_id}")).json()
+        assert node["evacuation"]["state"] == "evacuated" or node["load"]["connections"] == 0, node.get("evacuation")
+        # Now it can be stopped with nothing lost: no client is on it.
+        victim.stop()
+        await asyncio.sleep(0.5)
+        assert await all_connected() and all(c.connects == 1 or c.at != addresses[0] for c in clients)
+    finally:
+        await _teardown(clients, front, following, demo)
