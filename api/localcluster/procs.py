@@ -336,6 +336,11 @@ class EnvoyProcess:
                 "warning",
                 "--drain-time-s",
                 "1",
+                # A drained shard's busy connections are told at once (Connection: close,
+                # GOAWAY) rather than with a probability that, over a 1 s drain in Envoy's
+                # whole seconds, stays 0 until the forced close (docs/frontdoor.md).
+                "--drain-strategy",
+                "immediate",
                 "--parent-shutdown-time-s",
                 "2",
             ],

@@ -10,7 +10,8 @@ and the one-off requests, and only then the fleet registry (live load per Envoy)
 - **Evacuate** `{node}` at `connections_per_second`: shed its shards one after another, one
   shard per `connections / SHARDS / rate` seconds, round and round until it holds none.
 - **Rebalance** a fleet: every Envoy more than `tolerance_percent` above the fleet's mean (of
-  Envoys in front of clients) gives up shards, fleet-wide at most `max_moves_per_second`
+  Envoys in front of clients), or above it while another is that far below, gives up shards,
+  fleet-wide at most `max_moves_per_second`
   connections per second, the most loaded first; a shard is not moved again within
   `min_connection_age`; connections already asked to go (not yet gone from the load
   samples) count as gone, so a stale sample does not shed twice.
@@ -49,6 +50,9 @@ LEASE_TTL = 5
 # After a shed, its connections count as gone for this long at most, waiting for the load
 # samples to show it (drain time + sample interval + registry flush, with margin).
 PENDING_SECONDS = 10.0
+# A sample this long after a shed's drain time shows its connections gone (the closes, the
+# sample's own read).
+SETTLE = 0.3
 
 
 def moves_root(prefix: str) -> bytes:
@@ -202,14 +206,25 @@ class Mover:
         n = load.get("connections")
         return int(n) if isinstance(n, (int, float)) else None
 
-    def _effective(self, node: str, connections: int, now: float) -> int:
-        """Connections, less those already asked to go that the samples do not show gone."""
+    def _effective(self, node: str, doc: dict[str, Any], now: float) -> int:
+        """Connections, less those already asked to go that the samples cannot show gone yet:
+        a shed counts until a load sample taken one drain time (the Envoy's own, from its
+        /server_info) after it; without that, until the count dropped by half of it."""
+        connections = self._connections(doc) or 0
         donor = self._donors.get(node)
         if donor is None:
             return connections
+        load = doc.get("load") or {}
+        drain = (load.get("drain") or {}).get("time")
+        sampled = float(load.get("at") or 0.0)
         kept = []
         for at, then, estimate in donor.pending:
-            if now - at < PENDING_SECONDS and connections > then - estimate // 2:
+            if now - at >= PENDING_SECONDS:
+                continue
+            settled = (
+                sampled >= at + float(drain) + SETTLE if drain is not None else connections <= then - estimate // 2
+            )
+            if not settled:
                 kept.append((at, then, estimate))
         donor.pending = kept
         return max(0, connections - sum(e for _, _, e in kept))
@@ -223,6 +238,7 @@ class Mover:
         else:
             return False  # every shard moved too recently
         await shed(self.etcd, node, [shard], reason=why)
+        log.info("%s: shard %d of %s (%d connections, ~%d to go)", why, shard, node, connections, estimate)
         self.sheds += 1
         donor.shed_at[shard] = now
         donor.next_shard = (shard + 1) % SHARDS
@@ -239,9 +255,13 @@ class Mover:
         if doc is None or connections is None:
             await self._status("node", node, move, "evacuated" if doc is None else "waiting", connections or 0, now)
             return
-        effective = self._effective(node, connections, now)
+        effective = self._effective(node, doc, now)
         estimate = max(1, math.ceil(max(move.initial, connections) / SHARDS))
-        if effective > 0:
+        # The first round sheds every shard at the rate; after it, a shard again only for
+        # connections that arrived meanwhile (once the samples show the round's gone).
+        donor = self._donors.get(node)
+        first_round = donor is None or sum(t >= move.started for t in donor.shed_at.values()) < SHARDS
+        if effective > 0 or (first_round and connections > 0):
             move.budget = min(move.budget + rate * (now - move.last_tick), 2 * estimate) if move.moved else estimate
             if move.budget >= estimate and await self._shed_one(node, connections, estimate, now, 0.0, "evacuate"):
                 move.budget -= estimate
@@ -274,10 +294,14 @@ class Mover:
         if len(members) < 2:
             await self._status("fleet", fleet, move, "idle", 0, now)
             return
-        effective = {n: self._effective(n, c, now) for n, c in members.items()}
+        effective = {n: self._effective(n, nodes[n], now) for n in members}
         mean = sum(effective.values()) / len(effective)
-        limit = mean * (1 + tolerance / 100)
-        excess = {n: c - mean for n, c in effective.items() if c > limit}
+        # Within tolerance: every Envoy within `tolerance` of the mean, above and below (an
+        # empty new Envoy is as much out of balance as a full old one). Until then, those
+        # above the mean give.
+        spread = mean * tolerance / 100
+        balanced = all(abs(c - mean) <= spread for c in effective.values())
+        excess = {} if balanced else {n: c - mean for n, c in effective.items() if c > mean}
         remaining = round(sum(excess.values()))
         if not excess:
             await self._status("fleet", fleet, move, "balanced", 0, now, mean=mean)

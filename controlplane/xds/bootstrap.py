@@ -36,6 +36,9 @@ from controlplane.xds.resources import GATE_CLUSTER, RUNTIME_LAYER, gate_name
 # nothing else (controlplane.xds.load reads it once per sample interval, on a kept-alive
 # connection). The regex is fixed here, so the ops listener exposes no general stats query.
 LOAD_PATH = "/lbcp/load"
+# `GET /lbcp/server_info`: the admin's /server_info (read-only), for the Envoy's drain time and
+# strategy, which the mover paces by (controlplane.moves).
+SERVER_INFO_PATH = "/lbcp/server_info"
 LOAD_STATS = (
     r"^(listener\..+\.(downstream_cx_active|downstream_cx_total|ssl\.handshake)"
     r"|http\..+\.downstream_cx_http2_active|http2\.streams_active|overload\..+\.active)$"
@@ -291,6 +294,14 @@ def _ops_listener(address: str, port: int) -> dict[str, Any]:
                                 "prefix_rewrite": "/stats?format=json&usedonly&filter="
                                 + urllib.parse.quote(LOAD_STATS, safe=""),
                             },
+                        },
+                        # The Envoy's own delays (its drain time and strategy), read once per stream.
+                        {
+                            "match": {
+                                "path": SERVER_INFO_PATH,
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {"cluster": "lbcp_admin", "timeout": "5s", "prefix_rewrite": "/server_info"},
                         },
                         {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
                     ],

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from controlplane.intent.model import Capacity
-from controlplane.xds.bootstrap import LOAD_PATH
+from controlplane.xds.bootstrap import LOAD_PATH, SERVER_INFO_PATH
 from controlplane.xds.probe import ops_port
 from controlplane.xds.server.common import BaseStream, QuietObserver
 
@@ -142,6 +142,20 @@ class _KeepAlive:
             self._io = None
 
 
+async def _drain_of(conn: _KeepAlive) -> dict[str, Any]:
+    """The Envoy's `--drain-time-s` and `--drain-strategy` from its /server_info, or {} when
+    its ops listener does not serve it (a bootstrap older than this)."""
+    status, body = await conn.get(SERVER_INFO_PATH)
+    if status != 200:
+        return {}
+    options = json.loads(body).get("command_line_options", {})
+    seconds = str(options.get("drain_time", "")).rstrip("s")
+    try:
+        return {"time": float(seconds), "strategy": str(options.get("drain_strategy", "")).lower()}
+    except ValueError:
+        return {}
+
+
 class LoadSampler(QuietObserver):
     """A StreamObserver that samples the live load of every connected Envoy it can verify."""
 
@@ -159,6 +173,8 @@ class LoadSampler(QuietObserver):
         self.streams: dict[int, BaseStream] = {}
         self._conns: dict[int, _KeepAlive] = {}
         self._last: dict[int, tuple[float, int, int]] = {}  # stream -> (monotonic, cx_total, handshakes)
+        # stream -> the Envoy's drain time and strategy ({} when its ops listener cannot say)
+        self._drain: dict[int, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self.samples = 0
 
@@ -183,6 +199,7 @@ class LoadSampler(QuietObserver):
     def disconnected(self, stream: BaseStream) -> None:
         self.streams.pop(stream.id, None)
         self._last.pop(stream.id, None)
+        self._drain.pop(stream.id, None)
         conn = self._conns.pop(stream.id, None)
         if conn is not None:
             conn.close()
@@ -221,6 +238,8 @@ class LoadSampler(QuietObserver):
                 if status != 200:
                     raise ValueError(f"HTTP {status}")
                 raw = parse_load(json.loads(body).get("stats", []), ops_port(stream))
+                if stream.id not in self._drain:
+                    self._drain[stream.id] = await _drain_of(conn)
             except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 log.debug("load of %s not read: %s", stream.node.id, exc)
                 return
@@ -245,6 +264,7 @@ class LoadSampler(QuietObserver):
             "overloaded": bool(raw["overload_actions"]),
             "overload_actions": raw["overload_actions"],
             "listeners": raw["listeners"],
+            **({"drain": self._drain[stream.id]} if self._drain.get(stream.id) else {}),
             **_fill(self.capacity(stream.fleet), raw["listeners"], (stream.load or {}).get("full", False)),
         }
         before = stream.load

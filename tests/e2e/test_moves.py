@@ -6,12 +6,14 @@ and retry with jittered back-off, as real clients do."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 import time
 
 import dns.asyncquery
 import dns.message
+import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
@@ -157,4 +159,81 @@ async def test_evacuate_one_envoy_at_a_chosen_rate(api, etcd, make_replica, envo
         await asyncio.sleep(0.5)
         assert await all_connected() and all(c.connects == 1 or c.at != addresses[0] for c in clients)
     finally:
+        await _teardown(clients, front, following, demo)
+
+
+async def _http_load(url: str, http2: bool, stop: asyncio.Event, results: dict[str, int]) -> None:
+    """Requests of 200 ms, back to back on one client, until `stop`; counts failures."""
+    async with httpx.AsyncClient(http2=http2, timeout=10, limits=httpx.Limits(max_connections=1)) as c:
+        while not stop.is_set():
+            try:
+                r = await c.get(url, params={"delay_ms": "200"})
+                results["ok" if r.status_code == 200 else f"status {r.status_code}"] += 1
+            except httpx.HTTPError as exc:
+                results[f"{type(exc).__name__}"] += 1
+
+
+async def test_rebalance_after_scale_out(api, etcd, make_replica, envoys) -> None:
+    addresses = ["127.0.1.94", "127.0.1.95", "127.0.1.96"]
+    replica, demo, port, fleet, front, following = await _setup(api, etcd, make_replica, envoys, addresses[:2])
+    active = f"listener.127.0.0.1_{port}.downstream_cx_active"
+
+    async def held(e) -> int:
+        return (await asyncio.to_thread(e.stats, active)).get(active, 0)
+
+    deadline = time.monotonic() + 90
+    clients = [Client(port, front.port, a) for a in addresses[:2] for _ in range(300)]
+    stop = asyncio.Event()
+    results: collections.Counter[str] = collections.Counter()
+    load = []
+    try:
+        for c in clients:
+            c.task = asyncio.create_task(c.run(deadline))
+
+        async def all_connected() -> bool:
+            return all(c.connected.is_set() for c in clients)
+
+        await wait_for(all_connected, timeout=60, what="600 WebSockets connected")
+        # HTTP/1.1 and HTTP/2 requests in flight on the old Envoys all through the move.
+        load = [
+            asyncio.create_task(_http_load(f"http://{a}:{port}/", h2, stop, results))
+            for a in addresses[:2]
+            for h2 in (False, True)
+            for _ in range(3)
+        ]
+        fleet.append(envoys("mv-2", [("127.0.0.1", replica.port)], public_address=addresses[2]))
+        await wait_for(http_ok(f"http://{addresses[2]}:{port}/"), timeout=30, what="the new Envoy")
+        await asyncio.sleep(1.0)  # its first load sample is in
+        before = [await held(e) for e in fleet]
+        r = await api.post("/v1/fleets/default/rebalance", json={"rate": 50})
+        assert r.status_code == 202, r.text
+        t0 = time.monotonic()
+        timeline: list[tuple[float, list[int]]] = []
+        state = None
+        while time.monotonic() - t0 < 30:
+            counts = list(await asyncio.gather(*(held(e) for e in fleet)))
+            timeline.append((time.monotonic() - t0, counts))
+            state = ((await api.get("/v1/fleets/default/rebalance")).json().get("status") or {}).get("state")
+            if state == "balanced" and time.monotonic() - t0 > 1:
+                break
+            await asyncio.sleep(0.1)
+        assert state == "balanced", timeline[::10]
+        await asyncio.sleep(1.5)  # the last shard's drain time, and the reconnects
+        await wait_for(all_connected, timeout=20, what="every moved client reconnected")
+        stop.set()
+        await asyncio.gather(*load)
+        final = [await held(e) for e in fleet]
+        mean = sum(final) / 3
+        old = [t for t, c in timeline if c[0] + c[1] < before[0] + before[1]]
+        moved = before[0] + before[1] - (timeline[-1][1][0] + timeline[-1][1][1])
+        pace = moved / max(0.1, old[-1] - old[0]) if old else 0.0
+        print(f"rebalance: {before} -> {final}; {moved} moved, {pace:.0f}/s (asked 50/s); http {dict(results)}")
+        assert all(abs(n - mean) <= 0.1 * mean + 6 for n in final), final  # 10 % (+ the HTTP load's 12)
+        assert 50 * 0.75 <= pace <= 50 * 1.25, (pace, timeline[::5])
+        assert set(results) == {"ok"}, results  # no request in flight failed
+        # Reconnects went to the new Envoy; every WebSocket is held again.
+        assert sum(c.connected.is_set() for c in clients) == 600
+    finally:
+        stop.set()
+        await asyncio.gather(*load, return_exceptions=True)
         await _teardown(clients, front, following, demo)
