@@ -29,7 +29,7 @@ from api.problems import ApiError
 from controlplane.frontdoor.render import front_state
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Keyspace
-from controlplane.moves.controller import read_status, request_key
+from controlplane.moves.controller import read_status, read_statuses, request_key
 from controlplane.xds.registry import read_fleet, rollout_status
 
 _readers = [Depends(require(Role.READER))]
@@ -42,8 +42,17 @@ def fleet_router() -> APIRouter:
 
     @r.get("/v1/fleet", dependencies=_readers, summary="Connected Envoys, from every xDS replica")
     async def fleet(request: Request) -> JSONResponse:
-        view = await read_fleet(request.app.state.store.etcd)
-        nodes = [{**doc, "front_state": front_state(doc)} for doc in view.nodes.values()]
+        etcd = request.app.state.store.etcd
+        view = await read_fleet(etcd)
+        moving = await read_statuses(etcd, "node")
+        nodes = [
+            {
+                **doc,
+                "front_state": front_state(doc),
+                **({"evacuation": moving[n]} if n in moving and n in view.drained else {}),
+            }
+            for n, doc in view.nodes.items()
+        ]
         return JSONResponse({"nodes": nodes, "drained": view.drained, "revision": view.revision})
 
     @r.get("/v1/fleet/{node_id:path}", dependencies=_readers, summary="One connected Envoy")

@@ -74,6 +74,16 @@ async def read_status(etcd: Etcd, kind: str, name: str) -> dict[str, Any] | None
     return json.loads(got.kvs[0].value) if got.kvs else None
 
 
+async def read_statuses(etcd: Etcd, kind: str) -> dict[str, dict[str, Any]]:
+    """Every status of one kind ("node" or "fleet"), by name."""
+    root = moves_root(etcd.config.prefix) + f"status/{kind}/".encode()
+    out = {}
+    for kv in (await etcd.range(root, prefix_end(root))).kvs:
+        with contextlib.suppress(ValueError):
+            out[urllib.parse.unquote(kv.key[len(root) :].decode())] = json.loads(kv.value)
+    return out
+
+
 @dataclass
 class _Move:
     """One evacuation or rebalance in progress."""
@@ -280,6 +290,7 @@ class Mover:
         rate = float((request or {}).get("rate") or (policy.max_moves_per_second if policy else 100))
         tolerance = float((request or {}).get("tolerance_percent") or (policy.tolerance_percent if policy else 10))
         min_age = float(policy.min_connection_age if policy else 30.0)
+        asked = float((request or {}).get("at") or 0.0)  # which one-off request this status answers
         move = self._rebalances.get(fleet)
         if move is None or move.rate != rate:
             move = self._rebalances[fleet] = _Move(rate=rate, started=now, last_tick=now)
@@ -292,7 +303,7 @@ class Mover:
             and (c := self._connections(doc)) is not None
         }
         if len(members) < 2:
-            await self._status("fleet", fleet, move, "idle", 0, now)
+            await self._status("fleet", fleet, move, "idle", 0, now, request=asked)
             return
         effective = {n: self._effective(n, nodes[n], now) for n in members}
         mean = sum(effective.values()) / len(effective)
@@ -304,7 +315,7 @@ class Mover:
         excess = {} if balanced else {n: c - mean for n, c in effective.items() if c > mean}
         remaining = round(sum(excess.values()))
         if not excess:
-            await self._status("fleet", fleet, move, "balanced", 0, now, mean=mean)
+            await self._status("fleet", fleet, move, "balanced", 0, now, mean=mean, request=asked)
             if request is not None:
                 await self.etcd.delete(request_key(self.etcd.config.prefix, fleet))
             return
@@ -319,7 +330,7 @@ class Mover:
             if await self._shed_one(node, members[node], estimate, now, min_age, f"rebalance {fleet}"):
                 move.budget -= estimate
                 move.moved += estimate
-        await self._status("fleet", fleet, move, "rebalancing", remaining, now, mean=mean)
+        await self._status("fleet", fleet, move, "rebalancing", remaining, now, mean=mean, request=asked)
 
     async def _status(
         self, kind: str, name: str, move: _Move, state: str, remaining: int, now: float, **extra: Any
@@ -332,7 +343,7 @@ class Mover:
             "rate": move.rate,
             "observed_rate": round(move.moved / elapsed, 1) if move.moved else 0.0,
             "started": move.started,
-            **{k: round(v, 1) for k, v in extra.items()},
+            **{k: round(v, 3) for k, v in extra.items()},
         }
         if status == move.status:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -129,6 +130,7 @@ def test_up_apply_get_down(local_cluster) -> None:
     ).stdout
     assert "\tIN\tA\t127.0.1.1\t; envoy-0" in dns and "\tIN\tA\t127.0.1.2\t; envoy-1" in dns, dns
     _front_door_cli(state, doc)
+    _moves_cli(state, doc)
     _certificates_cli(state, doc)
     bad = _lbcp(state, "backend", "add", "nope", "x", "127.0.0.1:1", check=False)
     assert bad.returncode == 1 and "cluster-not-found" in bad.stderr
@@ -301,6 +303,39 @@ def _front_door_cli(state: Path, doc: dict) -> None:
         assert ok.status_code == 200
     after = {a: requests(e) for a, e in by_address.items()}
     assert {a: after[a] - before[a] for a in by_address} == {a: chosen.get(a, 0) for a in by_address}
+
+
+def _moves_cli(state: Path, doc: dict) -> None:
+    """`lbcp node drain --evacuate --wait` empties an Envoy at the asked rate and says so;
+    `lbcp fleet` shows it; `lbcp fleet rebalance --wait` answers once the fleet is balanced."""
+    envoy = doc["envoys"][1]
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(connect(f"ws://{envoy['own_listener']}/", open_timeout=5)) for _ in range(30)]
+        for ws in held:
+            assert ws.recv(timeout=5) in {"web-1", "web-2", "web-3"}
+
+        def load_seen() -> bool:
+            rows = {r["node_id"]: r for r in json.loads(_lbcp(state, "fleet", "-o", "json").stdout)}
+            return (rows[envoy["node_id"]].get("load") or {}).get("connections", 0) >= 30
+
+        wait_until(load_seen, 20, what="the held connections in the fleet's load")
+        out = _lbcp(state, "node", "drain", envoy["node_id"], "--evacuate", "--rate", "20", "--wait", "30")
+        assert "evacuating at 20 connections/s" in out.stdout and "evacuated: no connections left" in out.stdout, out
+        rows = {r["node_id"]: r for r in json.loads(_lbcp(state, "fleet", "-o", "json").stdout)}
+        assert rows[envoy["node_id"]]["evacuation"]["state"] in ("evacuating", "evacuated")
+        table = _lbcp(state, "fleet").stdout.splitlines()
+        assert table[0].split()[-1] == "MOVING"
+        assert any(line.startswith(envoy["node_id"]) and "left at 20/s" in line for line in table[1:]), table
+        closed = 0
+        for ws in held:
+            try:
+                ws.recv(timeout=0.2)
+            except Exception:  # closed by the evacuation (ConnectionClosed), as it should be
+                closed += 1
+        assert closed == len(held)
+    _lbcp(state, "node", "undrain", envoy["node_id"])
+    out = _lbcp(state, "fleet", "rebalance", "default", "--rate", "50", "--wait", "20").stdout
+    assert "fleet default balanced" in out, out
 
 
 def _certificates_cli(state: Path, doc: dict) -> None:
