@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import struct
@@ -146,10 +147,20 @@ class FrontDoorDns:
                 if out is not None:
                     self.transport.sendto(out, addr)
 
-        transport, _ = await loop.create_datagram_endpoint(_Udp, local_addr=(self.config.host, self.config.port))
-        self.port = transport.get_extra_info("sockname")[1]
-        tcp = await asyncio.start_server(self._tcp, self.config.host, self.port)
-        self._servers = [transport, tcp]
+        # UDP and TCP on one port. Asked for any free port (0), the UDP one may be taken for
+        # TCP (a client's ephemeral port, say): then try another.
+        for attempt in range(20):
+            transport, _ = await loop.create_datagram_endpoint(_Udp, local_addr=(self.config.host, self.config.port))
+            self.port = transport.get_extra_info("sockname")[1]
+            try:
+                tcp = await asyncio.start_server(self._tcp, self.config.host, self.port)
+            except OSError as exc:
+                transport.close()
+                if self.config.port or exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
+                continue
+            self._servers = [transport, tcp]
+            return
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -5,16 +5,9 @@ emptiest Envoys.
 One replica at a time moves connections (a lease-held key, `_runtime/moves/leader`); the
 others stand by and take over within the lease's TTL. Each tick (`interval`) it reads what
 there is to do from its intent view (drain records with `evacuate`, fleets with `rebalance`)
-and the one-off requests, and only then the fleet registry (live load per Envoy):
-
-- **Evacuate** `{node}` at `connections_per_second`: shed its shards one after another, one
-  shard per `connections / SHARDS / rate` seconds, round and round until it holds none.
-- **Rebalance** a fleet: every Envoy more than `tolerance_percent` above the fleet's mean (of
-  Envoys in front of clients), or above it while another is that far below, gives up shards,
-  fleet-wide at most `max_moves_per_second`
-  connections per second, the most loaded first; a shard is not moved again within
-  `min_connection_age`; connections already asked to go (not yet gone from the load
-  samples) count as gone, so a stale sample does not shed twice.
+and the one-off requests, and only then the fleet registry (live load per Envoy). What to
+shed is decided by `policy.Planner` (no IO: the fleet model runs the same code); this module
+does the IO: the shed records, the status, the leadership.
 
 Progress is written to `_runtime/moves/status/{node|fleet}` (`state`, `moved`, `remaining`,
 `rate`), which the admin API serves. The pace is shards per second: a shard's idle
@@ -27,10 +20,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 import urllib.parse
-from dataclasses import dataclass, field
 from typing import Any
 
 from aetcd import rpc
@@ -40,19 +31,13 @@ from controlplane.etcd import Etcd, prefix_end
 from controlplane.frontdoor.render import front_state
 from controlplane.intent.keyspace import Keyspace
 from controlplane.intent.view import IntentView
+from controlplane.moves.policy import Planner, Progress, Sample, Shed
 from controlplane.moves.shed import shed
 from controlplane.xds.registry import read_fleet
-from controlplane.xds.resources import SHARDS
 
 log = logging.getLogger(__name__)
 
 LEASE_TTL = 5
-# After a shed, its connections count as gone for this long at most, waiting for the load
-# samples to show it (drain time + sample interval + registry flush, with margin).
-PENDING_SECONDS = 10.0
-# A sample this long after a shed's drain time shows its connections gone (the closes, the
-# sample's own read).
-SETTLE = 0.3
 
 
 def moves_root(prefix: str) -> bytes:
@@ -84,28 +69,6 @@ async def read_statuses(etcd: Etcd, kind: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-@dataclass
-class _Move:
-    """One evacuation or rebalance in progress."""
-
-    rate: float
-    started: float
-    initial: int = 0
-    budget: float = 0.0
-    moved: int = 0  # connections asked to go (sum of shard estimates)
-    last_tick: float = 0.0
-    status: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Donor:
-    """What the mover asked of one Envoy: shards shed and when, connections still to go."""
-
-    shed_at: dict[int, float] = field(default_factory=dict)
-    next_shard: int = 0
-    pending: list[tuple[float, int, int]] = field(default_factory=list)  # (at, connections then, estimate)
-
-
 class Mover:
     def __init__(self, etcd: Etcd, view: IntentView, replica_id: str, interval: float = 0.25) -> None:
         self.etcd = etcd
@@ -116,9 +79,7 @@ class Mover:
         self.sheds = 0
         self._keys = Keyspace(etcd.config.prefix)
         self._lease = 0
-        self._evacuations: dict[str, _Move] = {}
-        self._rebalances: dict[str, _Move] = {}
-        self._donors: dict[str, _Donor] = {}
+        self.planner = Planner()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -185,19 +146,19 @@ class Mover:
             if s.obj.rebalance is not None and s.obj.rebalance.enabled
         }
         requests = await self._requests()
-        if not (evacuate or fleets or requests or self._evacuations or self._rebalances):
+        if not (evacuate or fleets or requests or self.planner.evacuations or self.planner.rebalances):
             return
         nodes = (await read_fleet(self.etcd)).nodes
-        for node in list(self._evacuations):
+        for node in list(self.planner.evacuations):
             if node not in evacuate:
-                self._evacuations.pop(node)  # undrained, or the evacuation was replaced by a plain drain
+                self.planner.evacuations.pop(node)  # undrained, or the evacuation was replaced by a plain drain
         for node, rate in evacuate.items():
             await self._evacuate(node, rate, nodes.get(node), now)
-        for fleet in set(fleets) | set(requests) | set(self._rebalances):
+        for fleet in set(fleets) | set(requests) | set(self.planner.rebalances):
             policy = fleets.get(fleet)
             request = requests.get(fleet)
             if policy is None and request is None:
-                self._rebalances.pop(fleet, None)
+                self.planner.rebalances.pop(fleet, None)
                 continue
             await self._rebalance(fleet, policy, request, nodes, now)
 
@@ -210,74 +171,16 @@ class Mover:
                 out[urllib.parse.unquote(kv.key[len(root) :].decode())] = json.loads(kv.value)
         return out
 
-    @staticmethod
-    def _connections(doc: dict[str, Any] | None) -> int | None:
-        load = (doc or {}).get("load") or {}
-        n = load.get("connections")
-        return int(n) if isinstance(n, (int, float)) else None
-
-    def _effective(self, node: str, doc: dict[str, Any], now: float) -> int:
-        """Connections, less those already asked to go that the samples cannot show gone yet:
-        a shed counts until a load sample taken one drain time (the Envoy's own, from its
-        /server_info) after it; without that, until the count dropped by half of it."""
-        connections = self._connections(doc) or 0
-        donor = self._donors.get(node)
-        if donor is None:
-            return connections
-        load = doc.get("load") or {}
-        drain = (load.get("drain") or {}).get("time")
-        sampled = float(load.get("at") or 0.0)
-        kept = []
-        for at, then, estimate in donor.pending:
-            if now - at >= PENDING_SECONDS:
-                continue
-            settled = (
-                sampled >= at + float(drain) + SETTLE if drain is not None else connections <= then - estimate // 2
-            )
-            if not settled:
-                kept.append((at, then, estimate))
-        donor.pending = kept
-        return max(0, connections - sum(e for _, _, e in kept))
-
-    async def _shed_one(self, node: str, connections: int, estimate: int, now: float, min_age: float, why: str) -> bool:
-        donor = self._donors.setdefault(node, _Donor())
-        for i in range(SHARDS):
-            shard = (donor.next_shard + i) % SHARDS
-            if now - donor.shed_at.get(shard, -math.inf) >= min_age:
-                break
-        else:
-            return False  # every shard moved too recently
-        await shed(self.etcd, node, [shard], reason=why)
-        log.info("%s: shard %d of %s (%d connections, ~%d to go)", why, shard, node, connections, estimate)
-        self.sheds += 1
-        donor.shed_at[shard] = now
-        donor.next_shard = (shard + 1) % SHARDS
-        donor.pending.append((now, connections, estimate))
-        return True
+    async def _shed(self, sheds: list[Shed], why: str) -> None:
+        for d in sheds:
+            await shed(self.etcd, d.node, [d.shard], reason=why)
+            log.info("%s: shard %d of %s (%d connections, ~%d to go)", why, d.shard, d.node, d.connections, d.estimate)
+            self.sheds += 1
 
     async def _evacuate(self, node: str, rate: float, doc: dict[str, Any] | None, now: float) -> None:
-        move = self._evacuations.get(node)
-        connections = self._connections(doc)
-        if move is None or move.rate != rate:
-            started = move.started if move is not None else now
-            move = self._evacuations[node] = _Move(rate=rate, started=started, initial=connections or 0)
-            move.last_tick = now
-        if doc is None or connections is None:
-            await self._status("node", node, move, "evacuated" if doc is None else "waiting", connections or 0, now)
-            return
-        effective = self._effective(node, doc, now)
-        estimate = max(1, math.ceil(max(move.initial, connections) / SHARDS))
-        # The first round sheds every shard at the rate; after it, a shard again only for
-        # connections that arrived meanwhile (once the samples show the round's gone).
-        donor = self._donors.get(node)
-        first_round = donor is None or sum(t >= move.started for t in donor.shed_at.values()) < SHARDS
-        if effective > 0 or (first_round and connections > 0):
-            move.budget = min(move.budget + rate * (now - move.last_tick), 2 * estimate) if move.moved else estimate
-            if move.budget >= estimate and await self._shed_one(node, connections, estimate, now, 0.0, "evacuate"):
-                move.budget -= estimate
-                move.moved += estimate
-        move.last_tick = now
-        await self._status("node", node, move, "evacuating" if connections else "evacuated", connections, now)
+        sheds, progress = self.planner.evacuate(node, rate, Sample.of(doc), doc is not None, now)
+        await self._shed(sheds, "evacuate")
+        await self._status("node", node, progress, now)
 
     async def _rebalance(
         self,
@@ -291,59 +194,32 @@ class Mover:
         tolerance = float((request or {}).get("tolerance_percent") or (policy.tolerance_percent if policy else 10))
         min_age = float(policy.min_connection_age if policy else 30.0)
         asked = float((request or {}).get("at") or 0.0)  # which one-off request this status answers
-        move = self._rebalances.get(fleet)
-        if move is None or move.rate != rate:
-            move = self._rebalances[fleet] = _Move(rate=rate, started=now, last_tick=now)
         members = {
-            n: c
+            n: sample
             for n, doc in nodes.items()
             if doc.get("fleet") == fleet
             and front_state(doc) in ("in", "full")
             and n not in self.view.drained
-            and (c := self._connections(doc)) is not None
+            and (sample := Sample.of(doc)) is not None
         }
-        if len(members) < 2:
-            await self._status("fleet", fleet, move, "idle", 0, now, request=asked)
-            return
-        effective = {n: self._effective(n, nodes[n], now) for n in members}
-        mean = sum(effective.values()) / len(effective)
-        # Within tolerance: every Envoy within `tolerance` of the mean, above and below (an
-        # empty new Envoy is as much out of balance as a full old one). Until then, those
-        # above the mean give.
-        spread = mean * tolerance / 100
-        balanced = all(abs(c - mean) <= spread for c in effective.values())
-        excess = {} if balanced else {n: c - mean for n, c in effective.items() if c > mean}
-        remaining = round(sum(excess.values()))
-        if not excess:
-            await self._status("fleet", fleet, move, "balanced", 0, now, mean=mean, request=asked)
-            if request is not None:
-                await self.etcd.delete(request_key(self.etcd.config.prefix, fleet))
-            return
-        move.budget = min(move.budget + rate * (now - move.last_tick), 2 * max(1, max(members.values()) // SHARDS))
-        move.last_tick = now
-        for node in sorted(excess, key=lambda n: -excess[n]):
-            estimate = max(1, math.ceil(members[node] / SHARDS))
-            if move.budget < estimate:
-                break
-            if estimate > 2 * excess[node]:
-                continue  # one more shard would overshoot the mean by more than it fixes
-            if await self._shed_one(node, members[node], estimate, now, min_age, f"rebalance {fleet}"):
-                move.budget -= estimate
-                move.moved += estimate
-        await self._status("fleet", fleet, move, "rebalancing", remaining, now, mean=mean, request=asked)
+        sheds, progress = self.planner.rebalance(fleet, rate, tolerance, min_age, members, now)
+        await self._shed(sheds, f"rebalance {fleet}")
+        progress.extra["request"] = asked
+        await self._status("fleet", fleet, progress, now)
+        if progress.done and request is not None:
+            await self.etcd.delete(request_key(self.etcd.config.prefix, fleet))
 
-    async def _status(
-        self, kind: str, name: str, move: _Move, state: str, remaining: int, now: float, **extra: Any
-    ) -> None:
+    async def _status(self, kind: str, name: str, progress: Progress, now: float) -> None:
+        move = progress.move
         elapsed = max(1e-3, now - move.started)
         status = {
-            "state": state,
+            "state": progress.state,
             "moved": move.moved,
-            "remaining": remaining,
+            "remaining": progress.remaining,
             "rate": move.rate,
             "observed_rate": round(move.moved / elapsed, 1) if move.moved else 0.0,
             "started": move.started,
-            **{k: round(v, 3) for k, v in extra.items()},
+            **{k: round(v, 3) for k, v in progress.extra.items()},
         }
         if status == move.status:
             return
