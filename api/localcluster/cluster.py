@@ -355,6 +355,8 @@ def _summary(doc: dict[str, Any], state: Path) -> str:
         f"  dig @127.0.0.1 -p {doc['dns']['address'].rsplit(':', 1)[1]} {doc['dns']['name']}   # the front door: "
         "the Envoys' own addresses, most headroom first",
         "  .venv/bin/lbcp node drain envoy-0 --wait 10              # ... drops an Envoy from it, connections stay",
+        "  .venv/bin/lbcp node drain envoy-0 --evacuate --rate 50 --wait 60   # ... then moves them off, paced",
+        "  .venv/bin/lbcp fleet rebalance default --rate 50 --wait 60          # even out the Envoys' connections",
         "",
         "Ctrl-C stops everything (or `lbcp down` if started with --detach).",
     ]
