@@ -53,7 +53,10 @@ def fleet_router() -> APIRouter:
             }
             for n, doc in view.nodes.items()
         ]
-        return JSONResponse({"nodes": nodes, "drained": view.drained, "revision": view.revision})
+        rebalances = await read_statuses(etcd, "fleet")
+        return JSONResponse(
+            {"nodes": nodes, "drained": view.drained, "rebalances": rebalances, "revision": view.revision}
+        )
 
     @r.get("/v1/fleet/{node_id:path}", dependencies=_readers, summary="One connected Envoy")
     async def node(request: Request, node_id: str) -> JSONResponse:

@@ -136,7 +136,8 @@ def _rate(x: float | None) -> str:
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     """One row per connected Envoy: where it is, what it holds, and whether it is in front of clients."""
-    nodes = client_for(args).get("/v1/fleet")["nodes"]
+    doc = client_for(args).get("/v1/fleet")
+    nodes = doc["nodes"]
     if args.fleet:
         nodes = [n for n in nodes if n.get("fleet") == args.fleet]
     nodes.sort(key=lambda n: (n.get("fleet", ""), n["node_id"]))
@@ -162,6 +163,13 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     headers = ["NODE", "FLEET", "REPLICA", "ADDRESS", "FRONT", "CONNS", "NEW/S", "TLS/S", "H2", "HEADROOM", "OVERLOAD"]
     headers += ["ACKED", "MOVING"]
     emit(nodes, args.output, headers, row)
+    if args.output == "table":
+        for fleet, st in sorted((doc.get("rebalances") or {}).items()):
+            if (not args.fleet or fleet == args.fleet) and st.get("state") == "rebalancing":
+                print(
+                    f"fleet {fleet}: rebalancing at {st.get('rate', 0):.0f}/s, {st.get('moved', 0)} moved, "
+                    f"{st.get('remaining', 0)} over the mean"
+                )
     return 0
 
 

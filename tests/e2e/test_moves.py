@@ -226,14 +226,17 @@ async def test_rebalance_after_scale_out(api, etcd, make_replica, envoys) -> Non
         t0 = time.monotonic()
         timeline: list[tuple[float, list[int]]] = []
         state = None
+        seen: set[str | None] = set()  # what /v1/fleet (and so `lbcp fleet`) said meanwhile
         while time.monotonic() - t0 < 30:
             counts = list(await asyncio.gather(*(held(e) for e in fleet)))
             timeline.append((time.monotonic() - t0, counts))
             state = ((await api.get("/v1/fleets/default/rebalance")).json().get("status") or {}).get("state")
+            seen.add(((await api.get("/v1/fleet")).json()["rebalances"].get("default") or {}).get("state"))
             if state == "balanced" and time.monotonic() - t0 > 1:
                 break
             await asyncio.sleep(0.1)
         assert state == "balanced", timeline[::10]
+        assert "rebalancing" in seen, seen
         await asyncio.sleep(1.5)  # the last shard's drain time, and the reconnects
         await wait_for(all_connected, timeout=20, what="every moved client reconnected")
         stop.set()
