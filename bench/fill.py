@@ -30,6 +30,7 @@ import httpx
 
 from api.localcluster.procs import EnvoyProcess, free_port, wait_until
 from bench.fleetsim.stack import Stack
+from bench.plotting import pyplot
 from bench.storm import _listening
 
 RESULTS = Path(__file__).parent / "results"
@@ -255,13 +256,8 @@ def _answer(dns_port: int) -> list[str]:
 
 
 def _plot(result: dict) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+    plt = pyplot()
+    if plt is None:
         return
     tl = result["timeline"]
     t = [r["t"] for r in tl]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.plotting import pyplot
 from controlplane.frontdoor.render import Member, by_headroom
 from controlplane.intent.model import Capacity
 from controlplane.moves.policy import Planner, Sample
@@ -300,13 +301,8 @@ def scenario_maintenance(rate: float, count: int, admit: int = 5_000, burst: int
 
 
 def _plot(name: str, runs: list[dict[str, Any]]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for run in runs:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from bench.fleetsim import scenarios
+from bench.plotting import pyplot
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -22,13 +22,8 @@ def _save(name: str, data) -> None:
 
 
 def _plot_convergence(rows: list[dict]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no PNG", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return
     ns = [r["clients"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
@@ -51,12 +46,8 @@ def _plot_convergence(rows: list[dict]) -> None:
 
 
 def _plot_bars(name: str, title: str, labels: list[str], values: list[float], ylabel: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(labels, values)
