@@ -90,6 +90,7 @@ class FleetRegistry:
         self.nacks: list[dict[str, Any]] = []
         self.owners = owners_prefix(etcd.config.prefix)
         self._claims: dict[int, bytes] = {}  # stream id -> the claim value it holds in etcd
+        self._claimed_at: dict[int, int] = {}  # stream id -> the etcd revision its claim was written at
         self._unclaimed: set[int] = set()  # served provisionally: claim when etcd answers
         self._claim_queue: list[tuple[BaseStream, asyncio.Future[str | None]]] = []
         self._claimer: asyncio.Task[None] | None = None
@@ -181,9 +182,11 @@ class FleetRegistry:
         resp = await self.etcd.txn(rpc.TxnRequest(success=ops))
         verdict: dict[bytes, str | None] = {}
         takeover: dict[bytes, int] = {}
+        written: dict[bytes, int] = {}  # the etcd revision each claim was written at
         for k, r in zip(keys, resp.responses, strict=True):
             if r.response_txn.succeeded:
                 verdict[k] = None
+                written[k] = resp.header.revision
                 continue
             kvs = r.response_txn.responses[0].response_range.kvs
             if not kvs:  # released between compare and read: try again below
@@ -208,6 +211,7 @@ class FleetRegistry:
                 verdict[k] = (
                     None if r.response_txn.succeeded else "another stream claimed this node id at the same time"
                 )
+                written[k] = resp.header.revision
         out: list[str | None] = []
         for s in streams:
             k = self.owner_key(s.node.id)
@@ -217,6 +221,7 @@ class FleetRegistry:
             v = verdict[k]
             if v is None:
                 self._claims[s.id] = values[k]
+                self._claimed_at[s.id] = written[k]
                 self._unclaimed.discard(s.id)
             out.append(v)
         return out
@@ -269,7 +274,7 @@ class FleetRegistry:
                         for ev in resp.events:
                             revision = max(revision, ev.kv.mod_revision + 1)
                             if ev.type == 0:  # PUT
-                                self._claim_changed(ev.kv.key, ev.kv.value)
+                                self._claim_changed(ev.kv.key, ev.kv.value, ev.kv.mod_revision)
                             elif (released := self._released.get(ev.kv.key)) is not None:  # DELETE
                                 released.set()
                 finally:
@@ -278,11 +283,13 @@ class FleetRegistry:
                 log.debug("claim watch interrupted (%s); resuming", exc)
             await asyncio.sleep(1.0)
 
-    def _claim_changed(self, key: bytes, value: bytes) -> None:
+    def _claim_changed(self, key: bytes, value: bytes, revision: int) -> None:
         for sid, held in list(self._claims.items()):
             s = self._streams.get(sid)
             if s is None or self.owner_key(s.node.id) != key or held == value:
                 continue
+            if revision <= self._claimed_at.get(sid, 0):
+                continue  # an older claim the watch delivers late (the one this stream replaced)
             try:
                 doc = json.loads(value)
             except ValueError:
@@ -310,6 +317,7 @@ class FleetRegistry:
         self._dirty.discard(stream.id)
         self._unclaimed.discard(stream.id)
         held = self._claims.pop(stream.id, None)
+        self._claimed_at.pop(stream.id, None)
         if held is not None:
             self._releases[self.owner_key(stream.node.id)] = held
         self._gone[stream.id] = self.key(stream)
