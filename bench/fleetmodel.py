@@ -66,7 +66,13 @@ class Model:
     capacity: Capacity
     drain_time: float = 5.0
     sample_interval: float = 2.0
+    # The real paths the model would otherwise skip: a sample reaches the DNS answer after the
+    # registry flush and lbcp dns's read (0.2 s + 0.2 s by default); a shed reaches the Envoy
+    # after the watch, the snapshot and its LDS update (~0.1 s measured in test_shed).
+    front_lag: float = 0.4
+    shed_lag: float = 0.1
     session_seconds: float = 3600.0
+    sessions: float = 2_000_000  # held in steady state: fresh ones arrive at sessions / session_seconds
     seed: int = 1
     now: float = 0.0
     planner: Planner = field(default_factory=Planner)
@@ -80,6 +86,7 @@ class Model:
     evacuate: dict[str, float] = field(default_factory=dict)  # node -> connections per second
     rebalance: tuple[float, float] | None = None  # (rate, tolerance percent)
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    _pending_members: list[tuple[float, list[Member]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -106,7 +113,7 @@ class Model:
 
     def _arrivals(self) -> dict[int, float]:
         due = self.wheel.pop(round(self.now / DT), {})
-        new = 2_000_000 / self.session_seconds * DT  # fresh sessions of the churn
+        new = self.sessions / self.session_seconds * DT  # fresh sessions of the churn
         due[0] = due.get(0, 0.0) + new
         return due
 
@@ -116,6 +123,7 @@ class Model:
         if self.now >= self.next_sample:
             self._sample()
             self.next_sample += self.sample_interval
+        self._front()
         if self.now >= self.next_mover:
             self._mover()
             self.next_mover += 0.25
@@ -171,14 +179,18 @@ class Model:
             self.samples[e.name] = Sample(conns, self.now, self.drain_time)
             if not e.drained and not e.full:
                 members.append(Member(e.name, f"10.0.{len(members) // 250}.{len(members) % 250 + 1}", fill["headroom"]))
-        self.members = members
+        self._pending_members.append((self.now + self.front_lag, members))
+
+    def _front(self) -> None:
+        while self._pending_members and self._pending_members[0][0] <= self.now:
+            self.members = self._pending_members.pop(0)[1]
 
     def _mover(self) -> None:
         for node, rate in self.evacuate.items():
             e = next(x for x in self.envoys if x.name == node)
             sheds, _ = self.planner.evacuate(node, rate, self.samples.get(node), e.alive, self.now)
             for s in sheds:
-                e.closing.append((self.now + self.drain_time, s.shard))
+                e.closing.append((self.now + self.shed_lag + self.drain_time, s.shard))
         if self.rebalance is not None:
             rate, tolerance = self.rebalance
             in_front = {m.node_id for m in self.members}
@@ -186,7 +198,7 @@ class Model:
             sheds, _ = self.planner.rebalance("fleet", rate, tolerance, 30.0, members, self.now)
             by_name = {e.name: e for e in self.envoys}
             for s in sheds:
-                by_name[s.node].closing.append((self.now + self.drain_time, s.shard))
+                by_name[s.node].closing.append((self.now + self.shed_lag + self.drain_time, s.shard))
 
     def _record(self) -> None:
         alive = [e for e in self.envoys if e.alive and not e.drained]
