@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -147,7 +148,7 @@ def real(per_envoy: int, rate: int) -> dict[str, Any]:
         r = httpx.post(f"{stack.api_url}/v1/fleets/default/rebalance", json={"rate": rate}, timeout=10)
         r.raise_for_status()
         asked = r.json()["requested"]["at"]  # the request's own stamp, which the mover's status names
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             sample()
             st = httpx.get(f"{stack.api_url}/v1/fleets/default/rebalance", timeout=5).json().get("status") or {}
@@ -267,4 +268,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # A SIGTERM (e.g. from `timeout`) unwinds through the `finally`s that stop the stack.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()
