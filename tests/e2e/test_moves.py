@@ -183,6 +183,18 @@ def _slope(timeline: list[tuple[float, list[int]]], start: int) -> float:
     first = next(i for i, (_, s) in enumerate(sums) if s < start)
     last = next(i for i, (_, s) in enumerate(sums) if start - s >= 0.75 * (start - end))
     pts = sums[max(0, first - 1) : last + 1]
+    # A pause in which the mover shed nothing (it waits for samples to show a shard landed,
+    # longer on a loaded machine) is not part of the shed rate: take out what exceeds 1.5 s.
+    squeezed, shift, flat_since = [], 0.0, None
+    for k, (t, s) in enumerate(pts):
+        if k and s == pts[k - 1][1]:
+            flat_since = pts[k - 1][0] if flat_since is None else flat_since
+        else:
+            if flat_since is not None and t - flat_since > 1.5:
+                shift += t - flat_since - 1.5
+            flat_since = None
+        squeezed.append((t - shift, s))
+    pts = squeezed
     mt, ms = sum(t for t, _ in pts) / len(pts), sum(s for _, s in pts) / len(pts)
     num = sum((t - mt) * (s - ms) for t, s in pts)
     den = sum((t - mt) ** 2 for t, _ in pts) or 1.0
