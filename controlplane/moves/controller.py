@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import urllib.parse
 from typing import Any
@@ -106,6 +107,8 @@ class Mover:
             except StoreError:
                 pass
             self._lease, self.leader = 0, False
+        if (await self.etcd.range(key, keys_only=True)).kvs:
+            return False  # another replica leads: one read, no lease to grant and revoke
         lease = await self.etcd.lease_grant(LEASE_TTL)
         absent = rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=self.replica_id.encode(), lease=lease))
@@ -117,14 +120,17 @@ class Mover:
         return False
 
     async def _run(self) -> None:
-        last_lead = 0.0
+        last_lead = -math.inf
         while True:
             await asyncio.sleep(self.interval)
             try:
-                if time.monotonic() - last_lead > LEASE_TTL / 3 or not self.leader:
-                    if not await self._lead():
-                        continue
+                # The leader renews its lease, a standby looks for a free seat, both every
+                # TTL/3: a dead leader is replaced within TTL + TTL/3.
+                if time.monotonic() - last_lead > LEASE_TTL / 3:
                     last_lead = time.monotonic()
+                    await self._lead()
+                if not self.leader:
+                    continue
                 await self.tick()
             except StoreError as exc:
                 log.warning("mover: etcd unavailable (%s); retrying", exc)
