@@ -29,9 +29,8 @@ import dns.message
 import httpx
 
 from api.localcluster.procs import EnvoyProcess, free_port, wait_until
-from bench.fleetsim.stack import Stack
+from bench.fleetsim.stack import Stack, listening
 from bench.plotting import pyplot
-from bench.storm import _listening
 
 RESULTS = Path(__file__).parent / "results"
 ADDRESSES = ["127.0.1.71", "127.0.1.72", "127.0.1.73"]
@@ -126,12 +125,7 @@ def run(old: int, new: int, rate: float, processes: int, limit: int, load_interv
     stack = Stack(replicas=1, replica_args=replica_args).start()
     sink_port, port, dns_port = free_port(), free_port(), free_port()
     sink = subprocess.Popen([sys.executable, "-m", "bench.storm", "--serve-sink", str(sink_port)])
-    front = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "dns", "--host", "127.0.0.1", "--port", str(dns_port),
-         "--etcd", ",".join(stack.etcd.endpoints), "--zone", "fill.test", "--name", "www", "--ttl", "1",
-         "--interval", "0.2"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    front = stack.front_door(dns_port, "fill.test")
     envoys: list[EnvoyProcess] = []
     groups: list[_ClientProcs] = []
     pool = ThreadPoolExecutor(3)
@@ -156,7 +150,7 @@ def run(old: int, new: int, rate: float, processes: int, limit: int, load_interv
             )  # fmt: skip
             e.start()
             envoys.append(e)
-            wait_until(lambda: _listening_at(ADDRESSES[i], port), 30, what=f"fill-{i} at {ADDRESSES[i]}")
+            wait_until(lambda: listening(port, ADDRESSES[i]), 30, what=f"fill-{i} at {ADDRESSES[i]}")
             return e
 
         active = f"listener.127.0.0.1_{port}.downstream_cx_active"
@@ -177,7 +171,7 @@ def run(old: int, new: int, rate: float, processes: int, limit: int, load_interv
             return row
 
         envoy(0), envoy(1)
-        wait_until(lambda: _listening(port), 30, what="the shared listener")
+        wait_until(lambda: listening(port), 30, what="the shared listener")
         groups.append(
             _ClientProcs([["--serve-clients", a, str(port), str(old), str(old / 4), "900"] for a in ADDRESSES[:2]])
         )
@@ -233,16 +227,6 @@ def run(old: int, new: int, rate: float, processes: int, limit: int, load_interv
         front.kill()
         sink.kill()
         stack.stop()
-
-
-def _listening_at(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _answer(dns_port: int) -> list[str]:

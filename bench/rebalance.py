@@ -31,7 +31,7 @@ import httpx
 
 from api.localcluster.procs import EnvoyProcess, free_port, wait_until
 from bench.fleetmodel import DT, Envoy, Model
-from bench.fleetsim.stack import Stack
+from bench.fleetsim.stack import Stack, listening
 from bench.plotting import pyplot
 from controlplane.intent.model import Capacity
 from controlplane.xds.resources import SHARDS
@@ -90,12 +90,7 @@ def real(per_envoy: int, rate: int) -> dict[str, Any]:
     stack.start()
     sink_port, port, dns_port = free_port(), free_port(), free_port()
     sink = subprocess.Popen([sys.executable, "-m", "bench.storm", "--serve-sink", str(sink_port)])
-    front = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "dns", "--host", "127.0.0.1", "--port", str(dns_port),
-         "--etcd", ",".join(stack.etcd.endpoints), "--zone", "model.test", "--name", "www", "--ttl", "1",
-         "--interval", "0.2"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    front = stack.front_door(dns_port, "model.test")
     envoys: list[EnvoyProcess] = []
     clients: list[subprocess.Popen[bytes]] = []
     pool = ThreadPoolExecutor(4)
@@ -117,7 +112,7 @@ def real(per_envoy: int, rate: int) -> dict[str, Any]:
             e = EnvoyProcess(stack.root / "envoy", f"rb-{i}", "default", xds, public_address=ADDRESSES[i])
             e.start()
             envoys.append(e)
-            wait_until(lambda: _open(ADDRESSES[i], port), 30, what=f"rb-{i}")
+            wait_until(lambda: listening(port, ADDRESSES[i]), 30, what=f"rb-{i}")
 
         for i in range(3):
             envoy(i)
@@ -167,16 +162,6 @@ def real(per_envoy: int, rate: int) -> dict[str, Any]:
         front.kill()
         sink.kill()
         stack.stop()
-
-
-def _open(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _result(timeline: list[dict[str, Any]], since: float, held: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from api.localcluster.procs import EnvoyProcess, free_port, wait_until
-from bench.fleetsim.stack import Stack
+from bench.fleetsim.stack import Stack, listening
 from bench.plotting import pyplot
 
 RESULTS = Path(__file__).parent / "results"
@@ -125,7 +125,7 @@ def run(connections: int, processes: int, rate: int, burst: int, limit: int) -> 
             f"listener.127.0.0.1_{port}.downstream_cx_total",
         )
         wait_until(lambda: all(_stat(e, f"listener.127.0.0.1_{port}.downstream_cx_active") >= 0 for e in envoys), 30)
-        wait_until(lambda: _listening(port), 30, what="the listener")
+        wait_until(lambda: listening(port), 30, what="the listener")
         per = connections // processes
         seconds = 600.0
         for _ in range(processes):
@@ -226,16 +226,6 @@ def run(connections: int, processes: int, rate: int, burst: int, limit: int) -> 
             e.stop()
         sink.kill()
         stack.stop()
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _plot(result: dict) -> None:

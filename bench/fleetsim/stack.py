@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -13,6 +14,17 @@ import httpx
 from api.localcluster.procs import EtcdCluster, Proc, free_port, wait_until
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Something accepts TCP connections at host:port."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def cpu_seconds(pid: int) -> float:
@@ -100,6 +112,14 @@ class Stack:
             ],
             self.root / f"xds{i}.log",
         )
+
+    def front_door(self, port: int, zone: str) -> subprocess.Popen[bytes]:
+        """`lbcp dns` for `www.<zone>` on 127.0.0.1:`port` over this stack's etcd (TTL 1 s,
+        the fleet read every 0.2 s); the caller kills it."""
+        argv = [sys.executable, "-m", "api.cli", "dns", "--host", "127.0.0.1", "--port", str(port),
+                "--etcd", ",".join(self.etcd.endpoints), "--zone", zone, "--name", "www", "--ttl", "1",
+                "--interval", "0.2"]  # fmt: skip
+        return subprocess.Popen(argv, stderr=subprocess.DEVNULL)
 
     def restart_replica(self, i: int, down_for: float = 0.0) -> float:
         """Kill replica i and start it again on the same ports; returns when it serves again
