@@ -63,6 +63,15 @@ class Stored(Generic[T]):
     create_revision: int
 
 
+def _node_key(folder: bytes, node_id: str) -> bytes:
+    """A per-node key: node ids may hold `/`, so they are %-quoted."""
+    return folder + urllib.parse.quote(node_id, safe="").encode()
+
+
+def _node_of(folder: bytes, key: bytes) -> str | None:
+    return urllib.parse.unquote(key[len(folder) :].decode()) if key.startswith(folder) else None
+
+
 class Keyspace:
     """Key names and value codec under one prefix."""
 
@@ -88,13 +97,11 @@ class Keyspace:
         return self.root + b"drains/"
 
     def drain_key(self, node_id: str) -> bytes:
-        return self.drains + urllib.parse.quote(node_id, safe="").encode()
+        return _node_key(self.drains, node_id)
 
     def drained_node(self, key: bytes) -> str | None:
         """The node id a drain key names, or None for any other key."""
-        if not key.startswith(self.drains):
-            return None
-        return urllib.parse.unquote(key[len(self.drains) :].decode())
+        return _node_of(self.drains, key)
 
     # Which shards of one Envoy's connections lbcp has asked it to let go of (rebalance,
     # evacuation): `{"generations": [int per shard], ...}`, served to that Envoy alone.
@@ -103,13 +110,11 @@ class Keyspace:
         return self.root + b"sheds/"
 
     def shed_key(self, node_id: str) -> bytes:
-        return self.sheds + urllib.parse.quote(node_id, safe="").encode()
+        return _node_key(self.sheds, node_id)
 
     def shed_node(self, key: bytes) -> str | None:
         """The node id a shed key names, or None for any other key."""
-        if not key.startswith(self.sheds):
-            return None
-        return urllib.parse.unquote(key[len(self.sheds) :].decode())
+        return _node_of(self.sheds, key)
 
     def ref(self, key: bytes) -> Ref | None:
         """The object a key names, or None for keys that are not intent (fleet registry, …)."""
