@@ -71,6 +71,9 @@ class Model:
     # after the watch, the snapshot and its LDS update (~0.1 s measured in test_shed).
     front_lag: float = 0.4
     shed_lag: float = 0.1
+    # From a client's back-off end to its connection (resolving, connecting, the handshake),
+    # spread like the back-off (0.5–1.5 ×): 0 is instant; bench/rebalance.py measures it.
+    reconnect_delay: float = 0.0
     session_seconds: float = 3600.0
     sessions: float = 2_000_000  # held in steady state: fresh ones arrive at sessions / session_seconds
     seed: int = 1
@@ -104,7 +107,8 @@ class Model:
     def _later(self, clients: float, level: int) -> None:
         """`clients` retry after a jittered back-off of level `level` (spread over its window)."""
         base = min(30.0, 1.0 * 2**level)
-        lo, hi = int(0.5 * base / DT), max(int(0.5 * base / DT) + 1, int(1.5 * base / DT))
+        lo = int(0.5 * (base + self.reconnect_delay) / DT)
+        hi = max(lo + 1, int(1.5 * (base + self.reconnect_delay) / DT))
         tick = round(self.now / DT)
         per = clients / (hi - lo)
         for k in range(lo, hi):

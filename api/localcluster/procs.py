@@ -297,6 +297,7 @@ class EnvoyProcess:
         extra_listeners: list[dict[str, Any]] | None = None,
         xds_tls: XdsTLS | None = None,
         public_address: str = "",
+        drain_time: int = 1,
     ) -> None:
         import json
 
@@ -335,14 +336,14 @@ class EnvoyProcess:
                 "-l",
                 "warning",
                 "--drain-time-s",
-                "1",
+                str(drain_time),
                 # A drained shard's busy connections are told at once (Connection: close,
                 # GOAWAY) rather than with a probability that, over a 1 s drain in Envoy's
                 # whole seconds, stays 0 until the forced close (docs/frontdoor.md).
                 "--drain-strategy",
                 "immediate",
                 "--parent-shutdown-time-s",
-                "2",
+                str(drain_time + 1),
             ],
             self.root / f"{node_id}.log",
         )

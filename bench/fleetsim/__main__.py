@@ -1,4 +1,7 @@
-"""python -m bench.fleetsim {convergence,burst,reconnect,big-eds,write-rate,all} [options]
+"""python -m bench.fleetsim {convergence,fanout,burst,reconnect,big-eds,write-rate,all} [options]
+
+`fanout` is issue 18's scenario: delta clients only, one cluster, 10 backend additions 0.5 s
+apart (each converges alone), the replica's CPU per client per change.
 
 Writes bench/results/fleetsim-<scenario>.json and, where it makes sense, a PNG
 (matplotlib, the `bench` extra; skipped with a note if it is not installed).
@@ -62,7 +65,7 @@ def _plot_bars(name: str, title: str, labels: list[str], values: list[float], yl
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fleetsim")
-    ap.add_argument("scenario", choices=["convergence", "burst", "reconnect", "big-eds", "write-rate", "all"])
+    ap.add_argument("scenario", choices=["convergence", "fanout", "burst", "reconnect", "big-eds", "write-rate", "all"])
     ap.add_argument("--clients", default="100,500,1000,2000", help="convergence: comma-separated N")
     ap.add_argument("-n", type=int, help="clients for burst / reconnect / big-eds")
     ap.add_argument("--changes", type=int, default=200)
@@ -91,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             _save("convergence" + suffix, rows)
             if not suffix:
                 _plot_convergence(rows)
+        elif s == "fanout":
+            rows = [
+                scenarios.convergence(int(n), 10, 2.0, clusters=1, backends=10, delta_share=1.0, workers=args.workers)
+                for n in args.clients.split(",")
+            ]
+            _save("fanout", rows)
         elif s == "burst":
             r = scenarios.burst(args.n or 500, workers=args.workers)
             _save("burst", r)

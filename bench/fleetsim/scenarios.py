@@ -179,6 +179,7 @@ def convergence(
             },
             "per_client_ms": {"p50": pct(per_client, 50) * 1e3, "p99": pct(per_client, 99) * 1e3},
             "replica_cpu_ms_per_change": (cpu1 - cpu0) / changes * 1e3,
+            "replica_cpu_us_per_client_change": (cpu1 - cpu0) / changes / n * 1e6,
             "api_cpu_ms_per_change": (api1 - api0) / changes * 1e3,
             "rss_idle_mb": rss0 / 2**20,
             "rss_with_clients_mb": rss1 / 2**20,
@@ -205,7 +206,8 @@ def convergence(
         print(
             f"convergence N={n} on {replicas} replica(s): API 2xx -> last client p50 {lc['p50']:.0f} ms, p99 "
             f"{lc['p99']:.0f} ms, max {lc['max']:.0f} ms; "
-            f"replica CPU {result['replica_cpu_ms_per_change']:.1f} ms/change; RSS {result['rss_per_client_kb']:.0f} "
+            f"replica CPU {result['replica_cpu_ms_per_change']:.1f} ms/change "
+            f"({result['replica_cpu_us_per_client_change']:.0f} µs per client); RSS {result['rss_per_client_kb']:.0f} "
             "KB/client; "
             f"bytes/change/client delta {b['delta']:.0f}, SotW {b['sotw']:.0f}; {result['snapshots_published']:.0f} "
             "snapshots, "

@@ -72,6 +72,10 @@ def _cas(compare: rpc.Compare, key: bytes, success: rpc.RequestOp) -> rpc.Reques
     )
 
 
+# Rounds of claiming one batch: a holder that changes between a read and a takeover is read again.
+_CLAIM_ROUNDS = 4
+
+
 class FleetRegistry:
     """A StreamObserver that mirrors this replica's streams into etcd."""
 
@@ -170,48 +174,44 @@ class FleetRegistry:
         await self._claim_lease_now()
         streams_by_key = {self.owner_key(s.node.id): s for s in streams}  # one claim per node per txn
         values = {k: self._claim_value(s) for k, s in streams_by_key.items()}
-        keys = list(streams_by_key)
-        ops = [
-            _cas(
-                rpc.Compare(key=k, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0),
-                k,
-                _put(k, values[k], self._claim_lease),
-            )
-            for k in keys
-        ]
-        resp = await self.etcd.txn(rpc.TxnRequest(success=ops))
         verdict: dict[bytes, str | None] = {}
-        takeover: dict[bytes, int] = {}
         written: dict[bytes, int] = {}  # the etcd revision each claim was written at
-        for k, r in zip(keys, resp.responses, strict=True):
-            if r.response_txn.succeeded:
-                verdict[k] = None
-                written[k] = resp.header.revision
-                continue
-            kvs = r.response_txn.responses[0].response_range.kvs
-            if not kvs:  # released between compare and read: try again below
-                takeover[k] = 0
-                continue
-            refusal = self._may_replace(streams_by_key[k], kvs[0].value)
-            if refusal is None:
-                takeover[k] = kvs[0].mod_revision
-            else:
-                verdict[k] = refusal
-        if takeover:
+        # Each key: create it if absent, else take it over at the revision read if the holder
+        # may be replaced. A holder that went or changed between the read and the takeover
+        # (an ended stream's release landing just then) is looked at again, a few times.
+        expect = dict.fromkeys(streams_by_key, 0)  # key -> mod revision expected (0: absent)
+        for _ in range(_CLAIM_ROUNDS):
+            keys = list(expect)
             ops = [
                 _cas(
-                    rpc.Compare(key=k, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=rev),
+                    rpc.Compare(key=k, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)
+                    if not rev
+                    else rpc.Compare(key=k, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=rev),
                     k,
                     _put(k, values[k], self._claim_lease),
                 )
-                for k, rev in takeover.items()
+                for k, rev in expect.items()
             ]
             resp = await self.etcd.txn(rpc.TxnRequest(success=ops))
-            for k, r in zip(takeover, resp.responses, strict=True):
-                verdict[k] = (
-                    None if r.response_txn.succeeded else "another stream claimed this node id at the same time"
-                )
-                written[k] = resp.header.revision
+            expect = {}
+            for k, r in zip(keys, resp.responses, strict=True):
+                if r.response_txn.succeeded:
+                    verdict[k] = None
+                    written[k] = resp.header.revision
+                    continue
+                kvs = r.response_txn.responses[0].response_range.kvs
+                if not kvs:  # released between compare and read: create it next round
+                    expect[k] = 0
+                    continue
+                refusal = self._may_replace(streams_by_key[k], kvs[0].value)
+                if refusal is None:
+                    expect[k] = kvs[0].mod_revision
+                else:
+                    verdict[k] = refusal
+            if not expect:
+                break
+        for k in expect:
+            verdict[k] = "another stream claimed this node id at the same time"
         out: list[str | None] = []
         for s in streams:
             k = self.owner_key(s.node.id)

@@ -268,3 +268,38 @@ async def test_a_late_watch_event_of_an_older_claim_evicts_nobody(store: Store, 
     registry._claim_changed(old_key, old.value, old.mod_revision)  # the stale event, replayed
     assert registry._streams[new_sid].evicted is None
     await c2.close()
+
+
+async def test_a_claim_whose_holder_goes_between_read_and_takeover_still_gets_in(store: Store, replica) -> None:
+    """A node reconnects while the claim of its ended stream is still in etcd: the new claim
+    reads it (ours, ended: replaceable) and takes it over at the revision read. If the old
+    claim's release lands between that read and the takeover, the takeover's compare fails;
+    the claim must then be made afresh, not refused ("another stream claimed this node id at
+    the same time", seen twice in one full run). The release is made to land exactly there:
+    etcd's own delete, issued right after the claim's first transaction."""
+    await _settle(replica, await _seed(store))
+    registry = replica.registry
+    key = registry.owner_key("n1")
+    ended = b'{"replica": "%s", "stream": 999999}' % registry.replica.encode()
+    await store.etcd.put(key, ended)  # the claim of a stream of ours that has ended
+    real_txn = registry.etcd.txn
+    released: list[int] = []
+
+    async def txn(req, **kw):
+        resp = await real_txn(req, **kw)
+        claims = any(op.request_txn.compare and op.request_txn.compare[0].key == key for op in req.success)
+        if claims and not released:
+            released.append((await store.etcd.delete(key)).deleted)
+        return resp
+
+    registry.etcd.txn = txn
+    try:
+        c = await _client(replica)
+        await c.request(LISTENER_TYPE)
+        r = await c.recv()
+        assert r.resources and released == [1], released
+        value = (await store.etcd.range(key)).kvs[0].value
+        assert b'"stream": 999999' not in value, value  # claimed by the new stream
+        await c.close()
+    finally:
+        del registry.etcd.txn
