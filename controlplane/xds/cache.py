@@ -1,7 +1,8 @@
 """The snapshot cache: turns the intent view into published per-fleet snapshots.
 
-It listens to the view, coalesces bursts of changes (a short debounce window, bounded, that
-stretches while the previous snapshot is still being fanned out to the streams),
+It listens to the view and publishes a change that follows a quiet spell at once (leading
+edge); changes within `debounce` of the last build are coalesced into the next one (a window
+that stretches, bounded, while the previous snapshot is still being fanned out to the streams),
 rebuilds only what the changes touch (a backend change rebuilds that cluster's endpoints,
 never a listener), checks each fleet's snapshot for consistency and publishes it. Streams
 register a wake-up callback and read `snapshot(fleet)` when woken.
@@ -95,6 +96,7 @@ class SnapshotCache:
         self._dirty_clusters: set[str] = set()
         self._dirty_listeners = False
         self._first_dirty: float | None = None
+        self._last_build = -float("inf")  # monotonic start of the last build (leading edge)
         self._pending: asyncio.Task[None] | None = None
         self._watchers: set[Callable[[], None]] = set()
         # Told (algorithm, seconds) after every ring build (metrics).
@@ -213,18 +215,28 @@ class SnapshotCache:
             self._rebuild()
             return
         if self._pending is None or self._pending.done():
+            if time.monotonic() - self._last_build >= self.debounce and not self.fanout_busy():
+                # Leading edge: after a quiet spell a change is published at once (the view
+                # calls this once per applied watch response, at a consistent revision);
+                # only what follows within the window is coalesced behind it.
+                self._build()
+                return
             self._pending = asyncio.get_running_loop().create_task(self._debounced())
 
     async def _debounced(self) -> None:
-        # Coalesce a burst: wait `debounce` after the first change, but no longer than
-        # `max_delay` in all, then build once from everything accumulated.
+        # Coalesce a burst: wait out the window since the last build (`debounce`, no longer
+        # than `max_delay`), then build once from everything accumulated.
         assert self._first_dirty is not None
-        await asyncio.sleep(min(self.debounce, self.max_delay))
+        window = min(self.debounce, self.max_delay)
+        await asyncio.sleep(max(0.0, self._last_build + window - time.monotonic()))
         # Adaptive coalescing: while the fleet is still taking the previous snapshot,
         # publishing another would only queue work behind it; keep collecting changes.
         deadline = self._first_dirty + self.max_hold
         while self.fanout_busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+        self._build()
+
+    def _build(self) -> None:
         try:
             self._rebuild()
         except Exception:
@@ -235,7 +247,7 @@ class SnapshotCache:
     # -- building --------------------------------------------------------------------------
 
     def _rebuild(self) -> None:
-        started = time.monotonic()
+        started = self._last_build = time.monotonic()
         if self._first_dirty is not None:
             self.stats.last_debounce_seconds = started - self._first_dirty
         full = not self.ready
