@@ -85,8 +85,12 @@ async def test_sotw_named_resources_and_resource_before_it_exists(store: Store, 
     # Endpoints of a cluster it did not ask for are not sent.
     await _settle(replica, (await store.put(Backend(name="b1", address="10.0.0.9", port=80), cluster="b")).revision)
     assert await c.recv(QUIET) is None
-    # The named resource appears: sent without being asked again.
-    await store.put(Cluster(name="later"))
+    # The named resource appears: sent without being asked again (the cluster first, on its
+    # own: a change after a quiet spell is published at once).
+    await _settle(replica, (await store.put(Cluster(name="later"))).revision)
+    r1 = await c.recv()
+    assert set(AdsClient.decode(r1)) == {"later"}
+    await c.request(ENDPOINT_TYPE, ["a", "later"], version=r1.version_info, nonce=r1.nonce)
     await _settle(replica, (await store.put(Backend(name="l1", address="10.0.0.3", port=80), cluster="later")).revision)
     r2 = await c.recv()
     cla = AdsClient.decode(r2)

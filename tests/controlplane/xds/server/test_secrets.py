@@ -101,13 +101,15 @@ async def test_a_snapshot_that_cannot_be_served_is_not_published(store: Store, r
     set_keyring(other)  # what the replica (and the store) have
     try:
         leaf = CA().issue("www.example.com", ["www.example.com"])
-        good = (await store.put(Listener(name="plain", port=8080, fleets=["edge"]))).revision
+        await store.put(Listener(name="plain", port=8080, fleets=["edge"]))
+        # A key sealed elsewhere, with a KEK this replica does not have: harmless while no
+        # listener serves it (that snapshot publishes).
+        foreign = SealedKey.model_validate(sealed_with.seal("site", leaf.key_pem.decode()))
+        cert = Certificate(name="site", certificate_chain=leaf.cert_pem.decode(), private_key=foreign)
+        good = (await store.put(cert)).revision
         await _settle(replica, good)
         before = replica.cache.snapshot("edge")
         rejected = replica.cache.stats.rejected
-        # A key sealed elsewhere, with a KEK this replica does not have.
-        foreign = SealedKey.model_validate(sealed_with.seal("site", leaf.key_pem.decode()))
-        await store.put(Certificate(name="site", certificate_chain=leaf.cert_pem.decode(), private_key=foreign))
         bad = (
             await store.put(Listener(name="https", port=8443, fleets=["edge"], tls=ListenerTLS(certificates=["site"])))
         ).revision
