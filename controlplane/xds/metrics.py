@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -23,6 +24,15 @@ from controlplane.xds.server.common import BaseStream, Nack
 
 def _short(type_url: str) -> str:
     return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
+
+
+@dataclass(frozen=True)
+class _TypeMetrics:
+    pushes: Counter
+    push_bytes: Counter
+    push_resources: Counter
+    ack_seconds: Histogram
+    queue: Histogram
 
 
 class XdsMetrics:
@@ -77,7 +87,10 @@ class XdsMetrics:
         self._seen: OrderedDict[int, float] = OrderedDict()  # revision -> when its first change was seen
         self._published = 0
         self._published_at: dict[int, float] = {}  # revision -> when it was published (recent ones)
-        self._last_pushed: dict[tuple[int, str], int] = {}  # (stream, type) -> revision of its last push
+        # stream id -> type -> revision of its last push (per stream: a disconnect drops its
+        # entry in O(1), not by scanning every stream's, which a reconnect storm made O(n²))
+        self._last_pushed: dict[int, dict[str, int]] = {}
+        self._per_type: dict[str, _TypeMetrics] = {}
 
     # -- StreamObserver ------------------------------------------------------------------------
 
@@ -86,33 +99,46 @@ class XdsMetrics:
 
     def disconnected(self, stream: BaseStream) -> None:
         self.streams.labels(self.replica, stream.fleet, stream.protocol).dec()
-        for key in [k for k in self._last_pushed if k[0] == stream.id]:
-            del self._last_pushed[key]
+        self._last_pushed.pop(stream.id, None)
 
     def changed(self, stream: BaseStream) -> None:
         seen = self._seen.get(stream.acked_revision)
         if seen is not None:
             self.convergence.labels(stream.fleet).observe(time.monotonic() - seen)
 
+    def _of(self, type_url: str) -> _TypeMetrics:
+        # Labelled children looked up once per type, not on every push and ACK of every stream.
+        m = self._per_type.get(type_url)
+        if m is None:
+            t = _short(type_url)
+            m = self._per_type[type_url] = _TypeMetrics(
+                self.pushes.labels(t),
+                self.push_bytes.labels(t),
+                self.push_resources.labels(t),
+                self.ack_seconds.labels(t),
+                self.queue.labels(t),
+            )
+        return m
+
     def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None:
-        t = _short(type_url)
-        self.pushes.labels(t).inc()
-        self.push_bytes.labels(t).inc(nbytes)
-        self.push_resources.labels(t).inc(resources)
+        m = self._of(type_url)
+        m.pushes.inc()
+        m.push_bytes.inc(nbytes)
+        m.push_resources.inc(resources)
         # Queue time counts only the first push of a newly published revision to this stream
         # (a push answering a client's new subscription is not waiting on a publish).
         revision = stream.served_revision
-        key = (stream.id, type_url)
-        if self._last_pushed.get(key, 0) < revision and revision in self._published_at:
-            if key in self._last_pushed:
-                self.queue.labels(t).observe(time.monotonic() - self._published_at[revision])
-        self._last_pushed[key] = revision
+        last = self._last_pushed.setdefault(stream.id, {})
+        if last.get(type_url, 0) < revision and revision in self._published_at:
+            if type_url in last:
+                m.queue.observe(time.monotonic() - self._published_at[revision])
+        last[type_url] = revision
 
     def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
         self.nacks.labels(_short(type_url), stream.fleet).inc()
 
     def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
-        self.ack_seconds.labels(_short(type_url)).observe(latency)
+        self._of(type_url).ack_seconds.observe(latency)
 
     # -- cache -------------------------------------------------------------------------------
 

@@ -259,6 +259,7 @@ class BaseStream:
         self.served_revision = 0
         self.wake = asyncio.Event()
         self.wake.set()
+        self.ticked = False  # the replica's ticker woke it: look for an overdue ACK
         self.last_snapshot: Snapshot | None = None  # the snapshot of the last flush
         self.dirty_types: set[str] = set()  # types with a request (subscription, ACK, NACK) since
         self.hold_expired = False

@@ -119,11 +119,11 @@ class DeltaStream(BaseStream):
         self._update_synced(snap)
 
     def _update_synced(self, snap: Snapshot) -> None:
+        if any(st.in_flight is not None for st in self.types.values()):
+            return  # not synced while a response awaits its ACK (checked before any diff)
         for type_url, st in self.types.items():
             if not st.requested:
                 continue
-            if st.in_flight is not None:
-                return
             send, removed, _ = self._diff(type_url, snap)
             if send or removed:
                 return

@@ -90,6 +90,16 @@ class XdsService:
         self.claims = claims
         self.identity = identity  # with mTLS: the rule binding node ids to client certificates
         self._allow = {fleet: [re.compile(p) for p in pats] for fleet, pats in self.limits.node_allow}
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        # One timer for every stream, instead of a timeout around each stream's every wait:
+        # often enough to find a response left unanswered for `ack_timeout`.
+        while self.streams:
+            await asyncio.sleep(self.limits.ack_timeout / 4)
+            for s in list(self.streams.values()):
+                s.ticked = True
+                s.wake.set()
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -196,6 +206,8 @@ class XdsService:
         if refusal is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, refusal)
         self.streams[s.id] = s
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick(), name="xds-stream-ticker")
         closed = asyncio.Event()
         wake = s.wake.set
         self.cache.add_watcher(wake)
@@ -234,12 +246,8 @@ class XdsService:
 
         try:
             while not closed.is_set():
-                try:
-                    async with asyncio.timeout(self.limits.ack_timeout / 4):
-                        await s.wake.wait()
-                except TimeoutError:
-                    pass
-                if s.overdue(self.limits.ack_timeout):
+                await s.wake.wait()  # a request, a publish, or the ticker
+                if s.ticked and s.overdue(self.limits.ack_timeout):
                     log.warning(
                         "stream %d (%s) left a response unanswered for %.0fs; closing it",
                         s.id,
@@ -250,6 +258,7 @@ class XdsService:
                     context.set_details(f"no ACK/NACK within {self.limits.ack_timeout:.0f}s; reconnect")
                     break
                 s.wake.clear()
+                s.ticked = False
                 if s.evicted is not None or closed.is_set() or not self.cache.ready:
                     if s.evicted is not None:
                         break
