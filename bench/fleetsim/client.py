@@ -52,6 +52,7 @@ class Counters:
     reconnects: int = 0
     violations: int = 0
     by_type_bytes: dict[str, int] = field(default_factory=dict)
+    ended: dict[str, int] = field(default_factory=dict)  # why streams ended: "CODE: details" -> count
 
 
 class SimEnvoy:
@@ -95,10 +96,14 @@ class SimEnvoy:
     async def _run(self) -> None:
         self._backoff = 0.1
         while not self._stop:
+            why = "ended by the server with OK"
             try:
                 await self._stream()
-            except (grpc.aio.AioRpcError, ConnectionError):
-                pass
+            except grpc.aio.AioRpcError as exc:
+                why = f"{exc.code().name}: {(exc.details() or '')[:100]}"
+            except ConnectionError as exc:
+                why = f"{type(exc).__name__}: {str(exc)[:100]}"
+            self.counters.ended[why] = self.counters.ended.get(why, 0) + 1
             if self._stop:
                 return
             self.connected.clear()

@@ -444,3 +444,38 @@ def write_rate(seconds: float = 10.0, concurrency: int = 16) -> dict:
             flush=True,
         )
         return result
+
+
+# -- 6. connect storm ----------------------------------------------------------------------------
+
+
+def connect_storm(n: int = 2000, runs: int = 5, workers: int = 2, timeout: float = 90.0) -> dict:
+    """`n` clients (half delta) connect at once to a fresh replica serving the 50-cluster
+    intent, `runs` times: the seconds until the last one is configured, and every stream
+    that ended before (the simulator reconnects it; issue 18: none should), with why, as
+    the client saw it."""
+    out = []
+    for _ in range(runs):
+        with _running() as (stack, api, fleets):
+            seed(api, 50, 1000)
+            fleet = Fleet(stack.targets, specs(n, 0.5), workers)
+            fleets.append(fleet)
+            started = time.monotonic()
+            try:
+                configured: float | None = fleet.start(timeout=timeout)
+            except Exception:  # the worker's timeout: some client never got its config
+                configured = None
+            counters = fleet.counters()
+            ended: dict[str, int] = {}
+            for c in counters:
+                for why, k in c.get("ended", {}).items():
+                    ended[why] = ended.get(why, 0) + k
+            run = {
+                "all_configured_seconds": configured,
+                "waited_seconds": time.monotonic() - started,
+                "streams_ended_early": sum(c["reconnects"] for c in counters),
+                "ended": ended,
+            }
+            print(f"connect storm N={n}: {run}", flush=True)
+            out.append(run)
+    return {"scenario": "connect-storm", "clients": n, "runs": out}
