@@ -43,6 +43,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from api.localcluster.procs import EnvoyProcess, free_port, wait_until
+from bench import h2wire
 from bench.fleetmodel import DT, Envoy, Model
 from bench.fleetsim.stack import Stack, listening
 from bench.plotting import pyplot
@@ -81,9 +82,7 @@ class _Tally:
 
 async def _h2(address: str, port: int, tally: _Tally, opened: Callable[[], None]) -> None:
     """One HTTP/2 (h2c) connection that sends a GET every H2_INTERVAL s until Envoy's GOAWAY,
-    then lets the requests in flight finish and returns. Frames are parsed here: the h2 library
-    closes its state machine at the first GOAWAY and then refuses the responses a graceful
-    GOAWAY still delivers (bench/shed_probe.py); h2 only encodes the requests."""
+    then lets the requests in flight finish and returns (frames read by bench/h2wire.py)."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), CONNECT_TIMEOUT)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     conn.initiate_connection()
@@ -114,33 +113,24 @@ async def _h2(address: str, port: int, tally: _Tally, opened: Callable[[], None]
             if not data:
                 tally.failed["closed_after_goaway" if going else "closed_without_goaway"] += len(open_streams)
                 return
-            buf += data
-            while len(buf) >= 9:
-                length = int.from_bytes(buf[:3], "big")
-                if len(buf) < 9 + length:
-                    break
-                kind, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
-                payload, buf = buf[9 : 9 + length], buf[9 + length :]
-                if kind == 0x4 and not flags & 0x1:  # SETTINGS: acknowledge
-                    writer.write(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
-                elif kind == 0x6 and not flags & 0x1:  # PING: answer
-                    writer.write(b"\x00\x00\x08\x06\x01\x00\x00\x00\x00" + payload)
-                elif kind == 0x7 and not going:  # GOAWAY: no new requests on this connection
+            got, buf = h2wire.frames(buf + data, writer)
+            for kind, flags, sid, payload in got:
+                if kind == h2wire.GOAWAY and not going:  # no new requests on this connection
                     going = True
                     tally.goaways += 1
-                elif kind == 0x3 and sid in open_streams:  # RST_STREAM
+                elif kind == h2wire.RST_STREAM and sid in open_streams:
                     tally.failed["reset"] += 1
                     open_streams.discard(sid)
-                elif kind == 0x1:  # HEADERS: every block through the decoder, whose table they share
+                elif kind == h2wire.HEADERS:  # every block through the decoder, whose table they share
                     # (Envoy sends no PADDED or PRIORITY flags, nor CONTINUATION, for these.)
                     status = dict(decoder.decode(payload)).get(":status")
                     if sid in open_streams and status not in (None, "200"):
                         tally.failed["status"] += 1
                         open_streams.discard(sid)
-                    elif flags & 0x1 and sid in open_streams:
+                    elif flags & h2wire.END_STREAM and sid in open_streams:
                         tally.ok += 1
                         open_streams.discard(sid)
-                elif kind == 0x0 and flags & 0x1 and sid in open_streams:  # DATA with END_STREAM
+                elif kind == h2wire.DATA and flags & h2wire.END_STREAM and sid in open_streams:
                     tally.ok += 1
                     open_streams.discard(sid)
             if going and not open_streams:

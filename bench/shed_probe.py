@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 
 from api.localcluster.demo import DemoBackend
 from api.localcluster.procs import Proc, envoy_binary, free_port, wait_until
+from bench import h2wire
 
 RESULTS = Path(__file__).parent / "results"
 CHAINS = 10
@@ -225,9 +226,7 @@ async def h2_idle(port: int, seen: Seen, t0: list[float], inflight: bool = False
 
 
 async def _h2(port: int, seen: Seen, t0: list[float], inflight: bool) -> None:
-    """HTTP/2 by hand on the receiving side: the h2 library closes its state machine at the
-    first GOAWAY and then refuses the responses a graceful GOAWAY still delivers, so frames
-    are parsed here (h2 only encodes the requests)."""
+    """HTTP/2 with h2 encoding the requests and bench/h2wire.py reading the frames."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     seen.chain = writer.get_extra_info("sockname")[1] // 10 % CHAINS
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -248,25 +247,16 @@ async def _h2(port: int, seen: Seen, t0: list[float], inflight: bool) -> None:
             if open_streams and t0:
                 seen.failed = f"{len(open_streams)} streams open at close"
             return
-        buf += data
-        while len(buf) >= 9:
-            length = int.from_bytes(buf[:3], "big")
-            if len(buf) < 9 + length:
-                break
-            kind, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
-            payload, buf = buf[9 : 9 + length], buf[9 + length :]
-            if kind == 0x4 and not flags & 0x1:  # SETTINGS: acknowledge
-                writer.write(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
-            elif kind == 0x6 and not flags & 0x1:  # PING: answer
-                writer.write(b"\x00\x00\x08\x06\x01\x00\x00\x00\x00" + payload)
-            elif kind == 0x7:  # GOAWAY
+        got, buf = h2wire.frames(buf + data, writer)
+        for kind, flags, sid, payload in got:
+            if kind == h2wire.GOAWAY:
                 seen.note("goaway", t0)
                 if int.from_bytes(payload[:4], "big") & 0x7FFFFFFF < 2**31 - 1:
                     seen.note("goaway_final", t0)
-            elif kind == 0x3:  # RST_STREAM
+            elif kind == h2wire.RST_STREAM:
                 seen.failed = f"stream {sid} reset"
                 open_streams.discard(sid)
-            elif kind in (0x0, 0x1) and flags & 0x1:  # DATA or HEADERS with END_STREAM
+            elif kind in (h2wire.DATA, h2wire.HEADERS) and flags & h2wire.END_STREAM:
                 seen.responses += 1
                 open_streams.discard(sid)
                 if inflight and "goaway" not in seen.events:
