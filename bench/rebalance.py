@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -42,6 +40,7 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from api.localcluster.demo import ws_accept
 from api.localcluster.procs import EnvoyProcess, free_port, wait_until
 from bench import h2wire
 from bench.fleetmodel import DT, Envoy, Model
@@ -57,7 +56,6 @@ LOAD_INTERVAL = 1.0
 H2_INTERVAL = 5.0  # each HTTP/2 client's request period
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 CONNECT_TIMEOUT = 10.0  # the clients' connect and handshake timeout
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 
 
 class _Tally:
@@ -235,7 +233,7 @@ async def _backend(port: int) -> None:
                 if key is None:
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
                     continue
-                accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+                accept = ws_accept(key)
                 writer.write(
                     b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
                     + f"sec-websocket-accept: {accept}\r\n\r\n".encode()

@@ -21,7 +21,8 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_WS_MESSAGE = 1 << 20
 
 
-def _ws_accept(key: str) -> str:
+def ws_accept(key: str) -> str:
+    """The Sec-WebSocket-Accept answer to a client's Sec-WebSocket-Key (RFC 6455)."""
     return base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest()).decode()
 
 
@@ -126,7 +127,7 @@ class DemoBackend:
                 self.send_response(101)
                 self.send_header("upgrade", "websocket")
                 self.send_header("connection", "Upgrade")
-                self.send_header("sec-websocket-accept", _ws_accept(self.headers["sec-websocket-key"]))
+                self.send_header("sec-websocket-accept", ws_accept(self.headers["sec-websocket-key"]))
                 self.send_header("x-backend", outer.name)
                 self.end_headers()
                 self.wfile.flush()
