@@ -7,6 +7,9 @@
   rejected version is not applied, a later one is).
 - Delta or state of the world. On a broken stream it reconnects with back-off, declaring
   what it holds (delta `initial_resource_versions`; SotW `version_info` and names).
+- `configured` is set once it holds its full initial config: CDS and LDS answered, and a
+  response for every EDS and RDS name those made it subscribe to (what Envoy waits for
+  before its listeners serve).
 - It records when each endpoint port first appears in any of its load assignments
   (`seen_ports`), which is how the simulator measures convergence of a backend change,
   and counts protocol violations: endpoints for a cluster it does not have, routes naming
@@ -72,7 +75,9 @@ class SimEnvoy:
         self.rds_names: set[str] = set()
         self.listener_rds: dict[str, str] = {}
         self.connected = asyncio.Event()
-        self.first_config = asyncio.Event()
+        self.configured = asyncio.Event()
+        self._received: dict[str, set[str]] = {t: set() for t in _TYPES}  # names received per type
+        self._answered: set[str] = set()  # types with at least one response
         self._stop = False
         self._task: asyncio.Task | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -209,6 +214,18 @@ class SimEnvoy:
         if not nack:
             self._apply(t, decoded, set(resp.removed_resources) if self.delta else None)
         self._ack(resp, nack)
+        self._answered.add(t)
+        self._received[t].update(decoded)
+        if not self.configured.is_set() and self._holds_initial_config():
+            self.configured.set()
+
+    def _holds_initial_config(self) -> bool:
+        # A rejected response counts as received: it answered the subscription.
+        return (
+            {CDS, LDS} <= self._answered
+            and self.eds_names <= self._received[EDS]
+            and self.rds_names <= self._received[RDS]
+        )
 
     def _ack(self, resp, nack: bool) -> None:
         t = resp.type_url
@@ -245,7 +262,6 @@ class SimEnvoy:
             if new != self.eds_names:
                 old, self.eds_names = self.eds_names, new
                 self._resubscribe(EDS, old, new)
-            self.first_config.set()
         elif t == EDS:
             for name, cla in decoded.items():
                 if name not in self.clusters:

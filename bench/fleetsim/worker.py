@@ -28,12 +28,10 @@ async def _serve(conn) -> None:
                 c.start()
                 clients.append(c)
             try:
-                await asyncio.wait_for(
-                    asyncio.gather(*(c.first_config.wait() for c in clients)), arg.get("timeout", 120)
-                )
+                await asyncio.wait_for(asyncio.gather(*(c.configured.wait() for c in clients)), arg.get("timeout", 120))
                 conn.send(("ok", time.monotonic() - started))
             except TimeoutError:
-                conn.send(("timeout", sum(c.first_config.is_set() for c in clients)))
+                conn.send(("timeout", sum(c.configured.is_set() for c in clients)))
         elif cmd == "counters":
             conn.send(("ok", [{"node_id": c.node.id, "delta": c.delta, **asdict(c.counters)} for c in clients]))
         elif cmd == "unseen":

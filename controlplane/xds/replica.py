@@ -127,7 +127,9 @@ class XdsReplica:
         await self.registry.start()
         self.config.check()
         self.server = grpc.aio.server(
-            options=server_options(self.config.max_connection_age, self.config.limits.max_request_bytes)
+            options=server_options(
+                self.config.max_connection_age, self.config.limits.max_request_bytes, self.config.limits.max_streams
+            )
         )
         self.server.add_generic_rpc_handlers(self.service.handlers())
         addr = f"{self.config.host}:{self.config.port}"

@@ -344,7 +344,7 @@ def _peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | No
 
 
 def server_options(
-    max_connection_age: float = 1800.0, max_request_bytes: int = 4 * 1024 * 1024
+    max_connection_age: float = 1800.0, max_request_bytes: int = 4 * 1024 * 1024, max_streams: int = 20_000
 ) -> list[tuple[str, int]]:
     return [
         # Large EDS responses (10k+ endpoints) exceed gRPC's 4 MiB default.
@@ -364,4 +364,12 @@ def server_options(
         ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
         ("grpc.max_connection_age_grace_ms", 60_000),
         ("grpc.so_reuseport", 0),
+        # grpc.aio takes new calls from gRPC core one event-loop turn at a time; the rest wait
+        # in core's pending queue. Above 1,000 waiting (the default soft limit) core rejects new
+        # calls at random, and the Envoy sees its stream end with a bare CANCELLED before this
+        # server ever saw it: a fleet reconnecting at once (a replica restart, a connect storm)
+        # got some of its streams dropped, which feeds the storm. The replica's own admission
+        # (`ServerLimits.max_streams`, answered with a clear RESOURCE_EXHAUSTED) is the limit.
+        ("grpc.server.max_pending_requests", max_streams),
+        ("grpc.server.max_pending_requests_hard_limit", max_streams),
     ]
