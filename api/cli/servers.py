@@ -103,6 +103,10 @@ def cmd_xds(args: argparse.Namespace) -> int:
         insecure=args.insecure,
     )
     cfg.check()
+    if args.workers > 1:
+        from controlplane.xds.workers import run_workers
+
+        return run_workers(cfg, args.workers)
 
     async def run() -> None:
         await XdsReplica(cfg).run_forever()
@@ -201,7 +205,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("xds", help="serve xDS (ADS, SotW and delta) from etcd intent")
     server_flags(s, 18000)
     s.add_argument("--replica-id", help="name in the fleet registry (default host-pid-port)")
-    s.add_argument("--max-streams", type=int, default=20_000)
+    s.add_argument("--max-streams", type=int, default=20_000, help="per worker")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="replica processes sharing --port (SO_REUSEPORT), supervised and restarted if one dies; "
+        "each is replica ID-wI with metrics on --metrics-port+I",
+    )
     s.add_argument(
         "--max-connection-age", type=float, default=1800.0, help="seconds; streams rebalance across replicas"
     )

@@ -56,6 +56,7 @@ class ReplicaConfig:
     front_unprobed: tuple[str, ...] = ()  # fleets in service without a probe (no ops listener)
     insecure: bool = False  # allow a non-loopback address without mTLS (warned about loudly)
     moves_interval: float = 0.25  # the mover's tick (evacuations, rebalancing); 0: this replica never moves
+    reuse_port: bool = False  # share the port with other replica processes (SO_REUSEPORT; xds/workers.py)
 
     def __post_init__(self) -> None:
         if not self.replica_id:
@@ -128,7 +129,10 @@ class XdsReplica:
         self.config.check()
         self.server = grpc.aio.server(
             options=server_options(
-                self.config.max_connection_age, self.config.limits.max_request_bytes, self.config.limits.max_streams
+                self.config.max_connection_age,
+                self.config.limits.max_request_bytes,
+                self.config.limits.max_streams,
+                reuse_port=self.config.reuse_port,
             )
         )
         self.server.add_generic_rpc_handlers(self.service.handlers())

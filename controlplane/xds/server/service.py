@@ -344,7 +344,11 @@ def _peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | No
 
 
 def server_options(
-    max_connection_age: float = 1800.0, max_request_bytes: int = 4 * 1024 * 1024, max_streams: int = 20_000
+    max_connection_age: float = 1800.0,
+    max_request_bytes: int = 4 * 1024 * 1024,
+    max_streams: int = 20_000,
+    *,
+    reuse_port: bool = False,
 ) -> list[tuple[str, int]]:
     return [
         # Large EDS responses (10k+ endpoints) exceed gRPC's 4 MiB default.
@@ -363,7 +367,9 @@ def server_options(
         # Rebalance streams across replicas: gRPC core adds +-10% jitter to the age.
         ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
         ("grpc.max_connection_age_grace_ms", 60_000),
-        ("grpc.so_reuseport", 0),
+        # Off unless several replica processes share the port on purpose (`--workers`): a
+        # second replica started on a taken port by mistake must fail, not split the fleet.
+        ("grpc.so_reuseport", int(reuse_port)),
         # grpc.aio takes new calls from gRPC core one event-loop turn at a time; the rest wait
         # in core's pending queue. Above 1,000 waiting (the default soft limit) core rejects new
         # calls at random, and the Envoy sees its stream end with a bare CANCELLED before this
