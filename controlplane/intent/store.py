@@ -12,6 +12,9 @@ Every write, single or batch, follows one path:
    got in between, go back to 1 (a few times), so a conflicting write is never committed
    on stale facts.
 
+Writes that arrive together share steps 1 and 4 (`commit.py`, group commit): one read for
+all, one transaction in which each is a nested transaction with its own compares.
+
 Unchanged objects are not rewritten, so a no-op PUT produces no watch event and no push.
 """
 
@@ -28,6 +31,7 @@ from aetcd import rpc
 
 from controlplane.etcd import Etcd, prefix_end
 from controlplane.intent import integrity
+from controlplane.intent.commit import GroupCommit, Planned
 from controlplane.intent.errors import (
     AlreadyExists,
     FieldError,
@@ -111,12 +115,29 @@ class _Entry:
     create_revision: int = 0
 
 
+@dataclass(frozen=True)
+class _ReadSpec:
+    """What a write depends on: single keys, folders read whole (the world's when it
+    touches clusters, listeners, routes or certificates)."""
+
+    need_world: bool
+    keys: dict[bytes, Kind]
+    folders: tuple[tuple[bytes, Kind], ...]
+
+
+_ReadState = tuple[int, dict[bytes, "_Entry"]]  # a read's revision and what it found
+
+
 @dataclass
 class _Plan:
     revision: int
     results: list[OpResult]
     compares: list[rpc.Compare]
     writes: list[rpc.RequestOp]
+
+
+def _conflicted() -> WriteConflict:
+    return WriteConflict("the objects kept changing under this write; retry it")
 
 
 def _cmp_mod(key: bytes, op: int, revision: int, range_end: bytes = b"") -> rpc.Compare:
@@ -129,6 +150,9 @@ class Store:
     def __init__(self, etcd: Etcd, keyspace: Keyspace | None = None) -> None:
         self.etcd = etcd
         self.keys = keyspace or Keyspace(etcd.config.prefix)
+        self._commits: GroupCommit[Sequence[AnyOp], WriteResult] = GroupCommit(
+            self._read_for, self._plan_for, self.etcd.txn, _MAX_ATTEMPTS, _conflicted
+        )
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -205,28 +229,31 @@ class Store:
         """Apply `ops` atomically (all or none) and return etcd's new revision."""
         if not ops:
             return WriteResult(await self.revision(), [], dry_run)
-        for _ in range(_MAX_ATTEMPTS):
-            plan = await self._plan(ops)
-            if dry_run:
-                return WriteResult(plan.revision, plan.results, dry_run)
-            if not plan.writes:
-                # Nothing changed: the revision that holds this intent is the objects' own,
-                # not etcd's head (which may only have moved for unrelated keys).
-                return WriteResult(
-                    max((r.mod_revision for r in plan.results), default=0) or plan.revision, plan.results
-                )
-            resp = await self.etcd.txn(rpc.TxnRequest(compare=plan.compares, success=plan.writes))
-            if resp.succeeded:
-                for r in plan.results:
-                    if r.outcome in ("created", "updated", "replaced"):
-                        r.mod_revision = resp.header.revision
-                return WriteResult(resp.header.revision, plan.results)
-        raise WriteConflict("the objects kept changing under this write; retry it")
+        if dry_run:
+            spec = self._spec(ops)
+            plan = self._plan(ops, spec, await self._read([spec]))
+            return WriteResult(plan.revision, plan.results, dry_run)
+        return await self._commits.submit(ops)
 
-    async def _read(
-        self, ops: Sequence[AnyOp]
-    ) -> tuple[int, dict[bytes, _Entry], bool, builtins.list[bytes], set[bytes]]:
-        """One consistent read of everything `ops` depends on."""
+    async def _read_for(self, batch: builtins.list[Sequence[AnyOp]]) -> _ReadState:
+        return await self._read([self._spec(ops) for ops in batch])
+
+    def _plan_for(self, ops: Sequence[AnyOp], state: object, attempts: int) -> Planned[WriteResult] | WriteResult:
+        plan = self._plan(ops, self._spec(ops), state)  # type: ignore[arg-type]
+        if not plan.writes:
+            # Nothing changed: the revision that holds this intent is the objects' own, not
+            # etcd's head (which may only have moved for unrelated keys).
+            return WriteResult(max((r.mod_revision for r in plan.results), default=0) or plan.revision, plan.results)
+
+        def answer(revision: int) -> WriteResult:
+            for r in plan.results:
+                if r.outcome in ("created", "updated", "replaced"):
+                    r.mod_revision = revision
+            return WriteResult(revision, plan.results)
+
+        return Planned(plan.compares, plan.writes, answer)
+
+    def _spec(self, ops: Sequence[AnyOp]) -> _ReadSpec:
         need_world = any(isinstance(op, Op) and op.ref.kind in _WORLD_KINDS for op in ops)
         keys: dict[bytes, Kind] = {}
         folders: list[tuple[bytes, Kind]] = []
@@ -240,18 +267,30 @@ class Store:
                 keys[self.keys.key(op.ref)] = op.ref.kind
                 if op.ref.kind == Kind.BACKEND:
                     keys[self.keys.key(Ref(Kind.CLUSTER, op.ref.cluster))] = Kind.CLUSTER  # type: ignore[arg-type]
-        reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=f, range_end=prefix_end(f))) for f, _ in folders]
+        return _ReadSpec(need_world, keys, tuple(folders))
+
+    async def _read(self, specs: builtins.list[_ReadSpec]) -> _ReadState:
+        """One consistent read of everything the writes of `specs` depend on."""
+        folders: dict[bytes, Kind] = {}
+        keys: dict[bytes, Kind] = {}
+        for spec in specs:
+            folders.update(spec.folders)
+            keys.update(spec.keys)
+        reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=f, range_end=prefix_end(f))) for f in folders]
         reads += [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in keys]
         resp = await self.etcd.txn(rpc.TxnRequest(success=reads), read_only=True)
         state: dict[bytes, _Entry] = {}
-        kinds = [k for _, k in folders] + list(keys.values())
+        kinds = [*folders.values(), *keys.values()]
         for kind, r in zip(kinds, resp.responses, strict=False):
             for kv in r.response_range.kvs:
                 state[kv.key] = _Entry(self.keys.decode(kind, kv.value), kv.mod_revision, kv.create_revision)
-        return resp.header.revision, state, need_world, [f for f, _ in folders], set(keys)
+        return resp.header.revision, state
 
-    async def _plan(self, ops: Sequence[AnyOp]) -> _Plan:
-        revision, seen, need_world, folders, relied = await self._read(ops)
+    def _plan(self, ops: Sequence[AnyOp], spec: _ReadSpec, read: _ReadState) -> _Plan:
+        # `seen` may hold more than `spec` asks for (the round's other writes' reads): only
+        # the keys and folders of `spec` become this write's compares.
+        revision, seen = read
+        need_world, folders, relied = spec.need_world, [f for f, _ in spec.folders], set(spec.keys)
         final: dict[bytes, Intent | None] = {k: e.obj for k, e in seen.items()}
         deleted_clusters: set[str] = set()
         results: list[OpResult] = []
