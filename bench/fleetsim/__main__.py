@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="connect-storm: runs")
     ap.add_argument("--rate", type=float, default=20.0, help="convergence: changes per second")
     ap.add_argument("--workers", type=int, default=2, help="simulator processes")
+    ap.add_argument("--xds-workers", type=int, default=1, help="fanout: `lbcp xds --workers` of the replica")
     ap.add_argument("--delta-share", type=float, default=0.5)
     ap.add_argument(
         "--replicas", type=int, default=1, help="convergence: xDS replica processes (clients spread over them)"
@@ -100,10 +101,19 @@ def main(argv: list[str] | None = None) -> int:
                 _plot_convergence(rows)
         elif s == "fanout":
             rows = [
-                scenarios.convergence(int(n), 10, 2.0, clusters=1, backends=10, delta_share=1.0, workers=args.workers)
+                scenarios.convergence(
+                    int(n),
+                    10,
+                    2.0,
+                    clusters=1,
+                    backends=10,
+                    delta_share=1.0,
+                    workers=args.workers,
+                    xds_workers=args.xds_workers,
+                )  # fmt: skip
                 for n in args.clients.split(",")
             ]
-            _save("fanout", rows)
+            _save("fanout" + ("" if args.xds_workers == 1 else f"-{args.xds_workers}workers"), rows)
         elif s == "connect-storm":
             n = args.n or 2000
             _save(f"connect-storm-{n}", scenarios.connect_storm(n, runs=args.runs, workers=args.workers))

@@ -18,9 +18,11 @@ CHANGE_PORT = 20000  # changed/added backends get ports from here: how clients r
 
 
 @contextlib.contextmanager
-def _running(replicas: int = 1, registry_interval: float = 0.2) -> Iterator[tuple[Stack, httpx.Client, list[Fleet]]]:
+def _running(
+    replicas: int = 1, registry_interval: float = 0.2, xds_workers: int = 1
+) -> Iterator[tuple[Stack, httpx.Client, list[Fleet]]]:
     """A started stack and an API client; fleets appended to the list are stopped first."""
-    stack = Stack(replicas, registry_interval=registry_interval).start()
+    stack = Stack(replicas, registry_interval=registry_interval, xds_workers=xds_workers).start()
     fleets: list[Fleet] = []
     try:
         with httpx.Client(base_url=stack.api_url, timeout=120) as api:
@@ -44,7 +46,7 @@ def scrape(stack: Stack) -> dict[str, float]:
     """Every replica's lbcp_ metrics, summed over replicas and labels (but `type`)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = "\n".join(httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text for p in stack.metrics_ports)
+    text = "\n".join(httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text for p in stack.all_metrics_ports)
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for smp in fam.samples:
@@ -131,8 +133,9 @@ def convergence(
     workers: int = 2,
     registry_interval: float = 0.2,
     replicas: int = 1,
+    xds_workers: int = 1,
 ) -> dict:
-    with _running(replicas, registry_interval) as (stack, api, fleets):
+    with _running(replicas, registry_interval, xds_workers) as (stack, api, fleets):
         seed(api, clusters, backends)
         pids, api_pid = [r.pid for r in stack.replicas], stack.api.pid
         time.sleep(1.0)
@@ -165,6 +168,7 @@ def convergence(
             "scenario": "convergence",
             "clients": n,
             "replicas": replicas,
+            "xds_workers": xds_workers,
             "delta_share": delta_share,
             "clusters": clusters,
             "backends": backends,

@@ -28,16 +28,41 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    """User + system CPU time of a process and its live descendants so far (an xDS replica
+    with `--workers` is a supervisor and its worker processes)."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+            except FileNotFoundError:
+                pass
+    return out
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Resident memory of a process and its live descendants."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        total += next((int(line.split()[1]) * 1024 for line in lines if line.startswith("VmRSS:")), 0)
+    return total
 
 
 def _ok(url: str) -> bool:
@@ -54,8 +79,10 @@ class Stack:
         root: Path | None = None,
         registry_interval: float = 0.2,
         replica_args: tuple[str, ...] = (),
+        xds_workers: int = 1,
     ) -> None:
         self.registry_interval = registry_interval
+        self.xds_workers = xds_workers  # `lbcp xds --workers`: worker i serves metrics on metrics port + i
         self.replica_args = replica_args
         self.root = root or Path(tempfile.mkdtemp(prefix="lbcp-fleetsim-"))
         self.etcd = EtcdCluster(self.root / "etcd", 1)
@@ -65,6 +92,10 @@ class Stack:
         self.xds_ports: list[int] = []
         self.metrics_ports: list[int] = []
         self.api_url = ""
+
+    @property
+    def all_metrics_ports(self) -> list[int]:
+        return [m + i for m in self.metrics_ports for i in range(self.xds_workers)]
 
     @property
     def targets(self) -> list[str]:
@@ -87,7 +118,7 @@ class Stack:
         for r in self.replicas:
             r.start()
         wait_until(lambda: _ok(f"{self.api_url}/readyz"), 30, what="admin API")
-        for m in self.metrics_ports:
+        for m in self.all_metrics_ports:
             wait_until(lambda m=m: _ok(f"http://127.0.0.1:{m}/metrics"), 30, what="xDS replica")
         return self
 
@@ -108,6 +139,7 @@ class Stack:
                 str(self.metrics_ports[i]),
                 "--registry-interval",
                 str(self.registry_interval),
+                *(("--workers", str(self.xds_workers)) if self.xds_workers > 1 else ()),
                 *self.replica_args,
             ],
             self.root / f"xds{i}.log",
