@@ -37,16 +37,37 @@ def cmd_api(args: argparse.Namespace) -> int:
         if tls[2]:
             ssl_options |= {"ssl_ca_certs": tls[2], "ssl_cert_reqs": ssl.CERT_REQUIRED}
     # Tokens travel in headers: access logging stays off so they can never be written out.
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,
-        http=http,
-        **ssl_options,
-    )
+    options = {"log_level": args.log_level, "access_log": False, "http": http, **ssl_options}
+    if args.workers > 1:
+        from controlplane.workers import WorkerSpec, serve
+
+        return serve(
+            "API",
+            [WorkerSpec(f"api-{i}", _api_worker, (settings, options)) for i in range(args.workers)],
+        )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, **options)
     return 0
+
+
+def _api_worker(settings: Any, options: dict[str, Any]) -> None:
+    """One `lbcp api --workers N` process: a whole API (its own etcd client and group
+    commit) on its own SO_REUSEPORT socket; the kernel spreads connections over them."""
+    import socket
+
+    import uvicorn
+
+    from api.app import create_app
+
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+    # and without it every response waits ~40 ms for Nagle (uvicorn's own --workers socket).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(2048)
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, **options)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _node_allow(items: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -200,6 +221,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("api", help="serve the admin API")
     server_flags(s, 8080)
     s.add_argument("--log-level", default="info")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes sharing --port (SO_REUSEPORT), each its own etcd client, supervised and restarted "
+        "if one dies (/metrics answers for the process that served the scrape)",
+    )
     s.set_defaults(func=cmd_api)
 
     s = sub.add_parser("xds", help="serve xDS (ADS, SotW and delta) from etcd intent")
