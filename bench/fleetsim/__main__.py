@@ -76,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=20.0, help="convergence: changes per second")
     ap.add_argument("--workers", type=int, default=2, help="simulator processes")
     ap.add_argument("--xds-workers", type=int, default=1, help="fanout: `lbcp xds --workers` of the replica")
+    ap.add_argument("--api-workers", type=int, default=1, help="write-rate: `lbcp api --workers`")
     ap.add_argument("--delta-share", type=float, default=0.5)
     ap.add_argument(
-        "--replicas", type=int, default=1, help="convergence: xDS replica processes (clients spread over them)"
+        "--replicas",
+        type=int,
+        default=1,
+        help="convergence: xDS replica processes (clients spread over them); write-rate: replicas running meanwhile",
     )
     args = ap.parse_args(argv)
     todo = ["convergence", "burst", "reconnect", "big-eds", "write-rate"] if args.scenario == "all" else [args.scenario]
@@ -154,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
                 "bytes",
             )
         elif s == "write-rate":
-            r = scenarios.write_rate()
-            _save("write-rate", r)
+            r = scenarios.write_rate(api_workers=args.api_workers, replicas=args.replicas)
+            suffix = ("" if args.api_workers == 1 else f"-{args.api_workers}api") + (
+                "" if args.replicas == 1 else f"-{args.replicas}replicas"
+            )
+            _save("write-rate" + suffix, r)
             _plot_bars(
                 "write-rate",
                 "Writes per second (16 concurrent)",

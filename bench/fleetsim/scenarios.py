@@ -8,6 +8,7 @@ import contextlib
 import statistics
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
@@ -19,10 +20,11 @@ CHANGE_PORT = 20000  # changed/added backends get ports from here: how clients r
 
 @contextlib.contextmanager
 def _running(
-    replicas: int = 1, registry_interval: float = 0.2, xds_workers: int = 1
+    replicas: int = 1, registry_interval: float = 0.2, xds_workers: int = 1, api_workers: int = 1
 ) -> Iterator[tuple[Stack, httpx.Client, list[Fleet]]]:
     """A started stack and an API client; fleets appended to the list are stopped first."""
-    stack = Stack(replicas, registry_interval=registry_interval, xds_workers=xds_workers).start()
+    stack = Stack(replicas, registry_interval=registry_interval, xds_workers=xds_workers, api_workers=api_workers)
+    stack.start()
     fleets: list[Fleet] = []
     try:
         with httpx.Client(base_url=stack.api_url, timeout=120) as api:
@@ -389,28 +391,50 @@ def big_eds(n: int = 200, endpoints: int = 10_000, workers: int = 2) -> dict:
 # -- 5. API write rate -----------------------------------------------------------------------------
 
 
-def write_rate(seconds: float = 10.0, concurrency: int = 16) -> dict:
-    with _running() as (stack, api, fleets):
+def _api_writer(api_url: str, w: int, seconds: float, done: Any) -> None:
+    """One writer process: sequential backend PUTs on one keep-alive connection (stdlib
+    http.client: httpx's async pool, shared by 16 writers in one process, capped the rate
+    at ~270/s however fast the API was)."""
+    import http.client
+    import json as _json
+
+    host, port = api_url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    headers = {"content-type": "application/json"}
+    i, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        body = _json.dumps({"address": "127.0.0.2", "port": 1000 + i % 50000})
+        conn.request("PUT", f"/v1/clusters/w/backends/w{w}-{i}", body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status not in (200, 201):
+            raise RuntimeError(f"PUT answered {resp.status}")
+        i += 1
+    with done.get_lock():
+        done.value += i
+
+
+def write_rate(seconds: float = 10.0, concurrency: int = 16, api_workers: int = 1, replicas: int = 1) -> dict:
+    """Backend PUTs per second through the API (16 writer processes); `replicas` xDS
+    replicas watch and rebuild meanwhile on the same cores (0: the API and etcd alone)."""
+    import multiprocessing
+
+    with _running(replicas, api_workers=api_workers) as (stack, api, fleets):
         api.put("/v1/clusters/w", json={}).raise_for_status()
 
-        async def api_writes() -> int:
-            done = 0
-            deadline = time.monotonic() + seconds
-            async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as ac:
-
-                async def writer(w: int) -> None:
-                    nonlocal done
-                    i = 0
-                    while time.monotonic() < deadline:
-                        r = await ac.put(
-                            f"/v1/clusters/w/backends/w{w}-{i}", json={"address": "127.0.0.2", "port": 1000 + i % 50000}
-                        )
-                        r.raise_for_status()
-                        done += 1
-                        i += 1
-
-                await asyncio.gather(*(writer(w) for w in range(concurrency)))
-            return done
+        def api_writes() -> int:
+            ctx = multiprocessing.get_context("spawn")
+            done = ctx.Value("i", 0)
+            procs = [
+                ctx.Process(target=_api_writer, args=(stack.api_url, w, seconds, done)) for w in range(concurrency)
+            ]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(seconds + 60)
+            if any(p.exitcode != 0 for p in procs):
+                raise RuntimeError("an API writer failed")
+            return int(done.value)
 
         async def raw_puts() -> int:
             import aetcd
@@ -431,18 +455,22 @@ def write_rate(seconds: float = 10.0, concurrency: int = 16) -> dict:
                 await asyncio.gather(*(writer(w) for w in range(concurrency)))
             return done
 
-        api_n = asyncio.run(api_writes())
+        api_n = api_writes()
         raw_n = asyncio.run(raw_puts())
         result = {
             "scenario": "write_rate",
             "seconds": seconds,
             "concurrency": concurrency,
+            "api_workers": api_workers,
+            "xds_replicas_on_the_same_cores": replicas,
+            "writer_processes": concurrency,
             "api_writes_per_s": api_n / seconds,
             "etcd_puts_per_s": raw_n / seconds,
         }
         result["ratio"] = result["api_writes_per_s"] / result["etcd_puts_per_s"]
         print(
-            f"write rate ({concurrency} concurrent, {seconds:.0f} s): API {result['api_writes_per_s']:.0f} backend "
+            f"write rate ({concurrency} writer processes, {api_workers} API worker(s), {seconds:.0f} s): "
+            f"API {result['api_writes_per_s']:.0f} backend "
             "writes/s, "
             f"raw etcd (aetcd) {result['etcd_puts_per_s']:.0f} puts/s: {result['ratio'] * 100:.0f}%",
             flush=True,

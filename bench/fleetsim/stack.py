@@ -80,7 +80,9 @@ class Stack:
         registry_interval: float = 0.2,
         replica_args: tuple[str, ...] = (),
         xds_workers: int = 1,
+        api_workers: int = 1,
     ) -> None:
+        self.api_workers = api_workers
         self.registry_interval = registry_interval
         self.xds_workers = xds_workers  # `lbcp xds --workers`: worker i serves metrics on metrics port + i
         self.replica_args = replica_args
@@ -107,7 +109,20 @@ class Stack:
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
         self.api = Proc(
-            [sys.executable, "-m", "api.cli", "api", "--port", str(port), "--etcd", eps, "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "api.cli",
+                "api",
+                "--port",
+                str(port),
+                "--etcd",
+                eps,
+                "--log-level",
+                "warning",
+                "--workers",
+                str(self.api_workers),
+            ],  # fmt: skip
             self.root / "api.log",
         )
         self.api.start()
