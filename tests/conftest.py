@@ -163,6 +163,17 @@ def envoys(tmp_path: Path) -> Iterator:
         e.stop()
 
 
+async def seed_web(store: Any) -> None:
+    """A small intent for fleet-sized tests: cluster `web` (3 backends), listener `http`, route `r`."""
+    from controlplane.intent.model import Backend, Cluster, Listener, Route
+
+    await store.put(Cluster(name="web"))
+    for i in range(3):
+        await store.put(Backend(name=f"web-{i}", address="10.0.0.1", port=30000 + i), cluster="web")
+    await store.put(Listener(name="http", port=10000))
+    await store.put(Route(name="r", listener="http", backends=[{"cluster": "web"}]))
+
+
 async def wait_for(pred, timeout: float = 15.0, what: str = "condition") -> None:
     """Poll an async predicate until it holds; fail with `what` after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout

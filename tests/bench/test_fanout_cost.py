@@ -15,9 +15,9 @@ from types import FrameType
 from typing import Any
 
 from bench.fleetsim.fleet import Fleet, specs
-from controlplane.intent.model import Backend, Cluster, Listener, Route
+from controlplane.intent.model import Backend
 from controlplane.intent.store import Store
-from tests.conftest import wait_for
+from tests.conftest import seed_web, wait_for
 
 CONTROLPLANE = str(Path(__file__).resolve().parents[2] / "controlplane")
 
@@ -49,11 +49,7 @@ async def _calls_per_client(store: Store, port: int, n: int, prefix: str, change
 
 
 async def test_a_push_costs_each_stream_its_own_work(store: Store, make_replica) -> None:
-    await store.put(Cluster(name="web"))
-    for i in range(3):
-        await store.put(Backend(name=f"web-{i}", address="10.0.0.1", port=30000 + i), cluster="web")
-    await store.put(Listener(name="http", port=10000))
-    await store.put(Route(name="r", listener="http", backends=[{"cluster": "web"}]))
+    await seed_web(store)
     replica = await make_replica("cost", probe_interval=0, load_interval=0, moves_interval=0)
     small = await _calls_per_client(store, replica.port, 16, "s", 40001)
     large = await _calls_per_client(store, replica.port, 64, "l", 40002)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from bench.fleetsim.fleet import Fleet, specs
-from controlplane.intent.model import Backend, Cluster, Listener, Route
 from controlplane.intent.store import Store
+from tests.conftest import seed_web
 
 N = 1500  # above the soft limit by enough that the old default dropped ~60 streams per run
 
@@ -32,11 +32,7 @@ def _established(port: int) -> int:
 
 
 async def test_connect_storm_ends_no_stream_early(store: Store, replica) -> None:
-    await store.put(Cluster(name="web"))
-    for i in range(3):
-        await store.put(Backend(name=f"web-{i}", address="10.0.0.1", port=30000 + i), cluster="web")
-    await store.put(Listener(name="http", port=10000))
-    await store.put(Route(name="r", listener="http", backends=[{"cluster": "web"}]))
+    await seed_web(store)
     fleet = await asyncio.to_thread(Fleet, f"127.0.0.1:{replica.port}", specs(N, delta_share=0.5), 2)
     started = asyncio.get_running_loop().run_in_executor(None, fleet.start, 120)
     try:
