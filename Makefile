@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint deps etcd frontdoor-tools lock protos clean
+.PHONY: run test lint deps etcd frontdoor-tools browser lock protos clean
 
 run: deps
 	$(BIN)/lbcp up
 
-test: deps lint
+test: deps browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Lint, format and types (pinned in constraints.txt); `make test` runs it first, so CI fails
@@ -38,6 +38,18 @@ etcd:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server; \
 	  else \
 	    echo "etcd is not installed. Install it with: sudo apt-get install -y etcd-server" >&2; exit 1; \
+	  fi; }
+
+# The console's browser tests drive Debian's Chromium (headless, through Playwright for Python,
+# which is told its path and never downloads a browser of its own).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "chromium not found: installing Debian's chromium (the console's browser tests)"; \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }; }; \
+	  else \
+	    echo "the console's browser tests need Chromium. Install it with: sudo apt-get install -y chromium" >&2; exit 1; \
 	  fi; }
 
 # The front-door renders are checked by the tools that load them: nft --check (nftables),

@@ -15,6 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
 from api.auth import Tokens, is_loopback
+from api.console import install_console
+from api.events import EventHub, events_router
 from api.fleet import fleet_router
 from api.frontdoor import frontdoor_router
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -104,11 +106,14 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
         if client.metrics is None:
             client.metrics = metrics.etcd
         app.state.store = Store(client)
+        app.state.events = EventHub(client)
+        app.state.events.start()
         if not settings.tokens.enabled:
             log.warning("admin API: no tokens configured; dev mode, every request may write (loopback only)")
         try:
             yield
         finally:
+            await app.state.events.close()
             if own:
                 await client.close()
 
@@ -138,6 +143,8 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
     app.include_router(fleet_router())
     app.include_router(ring_router())
     app.include_router(frontdoor_router())
+    app.include_router(events_router())
+    install_console(app)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     async def healthz() -> dict[str, str]:

@@ -25,8 +25,8 @@ from fastapi.responses import JSONResponse
 
 from api._request import json_body, wait_timeout
 from api.auth import Role, require
+from api.events import present_node
 from api.problems import ApiError
-from controlplane.frontdoor.render import front_state
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Keyspace
 from controlplane.moves.controller import read_status, read_statuses, request_key
@@ -45,14 +45,7 @@ def fleet_router() -> APIRouter:
         etcd = request.app.state.store.etcd
         view = await read_fleet(etcd)
         moving = await read_statuses(etcd, "node")
-        nodes = [
-            {
-                **doc,
-                "front_state": front_state(doc),
-                **({"evacuation": moving[n]} if n in moving and n in view.drained else {}),
-            }
-            for n, doc in view.nodes.items()
-        ]
+        nodes = [present_node(doc, moving.get(n)) for n, doc in view.nodes.items()]
         rebalances = await read_statuses(etcd, "fleet")
         return JSONResponse(
             {"nodes": nodes, "drained": view.drained, "rebalances": rebalances, "revision": view.revision}
@@ -65,10 +58,7 @@ def fleet_router() -> APIRouter:
         if doc is None:
             raise ApiError(404, "node-not-found", "Node not found", f"no connected Envoy has node id {node_id!r}")
         evacuation = await read_status(request.app.state.store.etcd, "node", node_id)
-        out = {**doc, "front_state": front_state(doc)}
-        if evacuation is not None and node_id in view.drained:
-            out["evacuation"] = evacuation
-        return JSONResponse(out)
+        return JSONResponse(present_node(doc, evacuation))
 
     @r.post(
         "/v1/fleets/{fleet}/rebalance",

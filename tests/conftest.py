@@ -75,6 +75,44 @@ async def api(etcd_config: EtcdConfig) -> AsyncIterator:
             yield client
 
 
+@pytest.fixture
+async def serve_api(etcd_config: EtcdConfig) -> AsyncIterator:
+    """A factory of admin APIs served over real HTTP (uvicorn, in this event loop, on a free
+    loopback port): `url = await serve_api(tokens="writer:...")`. For streams (SSE) and browsers,
+    which an in-process ASGI transport cannot carry."""
+    import uvicorn
+
+    from api.localcluster.procs import free_port
+
+    servers: list[tuple[Any, asyncio.Task]] = []
+
+    async def serve(tokens: str | None = None, etcd: EtcdConfig | None = None) -> str:
+        port = free_port()
+        config = uvicorn.Config(
+            make_app(etcd or etcd_config, tokens),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=1,  # open event streams end with the server
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        servers.append((server, task))
+        await wait_for(lambda: _started(server), 10, "the admin API to listen")
+        return f"http://127.0.0.1:{port}"
+
+    yield serve
+    for server, _ in servers:
+        server.should_exit = True
+    for _, task in servers:
+        await asyncio.wait_for(task, 15)
+
+
+async def _started(server: Any) -> bool:
+    return bool(server.started)
+
+
 def _replica_config(etcd_config: EtcdConfig, replica_id: str, **overrides: Any) -> Any:
     from controlplane.xds.replica import ReplicaConfig
 

@@ -12,19 +12,43 @@ import argparse
 import logging
 import sys
 
-from api.cli import fleet, frontdoor, intent, local, pki, ring, servers
+from api.cli import fleet, frontdoor, intent, local, pki, ring, servers, watch
 from api.cli.client import ApiProblem
+
+
+def _global_flags(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """The flags every command takes. The top-level parser holds their defaults; each
+    subcommand repeats them with no default of its own, so `lbcp --api URL fleet` and `lbcp
+    fleet --api URL` mean the same and a flag given before the subcommand is not reset."""
+
+    def d(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("--api", default=d(None), help="admin API URL (env LBCP_API)")
+    p.add_argument("--token", default=d(None), help="bearer token (env LBCP_TOKEN)")
+    p.add_argument("--state-dir", default=d(".lbcp"), help="where `lbcp up` keeps its state (default .lbcp)")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=d(False), help="log at INFO, libraries' request lines included"
+    )
+
+
+def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = []
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += [child, *_subparsers(child)]
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lbcp", description="lbcp: a control plane for Envoy fleets")
-    p.add_argument("--api", help="admin API URL (env LBCP_API)")
-    p.add_argument("--token", help="bearer token (env LBCP_TOKEN)")
-    p.add_argument("--state-dir", default=".lbcp", help="where `lbcp up` keeps its state (default .lbcp)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO, libraries' request lines included")
+    _global_flags(p, defaults=True)
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (servers, local, intent, ring, frontdoor, fleet, pki):
+    for module in (servers, local, intent, ring, frontdoor, fleet, pki, watch):
         module.register(sub)
+    for child in _subparsers(p):
+        _global_flags(child, defaults=False)
     return p
 
 

@@ -66,18 +66,23 @@ class Client:
         except httpx.HTTPError as exc:
             raise ApiProblem(0, "api-unreachable", "Admin API unreachable", f"{self.http.base_url}: {exc}") from None
         if r.status_code >= 400:
-            try:
-                doc = r.json()
-            except ValueError:
-                doc = {}
-            raise ApiProblem(
-                r.status_code,
-                doc.get("code", "http-error"),
-                doc.get("title", r.reason_phrase),
-                doc.get("detail", r.text[:500]),
-                doc,
-            )
+            self.raise_problem(r)
         return r
+
+    @staticmethod
+    def raise_problem(r: httpx.Response) -> None:
+        """Raise the API's problem+json answer (a read response of status >= 400) as ApiProblem."""
+        try:
+            doc = r.json()
+        except ValueError:
+            doc = {}
+        raise ApiProblem(
+            r.status_code,
+            doc.get("code", "http-error"),
+            doc.get("title", r.reason_phrase),
+            doc.get("detail", r.text[:500]),
+            doc,
+        )
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).json()

@@ -322,6 +322,7 @@ def _summary(doc: dict[str, Any], state: Path) -> str:
     lines = [
         "",
         "lbcp is up.",
+        f"  console     {doc['admin_api']}/ui   (the fleet live, in a browser)",
         f"  admin API   {doc['admin_api']}   (OpenAPI docs: {doc['admin_api']}/docs)",
         f"  xDS         {', '.join(doc['xds'])}",
         f"  etcd        {', '.join(doc['etcd'])}",

@@ -512,17 +512,31 @@ async def read_fleet(etcd: Etcd) -> FleetView:
     registry, drain_kvs = (r.response_range.kvs for r in resp.responses)
     drained: dict[str, dict[str, Any]] = {}
     for kv in drain_kvs:
-        try:
-            record = json.loads(kv.value)
-        except ValueError:
-            record = {}
-        drained[urllib.parse.unquote(kv.key[len(drains) :].decode())] = {**record, "revision": kv.mod_revision}
-    nodes: dict[str, dict[str, Any]] = {}
+        drained[urllib.parse.unquote(kv.key[len(drains) :].decode())] = drain_record(kv.value, kv.mod_revision)
+    docs = []
     for kv in registry:
         try:
-            doc = json.loads(kv.value)
+            docs.append(json.loads(kv.value))
         except ValueError:
             continue
+    return fleet_view(docs, drained, resp.header.revision)
+
+
+def drain_record(value: bytes, mod_revision: int) -> dict[str, Any]:
+    """A drain key's value as readers show it: the operator's record plus its revision."""
+    try:
+        record = json.loads(value)
+    except ValueError:
+        record = {}
+    return {**(record if isinstance(record, dict) else {}), "revision": mod_revision}
+
+
+def fleet_view(docs: list[dict[str, Any]], drained: dict[str, dict[str, Any]], revision: int) -> FleetView:
+    """Registry records (any number of streams per node) and drains as one FleetView: each
+    node's newest stream (by `connected_since`) with its stream count and drain state."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for raw in docs:
+        doc = dict(raw)
         cur = nodes.get(doc["node_id"])
         if cur is None or doc.get("connected_since", 0) > cur.get("connected_since", 0):
             doc["streams"] = (cur or {}).get("streams", 0) + 1
@@ -533,7 +547,7 @@ async def read_fleet(etcd: Etcd) -> FleetView:
         doc["draining"] = node_id in drained
         if node_id in drained:
             doc["drain"] = drained[node_id]
-    return FleetView(nodes, resp.header.revision, drained)
+    return FleetView(nodes, revision, drained)
 
 
 def rollout_status(fleet: FleetView, revision: int) -> dict[str, Any]:

@@ -61,6 +61,8 @@ def test_fuzz_the_admin_api(tmp_path: Path, etcd_config) -> None:
         problems: list[tuple] = []
         for result in schema.get_all_operations():
             op = result.ok()
+            if op.path == "/v1/events":
+                continue  # a stream that never ends by itself: tests/api/test_events.py covers it
 
             @given(case=op.as_strategy())
             @settings(

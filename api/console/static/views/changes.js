@@ -1,0 +1,48 @@
+// Changes: the recent intent writes (since this API process started) and each one's rollout.
+
+import { h, replace, table } from "../dom.js";
+
+let body;
+
+export function mount(el) {
+  body = h("div", { id: "changes-body" });
+  replace(
+    el,
+    h("h2", {}, "Changes"),
+    h("p", { class: "muted" }, "Intent writes as they reach etcd, and which Envoys have acked, are pending or rejected each."),
+    body,
+  );
+}
+
+const what = (c) =>
+  `${c.deleted ? "deleted" : "wrote"} ${c.kind} ${c.cluster ? `${c.cluster}/` : ""}${c.name}`;
+
+function rollout(r) {
+  if (!r) return "-";
+  const parts = [h("span", { class: r.complete ? "ok" : "warn" }, `${r.acked.length}/${r.nodes} acked`)];
+  if (r.pending.length) parts.push(h("span", { class: "warn" }, ` · pending: ${r.pending.join(", ")}`));
+  if (r.rejected.length)
+    parts.push(h("span", { class: "bad" }, ` · rejected: ${r.rejected.map((x) => `${x.node_id} (${x.message})`).join("; ")}`));
+  return h("span", { dataset: { complete: String(r.complete) } }, parts);
+}
+
+export function update(ctx) {
+  if (!body) return;
+  const rows = [...ctx.state.changes].reverse().map((c) =>
+    h(
+      "tr",
+      { id: `change-${c.revision}`, dataset: { revision: c.revision } },
+      h("th", { scope: "row" }, `r${c.revision}`),
+      h("td", {}, c.at ? new Date(c.at * 1000).toLocaleTimeString() : "-"),
+      h("td", {}, h("ul", { class: "plain" }, c.changes.slice(0, 10).map((x) => h("li", {}, what(x))),
+        c.changes.length > 10 ? h("li", { class: "muted" }, `and ${c.changes.length - 10} more`) : null)),
+      h("td", {}, rollout(c.rollout)),
+    ),
+  );
+  replace(
+    body,
+    rows.length
+      ? table("Recent writes, newest first", ["Revision", "When", "What", "Rollout"], rows, { id: "changes-table" })
+      : h("p", { class: "empty" }, "No writes since this admin API started."),
+  );
+}

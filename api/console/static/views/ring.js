@@ -1,0 +1,167 @@
+// Ring: a hash cluster's key-space ownership as every Envoy builds it, a what-if (remove or
+// reweight backends and see the share of keys that would move) and a key lookup.
+
+import { ApiError, request } from "../api.js";
+import { h, pct, replace, slug } from "../dom.js";
+
+let body;
+let picker;
+let selected = null;
+let ring = null;
+let result = null;
+let stale = true;
+
+const HASHING = new Set(["maglev", "ring_hash"]);
+
+export function mount(el, ctx) {
+  picker = h("select", { id: "ring-cluster", onchange: () => choose(ctx, picker.value) });
+  body = h("div", { id: "ring-body" });
+  replace(
+    el,
+    h("h2", {}, "Ring"),
+    h("p", { class: "toolbar" }, h("label", { for: "ring-cluster" }, "Hash cluster "), picker),
+    body,
+  );
+  loadClusters(ctx);
+}
+
+async function loadClusters(ctx) {
+  try {
+    const doc = await request("GET", "/v1/clusters", { params: { limit: 1000 } });
+    const names = doc.items.filter((c) => HASHING.has(c.load_balancer?.type)).map((c) => c.name);
+    replace(picker, names.map((n) => h("option", { value: n }, n)));
+    if (!names.length) {
+      replace(body, h("p", { class: "empty" }, "No cluster hashes its requests (maglev or ring_hash)."));
+      return;
+    }
+    choose(ctx, names.includes(selected) ? selected : names[0]);
+  } catch (err) {
+    ctx.notify(`Loading clusters: ${err.message}`, "error");
+  }
+}
+
+async function choose(ctx, name) {
+  if (name !== selected) result = null;
+  selected = name;
+  picker.value = name;
+  try {
+    ring = await request("GET", `/v1/clusters/${encodeURIComponent(name)}/ring`);
+    stale = false;
+  } catch (err) {
+    ring = null;
+    ctx.notify(`Ring of ${name}: ${err.message}`, "error");
+  }
+  draw(ctx);
+}
+
+// A write to the shown cluster (or its backends) redraws the ring from the API.
+export function apply(ctx, ev) {
+  if (ev.changes.some((c) => c.kind === "cluster" || (c.kind === "backend" && c.cluster === selected))) stale = true;
+}
+
+export function update(ctx) {
+  if (stale && body) {
+    stale = false;
+    if (selected) choose(ctx, selected);
+    else loadClusters(ctx);
+  }
+}
+
+function shares() {
+  return h(
+    "figure",
+    { class: "shares", "aria-labelledby": "ring-caption" },
+    h("figcaption", { id: "ring-caption" }, `Share of the key space per backend (${ring.algorithm}, r${ring.revision})`),
+    h(
+      "ul",
+      { class: "bars" },
+      ring.backends.map((b) =>
+        h(
+          "li",
+          { id: `share-${slug(b.name)}`, dataset: { share: b.share } },
+          h("span", { class: "bar-label" }, b.name),
+          h(
+            "span",
+            { class: "bar", role: "img", "aria-label": `${b.name}: ${pct(b.share)} of keys, ideal ${pct(b.ideal_share)}` },
+            h("span", { class: "fill", style: { width: `${(b.share * 100).toFixed(2)}%` } }),
+            b.ideal_share ? h("span", { class: "ideal", style: { left: `${(b.ideal_share * 100).toFixed(2)}%` } }) : null,
+          ),
+          h("span", { class: "bar-value" }, `${pct(b.share)} (ideal ${pct(b.ideal_share)})`),
+        ),
+      ),
+    ),
+  );
+}
+
+function whatIf(ctx) {
+  const rows = ring.backends.map((b) => {
+    const id = slug(b.name);
+    return h(
+      "tr",
+      {},
+      h("th", { scope: "row" }, b.name),
+      h("td", {}, h("input", { type: "checkbox", id: `remove-${id}`, dataset: { backend: b.name }, "aria-label": `Remove ${b.name}` })),
+      h("td", {}, h("input", { type: "number", id: `reweight-${id}`, min: "1", max: "1000000", placeholder: "same", "aria-label": `New weight of ${b.name}`, dataset: { backend: b.name } })),
+    );
+  });
+  const out = h("div", { id: "whatif-result", role: "status" });
+  const form = h(
+    "form",
+    { id: "whatif", "aria-label": "What-if" },
+    h("div", { class: "table-wrap" }, h("table", {}, h("caption", {}, "What if: remove or reweight backends"),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Backend"), h("th", { scope: "col" }, "Remove"), h("th", { scope: "col" }, "New weight"))),
+      h("tbody", {}, rows))),
+    h("button", { type: "submit", id: "whatif-run" }, "Simulate"),
+    out,
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const remove = [...form.querySelectorAll("input[type=checkbox]:checked")].map((x) => x.dataset.backend);
+    const reweight = {};
+    for (const x of form.querySelectorAll("input[type=number]")) if (x.value) reweight[x.dataset.backend] = Number(x.value);
+    try {
+      result = await request("POST", `/v1/clusters/${encodeURIComponent(selected)}/ring/simulate`, { body: { remove, reweight } });
+      drawResult(out);
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      result = null;
+      replace(out, h("p", { class: "error" }, err.errors.length ? err.errors.map((e) => `${e.pointer}: ${e.detail}`).join("; ") : err.message));
+    }
+  });
+  if (result) drawResult(out);
+  return form;
+}
+
+function drawResult(out) {
+  const per = Object.entries(result.per_backend);
+  replace(
+    out,
+    h("p", { class: "big" }, "Keys that would move: ",
+      h("strong", { id: "moved", dataset: { fraction: result.moved_fraction } }, pct(result.moved_fraction, 2)),
+      ` (the least any placement could move: ${pct(result.minimum_fraction, 2)}; ${result.method})`),
+    h("ul", { class: "plain" }, per.map(([n, p]) => h("li", {}, `${n}: ${pct(p.share_before)} → ${pct(p.share_after)}`))),
+  );
+}
+
+function lookup() {
+  const key = h("input", { id: "lookup-key", autocomplete: "off", required: true });
+  const out = h("p", { id: "lookup-result", role: "status" });
+  const form = h("form", { id: "lookup", class: "toolbar", "aria-label": "Look up a key" },
+    h("label", { for: "lookup-key" }, "Key (the hash policy's value) "), key,
+    h("button", { type: "submit" }, "Look up"), out);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const r = await request("GET", `/v1/clusters/${encodeURIComponent(selected)}/ring/lookup`, { params: { key: key.value } });
+      out.textContent = `${r.key} → ${r.backend ?? "no backend"} (hash ${r.hash}, r${r.revision})`;
+    } catch (err) {
+      out.textContent = err.message;
+    }
+  });
+  return form;
+}
+
+function draw(ctx) {
+  if (!ring) return;
+  replace(body, shares(), h("div", { class: "cols" }, h("section", { class: "card" }, whatIf(ctx)), h("section", { class: "card" }, lookup())));
+}

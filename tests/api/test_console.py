@@ -1,0 +1,229 @@
+"""The console at `/ui` in a real browser (Debian's Chromium, headless, driven by Playwright),
+against real etcd, a real xDS replica, two real Envoys and real demo backends.
+
+One walk through what an operator does, because the cluster takes seconds to bring up: sign
+in with a token, see every Envoy, drain one and see it leave the DNS answer, add a backend and
+see every Envoy ack it, get the API's error next to an invalid weight, run a ring what-if and
+get what `/ring/simulate` says; then a reader token, which sees everything and can change
+nothing. Screenshots of each page go to the test's tmp dir (`console-*.png`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controlplane.intent.model import Backend, Cluster, Listener, Route
+from tests.conftest import wait_for
+
+WRITER = "writer-console-0123456789"
+READER = "reader-console-0123456789"
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    assert shutil.which("chromium") == CHROMIUM, "the console tests need Debian's chromium (make test installs it)"
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        await b.close()
+
+
+async def _page(browser: Any, errors: list[str], **options: Any) -> Any:
+    context = await browser.new_context(viewport={"width": 1280, "height": 800}, **options)
+    page = await context.new_page()
+    page.set_default_timeout(20_000)
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    return page
+
+
+async def _sign_in(page: Any, url: str, token: str) -> None:
+    await page.goto(f"{url}/ui")
+    await page.get_by_label("API token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.locator("#live[data-state=live]").wait_for()
+
+
+async def test_console_in_a_real_browser(
+    store: Any, replica: Any, envoys: Any, backends: list[Any], serve_api: Any, browser: Any, tmp_path: Path
+) -> None:
+    from api.localcluster.procs import free_port
+
+    await store.put(Cluster(name="web", load_balancer={"type": "maglev"}))
+    for b in backends[:3]:
+        await store.put(Backend(name=b.name, address="127.0.0.1", port=b.port), cluster="web")
+    port = free_port()
+    await store.put(Listener(name="http", address="127.0.0.1", port=port, bind_public_address=True))
+    await store.put(
+        Route(name="r", listener="http", backends=[{"cluster": "web"}], hash_policies=[{"type": "header", "name": "u"}])
+    )
+    xds = [("127.0.0.1", replica.port)]
+    envoys("cons-0", xds, public_address="127.0.1.61")
+    envoys("cons-1", xds, public_address="127.0.1.62")
+    url = await serve_api(tokens=f"writer:{WRITER},reader:{READER}")
+    async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {WRITER}"}) as api:
+        await _walk(api, url, browser, backends, tmp_path)
+
+
+async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[Any], tmp_path: Path) -> None:
+
+    async def both_in() -> bool:
+        doc = (await api.get("/v1/frontdoor/json")).json()
+        return sorted(m["node_id"] for m in doc["in_service"]) == ["cons-0", "cons-1"]
+
+    await wait_for(both_in, 30, "both Envoys in service")
+    shots = tmp_path
+    errors: list[str] = []
+    page = await _page(browser, errors)
+
+    # -- sign in; the page, the token and nothing else ------------------------------------
+    await page.goto(f"{url}/ui")
+    await page.get_by_label("API token").wait_for()
+    assert not await page.locator("#view-fleet").is_visible()  # nothing shows before sign-in
+    await page.get_by_label("API token").fill("not-the-right-token-at-all")
+    await page.get_by_role("button", name="Sign in").click()
+    await page.locator("#login-error", has_text="not valid").wait_for()
+    await page.get_by_label("API token").fill(WRITER)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.locator("#live[data-state=live]").wait_for()
+    assert await page.evaluate("sessionStorage.getItem('lbcp-token')") == WRITER
+    assert WRITER not in page.url
+
+    # -- fleet: every Envoy, live ----------------------------------------------------------
+    for node in ("cons-0", "cons-1"):
+        await page.locator(f"#node-{node}[data-front=in]").wait_for()
+    row = page.locator("#node-cons-0")
+    assert "test-replica" in await row.inner_text()
+    await page.screenshot(path=shots / "console-fleet.png", full_page=True)
+
+    # -- drain from the UI: it leaves the DNS answer ----------------------------------------
+    await page.get_by_role("button", name="Drain cons-0").click()
+    await page.locator("#node-cons-0[data-front=drained]").wait_for()
+    await page.get_by_role("tab", name="Front door").click()
+    await page.locator("#fd-members li[data-node=cons-1]").wait_for()
+    await page.locator("#fd-members li[data-node=cons-0]").wait_for(state="detached")
+    await page.locator("#fd-dns", has_text="127.0.1.62").wait_for()
+    assert "127.0.1.61" not in await page.locator("#fd-dns").inner_text()
+    api_dns = (await api.get("/v1/frontdoor/dns", params={"zone": "lbcp.test", "name": "www"})).text
+    assert (await page.locator("#fd-dns").inner_text()).strip() == api_dns.strip()
+    await page.screenshot(path=shots / "console-frontdoor.png", full_page=True)
+
+    # -- add a backend from the UI: acked by every Envoy ------------------------------------
+    await page.get_by_role("tab", name="Intent").click()
+    form = page.locator("#add-web")
+    await form.get_by_label("Name").fill("web-new")
+    await form.get_by_label("Address").fill("127.0.0.1")
+    await form.get_by_label("Port").fill(str(backends[3].port))
+    await form.get_by_label("Weight").fill("2")
+    await form.get_by_role("button", name="Add backend").click()
+    status = page.locator("#add-web-status")
+    await status.filter(has_text="acked by 2 of 2 Envoys (complete)").wait_for()
+    added = (await api.get("/v1/clusters/web/backends/web-new")).json()
+    assert added["weight"] == 2 and added["port"] == backends[3].port
+    rollout = (await api.get(f"/v1/rollouts/{added['revision']}")).json()
+    assert rollout["complete"] and sorted(rollout["acked"]) == ["cons-0", "cons-1"]
+    await page.locator("#backend-web-web-new").wait_for()
+
+    # -- an invalid weight: the API's own error, next to the field --------------------------
+    weight = page.get_by_label("Weight of b0")
+    await weight.fill("0")
+    await page.get_by_role("button", name="Save b0").click()
+    problem = (
+        await api.patch(
+            "/v1/clusters/web/backends/b0",
+            params={"dry_run": "true"},
+            json={"weight": 0},
+            headers={"content-type": "application/merge-patch+json"},
+        )
+    ).json()
+    [expected] = [e["detail"] for e in problem["errors"] if e["pointer"] == "/weight"]
+    await page.locator("#weight-web-b0-error", has_text=expected).wait_for()
+    assert await weight.get_attribute("aria-invalid") == "true"
+    assert (await api.get("/v1/clusters/web/backends/b0")).json()["weight"] == 1  # nothing was written
+    await page.screenshot(path=shots / "console-intent.png", full_page=True)
+
+    # -- changes: the writes and their rollouts --------------------------------------------
+    await page.get_by_role("tab", name="Changes").click()
+    await page.locator(f"#change-{added['revision']} [data-complete=true]").wait_for()
+    await page.screenshot(path=shots / "console-changes.png", full_page=True)
+
+    # -- ring: ownership, and a what-if that says what /ring/simulate says -------------------
+    await page.get_by_role("tab", name="Ring").click()
+    await page.locator("#share-web-new").wait_for()
+    shown = {
+        name: float(await page.locator(f"#share-{name}").get_attribute("data-share") or "nan")
+        for name in ("b0", "b1", "b2", "web-new")
+    }
+    ring = (await api.get("/v1/clusters/web/ring")).json()
+    assert shown == {b["name"]: b["share"] for b in ring["backends"]}
+    await page.get_by_label("Remove b1").check()
+    await page.get_by_label("New weight of web-new").fill("4")
+    await page.get_by_role("button", name="Simulate").click()
+    moved = page.locator("#moved")
+    await moved.wait_for()
+    sim = (await api.post("/v1/clusters/web/ring/simulate", json={"remove": ["b1"], "reweight": {"web-new": 4}})).json()
+    assert float(await moved.get_attribute("data-fraction") or "nan") == sim["moved_fraction"]
+    assert f"{sim['moved_fraction'] * 100:.2f}%" == await moved.inner_text()
+    await page.get_by_label("Key (the hash policy's value)").fill("alice")
+    await page.get_by_role("button", name="Look up").click()
+    picked = (await api.get("/v1/clusters/web/ring/lookup", params={"key": "alice"})).json()["backend"]
+    await page.locator("#lookup-result", has_text=f"alice → {picked}").wait_for()
+    await page.screenshot(path=shots / "console-ring.png", full_page=True)
+
+    # -- undrain from the UI: back in the answer -------------------------------------------
+    await page.get_by_role("tab", name="Fleet").click()
+    await page.get_by_role("button", name="Undrain cons-0").click()
+    await page.locator("#node-cons-0[data-front=in]").wait_for()
+
+    # -- narrow screen: the page fits, wide tables scroll inside their own box ---------------
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.locator("#node-cons-1").wait_for()
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    await page.screenshot(path=shots / "console-fleet-narrow.png", full_page=True)
+
+    # -- a reader sees everything and can change nothing ------------------------------------
+    reader_errors: list[str] = []
+    reader = await _page(browser, reader_errors)
+    await _sign_in(reader, url, READER)
+    await reader.locator("#role", has_text="reader").wait_for()
+    await reader.locator("#node-cons-0[data-front=in]").wait_for()
+    assert await reader.get_by_role("button", name="Drain cons-0").is_disabled()
+    assert await reader.get_by_role("button", name="Rebalance fleet default").is_disabled()
+    await reader.get_by_role("tab", name="Intent").click()
+    await reader.locator("#backend-web-web-new").wait_for()
+    assert await reader.get_by_role("button", name="Save b0").is_disabled()
+    assert await reader.get_by_role("button", name="Add backend").is_disabled()
+    # ... and the API refuses it too, whatever the page does.
+    status_code = await reader.evaluate(
+        """async () => (await fetch('/v1/fleet/cons-1/drain', {method: 'POST',
+             headers: {authorization: 'Bearer ' + sessionStorage.getItem('lbcp-token')}})).status"""
+    )
+    assert status_code == 403
+    assert not (await api.get("/v1/fleet/cons-1")).json()["draining"]
+    await reader.screenshot(path=shots / "console-reader.png", full_page=True)
+
+    # The browser logs each refused request: the wrong token and the probe before sign-in
+    # (401), the invalid weight (422) and the reader's write (403). Nothing else may show.
+    expected = [f"status of {s} " for s in (401, 403, 422)]
+    unexpected = [e for e in errors + reader_errors if not any(x in e for x in expected)]
+    assert not unexpected, unexpected
+    for name in ("fleet", "frontdoor", "intent", "changes", "ring", "fleet-narrow", "reader"):
+        assert (shots / f"console-{name}.png").stat().st_size > 10_000
