@@ -90,7 +90,7 @@ class Supervisor:
                     i,
                     self.specs[i].name,
                     p.pid,
-                    _exit_status(p.exitcode),
+                    exit_status(p.exitcode),
                     lived,
                     delay,
                 )
@@ -114,7 +114,7 @@ class Supervisor:
                 p.join()
 
 
-def _exit_status(code: int | None) -> str:
+def exit_status(code: int | None) -> str:
     if code is None:
         return "no status"
     if code < 0:

@@ -23,6 +23,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         envoys=args.envoys,
         backends=0 if args.no_demo else args.backends,
         demo_intent=not args.no_demo,
+        restart=args.restart,
     )
 
 
@@ -52,6 +53,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--no-demo", action="store_true", help="start no demo backends and apply no demo intent")
     s.add_argument("--api-port", type=int)
     s.add_argument("--detach", action="store_true", help="run in the background; stop with `lbcp down`")
+    s.add_argument(
+        "--restart",
+        choices=("on-failure", "never"),
+        default="on-failure",
+        help="a component that dies is started again with back-off (default), or takes the cluster down (never)",
+    )
     s.set_defaults(func=cmd_up)
 
     s = sub.add_parser("down", help="stop a cluster started with `lbcp up --detach` (by the PIDs in --state-dir)")

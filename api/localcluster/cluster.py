@@ -6,9 +6,13 @@ and route, and writes what it started to STATE_DIR/cluster.json. All Envoys shar
 listener's port through SO_REUSEPORT, so the kernel spreads connections over them as an
 ECMP/iptables front tier spreads them over hosts; each Envoy's admin URL is its own.
 
-Ctrl-C / SIGTERM stops everything; a component that dies is reported with its log path and
-takes the cluster down (exit status 1). `up --detach` runs the same in the background and
-returns once the cluster is ready; `down` stops it by the PIDs in cluster.json.
+`up` is a supervisor: a component that dies (etcd, the admin API, an xDS replica, an Envoy,
+the front-door DNS) is reported with its exit status and the tail of its log, and started
+again with back-off (0.5 s doubling to 30 s, reset once it has lived 60 s) while the rest
+keeps running; cluster.json always holds the live PIDs. `--restart never` instead takes the
+cluster down when one dies (exit status 1). Only Ctrl-C / SIGTERM (or `lbcp down`) stops it.
+`up --detach` runs the same in the background and returns once the cluster is ready; `down`
+stops it by the PIDs in cluster.json.
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ import httpx
 
 from api.cli.client import Client
 from api.localcluster.demo import DemoBackend
-from api.localcluster.procs import EnvoyProcess, EtcdCluster, Proc, envoy_address, free_port, wait_until
+from api.localcluster.procs import (
+    EnvoyProcess,
+    EtcdCluster,
+    EtcdMember,
+    Proc,
+    envoy_address,
+    free_port,
+    wait_until,
+)
+from controlplane.workers import BACKOFF_MAX, BACKOFF_MIN, STABLE_AFTER, exit_status
 
 XDS_REPLICAS = 2
 STATE_FILE = "cluster.json"
@@ -126,6 +139,7 @@ def up(
     envoys: int = 2,
     backends: int = 3,
     demo_intent: bool = True,
+    restart: str = "on-failure",
 ) -> int:
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -276,29 +290,34 @@ def up(
                 "xds": xds_metrics,
                 "envoys": [f"{e.admin}/stats/prometheus" for e in envoy_procs],
             },
-            "pids": {
+            "pids": {},
+            "logs": str(logs),
+        }
+
+        def write_state() -> None:
+            doc["pids"] = {
                 "supervisor": os.getpid(),
                 "admin_api": api.pid,
                 "etcd": [m.proc.pid for m in etcd.members if m.proc],
                 "others": [p.pid for _, p in procs],
-            },
-            "logs": str(logs),
-        }
-        tmp = state / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        tmp.replace(state / STATE_FILE)  # readers never see half a file
+            }
+            tmp = state / (STATE_FILE + ".tmp")
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+            tmp.replace(state / STATE_FILE)  # readers never see half a file
+
+        write_state()
         _say(_summary(doc, state))
+        # An etcd member gets a new Proc when started again; the others restart their own.
+        components = [_Component(name, _fixed(p), p.start) for name, p in procs]
+        components += [
+            _Component(f"etcd member {m.name}", _member(m), functools.partial(etcd.start_member, m))
+            for m in etcd.members
+        ]
         while not stopping:
-            for name, p in procs:
-                if not p.alive():
-                    _say(
-                        f"\n{name} exited unexpectedly (status {p.popen.returncode if p.popen else '?'}); "
-                        f"log: {p.log_path}\n{p.tail()}"
-                    )
-                    return 1
-            for m in etcd.members:
-                if m.proc and not m.proc.alive():
-                    _say(f"\netcd member {m.name} exited unexpectedly; log: {m.proc.log_path}\n{m.proc.tail()}")
+            for c in components:
+                if c.check(restart == "never"):
+                    write_state()
+                elif c.failed:
                     return 1
             time.sleep(0.2)
         _say("\nstopping ...")
@@ -316,6 +335,64 @@ def up(
         etcd.stop()
         (state / STATE_FILE).unlink(missing_ok=True)
         _say("stopped.")
+
+
+def _fixed(p: Proc) -> Callable[[], Proc | None]:
+    return lambda: p
+
+
+def _member(m: EtcdMember) -> Callable[[], Proc | None]:
+    return lambda: m.proc
+
+
+class _Component:
+    """One supervised process of the local cluster: noticed when it dies, started again with
+    back-off (see the module docstring)."""
+
+    def __init__(self, name: str, proc: Callable[[], Proc | None], start: Callable[[], None]) -> None:
+        self.name, self._proc, self._start = name, proc, start
+        self.started = time.monotonic()
+        self.backoff = BACKOFF_MIN
+        self.restart_at: float | None = None
+        self.failed = False
+        self.restarts = 0
+
+    def check(self, never: bool) -> bool:
+        """Look at the process once; True when it was just started again."""
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now < self.restart_at:
+                return False
+            self.restart_at = None
+            try:
+                self._start()
+            except OSError as exc:
+                _say(f"{self.name} could not be started again: {exc}")
+                self._schedule(now)
+                return False
+            self.started, self.restarts = now, self.restarts + 1
+            proc = self._proc()
+            _say(f"{self.name} started again (pid {proc.pid if proc else '?'}, restart {self.restarts})")
+            return True
+        proc = self._proc()
+        if proc is not None and proc.alive():
+            return False
+        status = exit_status(proc.popen.returncode if proc is not None and proc.popen is not None else None)
+        where = f"log: {proc.log_path}\n{proc.tail()}" if proc is not None else "no log"
+        _say(f"\n{self.name} exited unexpectedly ({status}); {where}")
+        if never:
+            self.failed = True
+            return False
+        if now - self.started >= STABLE_AFTER:
+            self.backoff = BACKOFF_MIN
+        self._schedule(now)
+        return False
+
+    def _schedule(self, now: float) -> None:
+        delay = self.backoff
+        self.backoff = min(delay * 2, BACKOFF_MAX)
+        self.restart_at = now + delay
+        _say(f"  starting {self.name} again in {delay:.1f}s; the rest keeps running (--restart never stops instead)")
 
 
 def _summary(doc: dict[str, Any], state: Path) -> str:

@@ -35,11 +35,13 @@ def _lbcp(state: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 
 
 @pytest.fixture
-def local_cluster(tmp_path: Path):
+def local_cluster(tmp_path: Path, request: pytest.FixtureRequest):
+    """`lbcp up` in the foreground; `@pytest.mark.parametrize("local_cluster", [[ARGS]],
+    indirect=True)` adds arguments."""
     state = tmp_path / "state"
     log = open(tmp_path / "up.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "--state-dir", str(state), "up"],
+        [sys.executable, "-m", "api.cli", "--state-dir", str(state), "up", *getattr(request, "param", [])],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -190,18 +192,104 @@ def test_down_after_the_supervisor_was_killed(tmp_path: Path) -> None:
                 os.killpg(p, signal.SIGKILL)
 
 
-def test_a_component_that_dies_is_reported(local_cluster) -> None:
-    """An xDS replica killed under `lbcp up`: it says which one and where its log is, stops
-    everything else and exits 1."""
+@pytest.mark.parametrize("local_cluster", [["--restart", "never"]], indirect=True)
+def test_restart_never_takes_the_cluster_down(local_cluster) -> None:
+    """An xDS replica killed under `lbcp up --restart never`: it says which one and where its
+    log is, stops everything else and exits 1."""
     state, proc, log = local_cluster
     doc = json.loads((state / "cluster.json").read_text())
     xds_pid = doc["pids"]["others"][1]  # admin API first, then the replicas
     os.killpg(xds_pid, signal.SIGKILL)
     assert proc.wait(30) == 1
     out = log.read_text()
-    assert "xDS replica xds-0 exited unexpectedly" in out and "xds-0.log" in out, out[-2000:]
+    assert "xDS replica xds-0 exited unexpectedly (signal SIGKILL)" in out and "xds-0.log" in out, out[-2000:]
     pids = [doc["pids"]["admin_api"], *doc["pids"]["etcd"], *doc["pids"]["others"]]
     wait_until(lambda: not any(_alive(p) for p in pids), 15, what="everything stopped")
+
+
+def _serves(listener: str) -> bool:
+    try:
+        return httpx.get(f"http://{listener}/", headers={"connection": "close"}, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_up_survives_a_dead_replica_and_a_dead_etcd(tmp_path: Path) -> None:
+    """`lbcp up --detach` as a supervisor: kill -9 an xDS replica and its Envoy re-homes to the
+    other and keeps serving, then the replica is started again; kill -9 etcd and the Envoys
+    keep serving while writes get 503, then etcd is started again and writes reach every Envoy."""
+    state = tmp_path / "sup"
+    _lbcp(state, "up", "--detach", "--envoys", "2", "--backends", "2")
+    doc = json.loads((state / "cluster.json").read_text())
+    api, log = doc["admin_api"], state / "up.log"
+    started = [doc["pids"]["supervisor"], *doc["pids"]["etcd"], *doc["pids"]["others"]]
+    own = [e["own_listener"] for e in doc["envoys"]]
+
+    def fleet() -> dict:
+        return {n["node_id"]: n for n in httpx.get(f"{api}/v1/fleet", timeout=5).json()["nodes"]}
+
+    def pids() -> dict:
+        return json.loads((state / "cluster.json").read_text())["pids"]
+
+    try:
+        wait_until(lambda: len(fleet()) == 2, 30, what="both Envoys connected")
+        home = fleet()["envoy-0"]["replica"]
+        i = int(home.removeprefix("xds-"))
+        other = f"xds-{1 - i}"
+        xds_pid = pids()["others"][1 + i]  # the admin API first, then the replicas
+        os.killpg(xds_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while fleet().get("envoy-0", {}).get("replica") != other:
+            assert all(_serves(x) for x in own), "an Envoy stopped serving while its replica was down"
+            assert time.monotonic() < deadline, f"envoy-0 did not re-home: {fleet().get('envoy-0')}"
+            time.sleep(0.2)
+        back = lambda: pids()["others"][1 + i] != xds_pid and _alive(pids()["others"][1 + i])  # noqa: E731
+        wait_until(back, 30, what=f"{home} back")
+        wait_until(lambda: _serves_metrics(doc["metrics"]["xds"][i]), 30, what=f"{home} metrics")
+        text = log.read_text()
+        assert f"xDS replica {home} exited unexpectedly (signal SIGKILL)" in text, text[-2000:]
+        assert f"xDS replica {home} started again" in text
+        # New names for a live demo backend: the Envoys' answers stay 200 throughout.
+        host, port = doc["backends"][0]["address"].rsplit(":", 1)
+        body = {"name": "after-replica", "address": host, "port": int(port)}
+        r = httpx.post(f"{api}/v1/clusters/web/backends", params={"wait": "acked", "timeout": "20s"}, json=body)
+        assert r.status_code == 201 and r.json()["rollout"]["complete"], r.text
+        assert sorted(r.json()["rollout"]["acked"]) == ["envoy-0", "envoy-1"]
+
+        etcd_pid = pids()["etcd"][0]
+        os.killpg(etcd_pid, signal.SIGKILL)
+        refused = None
+        deadline = time.monotonic() + 5
+        while refused is None and time.monotonic() < deadline:
+            w = httpx.put(f"{api}/v1/clusters/while-down", json={}, timeout=10)
+            if w.status_code == 503:
+                refused = w.json()
+        assert refused and refused["code"] == "store-unavailable", "no write was refused while etcd was down"
+        assert all(_serves(x) for x in own), "an Envoy stopped serving while etcd was down"
+        wait_until(lambda: pids()["etcd"][0] != etcd_pid and _alive(pids()["etcd"][0]), 30, what="etcd back")
+        assert "etcd member etcd0 exited unexpectedly (signal SIGKILL)" in log.read_text()
+
+        def write_acked() -> bool:
+            body = {"name": "after-etcd", "address": host, "port": int(port)}
+            params = {"wait": "acked", "timeout": "5s"}
+            r = httpx.put(f"{api}/v1/clusters/web/backends/after-etcd", params=params, json=body, timeout=15)
+            return r.status_code in (200, 201) and r.json()["rollout"]["complete"]
+
+        wait_until(write_acked, 60, interval=1, what="a write acked by every Envoy after etcd came back")
+        assert all(_serves(x) for x in own)
+        assert _alive(doc["pids"]["supervisor"])
+    finally:
+        _lbcp(state, "down", check=False)
+        for p in started + [*pids()["etcd"], *pids()["others"]] if (state / "cluster.json").exists() else started:
+            if _alive(p):
+                os.killpg(p, signal.SIGKILL)
+
+
+def _serves_metrics(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _front_door_cli(state: Path, doc: dict) -> None:
