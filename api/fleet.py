@@ -30,6 +30,8 @@ from api.problems import ApiError
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Keyspace
 from controlplane.moves.controller import read_status, read_statuses, request_key
+from controlplane.xds import inspect
+from controlplane.xds.inspect import TYPES
 from controlplane.xds.registry import read_fleet, rollout_status
 
 _readers = [Depends(require(Role.READER))]
@@ -47,9 +49,43 @@ def fleet_router() -> APIRouter:
         moving = await read_statuses(etcd, "node")
         nodes = [present_node(doc, moving.get(n)) for n, doc in view.nodes.items()]
         rebalances = await read_statuses(etcd, "fleet")
+        # The newest intent write this API process has seen (its event hub's watch): an
+        # Envoy that acked less is behind.
+        latest = request.app.state.events.intent_revision
         return JSONResponse(
-            {"nodes": nodes, "drained": view.drained, "rebalances": rebalances, "revision": view.revision}
+            {
+                "nodes": nodes,
+                "drained": view.drained,
+                "rebalances": rebalances,
+                "revision": view.revision,
+                "intent_revision": latest,
+            }
         )
+
+    @r.get(
+        "/v1/fleet/{node_id}/config",
+        dependencies=_readers,
+        summary="What lbcp serves one Envoy (CDS, EDS, LDS, RDS; never secrets), as its /config_dump shows it",
+    )
+    async def node_config(request: Request, node_id: str, type: str | None = None) -> JSONResponse:
+        types = list(TYPES) if type is None else [t.strip() for t in type.split(",")]
+        bad = [t for t in types if t not in TYPES]
+        if bad:
+            raise ValidationFailed([FieldError("/query/type", f"unknown type {bad[0]!r}: one of {', '.join(TYPES)}")])
+        etcd = request.app.state.store.etcd
+        doc = (await read_fleet(etcd)).nodes.get(node_id)
+        if doc is None:
+            raise ApiError(404, "node-not-found", "Node not found", f"no connected Envoy has node id {node_id!r}")
+        public = (doc.get("metadata") or {}).get("public_address")
+        try:
+            built = await inspect.node_config(etcd, doc["fleet"], node_id, public, types)
+        except TimeoutError:
+            raise ApiError(503, "store-unavailable", "Store unavailable", "intent could not be read in time") from None
+        for short, got in built["types"].items():
+            st = (doc.get("types") or {}).get(short) or {}
+            got["envoy"] = {k: st.get(k) for k in ("sent_version", "acked_version", "last_nack")}
+        return JSONResponse({"node_id": node_id, "fleet": doc["fleet"], "acked_revision": doc.get("acked_revision"),
+                             **built})  # fmt: skip
 
     @r.get("/v1/fleet/{node_id:path}", dependencies=_readers, summary="One connected Envoy")
     async def node(request: Request, node_id: str) -> JSONResponse:

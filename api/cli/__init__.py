@@ -47,9 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for module in (servers, local, intent, ring, frontdoor, fleet, pki, watch):
         module.register(sub)
+    c = sub.add_parser("completion", help='print a shell completion script: eval "$(lbcp completion bash)"')
+    c.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    c.set_defaults(func=_completion)
     for child in _subparsers(p):
         _global_flags(child, defaults=False)
     return p
+
+
+def _completion(args: argparse.Namespace) -> int:
+    import shtab  # builds the script from this very parser, so it never goes stale
+
+    print(shtab.complete(build_parser(), args.shell))
+    return 0
 
 
 # Long-running servers log their own progress at INFO; client commands print their results

@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from api.cli.client import Client, discover
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
-    cells = [headers] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells)
+    """Rows under headers in aligned columns (Rich): bold headers and colour on a terminal,
+    plain text otherwise, and never wrapped or cut (a pipe gets every column whole)."""
+    t = Table(box=None, show_edge=False, pad_edge=False, header_style="bold", padding=(0, 2, 0, 0))
+    for h in headers:
+        t.add_column(h, no_wrap=True, overflow="ignore")
+    for r in rows:
+        t.add_row(*[_cell(c) for c in r])
+    terminal = Console().is_terminal
+    out = io.StringIO()
+    Console(file=out, width=10_000, force_terminal=terminal, highlight=False).print(t)
+    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())
+
+
+_STYLES = {"SYNCED": "green", "STALE": "yellow", "REJECTED": "bold red", "in": "green", "drained": "yellow"}
+
+
+def _cell(value: Any) -> Text:
+    s = "" if value is None else str(value)
+    return Text(s, style=_STYLES.get(s, ""))
 
 
 def emit(

@@ -4,15 +4,22 @@ and draining a node out of the front tier, or evacuating it (`lbcp node drain --
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from api.cli._common import client_for, emit
+from api.cli._common import client_for, emit, table
 from api.cli.client import ApiProblem, Client
+from controlplane.xds.resources import GATE_PREFIX
 
 
 def cmd_node_drain(args: argparse.Namespace) -> int:
@@ -134,9 +141,30 @@ def _rate(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+SYNC_TYPES = ("cds", "lds", "eds", "rds")
+
+
+def sync_state(node: dict[str, Any], short: str) -> str:
+    """Like `istioctl proxy-status`: REJECTED (its last NACK of this type is newer than what it
+    acked), STALE (sent and not acked yet), SYNCED, or NOT SENT (it never asked for it)."""
+    st = (node.get("types") or {}).get(short)
+    if not st or not st.get("sent_version"):
+        return "NOT SENT"
+    nack = st.get("last_nack")
+    if nack and nack.get("revision", 0) > node.get("acked_revision", 0):
+        return "REJECTED"
+    return "SYNCED" if st.get("acked_version") == st.get("sent_version") else "STALE"
+
+
+def _acked(node: dict[str, Any], latest: int) -> str:
+    r = node.get("acked_revision", 0)
+    return f"r{r}" if not latest or r >= latest else f"r{r} of r{latest}"
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     """One row per connected Envoy: where it is, what it holds, and whether it is in front of clients."""
     doc = client_for(args).get("/v1/fleet")
+    latest = doc.get("intent_revision", 0)
     nodes = doc["nodes"]
     if args.fleet:
         nodes = [n for n in nodes if n.get("fleet") == args.fleet]
@@ -150,18 +178,19 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             n.get("replica"),
             (n.get("front") or {}).get("address") or "-",
             n.get("front_state"),
+            *(sync_state(n, t) for t in SYNC_TYPES),
+            _acked(n, latest),
             load.get("connections", "-"),
             _rate(load.get("connections_per_second")),
             _rate(load.get("tls_handshakes_per_second")),
             load.get("http2_streams", "-"),
             "-" if load.get("headroom") is None else f"{load['headroom'] * 100:.0f}%",
             "yes" if load.get("overloaded") else ("no" if load else "-"),
-            n.get("acked_revision"),
             _moving(n.get("evacuation")),
         ]
 
-    headers = ["NODE", "FLEET", "REPLICA", "ADDRESS", "FRONT", "CONNS", "NEW/S", "TLS/S", "H2", "HEADROOM", "OVERLOAD"]
-    headers += ["ACKED", "MOVING"]
+    headers = ["NODE", "FLEET", "REPLICA", "ADDRESS", "FRONT", *(t.upper() for t in SYNC_TYPES), "ACKED"]
+    headers += ["CONNS", "NEW/S", "TLS/S", "H2", "HEADROOM", "OVERLOAD", "MOVING"]
     emit(nodes, args.output, headers, row)
     if args.output == "table":
         for fleet, st in sorted((doc.get("rebalances") or {}).items()):
@@ -173,12 +202,184 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet_show(args: argparse.Namespace) -> int:
+    """Everything lbcp knows of one Envoy, per xDS type and in front of clients."""
+    node = args.node
+    doc = client_for(args).get(f"/v1/fleet/{quote(node, safe='')}")
+    if args.output != "table":
+        emit([doc], args.output, [], lambda d: [])
+        return 0
+    load = doc.get("load") or {}
+    front = doc.get("front") or {}
+    health = doc.get("front_health") or {}
+    fields = [
+        ("node", doc["node_id"]),
+        ("fleet", doc.get("fleet")),
+        ("replica", f"{doc.get('replica')} ({doc.get('protocol')}, {doc.get('streams', 1)} stream(s))"),
+        ("peer", doc.get("peer")),
+        ("identity", doc.get("identity", "-")),
+        ("connected", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc.get("connected_since", 0)))),
+        ("acked revision", doc.get("acked_revision")),
+        ("front", f"{doc.get('front_state')} at {front.get('address') or '-'}"),
+        ("health check", "not probed" if not health.get("probed") else ("passing" if health.get("ok") else "failing")),
+        ("drain", _drain(doc.get("drain"))),
+        ("moving", _moving(doc.get("evacuation"))),
+        ("load", _load(load)),
+    ]
+    print(table([[k, v] for k, v in fields], ["FIELD", "VALUE"]))
+    print()
+    rows = []
+    for short, st in sorted((doc.get("types") or {}).items()):
+        nack = st.get("last_nack") or {}
+        rows.append([short.upper(), sync_state(doc, short), st.get("sent_version"), st.get("acked_version"),
+                     st.get("pushes"), st.get("bytes_sent"), nack.get("message", "-")])  # fmt: skip
+    print(table(rows, ["TYPE", "STATE", "SENT", "ACKED", "PUSHES", "BYTES", "LAST NACK"]))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """What lbcp serves one Envoy; with --diff, how the Envoy's own /config_dump differs."""
+    c = client_for(args)
+    types = args.type or "cds,eds,lds,rds"
+    doc = c.get(f"/v1/fleet/{quote(args.node, safe='')}/config", type=types)
+    if not args.diff:
+        if args.output == "yaml":
+            print(yaml.safe_dump(doc, sort_keys=False), end="")
+        else:
+            print(json.dumps(doc, indent=2))
+        return 0
+    admin = args.admin or _local_admin(args.state_dir, args.node)
+    if not admin:
+        print(f"error: where is {args.node}'s admin? Give --admin URL (a local cluster's are in cluster.json)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        dump = httpx.get(f"{admin.rstrip('/')}/config_dump", params={"include_eds": "true"}, timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"error: {args.node}'s admin at {admin} did not answer: {exc}", file=sys.stderr)
+        return 1
+    envoy = envoy_resources(dump)
+    differs = 0
+    for short, got in doc["types"].items():
+        ours = {r["name"]: r["resource"] for r in got["resources"]}
+        theirs = envoy.get(short, {})
+        if short == "eds":
+            # Envoy dumps the hosts it holds (with their health), not the assignment it was
+            # sent; both sides are compared as endpoints with weight and priority. The health
+            # gate is lbcp's per-Envoy resource, not part of what the fleet is served.
+            ours = {n: _endpoints(r) for n, r in ours.items()}
+            theirs = {n: _endpoints(r) for n, r in theirs.items() if not n.startswith(GATE_PREFIX)}
+        for name in sorted(ours.keys() | theirs.keys()):
+            a = _lines(ours.get(name))
+            b = _lines(theirs.get(name))
+            if a == b:
+                continue
+            differs += 1
+            sys.stdout.writelines(
+                difflib.unified_diff(a, b, f"lbcp/{short}/{name}", f"envoy/{short}/{name}", lineterm="\n")
+            )
+    if not differs:
+        kinds = ", ".join(f"{len(g['resources'])} {s.upper()}" for s, g in doc["types"].items())
+        print(f"{args.node}: its config dump matches what lbcp serves ({kinds})")
+    return 1 if differs else 0
+
+
+def _load(load: dict[str, Any]) -> str:
+    if not load:
+        return "not reported"
+    headroom = "-" if load.get("headroom") is None else f"{load['headroom'] * 100:.0f}%"
+    return (
+        f"{load.get('connections', 0)} connections ({_rate(load.get('connections_per_second'))}/s new, "
+        f"{_rate(load.get('tls_handshakes_per_second'))} TLS handshakes/s), {load.get('http2_streams', 0)} HTTP/2 "
+        f"streams, headroom {headroom}{', OVERLOADED' if load.get('overloaded') else ''}"
+    )
+
+
+def _drain(drain: dict[str, Any] | None) -> str:
+    if not drain:
+        return "no"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(drain.get("since", 0)))
+    return f"since {since}: {drain.get('reason') or '-'}"
+
+
+def _endpoints(assignment: dict[str, Any]) -> dict[str, Any]:
+    hosts = []
+    for group in assignment.get("endpoints", []):
+        for lb in group.get("lb_endpoints", []):
+            sock = ((lb.get("endpoint") or {}).get("address") or {}).get("socket_address") or {}
+            hosts.append(
+                {
+                    "address": f"{sock.get('address')}:{sock.get('port_value')}",
+                    "weight": lb.get("load_balancing_weight", 1),
+                    "priority": group.get("priority", 0),
+                    "zone": (group.get("locality") or {}).get("zone", ""),
+                }
+            )
+    return {"cluster_name": assignment.get("cluster_name"), "hosts": sorted(hosts, key=lambda h: h["address"])}
+
+
+def _lines(resource: dict[str, Any] | None) -> list[str]:
+    if resource is None:
+        return []
+    return [line + "\n" for line in json.dumps(resource, indent=2, sort_keys=True).splitlines()]
+
+
+# Where each xDS type lives in Envoy's /config_dump, and the field holding the resource.
+_DUMP = {
+    "cds": ("ClustersConfigDump", "dynamic_active_clusters", "cluster"),
+    "lds": ("ListenersConfigDump", "dynamic_listeners", "active_state"),
+    "rds": ("RoutesConfigDump", "dynamic_route_configs", "route_config"),
+    "eds": ("EndpointsConfigDump", "dynamic_endpoint_configs", "endpoint_config"),
+}
+
+
+def envoy_resources(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The dynamic resources of an Envoy's /config_dump, by type and name (lbcp's JSON form)."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in dump.get("configs", []):
+        kind = section.get("@type", "").rsplit(".", 1)[-1]
+        for short, (dump_kind, field, inner) in _DUMP.items():
+            if kind != dump_kind:
+                continue
+            for item in section.get(field, []):
+                res = item.get(inner) or {}
+                if short == "lds":
+                    res = res.get("listener") or {}
+                res = {k: v for k, v in res.items() if k != "@type"}
+                name = res.get("name") or res.get("cluster_name")
+                if name:
+                    out.setdefault(short, {})[name] = res
+    return out
+
+
+def _local_admin(state_dir: str, node: str) -> str | None:
+    """A local cluster's Envoy admin URL, from `lbcp up`'s cluster.json."""
+    try:
+        doc = json.loads((Path(state_dir) / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return next((e["admin"] for e in doc.get("envoys", []) if e.get("node_id") == node), None)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    x = sub.add_parser("fleet", help="the connected Envoys: front state, live load, acked revision")
+    x = sub.add_parser(
+        "fleet", help="the connected Envoys: per-type sync (SYNCED/STALE/REJECTED), front state, live load"
+    )
     x.add_argument("--fleet", help="only this fleet")
     x.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
-    x.set_defaults(func=cmd_fleet)
+    x.set_defaults(func=cmd_fleet, node=None)
     fl = x.add_subparsers(dest="action")
+    y = fl.add_parser("show", help="one Envoy in full: per-type versions and NACKs, front, drain, load")
+    y.add_argument("node")
+    y.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    y.set_defaults(func=cmd_fleet_show)
+    y = sub.add_parser("config", help="what lbcp serves one Envoy (--diff: against its own /config_dump)")
+    y.add_argument("node")
+    y.add_argument("--type", help="cds, eds, lds, rds or a comma-separated list (default: all four)")
+    y.add_argument("--diff", action="store_true", help="diff against the Envoy's /config_dump (exit 1 if it differs)")
+    y.add_argument("--admin", help="the Envoy's admin URL (default: from a local cluster's cluster.json)")
+    y.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
+    y.set_defaults(func=cmd_config)
     y = fl.add_parser("rebalance", help="move connections off Envoys above the fleet's mean, at a paced rate")
     y.add_argument("fleet")
     y.add_argument("--rate", type=int, help="connections moved per second, fleet-wide (default: the fleet's own)")

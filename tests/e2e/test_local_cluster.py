@@ -131,6 +131,7 @@ def test_up_apply_get_down(local_cluster) -> None:
         state, "frontdoor", "render", "--format", "dns", "--fleet", "default", "--zone", "example.test", "--name", "www"
     ).stdout
     assert "\tIN\tA\t127.0.1.1\t; envoy-0" in dns and "\tIN\tA\t127.0.1.2\t; envoy-1" in dns, dns
+    _fleet_views_cli(state, doc)
     _front_door_cli(state, doc)
     _moves_cli(state, doc)
     _certificates_cli(state, doc)
@@ -290,6 +291,33 @@ def _serves_metrics(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _fleet_views_cli(state: Path, doc: dict) -> None:
+    """lbcp fleet (per-type SYNCED/STALE/REJECTED), fleet show, config and config --diff
+    against the Envoys' own /config_dump; global flags after the subcommand; no log lines."""
+
+    def synced() -> bool:
+        rows = _lbcp(state, "fleet").stdout.splitlines()
+        return len(rows) == 3 and all(r.split()[5:9] == ["SYNCED"] * 4 for r in rows[1:])
+
+    wait_until(synced, 30, interval=0.5, what="every Envoy SYNCED on CDS, LDS, EDS and RDS")
+    r = _lbcp(state, "fleet")
+    assert r.stdout.splitlines()[0].split()[5:10] == ["CDS", "LDS", "EDS", "RDS", "ACKED"] and r.stderr == ""
+    shown = subprocess.run(
+        [sys.executable, "-m", "api.cli", "fleet", "show", "envoy-0", "--state-dir", str(state)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    assert any(line.split()[:2] == ["CDS", "SYNCED"] for line in shown.stdout.splitlines()), shown.stdout
+    config = json.loads(_lbcp(state, "config", "envoy-0", "--type", "cds").stdout)
+    assert set(config["types"]) == {"cds"}
+    assert {"web", "shop"} <= {r["name"] for r in config["types"]["cds"]["resources"]}
+    same = _lbcp(state, "config", "envoy-0", "--diff")
+    assert "its config dump matches what lbcp serves" in same.stdout and same.stderr == ""
+    # envoy-1's dump differs from what envoy-0 is served: its listener binds its own address.
+    other = _lbcp(state, "config", "envoy-0", "--diff", "--admin", doc["envoys"][1]["admin"], check=False)
+    assert other.returncode == 1 and "+++ envoy/lds/http" in other.stdout and '"127.0.1.2"' in other.stdout
 
 
 def _front_door_cli(state: Path, doc: dict) -> None:
