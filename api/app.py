@@ -107,7 +107,6 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
             client.metrics = metrics.etcd
         app.state.store = Store(client)
         app.state.events = EventHub(client)
-        app.state.events.start()
         if not settings.tokens.enabled:
             log.warning("admin API: no tokens configured; dev mode, every request may write (loopback only)")
         try:

@@ -4,7 +4,10 @@ One `EventHub` per API process watches the whole key prefix once and keeps what 
 in memory: every Envoy's registry records, drains, rebalance and evacuation progress, and the
 recent intent writes with their rollout status. A viewer gets a `snapshot` event with all of
 it, then only changes; a thousand open consoles cost one watch, not a thousand etcd reads a
-second. Each event is encoded once and the same bytes go to every viewer.
+second. Each event is encoded once and the same bytes go to every viewer. The hub watches only
+while someone does (from the first viewer until IDLE_SECONDS after the last), so an API that
+nobody watches does no work per registry update; what it missed meanwhile comes back from
+etcd: the most recently written objects, grouped by revision (a delete leaves no trace there).
 
 Events (`event:` name, `data:` one JSON object):
 - `snapshot`: `{revision, intent_revision, etcd, nodes: [...], drained, rebalances, changes:
@@ -53,6 +56,7 @@ log = logging.getLogger(__name__)
 RECENT_CHANGES = 50  # intent writes a snapshot lists, newest last
 QUEUE_EVENTS = 2000  # events a slow viewer may have outstanding before it is disconnected
 KEEPALIVE_SECONDS = 15.0
+IDLE_SECONDS = 30.0  # the watch outlives its last viewer by this much (a page reload keeps it)
 
 
 def present_node(doc: dict[str, Any], evacuation: dict[str, Any] | None) -> dict[str, Any]:
@@ -108,6 +112,7 @@ class EventHub:
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._call: Any = None  # the open watch (aetcd's stream call)
+        self._idle: asyncio.Task[None] | None = None
         self._closed = False
         # What the watch applied since the last flush.
         self._dirty: set[str] = set()
@@ -117,11 +122,25 @@ class EventHub:
     # -- viewers ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Watch (again). The first viewer does this; the hub stops IDLE_SECONDS after the
+        last one left, so an API nobody watches spends nothing on the fleet's churn."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._task is None:
+            self._closed = False
             self._task = asyncio.create_task(self._run(), name="event-hub")
 
     async def close(self) -> None:
+        await self._halt()
+        for v in list(self._viewers):
+            self._drop(v)
+
+    async def _halt(self) -> None:
         self._closed = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._call is not None:
             self._call.cancel()
         if self._task is not None:
@@ -129,8 +148,14 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for v in list(self._viewers):
-            self._drop(v)
+        self.ready.clear()
+        self.etcd_ok = False
+
+    async def _stop_when_idle(self) -> None:
+        await asyncio.sleep(IDLE_SECONDS)
+        self._idle = None
+        if not self._viewers:
+            await self._halt()
 
     async def stream(self) -> AsyncIterator[bytes]:
         """A viewer's events: the snapshot, then changes, with a comment every
@@ -153,6 +178,8 @@ class EventHub:
                 yield item
         finally:
             self._viewers.discard(viewer)
+            if not self._viewers and self._task is not None and self._idle is None:
+                self._idle = asyncio.create_task(self._stop_when_idle(), name="event-hub-idle")
 
     @property
     def viewers(self) -> int:
@@ -252,42 +279,38 @@ class EventHub:
             self.intent_revision = max(self.intent_revision, mod_revision)
 
     async def _load(self) -> int:
-        """Read everything viewers see at one revision (intent writes before it are history)."""
+        """Read everything viewers see, at one revision: the registry, drains and move
+        statuses whole, and the most recently written intent objects (the writes before the
+        watch, as far as etcd still shows them: a delete leaves nothing to show)."""
         ranges = [self._fleet_root, self._keys.drains, self._status_root]
+        ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k, range_end=prefix_end(k))) for k in ranges]
         resp = await self.etcd.txn(
-            rpc.TxnRequest(
-                success=[rpc.RequestOp(request_range=rpc.RangeRequest(key=k, range_end=prefix_end(k))) for k in ranges]
-            ),
-            read_only=True,
+            rpc.TxnRequest(success=ops + _newest_ops(self._keys, RECENT_CHANGES, keys_only=False)), read_only=True
         )
-        # The newest intent write (drains included): what "in sync" means for an Envoy.
-        latest = [
-            rpc.RequestOp(
-                request_range=rpc.RangeRequest(
-                    key=k,
-                    range_end=prefix_end(k),
-                    limit=1,
-                    keys_only=True,
-                    sort_order=rpc.RangeRequest.DESCEND,
-                    sort_target=rpc.RangeRequest.MOD,
-                )
-            )
-            for k in [self._keys.folder(kind) for kind in Kind] + [self._keys.drains]
-        ]
-        newest = await self.etcd.txn(rpc.TxnRequest(success=latest), read_only=True)
-        self.intent_revision = max(
-            [kv.mod_revision for r in newest.responses for kv in r.response_range.kvs], default=0
-        )
+        state, newest = resp.responses[: len(ops)], resp.responses[len(ops) :]
         self._streams, self._nodes, self._drains, self._status = {}, {}, {}, {}
         self._dirty.clear()
-        for r in resp.responses:
+        for r in state:
             for kv in r.response_range.kvs:
                 self._apply(kv.key, kv.value, kv.mod_revision)
+        self._intent.clear()  # drains went through _apply; intent comes from `newest` below
         self.revision = resp.header.revision
         for node_id in self._dirty:
             self._merge(node_id)
         self._dirty.clear()
         self._fleets.clear()
+        known = {e["revision"]: e for e in self._recent}
+        for r in newest:
+            for kv in r.response_range.kvs:
+                self.intent_revision = max(self.intent_revision, kv.mod_revision)
+                ref = self._keys.ref(kv.key)
+                if ref is not None and kv.mod_revision not in known:
+                    entry = known.setdefault(kv.mod_revision, {"revision": kv.mod_revision, "changes": [], "at": None})
+                    entry["changes"].append(_change(ref, kv.value))
+        view = self.view()
+        for entry in known.values():
+            entry["rollout"] = rollout_status(view, entry["revision"])
+        self._recent = deque(sorted(known.values(), key=lambda e: e["revision"])[-RECENT_CHANGES:], RECENT_CHANGES)
         return int(resp.header.revision)
 
     def _flush(self) -> None:
@@ -368,6 +391,29 @@ class EventHub:
             finally:
                 if call is not None:
                     call.cancel()
+
+
+def _newest_ops(keys: Keyspace, limit: int, keys_only: bool) -> list[rpc.RequestOp]:
+    """Ranges of the `limit` most recently written keys of each intent folder (drains too)."""
+    return [
+        rpc.RequestOp(
+            request_range=rpc.RangeRequest(
+                key=k,
+                range_end=prefix_end(k),
+                limit=limit,
+                keys_only=keys_only,
+                sort_order=rpc.RangeRequest.DESCEND,
+                sort_target=rpc.RangeRequest.MOD,
+            )
+        )
+        for k in [keys.folder(kind) for kind in Kind] + [keys.drains]
+    ]
+
+
+async def intent_revision(etcd: Etcd) -> int:
+    """The newest intent write (drains included): an Envoy that acked less is behind."""
+    resp = await etcd.txn(rpc.TxnRequest(success=_newest_ops(Keyspace(etcd.config.prefix), 1, True)), read_only=True)
+    return max([kv.mod_revision for r in resp.responses for kv in r.response_range.kvs], default=0)
 
 
 def _change(ref: Ref, value: bytes | None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from api._request import json_body, wait_timeout
 from api.auth import Role, require
-from api.events import present_node
+from api.events import intent_revision, present_node
 from api.problems import ApiError
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Keyspace
@@ -49,9 +49,7 @@ def fleet_router() -> APIRouter:
         moving = await read_statuses(etcd, "node")
         nodes = [present_node(doc, moving.get(n)) for n, doc in view.nodes.items()]
         rebalances = await read_statuses(etcd, "fleet")
-        # The newest intent write this API process has seen (its event hub's watch): an
-        # Envoy that acked less is behind.
-        latest = request.app.state.events.intent_revision
+        latest = await intent_revision(etcd)
         return JSONResponse(
             {
                 "nodes": nodes,

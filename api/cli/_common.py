@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -37,6 +40,48 @@ _STYLES = {"SYNCED": "green", "STALE": "yellow", "REJECTED": "bold red", "in": "
 def _cell(value: Any) -> Text:
     s = "" if value is None else str(value)
     return Text(s, style=_STYLES.get(s, ""))
+
+
+def progress() -> Progress:
+    """A progress bar on stderr (plain when it is not a terminal)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+def follow_rollout(c: Client, revision: int, timeout: float) -> int:
+    """Show a write's rollout (`/v1/rollouts/R`) until every connected Envoy has acked it (0),
+    one rejected it (1, with Envoy's message) or `timeout` seconds passed (1)."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    with progress() as bar:
+        task = bar.add_task(f"rolling out r{revision}", total=None)
+        while True:
+            status = c.get(f"/v1/rollouts/{revision}")
+            bar.update(task, total=max(status["nodes"], 1), completed=len(status["acked"]))
+            if status["complete"] or status["rejected"] or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+    if status["rejected"]:
+        for r in status["rejected"]:
+            print(f"r{revision} rejected by {r['node_id']} ({r['type']}): {r.get('message')}", file=sys.stderr)
+        return 1
+    if not status["complete"]:
+        print(f"r{revision}: pending on {', '.join(status['pending'])} after {timeout:.0f}s", file=sys.stderr)
+        return 1
+    print(f"r{revision} acked by every Envoy ({status['nodes']})")
+    return 0
+
+
+def wait_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait", type=float, metavar="SECONDS", help="then show the rollout until every Envoy acked it (exit 1 if not)"
+    )
 
 
 def emit(

@@ -14,10 +14,8 @@ from urllib.parse import quote
 
 import httpx
 import yaml
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from api.cli._common import client_for, emit, table
+from api.cli._common import client_for, emit, progress, table
 from api.cli.client import ApiProblem, Client
 from controlplane.xds.resources import GATE_PREFIX
 
@@ -57,7 +55,7 @@ def _follow_evacuation(c: Client, node: str, timeout: float) -> int:
     start = time.monotonic()
     first, _ = held()
     total = max(1, first or 1)
-    with _progress() as bar:
+    with progress() as bar:
         task = bar.add_task(f"evacuating {node}", total=total)
         while time.monotonic() - start < timeout:
             left, status = held()
@@ -76,18 +74,6 @@ def _follow_evacuation(c: Client, node: str, timeout: float) -> int:
     return 1
 
 
-def _progress() -> Progress:
-    """A progress bar on stderr (plain when it is not a terminal)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-
-
 def cmd_fleet_rebalance(args: argparse.Namespace) -> int:
     c = client_for(args)
     body: dict[str, Any] = {}
@@ -102,7 +88,7 @@ def cmd_fleet_rebalance(args: argparse.Namespace) -> int:
         return 0
     start = time.monotonic()
     status: dict[str, Any] = {}
-    with _progress() as bar:
+    with progress() as bar:
         task = bar.add_task(f"rebalancing {args.fleet}", total=None)
         while time.monotonic() - start < args.wait:
             status = c.get(path).get("status") or {}

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from api.cli._common import client_for, emit, split_hostport
+from api.cli._common import client_for, emit, follow_rollout, split_hostport, wait_flag
 
 
 def _load_docs(path: str) -> list[dict[str, Any]]:
@@ -59,7 +59,11 @@ def cmd_apply(args: argparse.Namespace, default_kind: str | None = None) -> int:
             where = f"{r['cluster']}/" if r.get("cluster") else ""
             print(f"{r['kind']} {where}{r['name']} {r['outcome']}")
     print(f"revision {res['revision']}{' (dry run: nothing written)' if res['dry_run'] else ''}")
-    return 0
+    return _waited(args, res["revision"]) if not res["dry_run"] else 0
+
+
+def _waited(args: argparse.Namespace, revision: int) -> int:
+    return follow_rollout(client_for(args), revision, args.wait) if getattr(args, "wait", None) else 0
 
 
 def cmd_backend_add(args: argparse.Namespace) -> int:
@@ -78,14 +82,14 @@ def cmd_backend_add(args: argparse.Namespace) -> int:
         f"backend {args.cluster}/{args.name} -> {r['address']}:{r['port']} weight {r['weight']} (revision "
         f"{r['revision']})"
     )
-    return 0
+    return _waited(args, r["revision"])
 
 
 def _set_state(state: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         r = client_for(args).patch(f"/v1/clusters/{args.cluster}/backends/{args.name}", {"admin_state": state})
         print(f"backend {args.cluster}/{args.name} is {r['admin_state']} (revision {r['revision']})")
-        return 0
+        return _waited(args, r["revision"])
 
     return run
 
@@ -93,7 +97,7 @@ def _set_state(state: str) -> Callable[[argparse.Namespace], int]:
 def cmd_backend_remove(args: argparse.Namespace) -> int:
     r = client_for(args).delete(f"/v1/clusters/{args.cluster}/backends/{args.name}")
     print(f"backend {args.cluster}/{args.name} removed (revision {r['revision']})")
-    return 0
+    return _waited(args, r["revision"])
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -215,7 +219,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     c = client_for(args)
     r = c.delete(f"/v1/{args.kind}s/{args.name}")
     print(f"{args.kind} {args.name} deleted (revision {r['revision']})")
-    return 0
+    return _waited(args, r["revision"])
 
 
 def cmd_kek_generate(args: argparse.Namespace) -> int:
@@ -250,6 +254,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     s.add_argument("-f", "--file", required=True, help="file, or - for stdin")
     s.add_argument("--dry-run", action="store_true")
+    wait_flag(s)
     s.set_defaults(func=cmd_apply)
 
     for kind in ("cluster", "listener", "route"):
@@ -261,9 +266,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         )
         a.add_argument("-f", "--file", required=True)
         a.add_argument("--dry-run", action="store_true")
+        wait_flag(a)
         a.set_defaults(func=lambda args, kind=kind: cmd_apply(args, kind))
         d = ks.add_parser("delete", help=f"delete a {kind}")
         d.add_argument("name")
+        wait_flag(d)
         d.set_defaults(func=cmd_delete, kind=kind)
 
     b = sub.add_parser("backend", help="manage backends")
@@ -275,15 +282,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--weight", type=int, default=1)
     a.add_argument("--priority", type=int, default=0)
     a.add_argument("--zone")
+    wait_flag(a)
     a.set_defaults(func=cmd_backend_add)
     for verb, state in (("drain", "drain"), ("maint", "maint"), ("ready", "ready")):
         x = bs.add_parser(verb, help=f"set admin_state={state}")
         x.add_argument("cluster")
         x.add_argument("name")
+        wait_flag(x)
         x.set_defaults(func=_set_state(state))
     x = bs.add_parser("remove", help="delete a backend")
     x.add_argument("cluster")
     x.add_argument("name")
+    wait_flag(x)
     x.set_defaults(func=cmd_backend_remove)
 
     g = sub.add_parser("get", help="list objects: clusters | backends CLUSTER | listeners | routes | certificates")

@@ -55,6 +55,17 @@ async def _page(browser: Any, errors: list[str], **options: Any) -> Any:
     return page
 
 
+# Every control the page shows has an accessible name (a <label>, aria-label or its text).
+_UNLABELLED = """() => [...document.querySelectorAll('input, select, button, textarea')]
+  .filter((el) => el.offsetParent !== null)
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
+async def _labelled(page: Any) -> None:
+    assert await page.evaluate(_UNLABELLED) == []
+
+
 async def _sign_in(page: Any, url: str, token: str) -> None:
     await page.goto(f"{url}/ui")
     await page.get_by_label("API token").fill(token)
@@ -112,22 +123,24 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
         await page.locator(f"#node-{node}[data-front=in]").wait_for()
     row = page.locator("#node-cons-0")
     assert "test-replica" in await row.inner_text()
+    await _labelled(page)
     await page.screenshot(path=shots / "console-fleet.png", full_page=True)
 
     # -- drain from the UI: it leaves the DNS answer ----------------------------------------
     await page.get_by_role("button", name="Drain cons-0").click()
     await page.locator("#node-cons-0[data-front=drained]").wait_for()
-    await page.get_by_role("tab", name="Front door").click()
+    await page.get_by_role("link", name="Front door").click()
     await page.locator("#fd-members li[data-node=cons-1]").wait_for()
     await page.locator("#fd-members li[data-node=cons-0]").wait_for(state="detached")
     await page.locator("#fd-dns", has_text="127.0.1.62").wait_for()
     assert "127.0.1.61" not in await page.locator("#fd-dns").inner_text()
     api_dns = (await api.get("/v1/frontdoor/dns", params={"zone": "lbcp.test", "name": "www"})).text
     assert (await page.locator("#fd-dns").inner_text()).strip() == api_dns.strip()
+    await _labelled(page)
     await page.screenshot(path=shots / "console-frontdoor.png", full_page=True)
 
     # -- add a backend from the UI: acked by every Envoy ------------------------------------
-    await page.get_by_role("tab", name="Intent").click()
+    await page.get_by_role("link", name="Intent").click()
     form = page.locator("#add-web")
     await form.get_by_label("Name").fill("web-new")
     await form.get_by_label("Address").fill("127.0.0.1")
@@ -158,15 +171,16 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     await page.locator("#weight-web-b0-error", has_text=expected).wait_for()
     assert await weight.get_attribute("aria-invalid") == "true"
     assert (await api.get("/v1/clusters/web/backends/b0")).json()["weight"] == 1  # nothing was written
+    await _labelled(page)
     await page.screenshot(path=shots / "console-intent.png", full_page=True)
 
     # -- changes: the writes and their rollouts --------------------------------------------
-    await page.get_by_role("tab", name="Changes").click()
+    await page.get_by_role("link", name="Changes").click()
     await page.locator(f"#change-{added['revision']} [data-complete=true]").wait_for()
     await page.screenshot(path=shots / "console-changes.png", full_page=True)
 
     # -- ring: ownership, and a what-if that says what /ring/simulate says -------------------
-    await page.get_by_role("tab", name="Ring").click()
+    await page.get_by_role("link", name="Ring").click()
     await page.locator("#share-web-new").wait_for()
     shown = {
         name: float(await page.locator(f"#share-{name}").get_attribute("data-share") or "nan")
@@ -186,11 +200,14 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     await page.get_by_role("button", name="Look up").click()
     picked = (await api.get("/v1/clusters/web/ring/lookup", params={"key": "alice"})).json()["backend"]
     await page.locator("#lookup-result", has_text=f"alice → {picked}").wait_for()
+    await _labelled(page)
     await page.screenshot(path=shots / "console-ring.png", full_page=True)
 
-    # -- undrain from the UI: back in the answer -------------------------------------------
-    await page.get_by_role("tab", name="Fleet").click()
-    await page.get_by_role("button", name="Undrain cons-0").click()
+    # -- undrain from the keyboard: back in the answer -------------------------------------
+    await page.get_by_role("link", name="Fleet").focus()
+    await page.keyboard.press("Enter")
+    await page.get_by_role("button", name="Undrain cons-0").focus()
+    await page.keyboard.press("Enter")
     await page.locator("#node-cons-0[data-front=in]").wait_for()
 
     # -- narrow screen: the page fits, wide tables scroll inside their own box ---------------
@@ -207,7 +224,7 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     await reader.locator("#node-cons-0[data-front=in]").wait_for()
     assert await reader.get_by_role("button", name="Drain cons-0").is_disabled()
     assert await reader.get_by_role("button", name="Rebalance fleet default").is_disabled()
-    await reader.get_by_role("tab", name="Intent").click()
+    await reader.get_by_role("link", name="Intent").click()
     await reader.locator("#backend-web-web-new").wait_for()
     assert await reader.get_by_role("button", name="Save b0").is_disabled()
     assert await reader.get_by_role("button", name="Add backend").is_disabled()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from controlplane.etcd import EtcdConfig
-from tests.conftest import seed_web
+from tests.conftest import seed_web, wait_for
 
 WRITER = "writer-token-0123456789"
 READER = "reader-token-0123456789"
@@ -197,3 +197,34 @@ async def test_lbcp_watch_prints_the_stream(serve_api: Any, store: Any) -> None:
     out, err = await asyncio.wait_for(text.communicate(), 20)
     assert text.returncode == 0, err
     assert re.match(rb"\d\d:\d\d:\d\d snapshot  revision \d+, 0 Envoys, 0 drained, etcd ok\n$", out), out
+
+
+async def test_the_watch_runs_only_while_someone_watches(
+    etcd_cluster: Any, serve_api: Any, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import api.events
+    from controlplane.intent.model import Backend, Cluster
+
+    monkeypatch.setattr(api.events, "IDLE_SECONDS", 0.5)
+    endpoint = etcd_cluster.endpoints[0]
+    url = await serve_api()
+    before = _etcd_gauge(endpoint, "etcd_debugging_mvcc_watcher_total")
+    # Writes made while nobody watched are in the first viewer's snapshot (from etcd).
+    first = await store.put(Cluster(name="early"))
+    second = await store.put(Backend(name="b", address="10.0.0.1", port=1), cluster="early")
+    async with events(url) as ev:
+        snap = await ev.next_event("snapshot")
+        assert _etcd_gauge(endpoint, "etcd_debugging_mvcc_watcher_total") == before + 1
+    listed = {c["revision"]: c["changes"] for c in snap["changes"]}
+    [early] = listed[first.revision]
+    assert (early["kind"], early["name"], early["cluster"], early["deleted"]) == ("cluster", "early", None, False)
+    assert early["object"]["name"] == "early"
+    assert listed[second.revision][0]["name"] == "b" and listed[second.revision][0]["cluster"] == "early"
+    assert snap["intent_revision"] == second.revision
+
+    async def unwatched() -> bool:
+        return _etcd_gauge(endpoint, "etcd_debugging_mvcc_watcher_total") == before
+
+    await wait_for(unwatched, 10, "the hub to stop watching after its last viewer left")
+    async with events(url) as ev:  # and it starts again for the next one
+        assert (await ev.next_event("snapshot"))["intent_revision"] == second.revision

@@ -315,6 +315,12 @@ def _fleet_views_cli(state: Path, doc: dict) -> None:
     assert {"web", "shop"} <= {r["name"] for r in config["types"]["cds"]["resources"]}
     same = _lbcp(state, "config", "envoy-0", "--diff")
     assert "its config dump matches what lbcp serves" in same.stdout and same.stderr == ""
+    # A write that waits for its rollout (a progress bar on stderr) and says who acked it.
+    live = doc["backends"][0]["address"]
+    waited = _lbcp(state, "backend", "add", "web", "web-9", live, "--weight", "2", "--wait", "20")
+    assert "acked by every Envoy (2)" in waited.stdout, waited.stdout + waited.stderr
+    gone = _lbcp(state, "backend", "remove", "web", "web-9", "--wait", "20")
+    assert "acked by every Envoy (2)" in gone.stdout
     # envoy-1's dump differs from what envoy-0 is served: its listener binds its own address.
     other = _lbcp(state, "config", "envoy-0", "--diff", "--admin", doc["envoys"][1]["admin"], check=False)
     assert other.returncode == 1 and "+++ envoy/lds/http" in other.stdout and '"127.0.1.2"' in other.stdout

@@ -68,6 +68,8 @@ function onEvent(name, d) {
       state.nodes.set(d.node_id, d);
       if (d.drain) state.drained[d.node_id] = d.drain;
       else delete state.drained[d.node_id];
+      // A drain is intent about one Envoy: its write is the newest revision to ack, too.
+      state.intentRevision = Math.max(state.intentRevision, d.drain?.revision || 0);
       schedule("fleet", "frontdoor", "changes");
       break;
     case "node-gone":
@@ -114,7 +116,8 @@ function showTab() {
   for (const n of Object.keys(VIEWS)) {
     const tab = document.getElementById(`tab-${n}`);
     const panel = document.getElementById(`view-${n}`);
-    tab.setAttribute("aria-selected", String(n === name));
+    if (n === name) tab.setAttribute("aria-current", "page");
+    else tab.removeAttribute("aria-current");
     panel.hidden = n !== name || state.role === null;
   }
   if (state.role === null) return;

@@ -9,7 +9,7 @@ export function mount(el) {
   replace(
     el,
     h("h2", {}, "Changes"),
-    h("p", { class: "muted" }, "Intent writes as they reach etcd, and which Envoys have acked, are pending or rejected each."),
+    h("p", { class: "muted" }, "The latest intent writes (first from etcd, then live as they land) and, for each, which Envoys have acked it, are pending or rejected it."),
     body,
   );
 }
@@ -43,6 +43,6 @@ export function update(ctx) {
     body,
     rows.length
       ? table("Recent writes, newest first", ["Revision", "When", "What", "Rollout"], rows, { id: "changes-table" })
-      : h("p", { class: "empty" }, "No writes since this admin API started."),
+      : h("p", { class: "empty" }, "No intent writes yet."),
   );
 }
