@@ -279,6 +279,9 @@ def test_up_survives_a_dead_replica_and_a_dead_etcd(tmp_path: Path) -> None:
         wait_until(write_acked, 60, interval=1, what="a write acked by every Envoy after etcd came back")
         assert all(_serves(x) for x in own)
         assert _alive(doc["pids"]["supervisor"])
+        # What `make run` prints is lbcp's own account (and a dead component's log tail), not
+        # library log lines: httpx logs every request at INFO.
+        assert "HTTP Request:" not in log.read_text() and "httpx" not in log.read_text()
     finally:
         _lbcp(state, "down", check=False)
         for p in started + [*pids()["etcd"], *pids()["others"]] if (state / "cluster.json").exists() else started:
