@@ -41,7 +41,8 @@ LOAD_PATH = "/lbcp/load"
 SERVER_INFO_PATH = "/lbcp/server_info"
 LOAD_STATS = (
     r"^(listener\..+\.(downstream_cx_active|downstream_cx_total|ssl\.handshake)"
-    r"|http\..+\.downstream_cx_http2_active|http2\.streams_active|overload\..+\.active)$"
+    r"|http\..+\.downstream_cx_http2_active|http2\.streams_active|overload\..+\.active"
+    r"|cluster\..+\.membership_(healthy|total))$"
 )
 
 

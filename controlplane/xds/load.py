@@ -13,6 +13,9 @@ on a kept-alive connection: one request per Envoy per interval. From it:
 - `http2_streams` (the HTTP/2 codec's active streams), `http2_connections`, and
   `http2_streams_per_connection`;
 - `overloaded`: an overload action is active (`overload_actions`: which);
+- `clusters`: what the Envoy sees of its upstream hosts (its health checks and outlier
+  ejections): `healthy`, the number of clusters with every host healthy, and `degraded`,
+  `{cluster: {healthy, total}}` for the others (at most 100 by name);
 - with a fleet capacity (`/v1/fleets/{fleet}`): `fill` (the fullest traffic listener's
   connections over `max_connections_per_envoy`), `headroom` (1 - fill), and `full`, with
   hysteresis: it turns true at `high_water_percent` and false again only below
@@ -46,6 +49,7 @@ def parse_load(stats: list[dict[str, Any]], ops_listener_port: int | None) -> di
     """Totals from the admin's JSON stats: connections (all, per listener), counters, HTTP/2
     and overload. Per-worker stats and the admin's and ops listener's own are left out."""
     listeners: dict[str, int] = {}
+    members: dict[str, dict[str, int]] = {}  # cluster -> {"healthy": n, "total": n}
     cx_total = handshakes = h2_connections = h2_streams = 0
     actions: list[str] = []
     ops_suffix = f"_{ops_listener_port}" if ops_listener_port else None
@@ -76,6 +80,10 @@ def parse_load(stats: list[dict[str, Any]], ops_listener_port: int | None) -> di
             h2_streams = value
         elif name.startswith("overload.") and name.endswith(".active") and value > 0:
             actions.append(name[len("overload.") : -len(".active")])
+        elif name.startswith("cluster.") and ".membership_" in name:
+            cluster, _, stat = name[len("cluster.") :].rpartition(".membership_")
+            if not cluster.startswith(_INTERNAL_CLUSTERS):
+                members.setdefault(cluster, {})[stat] = value
     return {
         "connections": sum(listeners.values()),
         "listeners": dict(sorted(listeners.items())),
@@ -84,6 +92,28 @@ def parse_load(stats: list[dict[str, Any]], ops_listener_port: int | None) -> di
         "http2_connections": h2_connections,
         "http2_streams": h2_streams,
         "overload_actions": sorted(actions),
+        "members": members,
+    }
+
+
+# The bootstrap's own clusters (admin, xDS) and lbcp's per-Envoy resources are not intent.
+_INTERNAL_CLUSTERS = ("lbcp_", "lbcp.")
+MAX_DEGRADED = 100  # clusters listed by name in a record; the rest are counted
+
+
+def cluster_health(members: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """What this Envoy sees of its clusters' hosts: how many clusters have every host
+    healthy, and by name (at most MAX_DEGRADED) those that do not."""
+    degraded = {
+        name: {"healthy": m.get("healthy", 0), "total": m.get("total", 0)}
+        for name, m in sorted(members.items())
+        if m.get("total", 0) > m.get("healthy", 0)
+    }
+    names = list(degraded)[:MAX_DEGRADED]
+    return {
+        "healthy": len(members) - len(degraded),
+        "degraded": {n: degraded[n] for n in names},
+        **({"degraded_not_listed": len(degraded) - len(names)} if len(degraded) > len(names) else {}),
     }
 
 
@@ -264,6 +294,7 @@ class LoadSampler(QuietObserver):
             "overloaded": bool(raw["overload_actions"]),
             "overload_actions": raw["overload_actions"],
             "listeners": raw["listeners"],
+            "clusters": cluster_health(raw["members"]),
             **({"drain": self._drain[stream.id]} if self._drain.get(stream.id) else {}),
             **_fill(self.capacity(stream.fleet), raw["listeners"], (stream.load or {}).get("full", False)),
         }

@@ -81,6 +81,12 @@ async def test_console_in_a_real_browser(
     await store.put(Cluster(name="web", load_balancer={"type": "maglev"}))
     for b in backends[:3]:
         await store.put(Backend(name=b.name, address="127.0.0.1", port=b.port), cluster="web")
+    # A cluster whose Envoys health-check it: one live host and one nobody listens on.
+    checked = {"active": {"type": "tcp", "interval": "0.2s", "timeout": "0.1s", "unhealthy_threshold": 1,
+                          "healthy_threshold": 1}}  # fmt: skip
+    await store.put(Cluster(name="checked", health_check=checked))
+    await store.put(Backend(name="up", address="127.0.0.1", port=backends[0].port), cluster="checked")
+    await store.put(Backend(name="down", address="127.0.0.1", port=free_port()), cluster="checked")
     port = free_port()
     await store.put(Listener(name="http", address="127.0.0.1", port=port, bind_public_address=True))
     await store.put(
@@ -154,6 +160,10 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     rollout = (await api.get(f"/v1/rollouts/{added['revision']}")).json()
     assert rollout["complete"] and sorted(rollout["acked"]) == ["cons-0", "cons-1"]
     await page.locator("#backend-web-web-new").wait_for()
+    # What the Envoys' own health checks see, from the load the replica reads off them.
+    await page.locator("#health-checked", has_text="cons-0 sees 1 of 2 hosts healthy").wait_for()
+    await page.locator("#health-checked", has_text="cons-1 sees 1 of 2 hosts healthy").wait_for()
+    await page.locator("#health-web", has_text="every host healthy on 2 Envoys").wait_for()
 
     # -- an invalid weight: the API's own error, next to the field --------------------------
     weight = page.get_by_label("Weight of b0")
@@ -227,7 +237,7 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     await reader.get_by_role("link", name="Intent").click()
     await reader.locator("#backend-web-web-new").wait_for()
     assert await reader.get_by_role("button", name="Save b0").is_disabled()
-    assert await reader.get_by_role("button", name="Add backend").is_disabled()
+    assert await reader.locator("#add-web").get_by_role("button", name="Add backend").is_disabled()
     # ... and the API refuses it too, whatever the page does.
     status_code = await reader.evaluate(
         """async () => (await fetch('/v1/fleet/cons-1/drain', {method: 'POST',

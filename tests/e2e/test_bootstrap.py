@@ -219,3 +219,14 @@ def test_pki_bundle_issues_certificates_the_replicas_accept(tmp_path: Path) -> N
     assert str(pki / "e-1.crt") in (tmp_path / "b" / "e-1.yaml").read_text()
     wrong = lbcp("bootstrap", "--node-id", "e-1", "--xds", "xds-0:18000", *[t.replace("{node}", "e-0") for t in tls])
     assert wrong.returncode != 0 and "spiffe://lbcp/fleet/default/node/e-1" in wrong.stderr
+
+
+@pytest.mark.parametrize("path", _repo_bootstraps(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_repo_bootstraps_read_the_load_lbcp_samples(path: Path) -> None:
+    """The load route of every committed bootstrap asks for the stats the replicas parse
+    (bootstrap.LOAD_STATS): a file left behind would silently report less."""
+    import urllib.parse
+
+    from controlplane.xds.bootstrap import LOAD_STATS
+
+    assert urllib.parse.quote(LOAD_STATS, safe="") in path.read_text()

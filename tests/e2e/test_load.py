@@ -9,7 +9,7 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 
 from api.localcluster.procs import free_port
-from controlplane.xds.load import parse_load
+from controlplane.xds.load import cluster_health, parse_load
 from tests.conftest import http_ok, wait_for
 from tests.e2e.test_hitless import KeepAlive
 
@@ -128,8 +128,16 @@ def test_parse_load_leaves_out_admin_ops_and_workers() -> None:
         {"name": "http2.streams_active", "value": 9},
         {"name": "overload.envoy.overload_actions.stop_accepting_requests.active", "value": 1},
         {"name": "overload.envoy.overload_actions.shrink_heap.active", "value": 0},
+        {"name": "cluster.web.membership_healthy", "value": 3},
+        {"name": "cluster.web.membership_total", "value": 3},
+        {"name": "cluster.api.v2.membership_healthy", "value": 1},  # a dotted name
+        {"name": "cluster.api.v2.membership_total", "value": 2},
+        {"name": "cluster.lbcp_xds.membership_healthy", "value": 0},  # the bootstrap's own
+        {"name": "cluster.lbcp_xds.membership_total", "value": 2},
     ]
     got = parse_load(stats, 8081)
+    assert got["members"] == {"web": {"healthy": 3, "total": 3}, "api.v2": {"healthy": 1, "total": 2}}
+    assert cluster_health(got["members"]) == {"healthy": 1, "degraded": {"api.v2": {"healthy": 1, "total": 2}}}
     assert got["connections"] == 10 and got["listeners"] == {"127.0.0.1_10000": 7, "127.0.0.1_10443": 3}
     assert got["cx_total"] == 70 and got["tls_handshakes_total"] == 30
     assert got["http2_connections"] == 2 and got["http2_streams"] == 9

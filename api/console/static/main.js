@@ -70,6 +70,7 @@ function onEvent(name, d) {
       else delete state.drained[d.node_id];
       // A drain is intent about one Envoy: its write is the newest revision to ack, too.
       state.intentRevision = Math.max(state.intentRevision, d.drain?.revision || 0);
+      intent.updateHealth(ctx);
       schedule("fleet", "frontdoor", "changes");
       break;
     case "node-gone":

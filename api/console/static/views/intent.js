@@ -133,7 +133,6 @@ function backendRow(ctx, cluster, b) {
     h("td", {}, b.zone || "-"),
     h("td", { class: "n" }, b.priority),
     h("td", {}, h("div", { class: "field inline" }, state, h("span", { class: "error", id: `state-${id}-error`, role: "alert" }))),
-    h("td", { class: "muted" }, "not reported"),
     h("td", {}, save, statusLine(ctx, `row-${id}`)),
   );
 }
@@ -197,13 +196,37 @@ function clusterSection(ctx, c) {
     "section",
     { class: "card", id: `cluster-${slug(c.name)}`, "aria-labelledby": `cluster-${slug(c.name)}-title` },
     h("h3", { id: `cluster-${slug(c.name)}-title` }, `Cluster ${c.name}`, h("span", { class: "muted" }, ` ${lb}, r${c.revision}`)),
+    h("p", { class: "health", id: `health-${slug(c.name)}`, dataset: { cluster: c.name } }, healthText(ctx, c.name)),
     table(
       `Backends of ${c.name}`,
-      ["Backend", "Address", "Weight", "Zone", "Priority", "Admin state", "Envoy health", ""],
+      ["Backend", "Address", "Weight", "Zone", "Priority", "Admin state", ""],
       backends.map((b) => backendRow(ctx, c.name, b)),
     ),
     addForm(ctx, c.name),
   );
+}
+
+// What the Envoys see of a cluster's hosts (their health checks and outlier ejections), from
+// the live load each replica reads off its Envoys.
+function healthText(ctx, cluster) {
+  const reporting = [...ctx.state.nodes.values()].filter((n) => n.load?.clusters);
+  if (!reporting.length) return "Envoy health: not reported (no Envoy's load is read)";
+  const degraded = reporting
+    .filter((n) => n.load.clusters.degraded?.[cluster])
+    .map((n) => {
+      const d = n.load.clusters.degraded[cluster];
+      return `${n.node_id} sees ${d.healthy} of ${d.total} hosts healthy`;
+    });
+  if (degraded.length) return `Envoy health: ${degraded.join("; ")}`;
+  return `Envoy health: every host healthy on ${reporting.length} Envoy${reporting.length > 1 ? "s" : ""}`;
+}
+
+// Node events: only the health lines change, so the forms being typed into stay as they are.
+export function updateHealth(ctx) {
+  for (const el of document.querySelectorAll("#intent-body .health")) {
+    el.textContent = healthText(ctx, el.dataset.cluster);
+    el.classList.toggle("warn", el.textContent.includes(" sees "));
+  }
 }
 
 function expiry(cert) {
@@ -250,4 +273,5 @@ export function update(ctx) {
       ),
     ),
   );
+  updateHealth(ctx);
 }
