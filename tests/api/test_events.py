@@ -123,8 +123,10 @@ def _etcd_gauge(endpoint: str, name: str) -> float:
 async def test_many_viewers_share_one_watch(etcd_cluster: Any, serve_api: Any, store: Any) -> None:
     url = await serve_api()
     endpoint = etcd_cluster.endpoints[0]
+    base = _etcd_gauge(endpoint, "etcd_debugging_mvcc_watcher_total")
     async with events(url) as first:
-        await first.next_event("snapshot")
+        await first.next_event("snapshot")  # the hub's load; its watch opens right after
+        await wait_for(_watchers_are(endpoint, base + 1), 10, "the hub's one watch")
         watchers = _etcd_gauge(endpoint, "etcd_debugging_mvcc_watcher_total")
         ranges = _etcd_gauge(endpoint, "etcd_debugging_mvcc_range_total")
         async with contextlib_stack(url, 20) as viewers:
@@ -139,6 +141,13 @@ async def test_many_viewers_share_one_watch(etcd_cluster: Any, serve_api: Any, s
             for v in viewers:
                 got = await v.next_event("intent", lambda d: d["revision"] == result.revision)
                 assert got["changes"][0]["name"] == "seen-by-all"
+
+
+def _watchers_are(endpoint: str, n: float) -> Any:
+    async def check() -> bool:
+        return _etcd_gauge(endpoint, "etcd_debugging_mvcc_watcher_total") == n
+
+    return check
 
 
 @asynccontextmanager
@@ -214,7 +223,7 @@ async def test_the_watch_runs_only_while_someone_watches(
     second = await store.put(Backend(name="b", address="10.0.0.1", port=1), cluster="early")
     async with events(url) as ev:
         snap = await ev.next_event("snapshot")
-        assert _etcd_gauge(endpoint, "etcd_debugging_mvcc_watcher_total") == before + 1
+        await wait_for(_watchers_are(endpoint, before + 1), 10, "the hub's one watch")
     listed = {c["revision"]: c["changes"] for c in snap["changes"]}
     [early] = listed[first.revision]
     assert (early["kind"], early["name"], early["cluster"], early["deleted"]) == ("cluster", "early", None, False)
@@ -222,9 +231,6 @@ async def test_the_watch_runs_only_while_someone_watches(
     assert listed[second.revision][0]["name"] == "b" and listed[second.revision][0]["cluster"] == "early"
     assert snap["intent_revision"] == second.revision
 
-    async def unwatched() -> bool:
-        return _etcd_gauge(endpoint, "etcd_debugging_mvcc_watcher_total") == before
-
-    await wait_for(unwatched, 10, "the hub to stop watching after its last viewer left")
+    await wait_for(_watchers_are(endpoint, before), 10, "the hub to stop watching after its last viewer left")
     async with events(url) as ev:  # and it starts again for the next one
         assert (await ev.next_event("snapshot"))["intent_revision"] == second.revision
