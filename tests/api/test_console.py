@@ -247,6 +247,14 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     assert not (await api.get("/v1/fleet/cons-1")).json()["draining"]
     await reader.screenshot(path=shots / "console-reader.png", full_page=True)
 
+    # Text from intent and Envoys is shown as text: a hostile drain reason does not run.
+    hostile = '<img src=x onerror="window.pwned=1">'
+    assert (await api.post("/v1/fleet/cons-1/drain", json={"reason": hostile})).status_code == 201
+    await reader.get_by_role("link", name="Fleet").click()
+    await reader.locator("#node-cons-1[data-front=drained]").wait_for()
+    assert hostile in await reader.locator("#node-cons-1").inner_text()
+    assert await reader.evaluate("window.pwned === undefined && !document.querySelector('#fleet-table img')")
+
     # The browser logs each refused request: the wrong token and the probe before sign-in
     # (401), the invalid weight (422) and the reader's write (403). Nothing else may show.
     expected = [f"status of {s} " for s in (401, 403, 422)]
