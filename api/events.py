@@ -113,6 +113,8 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self._call: Any = None  # the open watch (aetcd's stream call)
         self._idle: asyncio.Task[None] | None = None
+        self._pending = asyncio.Event()  # the watch applied something the viewers have not seen
+        self._urgent = asyncio.Event()  # ... and it is an operator's write: no coalescing wait
         self._closed = False
         # What the watch applied since the last flush.
         self._dirty: set[str] = set()
@@ -258,6 +260,7 @@ class EventHub:
             else:
                 self._drains[drained] = drain_record(value, mod_revision)
             self._dirty.add(drained)
+            self._urgent.set()
             self.intent_revision = max(self.intent_revision, mod_revision)
         elif key.startswith(self._status_root):
             kind, _, name = key[len(self._status_root) :].decode().partition("/")
@@ -277,6 +280,7 @@ class EventHub:
         elif (ref := self._keys.ref(key)) is not None:
             self._intent.setdefault(mod_revision, []).append(_change(ref, value))
             self.intent_revision = max(self.intent_revision, mod_revision)
+            self._urgent.set()
 
     async def _load(self) -> int:
         """Read everything viewers see, at one revision: the registry, drains and move
@@ -352,6 +356,7 @@ class EventHub:
         root = self._keys.root
         while True:
             call = None
+            flusher = None
             try:
                 revision = await self._load()
                 if not self.etcd_ok:
@@ -365,6 +370,11 @@ class EventHub:
                     # swallowed there: the task would go on to read the watch forever.
                     return
                 backoff = 0.2
+                flusher = asyncio.create_task(self._flusher(), name="event-hub-flush")
+                # Read as fast as etcd sends (applying is cheap); the flusher sends what
+                # accumulated at most every flush_interval. Registry flushes from many
+                # replicas arrive in bursts, and a reader that paused per response would
+                # fall behind them.
                 async for resp in call:
                     if resp.compact_revision or resp.canceled:
                         break  # reload: what we missed is gone from etcd's history
@@ -373,9 +383,7 @@ class EventHub:
                         self.revision = max(self.revision, ev.kv.mod_revision)
                     if not resp.events and not resp.created:
                         self.revision = max(self.revision, resp.header.revision)
-                    self._flush()
-                    # Coalesce: registry flushes from many replicas arrive in bursts.
-                    await asyncio.sleep(self.flush_interval)
+                    self._pending.set()
             except asyncio.CancelledError:
                 raise
             except (StoreError, grpc.aio.AioRpcError) as exc:
@@ -389,8 +397,23 @@ class EventHub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
+                if flusher is not None:
+                    flusher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await flusher
                 if call is not None:
                     call.cancel()
+
+    async def _flusher(self) -> None:
+        """Send what accumulated: node changes at most every flush_interval, an operator's
+        write (intent, a drain) at once."""
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            self._urgent.clear()
+            self._flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
 
 
 def _newest_ops(keys: Keyspace, limit: int, keys_only: bool) -> list[rpc.RequestOp]:
