@@ -30,9 +30,9 @@ from api.problems import ApiError
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Keyspace
 from controlplane.moves.controller import read_status, read_statuses, request_key
-from controlplane.xds import inspect
-from controlplane.xds.inspect import TYPES
+from controlplane.xds import served
 from controlplane.xds.registry import read_fleet, rollout_status
+from controlplane.xds.served import TYPES
 
 _readers = [Depends(require(Role.READER))]
 _writers = [Depends(require(Role.WRITER))]
@@ -76,7 +76,7 @@ def fleet_router() -> APIRouter:
             raise ApiError(404, "node-not-found", "Node not found", f"no connected Envoy has node id {node_id!r}")
         public = (doc.get("metadata") or {}).get("public_address")
         try:
-            built = await inspect.node_config(etcd, doc["fleet"], node_id, public, types)
+            built = await served.node_config(etcd, doc["fleet"], node_id, public, types)
         except TimeoutError:
             raise ApiError(503, "store-unavailable", "Store unavailable", "intent could not be read in time") from None
         for short, got in built["types"].items():

@@ -56,7 +56,8 @@ def _lbcp_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "api.cli", *args]
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
+    """`url` answers 200 within a second."""
     try:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
@@ -178,7 +179,7 @@ def up(
         api = Proc(_lbcp_argv("api", "--host", "127.0.0.1", "--port", str(port), "--etcd", eps), logs / "api.log")
         api.start()
         procs.append(("admin API", api))
-        _ready("admin API", api, lambda: _http_ok(f"{api_url}/readyz"))
+        _ready("admin API", api, lambda: http_ok(f"{api_url}/readyz"))
         _say(f"  admin API ready: {api_url} (docs: {api_url}/docs)")
 
         xds, xds_metrics = [], []
@@ -207,7 +208,7 @@ def up(
             p.start()
             procs.append((f"xDS replica xds-{i}", p))
             metrics_url = f"http://127.0.0.1:{mport}/metrics"
-            _ready(f"xDS replica xds-{i}", p, functools.partial(_http_ok, metrics_url))
+            _ready(f"xDS replica xds-{i}", p, functools.partial(http_ok, metrics_url))
             xds.append(("127.0.0.1", xport))
             xds_metrics.append(f"http://127.0.0.1:{mport}/metrics")
             _say(f"  xds-{i} ready: 127.0.0.1:{xport} (metrics {xds_metrics[-1]})")
@@ -236,7 +237,7 @@ def up(
             _say(f"  envoy-{i} ready at {e.ops_address}: admin {e.admin}")
         if demo and demo_intent and envoy_procs:
             try:
-                wait_until(lambda: _http_ok(f"http://127.0.0.1:{listener_port}/"), 30, what="demo route through Envoy")
+                wait_until(lambda: http_ok(f"http://127.0.0.1:{listener_port}/"), 30, what="demo route through Envoy")
                 _say(f"  demo route answers through Envoy on 127.0.0.1:{listener_port}")
             except TimeoutError:
                 _say("  WARNING: the demo route does not answer through Envoy yet; see the logs")

@@ -16,6 +16,7 @@ import pytest
 from websockets.sync.client import connect
 
 from api.localcluster.cluster import alive as _alive
+from api.localcluster.cluster import http_ok
 from api.localcluster.procs import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,7 +247,7 @@ def test_up_survives_a_dead_replica_and_a_dead_etcd(tmp_path: Path) -> None:
             time.sleep(0.2)
         back = lambda: pids()["others"][1 + i] != xds_pid and _alive(pids()["others"][1 + i])  # noqa: E731
         wait_until(back, 30, what=f"{home} back")
-        wait_until(lambda: _serves_metrics(doc["metrics"]["xds"][i]), 30, what=f"{home} metrics")
+        wait_until(lambda: http_ok(doc["metrics"]["xds"][i]), 30, what=f"{home} metrics")
         text = log.read_text()
         assert f"xDS replica {home} exited unexpectedly (signal SIGKILL)" in text, text[-2000:]
         assert f"xDS replica {home} started again" in text
@@ -283,17 +284,11 @@ def test_up_survives_a_dead_replica_and_a_dead_etcd(tmp_path: Path) -> None:
         # library log lines: httpx logs every request at INFO.
         assert "HTTP Request:" not in log.read_text() and "httpx" not in log.read_text()
     finally:
+        now = pids() if (state / "cluster.json").exists() else {}
         _lbcp(state, "down", check=False)
-        for p in started + [*pids()["etcd"], *pids()["others"]] if (state / "cluster.json").exists() else started:
+        for p in [*started, *now.get("etcd", []), *now.get("others", [])]:  # restarted ones too
             if _alive(p):
                 os.killpg(p, signal.SIGKILL)
-
-
-def _serves_metrics(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _fleet_views_cli(state: Path, doc: dict) -> None:

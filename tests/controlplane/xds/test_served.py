@@ -1,4 +1,4 @@
-"""`GET /v1/fleet/{node}/config` (controlplane/xds/inspect.py) against a real Envoy: what lbcp
+"""`GET /v1/fleet/{node}/config` (controlplane/xds/served.py) against a real Envoy: what lbcp
 says it serves is what the Envoy's /config_dump holds, resource for resource; secrets never
 show; bad input is a problem."""
 
