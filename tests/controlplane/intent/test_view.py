@@ -7,6 +7,7 @@ import asyncio
 from aetcd import rpc
 
 from api.localcluster.procs import EtcdCluster
+from controlplane.errors import StoreUnavailable
 from controlplane.etcd import Etcd, EtcdConfig
 from controlplane.intent.keyspace import Ref
 from controlplane.intent.model import Backend, Cluster, Kind
@@ -75,15 +76,20 @@ async def test_view_survives_etcd_restart_and_compaction(private_etcd: EtcdClust
     await asyncio.to_thread(private_etcd.start)
 
     # Changes made while the view was disconnected, then compacted away, force a reload.
+    # Each write retries while etcd comes back (only "unavailable" is expected), and must
+    # land within 50 tries: a write that never lands fails here rather than testing nothing.
     for i in range(20):
         for _ in range(50):
             try:
                 res = await store.put(Backend(name=f"n{i}", address="10.0.0.2", port=80 + i), cluster="web")
                 break
-            except Exception:
+            except StoreUnavailable:
                 await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"etcd never took the write of n{i} after its restart")
     res = await store.delete(Ref(Kind.BACKEND, "a", "web"))
     assert await view.wait_for_revision(res.revision, 15)
+    assert set(view.backends["web"]) == {f"n{i}" for i in range(20)}
     assert _snapshot(view) == await _truth(store)
 
     await view.stop()
