@@ -43,13 +43,13 @@ from fastapi.responses import StreamingResponse
 
 from api.auth import Role, require
 from controlplane.etcd import Etcd, prefix_end
-from controlplane.frontdoor.render import front_state
+from controlplane.frontdoor.render import front_state, front_states
 from controlplane.intent.certificates import info as cert_info
 from controlplane.intent.errors import StoreError
 from controlplane.intent.keyspace import Keyspace, Ref
 from controlplane.intent.model import Kind
 from controlplane.moves.controller import moves_root
-from controlplane.xds.registry import FleetView, drain_record, fleet_prefix, fleet_view, rollout_status
+from controlplane.xds.registry import FleetView, drain_record, fleet_floor, fleet_prefix, fleet_view, rollout_status
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,11 @@ KEEPALIVE_SECONDS = 15.0
 IDLE_SECONDS = 30.0  # the watch outlives its last viewer by this much (a page reload keeps it)
 
 
-def present_node(doc: dict[str, Any], evacuation: dict[str, Any] | None) -> dict[str, Any]:
-    """One Envoy as the API shows it: its newest registry record, its front state and, while
-    it is drained, its evacuation's progress."""
-    out = {**doc, "front_state": front_state(doc)}
+def present_node(doc: dict[str, Any], evacuation: dict[str, Any] | None, state: str | None = None) -> dict[str, Any]:
+    """One Envoy as the API shows it: its newest registry record, its front state (`state`,
+    from `front_states` over its fleet; else from the record alone) and, while it is drained,
+    its evacuation's progress."""
+    out = {**doc, "front_state": state or front_state(doc)}
     if evacuation is not None and doc.get("draining"):
         out["evacuation"] = evacuation
     return out
@@ -104,6 +105,8 @@ class EventHub:
         self._streams: dict[str, dict[bytes, dict[str, Any]]] = {}  # node -> registry key -> record
         self._nodes: dict[str, dict[str, Any]] = {}  # node -> merged record (fleet_view)
         self._drains: dict[str, dict[str, Any]] = {}
+        self._floors: dict[str, int] = {}  # fleet -> min_in_service (fleets with an object)
+        self._states: dict[str, str] = {}  # node -> front state, as last computed over its fleet
         self._status: dict[tuple[str, str], dict[str, Any]] = {}  # ("node" | "fleet", name) -> progress
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CHANGES)
         self.revision = 0
@@ -208,11 +211,21 @@ class EventHub:
     # -- state -----------------------------------------------------------------------------
 
     def view(self) -> FleetView:
-        return FleetView(self._nodes, self.revision, self._drains)
+        return FleetView(self._nodes, self.revision, self._drains, self._floors)
 
     def _node(self, node_id: str) -> dict[str, Any] | None:
         doc = self._nodes.get(node_id)
-        return None if doc is None else present_node(doc, self._status.get(("node", node_id)))
+        return (
+            None if doc is None else present_node(doc, self._status.get(("node", node_id)), self._states.get(node_id))
+        )
+
+    def _restate(self) -> set[str]:
+        """Front states over every fleet again (a fleet's floor can move one Envoy's state
+        when another's changes); the nodes whose state moved."""
+        states = front_states(self._nodes, floors=self._floors)
+        moved = {n for n, st in states.items() if self._states.get(n) != st}
+        self._states = states
+        return moved
 
     def _snapshot(self) -> bytes:
         return sse(
@@ -278,6 +291,13 @@ class EventHub:
             elif kind == "fleet":
                 self._fleets.add(name)
         elif (ref := self._keys.ref(key)) is not None:
+            if ref.kind == Kind.FLEET:
+                name, floor = fleet_floor(ref.name.encode(), value)
+                if floor is None:
+                    self._floors.pop(name, None)
+                else:
+                    self._floors[name] = floor
+                self._dirty.update(n for n, d in self._nodes.items() if d.get("fleet") == name)
             self._intent.setdefault(mod_revision, []).append(_change(ref, value))
             self.intent_revision = max(self.intent_revision, mod_revision)
             self._urgent.set()
@@ -286,13 +306,13 @@ class EventHub:
         """Read everything viewers see, at one revision: the registry, drains and move
         statuses whole, and the most recently written intent objects (the writes before the
         watch, as far as etcd still shows them: a delete leaves nothing to show)."""
-        ranges = [self._fleet_root, self._keys.drains, self._status_root]
+        ranges = [self._fleet_root, self._keys.drains, self._status_root, self._keys.folder(Kind.FLEET)]
         ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k, range_end=prefix_end(k))) for k in ranges]
         resp = await self.etcd.txn(
             rpc.TxnRequest(success=ops + _newest_ops(self._keys, RECENT_CHANGES, keys_only=False)), read_only=True
         )
         state, newest = resp.responses[: len(ops)], resp.responses[len(ops) :]
-        self._streams, self._nodes, self._drains, self._status = {}, {}, {}, {}
+        self._streams, self._nodes, self._drains, self._status, self._floors = {}, {}, {}, {}, {}
         self._dirty.clear()
         for r in state:
             for kv in r.response_range.kvs:
@@ -302,6 +322,8 @@ class EventHub:
         for node_id in self._dirty:
             self._merge(node_id)
         self._dirty.clear()
+        self._states = {}
+        self._restate()
         self._fleets.clear()
         known = {e["revision"]: e for e in self._recent}
         for r in newest:
@@ -327,8 +349,9 @@ class EventHub:
             self._send(sse("intent", entry, revision))
         self._intent.clear()
         if self._dirty:
-            for node_id in sorted(self._dirty):
+            for node_id in self._dirty:
                 self._merge(node_id)
+            for node_id in sorted(self._dirty | self._restate()):
                 doc = self._node(node_id)
                 if doc is None:
                     doc = {"node_id": node_id, "drain": self._drains.get(node_id)}

@@ -27,16 +27,20 @@ from api._request import json_body, wait_timeout
 from api.auth import Role, require
 from api.events import intent_revision, present_node
 from api.problems import ApiError
+from controlplane.etcd import prefix_end
+from controlplane.frontdoor.render import SERVING, front_states
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Keyspace
+from controlplane.intent.model import DEFAULT_MIN_IN_SERVICE
 from controlplane.moves.controller import read_status, read_statuses, request_key
 from controlplane.xds import served
-from controlplane.xds.registry import read_fleet, rollout_status
+from controlplane.xds.registry import FleetView, read_fleet, rollout_status
 from controlplane.xds.served import TYPES
 
 _readers = [Depends(require(Role.READER))]
 _writers = [Depends(require(Role.WRITER))]
 _MAX_REASON = 256
+_FLOOR_TRIES = 5  # reads of the fleet when other drains land between a read and the write
 
 
 def fleet_router() -> APIRouter:
@@ -47,7 +51,8 @@ def fleet_router() -> APIRouter:
         etcd = request.app.state.store.etcd
         view = await read_fleet(etcd)
         moving = await read_statuses(etcd, "node")
-        nodes = [present_node(doc, moving.get(n)) for n, doc in view.nodes.items()]
+        states = front_states(view.nodes, floors=view.floors)
+        nodes = [present_node(doc, moving.get(n), states.get(n)) for n, doc in view.nodes.items()]
         rebalances = await read_statuses(etcd, "fleet")
         latest = await intent_revision(etcd)
         return JSONResponse(
@@ -92,7 +97,8 @@ def fleet_router() -> APIRouter:
         if doc is None:
             raise ApiError(404, "node-not-found", "Node not found", f"no connected Envoy has node id {node_id!r}")
         evacuation = await read_status(request.app.state.store.etcd, "node", node_id)
-        return JSONResponse(present_node(doc, evacuation))
+        state = front_states(view.nodes, floors=view.floors, fleet=doc.get("fleet") or "").get(node_id)
+        return JSONResponse(present_node(doc, evacuation, state))
 
     @r.post(
         "/v1/fleets/{fleet}/rebalance",
@@ -139,27 +145,49 @@ def fleet_router() -> APIRouter:
             raise ValidationFailed([FieldError("/query/wait", "wait takes only 'withdrawn'")])
         timeout = wait_timeout(request) if wait else 0.0
         etcd = request.app.state.store.etcd
-        view = await read_fleet(etcd)
-        if node_id not in view.nodes and node_id not in view.drained and not force:
-            raise ApiError(
-                404,
-                "node-not-found",
-                "Node not found",
-                f"no connected Envoy has node id {node_id!r} (add ?force=true to drain it before it connects)",
-            )
-        key = Keyspace(etcd.config.prefix).drain_key(node_id)
+        keys = Keyspace(etcd.config.prefix)
+        key = keys.drain_key(node_id)
         record: dict[str, Any] = {"reason": reason, "since": time.time()}
         if evacuate is not None:
             record["evacuate"] = evacuate
-        # Create only: draining an already drained node keeps its first record (and `since`);
-        # an evacuation asked of a drained node is added to (or replaces the rate in) it.
-        resp = await etcd.txn(
-            rpc.TxnRequest(
-                compare=[rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)],
-                success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=json.dumps(record).encode()))],
-                failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+        for _ in range(_FLOOR_TRIES):
+            view = await read_fleet(etcd)
+            if node_id not in view.nodes and node_id not in view.drained and not force:
+                raise ApiError(
+                    404,
+                    "node-not-found",
+                    "Node not found",
+                    f"no connected Envoy has node id {node_id!r}; force drains it before it connects",
+                    override="force",
+                )
+            # Create only: draining an already drained node keeps its first record (and
+            # `since`); an evacuation asked of a drained node is added to (or replaces the
+            # rate in) it.
+            compare = [rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)]
+            if not force and node_id not in view.drained:
+                _check_floor(view, node_id, evacuate is not None)
+                # ... and only if no other drain landed since the floor was counted (two
+                # concurrent drains must not each leave the other as the last one in).
+                compare.append(
+                    rpc.Compare(
+                        key=keys.drains,
+                        range_end=prefix_end(keys.drains),
+                        target=rpc.Compare.MOD,
+                        result=rpc.Compare.LESS,
+                        mod_revision=view.revision + 1,
+                    )
+                )
+            resp = await etcd.txn(
+                rpc.TxnRequest(
+                    compare=compare,
+                    success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=json.dumps(record).encode()))],
+                    failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+                )
             )
-        )
+            if resp.succeeded or resp.responses[0].response_range.kvs:
+                break
+        else:
+            raise ApiError(409, "write-conflict", "Conflict", f"drains kept changing while {node_id!r} was drained")
         if resp.succeeded:
             revision, status = resp.header.revision, 201
         else:
@@ -173,7 +201,7 @@ def fleet_router() -> APIRouter:
                 if not changed.succeeded:
                     raise ApiError(409, "write-conflict", "Conflict", f"the drain of {node_id!r} changed meanwhile")
                 revision = changed.header.revision
-        body = {"node_id": node_id, "draining": True, **record, "revision": revision}
+        body = {"node_id": node_id, "draining": True, **record, "revision": revision, "forced": force}
         headers = {"Lbcp-Revision": str(revision)}
         if wait is not None:
             body["withdrawal"] = await _wait_withdrawn(request, node_id, revision, timeout)
@@ -199,6 +227,33 @@ def fleet_router() -> APIRouter:
         return JSONResponse(rollout_status(view, revision))
 
     return r
+
+
+def _check_floor(view: FleetView, node_id: str, evacuate: bool) -> None:
+    """Refuse (409 `min-in-service`) a drain that would leave the node's fleet with fewer
+    Envoys in front of clients than its floor. Envoys already out (unhealthy, full, behind,
+    drained) do not count; draining one of them takes nothing from the front door."""
+    doc = view.nodes.get(node_id)
+    if doc is None:
+        return
+    fleet = doc.get("fleet") or ""
+    states = front_states(view.nodes, floors=view.floors, fleet=fleet)
+    serving = sorted(n for n, st in states.items() if st in SERVING)
+    floor = view.floors.get(fleet, DEFAULT_MIN_IN_SERVICE)
+    if node_id not in serving or len(serving) - 1 >= floor:
+        return
+    what = "evacuating" if evacuate else "draining"
+    raise ApiError(
+        409,
+        "min-in-service",
+        "Below the fleet's floor",
+        f"{what} {node_id} would leave fleet {fleet!r} with {len(serving) - 1} of {len(states)} Envoys in service,"
+        f" below its floor of {floor} (min_in_service); force overrides",
+        fleet=fleet,
+        in_service=serving,
+        min_in_service=floor,
+        override="force",
+    )
 
 
 async def _drain_body(request: Request) -> tuple[str, dict[str, int] | None]:

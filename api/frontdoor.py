@@ -44,7 +44,7 @@ def frontdoor_router() -> APIRouter:
         if fmt not in FORMATS:
             raise ValidationFailed([FieldError("/format", f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")])
         view = await read_fleet(request.app.state.store.etcd)
-        members = frontdoor.in_service(view.nodes, revision, fleet)
+        members = frontdoor.in_service(view.nodes, revision, fleet, view.floors)
         try:
             if fmt == "json":
                 return JSONResponse({"in_service": [{"node_id": m.node_id, "address": m.address} for m in members]})

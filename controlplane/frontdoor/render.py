@@ -26,6 +26,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.intent.model import DEFAULT_MIN_IN_SERVICE
+
 
 @dataclass(frozen=True, order=True)
 class Member:
@@ -39,24 +41,75 @@ class Member:
         return ipaddress.ip_address(self.address).version
 
 
-def in_service(nodes: dict[str, dict[str, Any]], revision: int | None = None, fleet: str | None = None) -> list[Member]:
+def in_service(
+    nodes: dict[str, dict[str, Any]],
+    revision: int | None = None,
+    fleet: str | None = None,
+    floors: dict[str, int] | None = None,
+) -> list[Member]:
     """Members from a fleet-registry view (`read_fleet(...).nodes`), sorted by node id.
 
     In service: connected (it is in the registry), not draining, configured (it has acked a
     config), not stuck on a rejected one (no NACK newer than its last full ACK), and the
     replica verified its front address (its `/healthz` there passed the last probe, or its
     fleet opts out of probing); with `revision`, it must also have acked that revision.
-    `fleet` keeps one fleet's nodes."""
+    Envoys at high water are out, except those the fleet's floor keeps (`front_states`).
+    `fleet` keeps one fleet's nodes; `floors` maps a fleet to its `min_in_service`."""
+    states = front_states(nodes, revision, floors, fleet)
     out = []
-    for node_id, doc in nodes.items():
-        if fleet is not None and doc.get("fleet") != fleet:
-            continue
-        if front_state(doc, revision) == "in":
+    for node_id, state in states.items():
+        if state in SERVING:
+            doc = nodes[node_id]
             out.append(Member(node_id, doc["front"]["address"], (doc.get("load") or {}).get("headroom")))
     return sorted(out)
 
 
-FRONT_STATES = ("in", "drained", "unconfigured", "behind", "rejected", "unverified", "unhealthy", "full")
+def front_states(
+    nodes: dict[str, dict[str, Any]],
+    revision: int | None = None,
+    floors: dict[str, int] | None = None,
+    fleet: str | None = None,
+) -> dict[str, str]:
+    """Each node's `front_state`, with the fleet's floor applied: when fewer of a fleet's
+    Envoys than its `min_in_service` are `in` and some are out only for being `full`, the
+    least full of those stay in the front door as `kept-full` (static stability: an
+    overloaded fleet still answers, spread over what it has, rather than not at all).
+    Nothing else is kept: a drained, unhealthy or unconfigured Envoy is out on evidence."""
+    states: dict[str, str] = {}
+    fleets: dict[str, list[str]] = {}
+    for node_id, doc in nodes.items():
+        name = doc.get("fleet") or ""
+        if fleet is not None and name != fleet:
+            continue
+        states[node_id] = front_state(doc, revision)
+        fleets.setdefault(name, []).append(node_id)
+    for name, ids in fleets.items():
+        short = (floors or {}).get(name, DEFAULT_MIN_IN_SERVICE) - sum(states[i] == "in" for i in ids)
+        if short <= 0:
+            continue
+        full = sorted((i for i in ids if states[i] == "full"), key=lambda i: (_fill(nodes[i]), i))
+        for node_id in full[:short]:
+            states[node_id] = "kept-full"
+    return states
+
+
+def _fill(doc: dict[str, Any]) -> float:
+    fill = (doc.get("load") or {}).get("fill")
+    return float(fill) if isinstance(fill, int | float) else 1.0
+
+
+FRONT_STATES = (
+    "in",
+    "kept-full",
+    "drained",
+    "unconfigured",
+    "behind",
+    "rejected",
+    "unverified",
+    "unhealthy",
+    "full",
+)
+SERVING = ("in", "kept-full")  # the states that put an Envoy in front of clients
 
 
 def front_state(doc: dict[str, Any], revision: int | None = None) -> str:
@@ -64,7 +117,8 @@ def front_state(doc: dict[str, Any], revision: int | None = None) -> str:
     `drained` (by an operator), `unconfigured` (no config acked yet), `behind` (has not acked
     `revision`), `rejected` (stuck on a NACKed config), `unverified` (no trusted front
     address), `unhealthy` (its `/healthz` at that address fails or was not probed yet),
-    `full` (at its fleet's high water, until it drops below low water), or `in`."""
+    `full` (at its fleet's high water, until it drops below low water), or `in`. One record
+    alone never says `kept-full`: that takes the fleet (`front_states`)."""
     acked = doc.get("acked_revision", 0)
     if doc.get("draining"):
         return "drained"
@@ -310,7 +364,8 @@ async def follow(etcd: Etcd, fleet: str | None = None, interval: float = 0.5) ->
     while True:
         members: list[Member] | None
         try:
-            members = in_service((await read_fleet(etcd)).nodes, fleet=fleet)
+            view = await read_fleet(etcd)
+            members = in_service(view.nodes, fleet=fleet, floors=view.floors)
         except StoreError:
             members = last
         # Members compare without their headroom (renders sort and diff by identity), but the

@@ -607,11 +607,24 @@ class Rebalance(_Model):
     )
 
 
+DEFAULT_MIN_IN_SERVICE = 1
+
+
 class Fleet(_Model):
-    """A fleet of Envoys (their node.cluster): its capacity and rebalancing. A fleet with no
-    object keeps the defaults (no limits lbcp sets, no rebalancing)."""
+    """A fleet of Envoys (their node.cluster): its capacity, rebalancing and floor. A fleet
+    with no object keeps the defaults (no limits lbcp sets, no rebalancing, a floor of 1)."""
 
     name: Name
+    min_in_service: int = Field(
+        DEFAULT_MIN_IN_SERVICE,
+        ge=0,
+        le=100_000,
+        description=(
+            "The fewest Envoys kept in the front door: a drain or evacuation that would leave fewer"
+            " in service is refused (409 min-in-service) unless forced, and when every Envoy is at"
+            " high water the least full are kept in front (front_state kept-full). 0 turns it off."
+        ),
+    )
     capacity: Capacity | None = None
     rebalance: Rebalance | None = None
 

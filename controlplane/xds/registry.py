@@ -41,6 +41,7 @@ from aetcd import rpc
 from controlplane.etcd import Etcd, prefix_end
 from controlplane.intent.errors import StoreError
 from controlplane.intent.keyspace import Keyspace
+from controlplane.intent.model import DEFAULT_MIN_IN_SERVICE, Kind
 from controlplane.xds.server.common import BaseStream, Nack, StreamRejected
 
 log = logging.getLogger(__name__)
@@ -494,22 +495,26 @@ class FleetView:
     nodes: dict[str, dict[str, Any]]  # node id -> newest stream record (+ "draining", "drain")
     revision: int
     drained: dict[str, dict[str, Any]] = field(default_factory=dict)  # node id -> drain record, connected or not
+    # fleet -> its Fleet object's min_in_service, for the fleets that have an object
+    floors: dict[str, int] = field(default_factory=dict)
 
 
 async def read_fleet(etcd: Etcd) -> FleetView:
-    """Every connected node's newest stream record and every drain, at one etcd revision."""
+    """Every connected node's newest stream record, every drain and every fleet's floor, at
+    one etcd revision."""
     prefix = fleet_prefix(etcd.config.prefix)
-    drains = Keyspace(etcd.config.prefix).drains
+    keys = Keyspace(etcd.config.prefix)
+    drains, fleets = keys.drains, keys.folder(Kind.FLEET)
     resp = await etcd.txn(
         rpc.TxnRequest(
             success=[
-                rpc.RequestOp(request_range=rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix))),
-                rpc.RequestOp(request_range=rpc.RangeRequest(key=drains, range_end=prefix_end(drains))),
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=k, range_end=prefix_end(k)))
+                for k in (prefix, drains, fleets)
             ]
         ),
         read_only=True,
     )
-    registry, drain_kvs = (r.response_range.kvs for r in resp.responses)
+    registry, drain_kvs, fleet_kvs = (r.response_range.kvs for r in resp.responses)
     drained: dict[str, dict[str, Any]] = {}
     for kv in drain_kvs:
         drained[urllib.parse.unquote(kv.key[len(drains) :].decode())] = drain_record(kv.value, kv.mod_revision)
@@ -519,7 +524,22 @@ async def read_fleet(etcd: Etcd) -> FleetView:
             docs.append(json.loads(kv.value))
         except ValueError:
             continue
-    return fleet_view(docs, drained, resp.header.revision)
+    view = fleet_view(docs, drained, resp.header.revision)
+    for kv in fleet_kvs:
+        name, floor = fleet_floor(kv.key[len(fleets) :], kv.value)
+        if floor is not None:
+            view.floors[name] = floor
+    return view
+
+
+def fleet_floor(name: bytes, value: bytes | None) -> tuple[str, int | None]:
+    """A Fleet object's name and `min_in_service` (None when deleted or unreadable: the
+    default floor applies). Read raw: the registry's readers need one field, not the model."""
+    try:
+        floor = json.loads(value or b"null")["spec"].get("min_in_service", DEFAULT_MIN_IN_SERVICE)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return name.decode(errors="replace"), None
+    return name.decode(errors="replace"), floor if isinstance(floor, int) else None
 
 
 def drain_record(value: bytes, mod_revision: int) -> dict[str, Any]:

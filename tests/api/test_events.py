@@ -89,7 +89,8 @@ async def test_snapshot_then_writes_nodes_and_rollouts(store: Any, replica: Any,
             done = await ev.next_event("rollout", lambda d: d["revision"] == rev and d["complete"])
             assert done["acked"] == ["ev-0"]
 
-            r = await api.post("/v1/fleet/ev-0/drain", json={"reason": "events test"})
+            # ev-0 is its fleet's only Envoy: the floor (min_in_service 1) needs force.
+            r = await api.post("/v1/fleet/ev-0/drain", json={"reason": "events test"}, params={"force": "true"})
             assert r.status_code == 201, r.text
             drained = await ev.next_event("node", lambda d: d["node_id"] == "ev-0" and d["draining"])
             assert drained["front_state"] == "drained" and drained["drain"]["reason"] == "events test"

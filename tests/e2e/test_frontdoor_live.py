@@ -95,10 +95,15 @@ async def test_dns_and_rules_follow_drain_failure_and_stop(
         )
 
         # Drain fd-0 through the API: its own /healthz fails (real Envoy), and it leaves the
-        # DNS answer and every render within the bound.
+        # DNS answer and every render within the bound. It is fleet a's only Envoy, so the
+        # fleet's floor (min_in_service 1) refuses the drain until it is forced.
+        refused = await api.post("/v1/fleet/fd-0/drain", json={"reason": "kernel upgrade"})
+        assert refused.status_code == 409 and refused.json()["code"] == "min-in-service", refused.text
         t0 = time.monotonic()
         r = await api.post(
-            "/v1/fleet/fd-0/drain", json={"reason": "kernel upgrade"}, params={"wait": "withdrawn", "timeout": "15s"}
+            "/v1/fleet/fd-0/drain",
+            json={"reason": "kernel upgrade"},
+            params={"wait": "withdrawn", "timeout": "15s", "force": "true"},
         )
         assert r.status_code == 201, r.text
         assert r.json()["withdrawal"]["complete"] and r.json()["withdrawal"]["health_failing"] is True

@@ -268,7 +268,7 @@ def test_front_state_says_why_a_node_is_out() -> None:
     for want, doc in cases.items():
         assert front_state(doc) == want, want
     assert front_state(ok, revision=6) == "behind"
-    assert set(cases) | {"behind"} == set(FRONT_STATES)
+    assert set(cases) | {"behind", "kept-full"} == set(FRONT_STATES)  # kept-full: tests/.../test_floor.py
 
 
 def test_by_headroom_fills_the_emptiest_first_and_rotates_within_a_band() -> None:
