@@ -24,10 +24,11 @@ async def test_the_floor_keeps_the_front_door_open(api, etcd, make_replica, envo
     replica = await make_replica("floor", load_interval=0.3)
     demo = DemoBackend("floor-b")
     port = free_port()
+    backend = {"name": "b", "address": "127.0.0.1", "port": demo.port}
     listener = {"address": "127.0.0.1", "port": port, "bind_public_address": True}
     ops = [
         {"op": "put", "kind": "cluster", "name": "web", "body": {}},
-        {"op": "replace_backends", "cluster": "web", "body": [{"name": "b", "address": "127.0.0.1", "port": demo.port}]},
+        {"op": "replace_backends", "cluster": "web", "body": [backend]},
         {"op": "put", "kind": "listener", "name": "edge", "body": listener},
         {"op": "put", "kind": "route", "name": "all", "body": {"listener": "edge", "backends": [{"cluster": "web"}]}},
     ]
@@ -63,7 +64,8 @@ async def test_the_floor_keeps_the_front_door_open(api, etcd, make_replica, envo
         await wait_for(answer_is("floor-1"), what="floor-0 out of the answer")
 
         # The last one: refused, with the floor, the fleet and who is in; nothing written.
-        for body, verb in (({"reason": "oops"}, "draining"), ({"evacuate": {"connections_per_second": 5}}, "evacuating")):
+        evacuate = {"evacuate": {"connections_per_second": 5}}
+        for body, verb in (({"reason": "oops"}, "draining"), (evacuate, "evacuating")):
             last = await api.post("/v1/fleet/floor-1/drain", json=body)
             assert last.status_code == 409, last.text
             assert last.headers["content-type"] == "application/problem+json"
