@@ -452,7 +452,9 @@ def _batch_op(i: int, item: Any) -> AnyOp:
         _check_name(Kind.CLUSTER, cluster, f"{base}/cluster")
         if not isinstance(body, list):
             raise ValidationFailed([FieldError(f"{base}/body", "replace_backends takes an array of backends")])
-        return ReplaceBackends(cluster, tuple(parse(Backend, d, f"{base}/body/{j}") for j, d in enumerate(body)), base)
+        return ReplaceBackends(
+            cluster, tuple(parse(Backend, d, f"{base}/body/{j}") for j, d in enumerate(body)), f"{base}/body"
+        )
     if action not in ("create", "put", "replace", "delete"):
         raise ValidationFailed(
             [FieldError(f"{base}/op", "op is one of create, put, replace, delete, replace_backends")]

@@ -239,6 +239,15 @@ class Cluster(_Model):
 
     name: Name
     protocol: Protocol = Protocol.HTTP1
+    discovery: Literal["eds", "dns"] = Field(
+        "eds",
+        description=(
+            "How Envoy learns the backends: eds (default) pushes each backend's IP address over xDS,"
+            " as intent changes; dns makes a STRICT_DNS cluster that Envoy resolves itself, for"
+            " backends named by hostname (Envoy cannot take hostnames over EDS). Switching replaces"
+            " the cluster on every Envoy: its connections, health-check and outlier state start over."
+        ),
+    )
     load_balancer: LoadBalancer = Field(default_factory=RoundRobin)
     connect_timeout: Duration = 5.0
     health_check: HealthCheck | None = None

@@ -140,6 +140,21 @@ def _conflicted() -> WriteConflict:
     return WriteConflict("the objects kept changing under this write; retry it")
 
 
+def _check_discovery(cluster: Cluster | None, backend: Backend, pointer: str) -> None:
+    """A hostname backend needs a DNS cluster: EDS carries IP addresses only."""
+    if cluster is not None and cluster.discovery == "eds" and not backend.is_ip:
+        raise ValidationFailed(
+            [
+                FieldError(
+                    pointer,
+                    f"{backend.address!r} is a hostname and cluster {cluster.name!r} uses EDS, which carries IP"
+                    " addresses only: give an IP address, or make the cluster a DNS cluster"
+                    ' (PUT the cluster with "discovery": "dns"; Envoy then resolves its backends itself)',
+                )
+            ]
+        )
+
+
 def _cmp_mod(key: bytes, op: int, revision: int, range_end: bytes = b"") -> rpc.Compare:
     return rpc.Compare(key=key, range_end=range_end, target=rpc.Compare.MOD, result=op, mod_revision=revision)
 
@@ -265,6 +280,9 @@ class Store:
                 folders.append((self.keys.folder(Kind.BACKEND, op.cluster), Kind.BACKEND))
             else:
                 keys[self.keys.key(op.ref)] = op.ref.kind
+                if isinstance(op.obj, Cluster) and op.obj.discovery == "eds":
+                    # An EDS cluster may hold no hostname backend: its members are checked.
+                    folders.append((self.keys.folder(Kind.BACKEND, op.ref.name), Kind.BACKEND))
                 if op.ref.kind == Kind.BACKEND:
                     keys[self.keys.key(Ref(Kind.CLUSTER, op.ref.cluster))] = Kind.CLUSTER  # type: ignore[arg-type]
         return _ReadSpec(need_world, keys, tuple(folders))
@@ -315,6 +333,8 @@ class Store:
                     if key not in wanted and final[key] is not None:
                         res.removed.append(final[key].name)  # type: ignore[union-attr]
                         final[key] = None
+                for i, b in enumerate(op.backends):
+                    _check_discovery(current(cref), b, f"{op.pointer}/{i}/address")  # type: ignore[arg-type]
                 for key, b in wanted.items():
                     old = final.get(key)
                     if old is None:
@@ -356,11 +376,31 @@ class Store:
                 raise ValidationFailed(
                     [FieldError(op.pointer + "/name", f"name {op.obj.name!r} does not match {ref.name!r}")]
                 )
+            if isinstance(op.obj, Backend):
+                _check_discovery(current(Ref(Kind.CLUSTER, ref.cluster)), op.obj, op.pointer + "/address")  # type: ignore[arg-type]
             outcome: Outcome = "created" if existing is None else ("unchanged" if existing == op.obj else "updated")
             final[key] = op.obj
             if ref.kind == Kind.CLUSTER:
                 deleted_clusters.discard(ref.name)
             results.append(OpResult(ref, outcome, op.obj, stored_rev if outcome == "unchanged" else 0))
+
+        for op in ops:
+            if isinstance(op, Op) and isinstance(op.obj, Cluster) and final.get(key := self.keys.key(op.ref)) is op.obj:
+                folder = self.keys.folder(Kind.BACKEND, op.ref.name)
+                named = sorted(
+                    v.name for k, v in final.items() if k.startswith(folder) and isinstance(v, Backend) and not v.is_ip
+                )
+                if op.obj.discovery == "eds" and named:
+                    shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+                    raise ValidationFailed(
+                        [
+                            FieldError(
+                                op.pointer + "/discovery",
+                                f"cluster {op.ref.name!r} has backends named by hostname ({shown}); Envoy cannot"
+                                " take hostnames over EDS: keep discovery dns, or give those backends IP addresses",
+                            )
+                        ]
+                    )
 
         # Backends written after their cluster was deleted in the same batch were refused
         # above; backends of a cluster deleted later in the batch go with the cascade.

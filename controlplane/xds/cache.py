@@ -279,7 +279,7 @@ class SnapshotCache:
             if clusters.get(name) is None or clusters[name].version != e.version:
                 clusters[name] = e
                 rebuilt["cds"] += 1
-            if res.uses_dns(members):
+            if res.uses_dns(stored.obj, members):
                 endpoints.pop(name, None)
                 eds.discard(name)
             else:

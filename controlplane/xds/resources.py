@@ -1,8 +1,9 @@
 """Translate intent into Envoy v3 resources (xds-protos). Pure functions, no I/O.
 
 Choices made on purpose (see docs/xds.md):
-- Clusters with only IP backends are EDS over ADS; a cluster with any hostname backend is
-  STRICT_DNS with its endpoints inline (Envoy cannot take hostnames over EDS).
+- A cluster is EDS over ADS (`discovery: eds`, the default) or STRICT_DNS with its endpoints
+  inline (`discovery: dns`): Envoy cannot take hostnames over EDS, so hostname backends need
+  a DNS cluster, chosen explicitly (the API refuses a hostname in an EDS cluster).
 - `common_lb_config.update_merge_window` is 0: lbcp coalesces changes itself, and Envoy's
   default 1 s merge window would delay drains and make Envoys apply weight changes at
   different moments (their consistent-hash rings would briefly disagree).
@@ -132,15 +133,17 @@ def _socket(address: str, port: int) -> address_pb2.Address:
 # -- clusters and endpoints ------------------------------------------------------------------
 
 
-def uses_dns(backends: Iterable[Backend]) -> bool:
-    return any(not b.is_ip for b in backends)
+def uses_dns(cluster: Cluster, backends: Iterable[Backend]) -> bool:
+    """A STRICT_DNS cluster: asked for, or (intent written before `discovery` existed, which
+    the API no longer accepts) an EDS cluster holding a hostname, which EDS cannot carry."""
+    return cluster.discovery == "dns" or any(not b.is_ip for b in backends)
 
 
 def cluster_resource(c: Cluster, backends: Iterable[Backend] = ()) -> cluster_pb2.Cluster:
     backends = list(backends)
     out = cluster_pb2.Cluster(name=c.name, connect_timeout=_dur(c.connect_timeout))
     out.per_connection_buffer_limit_bytes.value = EDGE_BUFFER_LIMIT
-    if uses_dns(backends):
+    if uses_dns(c, backends):
         out.type = cluster_pb2.Cluster.STRICT_DNS
         out.load_assignment.CopyFrom(load_assignment(c.name, backends))
     else:

@@ -66,7 +66,7 @@ async def test_kitchen_sink_is_acked(api, replica, backends, envoys) -> None:
                 }
             },
         },
-        {"op": "put", "kind": "cluster", "name": "dns", "body": {}},
+        {"op": "put", "kind": "cluster", "name": "dns", "body": {"discovery": "dns"}},
         {"op": "put", "kind": "cluster", "name": "raw", "body": {"protocol": "tcp"}},
         {
             "op": "replace_backends",
