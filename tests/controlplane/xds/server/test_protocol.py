@@ -11,7 +11,11 @@ from controlplane.xds.client import AdsClient
 from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from tests.conftest import wait_for
 
-QUIET = 0.3  # how long "no response" is waited for
+QUIET = 0.3  # how long a quick "no response" check waits: a fast wrong push fails early
+# A quiet spell alone proves nothing (a wrong push may come later): each one is followed by a
+# marker, a change that must reach the stream, and the first response after the spell must be
+# that change; then the replica's own count of pushes on the stream (`_pushes`) must match
+# exactly what the client received, so a wrong push, early or late, fails the test.
 
 
 async def _client(replica, node="n1", delta=False) -> AdsClient:
@@ -27,6 +31,14 @@ async def _seed(store: Store) -> int:
     await store.put(Listener(name="http", port=10000))
     res = await store.put(Route(name="r", listener="http", backends=[{"cluster": "a"}]))
     return res.revision
+
+
+def _pushes(replica, node: str) -> dict[str, int]:
+    """The replica's own count of responses pushed to `node` (its newest stream), per type."""
+    streams = [s for s in replica.service.streams.values() if s.node.id == node]
+    assert streams, f"no stream of {node} on the replica"
+    newest = max(streams, key=lambda s: s.id)
+    return {t: st.pushes for t, st in newest.types.items() if st.pushes}
 
 
 async def _settle(replica, revision: int) -> None:
@@ -50,9 +62,11 @@ async def test_sotw_ack_nack_and_stale_nonce(store: Store, replica) -> None:
     await c.request(CLUSTER_TYPE, version=r1.version_info, nonce=r1.nonce)  # ACK
     assert await c.recv(QUIET) is None  # nothing more to say
 
+    # The marker: the first response after the spell is this change's, not a resend of r1.
     await _settle(replica, (await store.put(Cluster(name="c"))).revision)
     r2 = await c.recv()
-    assert set(AdsClient.decode(r2)) == {"a", "b", "c"} and r2.nonce != r1.nonce
+    assert r2 is not None and set(AdsClient.decode(r2)) == {"a", "b", "c"} and r2.nonce != r1.nonce
+    assert _pushes(replica, "n1") == {CLUSTER_TYPE: 2}
     # A request carrying an old nonce is stale: ignored, no response.
     await c.request(CLUSTER_TYPE, version=r1.version_info, nonce=r1.nonce)
     assert await c.recv(QUIET) is None
@@ -67,10 +81,14 @@ async def test_sotw_ack_nack_and_stale_nonce(store: Store, replica) -> None:
     # An unrelated write that leaves clusters alone does not resend them either.
     await _settle(replica, (await store.put(Backend(name="a2", address="10.0.0.2", port=80), cluster="a")).revision)
     assert await c.recv(QUIET) is None
-    # The next intent change does.
+    # The next intent change does: the marker for the three spells above. Any response to
+    # the stale request, a resend of the NACKed version or of the unrelated write would come
+    # first (and would have made the NACK's nonce stale), and the replica counts 3 pushes.
     await _settle(replica, (await store.put(Cluster(name="d"))).revision)
     r3 = await c.recv()
-    assert set(AdsClient.decode(r3)) == {"a", "b", "c", "d"}
+    assert r3 is not None and set(AdsClient.decode(r3)) == {"a", "b", "c", "d"}
+    assert r3.version_info not in (r1.version_info, r2.version_info)
+    assert _pushes(replica, "n1") == {CLUSTER_TYPE: 3}
     await c.close()
 
 
@@ -86,10 +104,12 @@ async def test_sotw_named_resources_and_resource_before_it_exists(store: Store, 
     await _settle(replica, (await store.put(Backend(name="b1", address="10.0.0.9", port=80), cluster="b")).revision)
     assert await c.recv(QUIET) is None
     # The named resource appears: sent without being asked again (the cluster first, on its
-    # own: a change after a quiet spell is published at once).
+    # own: a change after a quiet spell is published at once). It is the marker for the two
+    # spells above: a resend of "a" or a push of "b" would be the first response instead.
     await _settle(replica, (await store.put(Cluster(name="later"))).revision)
     r1 = await c.recv()
-    assert set(AdsClient.decode(r1)) == {"later"}
+    assert r1 is not None and set(AdsClient.decode(r1)) == {"later"}
+    assert _pushes(replica, "n1") == {ENDPOINT_TYPE: 2}
     await c.request(ENDPOINT_TYPE, ["a", "later"], version=r1.version_info, nonce=r1.nonce)
     await _settle(replica, (await store.put(Backend(name="l1", address="10.0.0.3", port=80), cluster="later")).revision)
     r2 = await c.recv()
@@ -105,6 +125,7 @@ async def test_sotw_named_resources_and_resource_before_it_exists(store: Store, 
     await c.request(ENDPOINT_TYPE, ["a"], version=r3.version_info, nonce=r3.nonce)
     r4 = await c.recv()
     assert set(AdsClient.decode(r4)) == {"a"}
+    assert _pushes(replica, "n1") == {ENDPOINT_TYPE: 5}
     await c.close()
 
 
@@ -118,6 +139,14 @@ async def test_sotw_reconnect_with_version_gets_nothing(store: Store, replica) -
     await c2.request(LISTENER_TYPE, version=r.version_info)
     again = await c2.recv(QUIET)
     assert again is None, (r.version_info, again.version_info, r.resources == again.resources, replica.cache.stats)
+    # The marker: a listener change must reach c2, and be the first thing it gets (a late
+    # resend of the version it declared would come first), the only LDS push on its stream.
+    await _settle(replica, (await store.put(Listener(name="http", port=10001))).revision)
+    changed = await c2.recv()
+    assert changed is not None and changed.version_info != r.version_info
+    ports = [lst.address.socket_address.port_value for lst in AdsClient.decode(changed).values()]
+    assert ports == [10001], ports
+    assert _pushes(replica, "n1") == {LISTENER_TYPE: 1}
     await c2.close()
 
 
@@ -135,27 +164,39 @@ async def test_delta_subscribe_unsubscribe_reconnect(store: Store, replica) -> N
     await c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
     assert await c.recv(QUIET) is None
     # A backend change sends only that cluster's endpoints.
+    # The marker for that spell: the first response after it is the one carrying a2.
     await _settle(replica, (await store.put(Backend(name="a2", address="10.0.0.2", port=80), cluster="a")).revision)
     r = await c.recv()
-    assert r.type_url == ENDPOINT_TYPE and [x.name for x in r.resources] == ["a"]
+    assert r is not None and r.type_url == ENDPOINT_TYPE and [x.name for x in r.resources] == ["a"]
+    addresses = {
+        lb.endpoint.address.socket_address.address for e in AdsClient.decode(r)["a"].endpoints for lb in e.lb_endpoints
+    }
+    assert addresses == {"10.0.0.1", "10.0.0.2"}
     await c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
     # Unsubscribed: further changes are not sent.
     await c.delta_request(ENDPOINT_TYPE, unsubscribe=["a"])
     await _settle(replica, (await store.put(Backend(name="a3", address="10.0.0.3", port=80), cluster="a")).revision)
     assert await c.recv(QUIET) is None
-    # A deleted cluster is reported removed.
+    # A deleted cluster is reported removed: the marker for the unsubscribed spell (a push of
+    # a3's endpoints would be the first response), and the replica pushed EDS twice only.
     await _settle(
         replica,
         (await store.delete(Ref(Kind.CLUSTER, "b"))).revision,
     )
     r = await c.recv()
-    assert r.type_url == CLUSTER_TYPE and list(r.removed_resources) == ["b"]
+    assert r is not None and r.type_url == CLUSTER_TYPE and list(r.removed_resources) == ["b"]
+    assert _pushes(replica, "n1") == {CLUSTER_TYPE: 2, ENDPOINT_TYPE: 2}
     await c.close()
 
     # Reconnect declaring what it has: nothing is resent.
     c2 = await _client(replica, "n2", delta=True)
     await c2.delta_request(CLUSTER_TYPE, ["*"], initial={"a": got["a"]})
     assert await c2.recv(QUIET) is None
+    # The marker: a new cluster reaches c2 alone, first (a resend of "a" would come before it).
+    await _settle(replica, (await store.put(Cluster(name="e"))).revision)
+    r = await c2.recv()
+    assert r is not None and r.type_url == CLUSTER_TYPE and [x.name for x in r.resources] == ["e"]
+    assert _pushes(replica, "n2") == {CLUSTER_TYPE: 1}
     await c2.close()
 
 
@@ -186,6 +227,12 @@ async def test_endpoint_churn_never_touches_lds(store: Store, replica) -> None:
                 (ROUTE_TYPE, ["http"]),
             ):
                 await c.request(t, names)
+        for _ in range(20):  # a first response of every type, however slow, then whatever follows
+            if all(counts.values()):
+                break
+            r = await c.recv()
+            assert r is not None, ("a type never got its first response", counts)
+            await ack(r)
         while (r := await c.recv(QUIET)) is not None:
             await ack(r)
         assert all(counts.values()), counts
@@ -201,10 +248,21 @@ async def test_endpoint_churn_never_touches_lds(store: Store, replica) -> None:
             )
             while (r := await c.recv(QUIET)) is not None:
                 await ack(r)
+        # The marker: a route change must reach the stream; everything up to its RDS response
+        # is counted (a late LDS push caused by the churn would come before it).
+        routed = [{"cluster": "a"}, {"cluster": "b"}] if not delta else [{"cluster": "b"}]
+        await _settle(replica, (await store.put(Route(name="r", listener="http", backends=routed))).revision)
+        for _ in range(50):
+            r = await c.recv()
+            assert r is not None, ("no RDS response to the route change", counts)
+            await ack(r)
+            if r.type_url == ROUTE_TYPE:
+                break
         assert counts[LISTENER_TYPE] == before[LISTENER_TYPE]
-        assert counts[ROUTE_TYPE] == before[ROUTE_TYPE]
+        assert counts[ROUTE_TYPE] == before[ROUTE_TYPE] + 1
         assert counts[CLUSTER_TYPE] == before[CLUSTER_TYPE]
         assert counts[ENDPOINT_TYPE] > before[ENDPOINT_TYPE]
+        assert _pushes(replica, f"churn-{delta}") == counts
         await c.close()
 
 
@@ -244,6 +302,11 @@ async def test_delta_wildcard_on_empty_intent_gets_an_empty_first_response(store
     assert r is not None and r.type_url == CLUSTER_TYPE and not r.resources and not r.removed_resources
     await c.delta_request(CLUSTER_TYPE, nonce=r.nonce)
     assert await c.recv(QUIET) is None  # and only once
+    # The marker: the first response after that is the first cluster, not the empty one again.
+    await _settle(replica, (await store.put(Cluster(name="x"))).revision)
+    r = await c.recv()
+    assert r is not None and r.type_url == CLUSTER_TYPE and [x.name for x in r.resources] == ["x"]
+    assert _pushes(replica, "n1") == {CLUSTER_TYPE: 2}
     await c.close()
 
 
