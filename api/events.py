@@ -64,6 +64,10 @@ def present_node(doc: dict[str, Any], evacuation: dict[str, Any] | None, state: 
     from `front_states` over its fleet; else from the record alone) and, while it is drained,
     its evacuation's progress."""
     out = {**doc, "front_state": state or front_state(doc)}
+    load = doc.get("load") or {}
+    if isinstance(load.get("hosts"), dict):
+        # The hosts this Envoy does not see as healthy, per cluster, and when it last looked.
+        out["hosts"], out["hosts_at"] = load["hosts"], load.get("at")
     if evacuation is not None and doc.get("draining"):
         out["evacuation"] = evacuation
     return out

@@ -29,6 +29,8 @@ from controlplane.intent.keyspace import Ref, Stored
 from controlplane.intent.model import MODELS, Backend, Certificate, Kind
 from controlplane.intent.store import AnyOp, Op, ReplaceBackends, Store, WriteResult
 from controlplane.moves.controller import read_status
+from controlplane.xds.load import backend_health
+from controlplane.xds.registry import read_fleet
 
 PLURAL = {
     Kind.CLUSTER: "clusters",
@@ -182,17 +184,24 @@ def _body_doc(schema: str | dict[str, Any], content: tuple[str, ...] = ("applica
 # -- generic handlers ------------------------------------------------------------------------
 
 
-async def _list(request: Request, kind: Kind, cluster: str | None, limit: int, page_token: str | None) -> JSONResponse:
+async def _list(
+    request: Request, kind: Kind, cluster: str | None, limit: int, page_token: str | None, health: bool = False
+) -> JSONResponse:
     page = await _store(request).list(kind, cluster=cluster, limit=limit, page_token=page_token)
+    items = [present(s) for s in page.items]
+    if health and cluster is not None:
+        await _add_health(request, cluster, items)
     return JSONResponse(
-        {"items": [present(s) for s in page.items], "revision": page.revision, "next_page_token": page.next_page_token},
+        {"items": items, "revision": page.revision, "next_page_token": page.next_page_token},
         headers={"Lbcp-Revision": str(page.revision)},
     )
 
 
-async def _get(request: Request, ref: Ref) -> JSONResponse:
+async def _get(request: Request, ref: Ref, health: bool = False) -> JSONResponse:
     stored = await _store(request).get(ref)
     body = present(stored)
+    if health and ref.cluster is not None:
+        await _add_health(request, ref.cluster, [body])
     if ref.kind == Kind.FLEET:
         # What the mover is doing for it (not intent: PUT ignores it, as it does `revision`).
         rebalance = await read_status(_store(request).etcd, "fleet", ref.name)
@@ -331,6 +340,24 @@ def kind_router(kind: Kind) -> APIRouter:
     return r
 
 
+_HEALTH_DOC = (
+    "Add each backend's health as the Envoys see it (`health`: state, per Envoy, counts): healthy,"
+    " failing (active health check), ejected (outlier detection), degraded, draining, pending"
+    " (not checked yet), unknown; `mixed` when Envoys disagree."
+)
+
+
+async def _add_health(request: Request, cluster: str, items: list[dict[str, Any]]) -> None:
+    """`health` on each presented backend, from one read of the fleet registry."""
+    nodes = (await read_fleet(_store(request).etcd)).nodes
+    for b in items:
+        if b.get("admin_state") == "maint":
+            # Out of the Envoys' endpoints on purpose: none of them has a view of it.
+            b["health"] = {"state": "unknown", "envoys": {}, "counts": {}}
+            continue
+        b["health"] = backend_health(cluster, b["address"], b["port"], b["revision"], nodes)
+
+
 def backends_router() -> APIRouter:
     r = APIRouter(prefix="/v1/clusters/{cluster}/backends", tags=["backends"])
 
@@ -345,9 +372,10 @@ def backends_router() -> APIRouter:
         cluster: str,
         limit: int = Query(100, ge=1, le=1000),
         page_token: str | None = Query(None, max_length=4096),
+        health: bool = Query(False, description=_HEALTH_DOC),
     ) -> JSONResponse:
         _check_name(Kind.CLUSTER, cluster, "/cluster")
-        return await _list(request, Kind.BACKEND, cluster, limit, page_token)
+        return await _list(request, Kind.BACKEND, cluster, limit, page_token, health)
 
     @r.post("", dependencies=_writers, summary="Add a backend", openapi_extra=_body_doc("Backend"), status_code=201)
     async def create(request: Request, cluster: str, dry_run: bool = False) -> JSONResponse:
@@ -390,8 +418,10 @@ def backends_router() -> APIRouter:
         )
 
     @r.get("/{name}", dependencies=_readers, summary="Get a backend")
-    async def get(request: Request, cluster: str, name: str) -> JSONResponse:
-        return await _get(request, ref(cluster, name))
+    async def get(
+        request: Request, cluster: str, name: str, health: bool = Query(False, description=_HEALTH_DOC)
+    ) -> JSONResponse:
+        return await _get(request, ref(cluster, name), health)
 
     @r.put("/{name}", dependencies=_writers, summary="Create or replace a backend", openapi_extra=_body_doc("Backend"))
     async def put(request: Request, cluster: str, name: str, dry_run: bool = False) -> JSONResponse:

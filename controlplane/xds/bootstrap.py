@@ -39,6 +39,11 @@ LOAD_PATH = "/lbcp/load"
 # `GET /lbcp/server_info`: the admin's /server_info (read-only), for the Envoy's drain time and
 # strategy, which the mover paces by (controlplane.moves).
 SERVER_INFO_PATH = "/lbcp/server_info"
+# `GET /lbcp/hosts`: the admin's /clusters as JSON for intent's clusters only (their names have
+# no `_`; lbcp's own lbcp_* clusters are left out): each upstream host's health as this Envoy
+# sees it (active checks, outlier ejection, EDS status), for per-backend health.
+HOSTS_PATH = "/lbcp/hosts"
+HOSTS_FILTER = r"^[a-z0-9-]+$"
 LOAD_STATS = (
     r"^(listener\..+\.(downstream_cx_active|downstream_cx_total|ssl\.handshake)"
     r"|http\..+\.downstream_cx_http2_active|http2\.streams_active|overload\..+\.active"
@@ -294,6 +299,18 @@ def _ops_listener(address: str, port: int) -> dict[str, Any]:
                                 "timeout": "5s",
                                 "prefix_rewrite": "/stats?format=json&usedonly&filter="
                                 + urllib.parse.quote(LOAD_STATS, safe=""),
+                            },
+                        },
+                        {
+                            "match": {
+                                "path": HOSTS_PATH,
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {
+                                "cluster": "lbcp_admin",
+                                "timeout": "5s",
+                                "prefix_rewrite": "/clusters?format=json&filter="
+                                + urllib.parse.quote(HOSTS_FILTER, safe=""),
                             },
                         },
                         # The Envoy's own delays (its drain time and strategy), read once per stream.

@@ -16,6 +16,11 @@ on a kept-alive connection: one request per Envoy per interval. From it:
 - `clusters`: what the Envoy sees of its upstream hosts (its health checks and outlier
   ejections): `healthy`, the number of clusters with every host healthy, and `degraded`,
   `{cluster: {healthy, total}}` for the others (at most 100 by name);
+- `hosts`: per host, every `HOSTS_EVERY` samples (`GET /lbcp/hosts`: the admin's /clusters):
+  `{cluster: {"address:port": state}}` for every cluster of intent the Envoy has, listing the
+  hosts it does not see as healthy (`host_state`: failing, ejected, degraded, draining,
+  pending); `hosts_revision`, the revision the Envoy had acked when it was read (a backend
+  written later is not in it yet); `hosts_truncated` past MAX_HOSTS hosts or clusters;
 - with a fleet capacity (`/v1/fleets/{fleet}`): `fill` (the fullest traffic listener's
   connections over `max_connections_per_envoy`), `headroom` (1 - fill), and `full`, with
   hysteresis: it turns true at `high_water_percent` and false again only below
@@ -38,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from controlplane.intent.model import Capacity
-from controlplane.xds.bootstrap import LOAD_PATH, SERVER_INFO_PATH
+from controlplane.xds.bootstrap import HOSTS_PATH, LOAD_PATH, SERVER_INFO_PATH
 from controlplane.xds.probe import ops_port
 from controlplane.xds.server.common import BaseStream, QuietObserver
 
@@ -101,6 +106,92 @@ _INTERNAL_CLUSTERS = ("lbcp_", "lbcp.")
 MAX_DEGRADED = 100  # clusters listed by name in a record; the rest are counted
 
 
+HOSTS_EVERY = 3  # load samples per read of the hosts' health (a larger answer than the stats)
+MAX_HOSTS = 1000  # hosts not healthy, and clusters, kept per Envoy record
+MAX_BODY = 32 << 20  # the largest ops answer read; a larger one is that Envoy's error
+
+
+def host_state(status: dict[str, Any]) -> str | None:
+    """One host's state from the admin's `health_status`, the first that applies: `draining`
+    (EDS said so, or it was removed and still has connections), `failing` (active health
+    check, or EDS unhealthy), `ejected` (outlier detection), `degraded`, `pending` (not
+    checked yet); None when healthy."""
+    eds = status.get("eds_health_status", "HEALTHY")
+    if eds == "DRAINING" or status.get("pending_dynamic_removal"):
+        return "draining"
+    if status.get("pending_active_hc"):
+        return "pending"
+    if status.get("failed_active_health_check") or eds in ("UNHEALTHY", "TIMEOUT"):
+        return "failing"
+    if status.get("failed_outlier_check"):
+        return "ejected"
+    if status.get("failed_active_degraded_check") or eds == "DEGRADED":
+        return "degraded"
+    return None
+
+
+def host_key(address: str, port: int) -> str:
+    """How a host is named in `hosts`, and how a backend finds itself there."""
+    return f"{address}:{port}"
+
+
+def parse_hosts(doc: dict[str, Any]) -> tuple[dict[str, dict[str, str]], bool]:
+    """`{cluster: {host_key: state}}` (hosts not healthy only) from the admin's
+    `/clusters?format=json`, and whether MAX_HOSTS cut it."""
+    out: dict[str, dict[str, str]] = {}
+    kept, truncated = 0, False
+    for cluster in doc.get("cluster_statuses") or []:
+        if len(out) >= MAX_HOSTS:
+            truncated = True
+            break
+        hosts = out.setdefault(str(cluster.get("name", "")), {})
+        for h in cluster.get("host_statuses") or []:
+            state = host_state(h.get("health_status") or {})
+            if state is None:
+                continue
+            if kept >= MAX_HOSTS:
+                truncated = True
+                break
+            sock = (h.get("address") or {}).get("socket_address") or {}
+            # DNS clusters name their hosts: a backend given by hostname finds itself by it.
+            address = h.get("hostname") or sock.get("address", "")
+            hosts[host_key(str(address), int(sock.get("port_value", 0)))] = state
+            kept += 1
+    return out, truncated
+
+
+HOST_STATES = ("healthy", "failing", "ejected", "degraded", "draining", "pending", "unknown")
+
+
+def backend_health(
+    cluster: str, address: str, port: int, revision: int, nodes: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """One backend as the Envoys see it, from their registry records (`read_fleet().nodes`):
+    `envoys`, each Envoy that has the cluster → its state (HOST_STATES; `unknown` when its
+    last reading predates the backend's `revision` and did not list it, or was cut short);
+    `counts` per state; and `state`, the one state every Envoy that knows agrees on,
+    `mixed` when they disagree, `unknown` when none knows."""
+    key = host_key(address, port)
+    envoys: dict[str, str] = {}
+    for node_id in sorted(nodes):
+        load = nodes[node_id].get("load") or {}
+        hosts = load.get("hosts")
+        if not isinstance(hosts, dict) or not isinstance(hosts.get(cluster), dict):
+            continue  # not read from this Envoy, or it does not have the cluster
+        state = hosts[cluster].get(key)
+        if state is None:
+            # Not listed: healthy, if the reading was whole and late enough to include it.
+            seen = load.get("hosts_revision", 0) >= revision and not load.get("hosts_truncated")
+            state = "healthy" if seen else "unknown"
+        envoys[node_id] = state
+    counts: dict[str, int] = {}
+    for state in envoys.values():
+        counts[state] = counts.get(state, 0) + 1
+    known = {st for st in envoys.values() if st != "unknown"}
+    summary = known.pop() if len(known) == 1 else ("mixed" if known else "unknown")
+    return {"state": summary, "envoys": envoys, "counts": counts}
+
+
 def cluster_health(members: dict[str, dict[str, int]]) -> dict[str, Any]:
     """What this Envoy sees of its clusters' hosts: how many clusters have every host
     healthy, and by name (at most MAX_DEGRADED) those that do not."""
@@ -159,9 +250,14 @@ class _KeepAlive:
             while size := int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16):
                 body += await reader.readexactly(size)
                 await reader.readexactly(2)
+                if len(body) > MAX_BODY:
+                    raise ValueError(f"answer over {MAX_BODY} bytes")
             await reader.readuntil(b"\r\n")
         else:
-            body = bytearray(await reader.readexactly(int(headers.get("content-length", "0"))))
+            length = int(headers.get("content-length", "0"))
+            if length > MAX_BODY:
+                raise ValueError(f"answer of {length} bytes, over {MAX_BODY}")
+            body = bytearray(await reader.readexactly(length))
         if headers.get("connection", "").lower() == "close":
             self.close()
         return status, bytes(body)
@@ -205,6 +301,8 @@ class LoadSampler(QuietObserver):
         self._last: dict[int, tuple[float, int, int]] = {}  # stream -> (monotonic, cx_total, handshakes)
         # stream -> the Envoy's drain time and strategy ({} when its ops listener cannot say)
         self._drain: dict[int, dict[str, Any]] = {}
+        # stream -> (samples taken, the hosts' health as last read: `hosts`... keys of `load`)
+        self._hosts: dict[int, tuple[int, dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.samples = 0
 
@@ -230,6 +328,7 @@ class LoadSampler(QuietObserver):
         self.streams.pop(stream.id, None)
         self._last.pop(stream.id, None)
         self._drain.pop(stream.id, None)
+        self._hosts.pop(stream.id, None)
         conn = self._conns.pop(stream.id, None)
         if conn is not None:
             conn.close()
@@ -244,6 +343,22 @@ class LoadSampler(QuietObserver):
 
     async def sample_all(self) -> None:
         await asyncio.gather(*(self._sample(s) for s in list(self.streams.values())))
+
+    async def _read_hosts(self, stream: BaseStream, conn: _KeepAlive, last: dict[str, Any]) -> dict[str, Any]:
+        """The hosts' health (the `hosts*` keys of a sample); {} when the Envoy's ops listener
+        does not serve it (a bootstrap older than this); the last reading when it fails."""
+        revision = stream.acked_revision  # what the Envoy had acked before it answered
+        try:
+            status, body = await conn.get(HOSTS_PATH)
+            if status == 404:
+                return {}
+            if status != 200:
+                raise ValueError(f"HTTP {status}")
+            hosts, truncated = parse_hosts(json.loads(body))
+        except (OSError, ValueError, TypeError, AttributeError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.debug("hosts of %s not read: %s", stream.node.id, exc)
+            return last
+        return {"hosts": hosts, "hosts_revision": revision, **({"hosts_truncated": True} if truncated else {})}
 
     def _connection(self, stream: BaseStream) -> _KeepAlive | None:
         address = (stream.front or {}).get("address")
@@ -273,6 +388,10 @@ class LoadSampler(QuietObserver):
             except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 log.debug("load of %s not read: %s", stream.node.id, exc)
                 return
+            taken, hosts = self._hosts.get(stream.id, (0, {}))
+            if taken % HOSTS_EVERY == 0:
+                hosts = await self._read_hosts(stream, conn, hosts)
+            self._hosts[stream.id] = (taken + 1, hosts)
         self.samples += 1
         previous = self._last.get(stream.id)
         self._last[stream.id] = (mono, raw["cx_total"], raw["tls_handshakes_total"])
@@ -296,6 +415,7 @@ class LoadSampler(QuietObserver):
             "listeners": raw["listeners"],
             "clusters": cluster_health(raw["members"]),
             **({"drain": self._drain[stream.id]} if self._drain.get(stream.id) else {}),
+            **hosts,
             **_fill(self.capacity(stream.fleet), raw["listeners"], (stream.load or {}).get("full", False)),
         }
         before = stream.load

@@ -185,6 +185,9 @@ def cluster_resource(c: Cluster, backends: Iterable[Backend] = ()) -> cluster_pb
         check = health_check_pb2.HealthCheck(
             timeout=_dur(a.timeout),
             interval=_dur(a.interval),
+            # Envoy checks a cluster that carries no traffic only every 60 s by default: a dead
+            # backend of a quiet cluster would come back a minute late. The operator's interval.
+            no_traffic_interval=_dur(a.interval),
             healthy_threshold=wrappers_pb2.UInt32Value(value=a.healthy_threshold),
             unhealthy_threshold=wrappers_pb2.UInt32Value(value=a.unhealthy_threshold),
         )

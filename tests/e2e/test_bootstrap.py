@@ -227,6 +227,9 @@ def test_repo_bootstraps_read_the_load_lbcp_samples(path: Path) -> None:
     (bootstrap.LOAD_STATS): a file left behind would silently report less."""
     import urllib.parse
 
-    from controlplane.xds.bootstrap import LOAD_STATS
+    from controlplane.xds.bootstrap import HOSTS_FILTER, HOSTS_PATH, LOAD_STATS
 
-    assert urllib.parse.quote(LOAD_STATS, safe="") in path.read_text()
+    text = path.read_text()
+    assert urllib.parse.quote(LOAD_STATS, safe="") in text
+    # ... and serves the hosts' health (per-backend health) for intent's clusters only.
+    assert f"path: {HOSTS_PATH}" in text and "filter=" + urllib.parse.quote(HOSTS_FILTER, safe="") in text
