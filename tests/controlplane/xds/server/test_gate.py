@@ -13,12 +13,17 @@ from controlplane.intent.keyspace import Keyspace
 from controlplane.intent.model import Backend, Cluster
 from controlplane.intent.store import Store
 from controlplane.xds.resources import ENDPOINT_TYPE
-from tests.controlplane.xds.server.test_protocol import QUIET, _client, _settle
+from tests.controlplane.xds.server.test_protocol import QUIET, _client, _pushes, _settle
 
 
 def _health(resp, name: str) -> int:
     cla = _client_decode(resp)[name]
     return cla.endpoints[0].lb_endpoints[0].health_status
+
+
+def _addresses(resp, name: str) -> set[str]:
+    cla = _client_decode(resp)[name]
+    return {lb.endpoint.address.socket_address.address for e in cla.endpoints for lb in e.lb_endpoints}
 
 
 def _client_decode(resp) -> dict:
@@ -71,5 +76,16 @@ async def test_gate_follows_the_node_in_sotw_and_delta(store: Store, replica, et
     await sotw.request(ENDPOINT_TYPE, ["web", "lbcp.gate/envoy"], version=back.version_info, nonce=back.nonce)
     assert await sotw.recv(QUIET) is None and await bystander.recv(QUIET) is None
     assert replica.view.drained.keys() == {"pod-8", "elsewhere"}
+    # The marker for every quiet spell above: a new backend of "web" must reach all three
+    # streams, and be the first response each gets after its last expected one (a wrong gate
+    # push, however late, would come first); the replica counts no other EDS push.
+    await _settle(replica, (await store.put(Backend(name="w2", address="10.0.0.2", port=80), cluster="web")).revision)
+    for c in (sotw, delta, bystander):
+        marker = await c.recv()
+        assert marker is not None and set(_client_decode(marker)) == {"web"}, c.node.id
+        assert _addresses(marker, "web") == {"10.0.0.1", "10.0.0.2"}, c.node.id
+    assert _pushes(replica, "pod-7") == {ENDPOINT_TYPE: 4}  # first, drained, back, the marker
+    assert _pushes(replica, "pod-8") == {ENDPOINT_TYPE: 3}  # first, drained, the marker
+    assert _pushes(replica, "pod-9") == {ENDPOINT_TYPE: 2}  # first, the marker
     for c in (sotw, delta, bystander):
         await c.close()
