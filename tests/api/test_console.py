@@ -10,8 +10,11 @@ nothing. Screenshots of each page go to the test's tmp dir (`console-*.png`).
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,41 @@ async def browser() -> AsyncIterator[Any]:
         await b.close()
 
 
+class _Failing:
+    """A real backend on loopback that answers every request 500: an Envoy that sends it
+    requests ejects it (outlier detection), one that does not keeps it healthy."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                body = b"broken\n"
+                self.send_response(500)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def failing() -> Iterator[_Failing]:
+    f = _Failing()
+    yield f
+    f.stop()
+
+
 async def _page(browser: Any, errors: list[str], **options: Any) -> Any:
     context = await browser.new_context(viewport={"width": 1280, "height": 800}, **options)
     page = await context.new_page()
@@ -73,40 +111,87 @@ async def _sign_in(page: Any, url: str, token: str) -> None:
     await page.locator("#live[data-state=live]").wait_for()
 
 
+# Nothing in the fleet view scrolls sideways or sticks out of the window (the header row of
+# a table shown as cards is visually hidden, for screen readers only, so it is not counted).
+_SIDEWAYS = """() => {
+  const out = [];
+  const say = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + ' ' + (el.textContent || '').slice(0, 40);
+  for (const el of document.querySelectorAll('#view-fleet, #view-fleet *')) {
+    if (el.closest('thead')) continue;
+    const r = el.getBoundingClientRect();
+    if (!r.width) continue;
+    const scrolls = getComputedStyle(el).overflowX !== 'visible' && el.scrollWidth > el.clientWidth + 1;
+    if (scrolls) out.push('scrolls: ' + say(el));
+    if (r.right > window.innerWidth + 1 || r.left < -1) out.push('sticks out: ' + say(el));
+  }
+  return out;
+}"""
+
+
 async def test_console_in_a_real_browser(
-    store: Any, replica: Any, envoys: Any, backends: list[Any], serve_api: Any, browser: Any, tmp_path: Path
+    store: Any,
+    replica: Any,
+    envoys: Any,
+    backends: list[Any],
+    failing: _Failing,
+    serve_api: Any,
+    browser: Any,
+    tmp_path: Path,
 ) -> None:
     from api.localcluster.procs import free_port
 
     await store.put(Cluster(name="web", load_balancer={"type": "maglev"}))
     for b in backends[:3]:
         await store.put(Backend(name=b.name, address="127.0.0.1", port=b.port), cluster="web")
+    # A hashing cluster with no backends and no route, first in the alphabet: the ring view
+    # must not open on it.
+    await store.put(Cluster(name="aaa-idle", load_balancer={"type": "maglev"}))
     # A cluster whose Envoys health-check it: one live host and one nobody listens on.
     checked = {"active": {"type": "tcp", "interval": "0.2s", "timeout": "0.1s", "unhealthy_threshold": 1,
                           "healthy_threshold": 1}}  # fmt: skip
     await store.put(Cluster(name="checked", health_check=checked))
     await store.put(Backend(name="up", address="127.0.0.1", port=backends[0].port), cluster="checked")
     await store.put(Backend(name="down", address="127.0.0.1", port=free_port()), cluster="checked")
+    # A cluster whose one backend answers 500: an Envoy that sends it a request ejects it.
+    passive = {"passive": {"consecutive_5xx": 1, "max_ejection_percent": 100, "base_ejection_time": "600s"}}
+    await store.put(Cluster(name="flaky", health_check=passive))
+    await store.put(Backend(name="f0", address="127.0.0.1", port=failing.port), cluster="flaky")
     port = free_port()
     await store.put(Listener(name="http", address="127.0.0.1", port=port, bind_public_address=True))
     await store.put(
         Route(name="r", listener="http", backends=[{"cluster": "web"}], hash_policies=[{"type": "header", "name": "u"}])
     )
+    await store.put(Route(name="flaky", listener="http", match={"prefix": "/flaky"}, backends=[{"cluster": "flaky"}]))
     xds = [("127.0.0.1", replica.port)]
     envoys("cons-0", xds, public_address="127.0.1.61")
     envoys("cons-1", xds, public_address="127.0.1.62")
     url = await serve_api(tokens=f"writer:{WRITER},reader:{READER}")
     async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {WRITER}"}) as api:
-        await _walk(api, url, browser, backends, tmp_path)
+        await _walk(api, url, browser, backends, tmp_path, port)
 
 
-async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[Any], tmp_path: Path) -> None:
+async def _fleet_node(api: httpx.AsyncClient, node: str) -> dict[str, Any]:
+    doc: dict[str, Any] = (await api.get(f"/v1/fleet/{node}")).json()
+    return doc
+
+
+async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[Any], tmp_path: Path, port: int) -> None:
 
     async def both_in() -> bool:
         doc = (await api.get("/v1/frontdoor/json")).json()
         return sorted(m["node_id"] for m in doc["in_service"]) == ["cons-0", "cons-1"]
 
     await wait_for(both_in, 30, "both Envoys in service")
+
+    # Requests to the failing backend through cons-0 only: cons-0 ejects it, cons-1 never
+    # sent it anything and sees it healthy.
+    async with httpx.AsyncClient(timeout=5) as direct:
+
+        async def ejected_by_cons0() -> bool:
+            return (await direct.get(f"http://127.0.1.61:{port}/flaky")).status_code == 500
+
+        await wait_for(ejected_by_cons0, 15, "cons-0 routes /flaky to the failing backend")
+
     shots = tmp_path
     errors: list[str] = []
     page = await _page(browser, errors)
@@ -129,12 +214,63 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
         await page.locator(f"#node-{node}[data-front=in]").wait_for()
     row = page.locator("#node-cons-0")
     assert "test-replica" in await row.inner_text()
+    # The Envoys disagree about the failing backend: the fleet view says which and how.
+    disagree = page.locator("#disagree-default li[data-cluster=flaky]")
+    await disagree.wait_for()
+    assert f"127.0.0.1:{_port_of(await api.get('/v1/clusters/flaky/backends/f0'))}" in await disagree.inner_text()
+    await disagree.filter(has_text="cons-0 ejected").filter(has_text="cons-1 healthy").wait_for()
     await _labelled(page)
     await page.screenshot(path=shots / "console-fleet.png", full_page=True)
 
-    # -- drain from the UI: it leaves the DNS answer ----------------------------------------
+    # -- drain from the UI, confirmed first: it leaves the DNS answer -----------------------
     await page.get_by_role("button", name="Drain cons-0").click()
+    dialog = page.get_by_role("dialog", name="Drain cons-0?")
+    await dialog.wait_for()
+    said = await dialog.inner_text()
+    assert "cons-0 leaves the front door" in said and "Its connections stay" in said
+    assert not (await _fleet_node(api, "cons-0"))["draining"]  # nothing happens before the operator confirms
+    await _labelled(page)
+    await page.screenshot(path=shots / "console-drain-confirm.png")
+    await dialog.get_by_role("button", name="Drain", exact=True).click()
+    await dialog.wait_for(state="hidden")
     await page.locator("#node-cons-0[data-front=drained]").wait_for()
+
+    # A drain the operator asked for is information, not an alarm: once the replica's probe
+    # of the drained Envoy fails (that is how it leaves), the console still shows no failure.
+    async def withdrawn() -> bool:
+        fh = (await _fleet_node(api, "cons-0")).get("front_health") or {}
+        return bool(fh.get("probed")) and fh.get("ok") is False
+
+    await wait_for(withdrawn, 15, "cons-0's front health check fails once drained")
+    await page.locator("#node-cons-0 [data-col=health]", has_text="withdrawn").wait_for()
+    assert "drained by operator" in await page.locator("#node-cons-0 [data-col=front]").inner_text()
+    assert "failing" not in await page.locator("#node-cons-0").inner_text()
+    assert await page.locator("#node-cons-0 .bad").count() == 0
+
+    # -- draining the last Envoy in service: the API refuses, the console says so -----------
+    await page.get_by_role("button", name="Drain cons-1").click()
+    dialog = page.get_by_role("dialog", name="Drain cons-1?")
+    await dialog.get_by_role("button", name="Drain", exact=True).click()
+    refusal = page.locator("#confirm-refusal[data-code=min-in-service]")
+    await refusal.wait_for()
+    # The same request as the page's (it is refused again, so it changes nothing): the page
+    # shows the API's own words.
+    same = await api.post("/v1/fleet/cons-1/drain", json={"reason": "console"})
+    assert same.status_code == 409 and same.json()["code"] == "min-in-service"
+    assert (await refusal.inner_text()).strip() == same.json()["detail"]
+    # The override is the operator's explicit choice, never made for them.
+    anyway = dialog.get_by_role("button", name="Drain anyway")
+    assert await anyway.is_visible()
+    assert await dialog.get_by_role("button", name="Drain", exact=True).count() == 0
+    await page.screenshot(path=shots / "console-drain-refused.png")
+    assert not (await _fleet_node(api, "cons-1"))["draining"]
+    await dialog.get_by_role("button", name="Cancel").click()
+    await dialog.wait_for(state="hidden")
+    assert not (await _fleet_node(api, "cons-1"))["draining"]
+    answer = (await api.get("/v1/frontdoor/dns", params={"zone": "lbcp.test", "name": "www"})).text
+    assert "127.0.1.62" in answer
+    await page.locator("#node-cons-1[data-front=in]").wait_for()
+
     await page.get_by_role("link", name="Front door").click()
     await page.locator("#fd-members li[data-node=cons-1]").wait_for()
     await page.locator("#fd-members li[data-node=cons-0]").wait_for(state="detached")
@@ -144,6 +280,22 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     assert (await page.locator("#fd-dns").inner_text()).strip() == api_dns.strip()
     await _labelled(page)
     await page.screenshot(path=shots / "console-frontdoor.png", full_page=True)
+
+    # -- an evacuation says its rate; overriding the floor is a separate, explicit choice ----
+    await page.get_by_role("link", name="Fleet").click()
+    await page.get_by_label("Evacuation rate (connections/s)").fill("250")
+    await page.get_by_role("button", name="Drain and evacuate cons-1").click()
+    dialog = page.get_by_role("dialog", name="Drain and evacuate cons-1?")
+    assert "closes" in await dialog.locator("#confirm-evacuation").inner_text()
+    assert "250/s" in await dialog.locator("#confirm-evacuation").inner_text()
+    await dialog.get_by_role("button", name="Drain and evacuate", exact=True).click()
+    await dialog.get_by_role("button", name="Drain and evacuate anyway").click()
+    await dialog.wait_for(state="hidden")
+    await page.locator("#node-cons-1[data-front=drained]").wait_for()
+    forced = await _fleet_node(api, "cons-1")
+    assert forced["draining"] and forced["drain"]["evacuate"] == {"connections_per_second": 250}
+    await page.get_by_role("button", name="Undrain cons-1").click()
+    await page.locator("#node-cons-1[data-front=in]").wait_for()
 
     # -- add a backend from the UI: acked by every Envoy ------------------------------------
     await page.get_by_role("link", name="Intent").click()
@@ -164,6 +316,24 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     await page.locator("#health-checked", has_text="cons-0 sees 1 of 2 hosts healthy").wait_for()
     await page.locator("#health-checked", has_text="cons-1 sees 1 of 2 hosts healthy").wait_for()
     await page.locator("#health-web", has_text="every host healthy on 2 Envoys").wait_for()
+    # ... and per backend: the dead one is failing, in words and in red.
+    await page.locator("#cluster-checked").scroll_into_view_if_needed()
+    await page.locator("#bhealth-checked-down[data-state=failing]").wait_for()
+    await page.locator("#bhealth-checked-up[data-state=healthy]").wait_for()
+    await page.locator("#health-checked.bad", has_text="down failing").wait_for()
+    listed = (await api.get("/v1/clusters/checked/backends", params={"health": "true"})).json()["items"]
+    health = {b["name"]: b["health"] for b in listed}
+    assert health["down"]["state"] == "failing" and health["up"]["state"] == "healthy"
+    # The Envoys disagree about f0: mixed, and who sees what.
+    await page.locator("#cluster-flaky").scroll_into_view_if_needed()
+    await page.locator("#bhealth-flaky-f0[data-state=mixed]").wait_for()
+    assert await page.locator("#bhealth-flaky-f0-detail").inner_text() == "cons-0 ejected · cons-1 healthy"
+    top = await page.locator("#cluster-checked").bounding_box()
+    bottom = await page.locator("#cluster-flaky").bounding_box()
+    assert top and bottom
+    scroll = await page.evaluate("window.scrollY")
+    clip = {"x": 0, "y": top["y"] + scroll - 8, "width": 1280, "height": bottom["y"] + bottom["height"] - top["y"] + 16}
+    await page.screenshot(path=shots / "console-backend-health.png", full_page=True, clip=clip)
 
     # -- an invalid weight: the API's own error, next to the field --------------------------
     weight = page.get_by_label("Weight of b0")
@@ -182,6 +352,7 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     assert await weight.get_attribute("aria-invalid") == "true"
     assert (await api.get("/v1/clusters/web/backends/b0")).json()["weight"] == 1  # nothing was written
     await _labelled(page)
+    await page.evaluate("window.scrollTo(0, 0)")
     await page.screenshot(path=shots / "console-intent.png", full_page=True)
 
     # -- changes: the writes and their rollouts --------------------------------------------
@@ -189,9 +360,10 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     await page.locator(f"#change-{added['revision']} [data-complete=true]").wait_for()
     await page.screenshot(path=shots / "console-changes.png", full_page=True)
 
-    # -- ring: ownership, and a what-if that says what /ring/simulate says -------------------
+    # -- ring: opens on the cluster that carries traffic; ownership, and a what-if ----------
     await page.get_by_role("link", name="Ring").click()
     await page.locator("#share-web-new").wait_for()
+    assert await page.get_by_label("Hash cluster").input_value() == "web"
     shown = {
         name: float(await page.locator(f"#share-{name}").get_attribute("data-share") or "nan")
         for name in ("b0", "b1", "b2", "web-new")
@@ -220,10 +392,32 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     await page.keyboard.press("Enter")
     await page.locator("#node-cons-0[data-front=in]").wait_for()
 
-    # -- narrow screen: the page fits, wide tables scroll inside their own box ---------------
+    # -- uneven load: connections held on cons-1 only; the fleet says so, then even again ----
+    balance = page.locator("#balance-default")
+    await page.locator("#balance-default[data-uneven=false]").wait_for()
+    held = [await _hold(port, "127.0.1.62") for _ in range(6)]
+    try:
+        await page.locator("#balance-default[data-uneven=true]").wait_for()
+        said = await balance.inner_text()
+        assert "cons-1 has 6" in said and "tolerance 10%" in said, said
+        await page.screenshot(path=shots / "console-fleet-uneven.png", full_page=True)
+    finally:
+        for w in held:
+            w.close()
+    await page.locator("#balance-default[data-uneven=false]").wait_for()
+
+    # -- narrow screen: the fleet view as cards, nothing scrolls sideways -------------------
     await page.set_viewport_size({"width": 390, "height": 844})
     await page.locator("#node-cons-1").wait_for()
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    assert await page.evaluate(_SIDEWAYS) == []
+    for node in ("cons-0", "cons-1"):
+        for col in ("node", "front", "conns"):
+            cell = page.locator(f"#node-{node} [data-col={col}]")
+            box = await cell.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["height"] > 0, (node, col, box)
+            assert (await cell.inner_text()).strip()
+        assert await page.locator(f"#node-{node} [data-col=front]").inner_text() == "in service"
     await page.screenshot(path=shots / "console-fleet-narrow.png", full_page=True)
 
     # -- a reader sees everything and can change nothing ------------------------------------
@@ -244,7 +438,7 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
              headers: {authorization: 'Bearer ' + sessionStorage.getItem('lbcp-token')}})).status"""
     )
     assert status_code == 403
-    assert not (await api.get("/v1/fleet/cons-1")).json()["draining"]
+    assert not (await _fleet_node(api, "cons-1"))["draining"]
     await reader.screenshot(path=shots / "console-reader.png", full_page=True)
 
     # Text from intent and Envoys is shown as text: a hostile drain reason does not run.
@@ -256,9 +450,25 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     assert await reader.evaluate("window.pwned === undefined && !document.querySelector('#fleet-table img')")
 
     # The browser logs each refused request: the wrong token and the probe before sign-in
-    # (401), the invalid weight (422) and the reader's write (403). Nothing else may show.
-    expected = [f"status of {s} " for s in (401, 403, 422)]
+    # (401), the reader's write (403), the drain below the floor (409) and the invalid
+    # weight (422). Nothing else may show.
+    expected = [f"status of {s} " for s in (401, 403, 409, 422)]
     unexpected = [e for e in errors + reader_errors if not any(x in e for x in expected)]
     assert not unexpected, unexpected
-    for name in ("fleet", "frontdoor", "intent", "changes", "ring", "fleet-narrow", "reader"):
+    for name in ("fleet", "drain-confirm", "drain-refused", "frontdoor", "intent", "backend-health", "changes", "ring",
+                 "fleet-uneven", "fleet-narrow", "reader"):  # fmt: skip
         assert (shots / f"console-{name}.png").stat().st_size > 10_000
+
+
+def _port_of(resp: httpx.Response) -> int:
+    return int(resp.json()["port"])
+
+
+async def _hold(port: int, host: str) -> asyncio.StreamWriter:
+    """One client connection to an Envoy, kept open after one request (keep-alive)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET / HTTP/1.1\r\nhost: www\r\nu: held\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return writer

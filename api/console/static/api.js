@@ -20,6 +20,7 @@ export class ApiError extends Error {
     this.code = problem.code || "http-error";
     this.title = problem.title || `HTTP ${status}`;
     this.errors = problem.errors || [];
+    this.problem = problem; // every member, e.g. a refused drain's fleet, in_service, override
   }
 
   // The detail for one field (a JSON pointer such as "/weight"), if the API named it.
@@ -56,6 +57,18 @@ export async function request(method, path, { body, params, headers: extra, cont
 }
 
 export const get = (path, params) => request("GET", path, { params });
+
+// Every item of a paged list (`items`, `next_page_token`).
+export async function listAll(path, params = {}) {
+  const items = [];
+  let page;
+  do {
+    const doc = await request("GET", path, { params: { ...params, limit: 1000, page_token: page } });
+    items.push(...doc.items);
+    page = doc.next_page_token;
+  } while (page);
+  return items;
+}
 export const text = async (path, params) => (await request("GET", path, { params })).text;
 
 // Follow /v1/events: `onEvent(name, data)` for each event, `onState(state)` with

@@ -22,11 +22,15 @@ export function replace(el, ...children) {
   el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
 }
 
-// A table with a caption and header cells; rows are arrays of cells (strings or nodes).
+// A table with a caption and header cells; rows are <tr> elements. Each cell gets its
+// column's header as `data-label`, so a `cards` table can show each row as a labelled card
+// on a narrow screen (console.css).
 export function table(caption, headers, rows, attrs = {}) {
+  for (const tr of rows) [...tr.children].forEach((cell, i) => headers[i] && (cell.dataset.label ??= headers[i]));
+  const cards = String(attrs.class || "").split(" ").includes("cards");
   return h(
     "div",
-    { class: "table-wrap", tabindex: "0", role: "region", "aria-label": caption },
+    { class: cards ? "table-wrap cards-wrap" : "table-wrap", tabindex: "0", role: "region", "aria-label": caption },
     h(
       "table",
       attrs,

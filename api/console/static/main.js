@@ -84,6 +84,7 @@ function onEvent(name, d) {
       if (state.changes.length > MAX_CHANGES) state.changes.shift();
       state.intentRevision = Math.max(state.intentRevision, d.revision);
       intent.apply(ctx, d);
+      fleet.apply(ctx, d);
       ring.apply(ctx, d);
       schedule("changes", "intent", "fleet", "ring");
       break;

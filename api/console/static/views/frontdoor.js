@@ -30,7 +30,7 @@ export function mount(el, ctx) {
 
 function inService(ctx) {
   return [...ctx.state.nodes.values()]
-    .filter((n) => n.front_state === "in")
+    .filter((n) => n.front_state === "in" || n.front_state === "kept-full") // render.py's SERVING
     .map((n) => ({ node: n.node_id, address: n.front?.address }))
     .sort((a, b) => a.node.localeCompare(b.node));
 }

@@ -1,7 +1,9 @@
 // Intent: clusters and their backends (edit weight and state, add a backend), listeners,
-// routes and certificates. Loaded once, then kept current from the intent events.
+// routes and certificates. Loaded once, then kept current from the intent events. Each
+// backend shows what the Envoys report of it (`.../backends?health=true`), fetched again when
+// node events change what the Envoys see, for the clusters on screen only.
 
-import { ApiError, request } from "../api.js";
+import { ApiError, listAll, request } from "../api.js";
 import { clearProblem, field, h, keepFocus, replace, showProblem, slug, table, writeButton } from "../dom.js";
 
 const data = { loaded: false, clusters: new Map(), backends: new Map(), listeners: new Map(), routes: new Map(), certificates: new Map() };
@@ -9,17 +11,6 @@ const drafts = new Map(); // input id -> what the operator typed and has not sav
 const status = new Map(); // form id -> {text, revision} shown under it
 let root;
 let body;
-
-async function listAll(path) {
-  const items = [];
-  let page;
-  do {
-    const doc = await request("GET", path, { params: { limit: 1000, page_token: page } });
-    items.push(...doc.items);
-    page = doc.next_page_token;
-  } while (page);
-  return items;
-}
 
 async function load(ctx) {
   try {
@@ -30,8 +21,10 @@ async function load(ctx) {
     data.listeners = new Map(listeners.map((x) => [x.name, x]));
     data.routes = new Map(routes.map((x) => [x.name, x]));
     data.certificates = new Map(certificates.map((x) => [x.name, x]));
-    const lists = await Promise.all(clusters.map((c) => listAll(`/v1/clusters/${encodeURIComponent(c.name)}/backends`)));
+    const sigs = new Map(clusters.map((c) => [c.name, signature(ctx, c.name)]));
+    const lists = await Promise.all(clusters.map((c) => listAll(backendsPath(c.name), { health: "true" })));
     data.backends = new Map(clusters.map((c, i) => [c.name, new Map(lists[i].map((b) => [b.name, b]))]));
+    clusters.forEach((c, i) => keepHealth(c.name, lists[i], sigs.get(c.name)));
     data.loaded = true;
   } catch (err) {
     ctx.notify(`Loading intent: ${err.title}: ${err.message}`, "error");
@@ -45,6 +38,7 @@ export function apply(ctx, ev) {
   for (const c of ev.changes) {
     const obj = c.object ? { ...c.object, revision: ev.revision } : null;
     if (c.kind === "backend") {
+      healthEntry(c.cluster).sig = null; // a backend changed: its health is due again
       const m = data.backends.get(c.cluster) || new Map();
       data.backends.set(c.cluster, m);
       if (c.deleted) m.delete(c.name);
@@ -53,7 +47,10 @@ export function apply(ctx, ev) {
       const m = data[`${c.kind}s`];
       if (c.deleted) {
         m.delete(c.name);
-        if (c.kind === "cluster") data.backends.delete(c.name);
+        if (c.kind === "cluster") {
+          data.backends.delete(c.name);
+          health.delete(c.name);
+        }
       } else m.set(c.name, obj);
     }
   }
@@ -129,6 +126,7 @@ function backendRow(ctx, cluster, b) {
     { id: `backend-${id}` },
     h("th", { scope: "row" }, b.name),
     h("td", {}, `${b.address}:${b.port}`),
+    h("td", { id: `bcell-${id}` }, badge(cluster, b)),
     h("td", {}, h("div", { class: "field inline" }, weight, h("span", { class: "error", id: `weight-${id}-error`, role: "alert" }))),
     h("td", {}, b.zone || "-"),
     h("td", { class: "n" }, b.priority),
@@ -194,39 +192,196 @@ function clusterSection(ctx, c) {
   const lb = c.load_balancer?.type || "round_robin";
   return h(
     "section",
-    { class: "card", id: `cluster-${slug(c.name)}`, "aria-labelledby": `cluster-${slug(c.name)}-title` },
+    { class: "card", id: `cluster-${slug(c.name)}`, "aria-labelledby": `cluster-${slug(c.name)}-title`, dataset: { cluster: c.name } },
     h("h3", { id: `cluster-${slug(c.name)}-title` }, `Cluster ${c.name}`, h("span", { class: "muted" }, ` ${lb}, r${c.revision}`)),
-    h("p", { class: "health", id: `health-${slug(c.name)}`, dataset: { cluster: c.name } }, healthText(ctx, c.name)),
+    h("p", { class: "health", id: `health-${slug(c.name)}`, dataset: { cluster: c.name } }),
     table(
       `Backends of ${c.name}`,
-      ["Backend", "Address", "Weight", "Zone", "Priority", "Admin state", ""],
+      ["Backend", "Address", "Health", "Weight", "Zone", "Priority", "Admin state", ""],
       backends.map((b) => backendRow(ctx, c.name, b)),
     ),
     addForm(ctx, c.name),
   );
 }
 
-// What the Envoys see of a cluster's hosts (their health checks and outlier ejections), from
-// the live load each replica reads off its Envoys.
-function healthText(ctx, cluster) {
-  const reporting = [...ctx.state.nodes.values()].filter((n) => n.load?.clusters);
-  if (!reporting.length) return "Envoy health: not reported (no Envoy's load is read)";
-  const degraded = reporting
-    .filter((n) => n.load.clusters.degraded?.[cluster])
-    .map((n) => {
-      const d = n.load.clusters.degraded[cluster];
-      return `${n.node_id} sees ${d.healthy} of ${d.total} hosts healthy`;
-    });
-  if (degraded.length) return `Envoy health: ${degraded.join("; ")}`;
-  return `Envoy health: every host healthy on ${reporting.length} Envoy${reporting.length > 1 ? "s" : ""}`;
+// -- what the Envoys see of each backend ----------------------------------------------------
+
+const backendsPath = (cluster) => `/v1/clusters/${encodeURIComponent(cluster)}/backends`;
+const HEALTH_EVERY = 2000; // at most one health fetch per cluster on screen per 2 s
+const HEALTH_STALE = 10000; // ... and one at least this often while node events come in
+// cluster -> {byName: Map(backend -> health), at: ms of the last fetch, sig, timer, busy, again}
+const health = new Map();
+const onScreen = new Set(); // clusters whose section is on screen
+let observer = null;
+
+function healthEntry(cluster) {
+  let e = health.get(cluster);
+  if (!e) health.set(cluster, (e = { byName: new Map(), at: 0, sig: null, timer: null, busy: false, again: false }));
+  return e;
 }
 
-// Node events: only the health lines change, so the forms being typed into stay as they are.
+// What the node events say about a cluster's backends: a health fetch is due when it changes.
+function signature(ctx, cluster) {
+  const nodes = [...ctx.state.nodes.values()].sort((a, b) => a.node_id.localeCompare(b.node_id));
+  return JSON.stringify(nodes.map((n) => [n.node_id, n.acked_revision || 0, typeof n.hosts_at === "number", n.hosts?.[cluster] || null]));
+}
+
+function keepHealth(cluster, items, sig) {
+  const e = healthEntry(cluster);
+  e.byName = new Map();
+  for (const b of items) {
+    if (b.health) e.byName.set(b.name, b.health);
+    delete b.health; // the intent objects stay intent; health lives here
+  }
+  e.at = Date.now();
+  e.sig = sig;
+}
+
+async function fetchHealth(ctx, cluster) {
+  const e = healthEntry(cluster);
+  if (e.busy) {
+    e.again = true;
+    return;
+  }
+  e.busy = true;
+  const sig = signature(ctx, cluster);
+  e.at = Date.now();
+  try {
+    keepHealth(cluster, await listAll(backendsPath(cluster), { health: "true" }), sig);
+  } catch {
+    // The cluster may be gone (its intent event redraws) or the API away: keep the last.
+  }
+  e.busy = false;
+  drawHealth(ctx, cluster);
+  if (e.again) {
+    e.again = false;
+    wantHealth(ctx, cluster);
+  }
+}
+
+// Fetch a cluster's health soon: now if the last fetch is 2 s old, else when it will be.
+function wantHealth(ctx, cluster) {
+  const e = healthEntry(cluster);
+  if (e.timer) return;
+  e.timer = setTimeout(() => {
+    e.timer = null;
+    fetchHealth(ctx, cluster);
+  }, Math.max(0, e.at + HEALTH_EVERY - Date.now()));
+}
+
+function maybeRefresh(ctx, cluster) {
+  const e = healthEntry(cluster);
+  if (e.sig !== signature(ctx, cluster) || Date.now() - e.at > HEALTH_STALE) wantHealth(ctx, cluster);
+}
+
+function watchScreen(ctx) {
+  if (observer) observer.disconnect();
+  onScreen.clear();
+  observer = new IntersectionObserver((entries) => {
+    for (const en of entries) {
+      const cluster = en.target.dataset.cluster;
+      if (en.isIntersecting) {
+        onScreen.add(cluster);
+        maybeRefresh(ctx, cluster);
+      } else onScreen.delete(cluster);
+    }
+  });
+  for (const el of body.querySelectorAll("section[data-cluster]")) observer.observe(el);
+}
+
+const STATE_TEXT = {
+  healthy: "healthy",
+  failing: "failing",
+  ejected: "ejected",
+  degraded: "degraded",
+  draining: "draining",
+  pending: "pending",
+  unknown: "unknown",
+  mixed: "mixed",
+};
+const STATE_HELP = {
+  healthy: "every Envoy that reports it sees it healthy",
+  failing: "its active health check fails",
+  ejected: "outlier detection ejected it",
+  degraded: "it reports itself degraded",
+  draining: "being drained",
+  pending: "not checked yet",
+  unknown: "no Envoy reports it",
+  mixed: "the Envoys disagree",
+};
+
+function badge(cluster, b) {
+  const id = `bhealth-${slug(cluster)}-${slug(b.name)}`;
+  const hl = healthEntry(cluster).byName.get(b.name);
+  if (!hl) {
+    const why = "not read yet: it is read for the clusters on screen, again as the Envoys' reports change";
+    return h("span", { id, class: "badge", dataset: { state: "none" }, title: why }, "-");
+  }
+  const per = Object.entries(hl.envoys || {}).sort(([a], [c]) => a.localeCompare(c));
+  const title = `${STATE_HELP[hl.state] || hl.state}${per.length ? `: ${per.map(([n, st]) => `${n} ${st}`).join(", ")}` : ""}`;
+  const out = [h("span", { id, class: `badge hstate-${hl.state}`, dataset: { state: hl.state }, title }, STATE_TEXT[hl.state] || hl.state)];
+  if (hl.state === "mixed") {
+    // Who sees what: each Envoy for a few, counts for many.
+    const detail = per.length <= 6
+      ? per.map(([n, st]) => `${n} ${st}`).join(" · ")
+      : Object.entries(hl.counts || {}).map(([st, k]) => `${k} ${st}`).join(" · ");
+    out.push(h("span", { class: "hdetail", id: `${id}-detail` }, detail));
+  }
+  return h("span", { class: "health-cell" }, out);
+}
+
+function drawHealth(ctx, cluster) {
+  for (const b of (data.backends.get(cluster) || new Map()).values()) {
+    const cell = document.getElementById(`bcell-${slug(cluster)}-${slug(b.name)}`);
+    if (cell) replace(cell, badge(cluster, b));
+  }
+}
+
+// The backend at an Envoy's host address ("127.0.0.1:8080"), if the intent is loaded.
+export function backendAt(cluster, address) {
+  for (const b of (data.backends.get(cluster) || new Map()).values()) {
+    if (`${b.address}:${b.port}` === address || `[${b.address}]:${b.port}` === address) return b.name;
+  }
+  return null;
+}
+
+const BAD = new Set(["failing", "ejected"]);
+
+// What the Envoys see of a cluster's hosts (their health checks and outlier ejections), from
+// the live load each replica reads off its Envoys and the hosts each does not see healthy.
+function healthLine(ctx, cluster) {
+  const nodes = [...ctx.state.nodes.values()].sort((a, b) => a.node_id.localeCompare(b.node_id));
+  const reporting = nodes.filter((n) => n.load?.clusters || typeof n.hosts_at === "number");
+  if (!reporting.length) return { text: "Envoy health: not reported (no Envoy's load is read)", level: "" };
+  let level = "";
+  const said = [];
+  for (const n of reporting) {
+    const d = n.load?.clusters?.degraded?.[cluster];
+    const hosts = Object.entries(n.hosts?.[cluster] || {}).sort(([a], [b]) => a.localeCompare(b));
+    if (!d && !hosts.length) continue;
+    level ||= "warn";
+    let text = d ? `${n.node_id} sees ${d.healthy} of ${d.total} hosts healthy` : `${n.node_id} sees hosts not healthy`;
+    if (hosts.length) {
+      text += `: ${hosts.map(([addr, st]) => `${backendAt(cluster, addr) || addr} ${st}`).join(", ")}`;
+      if (hosts.some(([, st]) => BAD.has(st))) level = "bad";
+    }
+    said.push(text);
+  }
+  if (said.length) return { text: `Envoy health: ${said.join("; ")}`, level };
+  if (!data.backends.get(cluster)?.size) return { text: "Envoy health: no backends", level: "" };
+  return { text: `Envoy health: every host healthy on ${reporting.length} Envoy${reporting.length > 1 ? "s" : ""}`, level: "" };
+}
+
+// Node events: only the health lines and badges change, so the forms being typed into stay
+// as they are; the clusters on screen fetch their backends' health again when it is due.
 export function updateHealth(ctx) {
   for (const el of document.querySelectorAll("#intent-body .health")) {
-    el.textContent = healthText(ctx, el.dataset.cluster);
-    el.classList.toggle("warn", el.textContent.includes(" sees "));
+    const { text, level } = healthLine(ctx, el.dataset.cluster);
+    el.textContent = text;
+    el.classList.toggle("warn", level === "warn");
+    el.classList.toggle("bad", level === "bad");
   }
+  for (const cluster of onScreen) maybeRefresh(ctx, cluster);
 }
 
 function expiry(cert) {
@@ -273,5 +428,6 @@ export function update(ctx) {
       ),
     ),
   );
+  watchScreen(ctx);
   updateHealth(ctx);
 }

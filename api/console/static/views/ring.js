@@ -1,7 +1,7 @@
 // Ring: a hash cluster's key-space ownership as every Envoy builds it, a what-if (remove or
 // reweight backends and see the share of keys that would move) and a key lookup.
 
-import { ApiError, request } from "../api.js";
+import { ApiError, listAll, request } from "../api.js";
 import { h, pct, replace, slug } from "../dom.js";
 
 let body;
@@ -27,17 +27,35 @@ export function mount(el, ctx) {
 
 async function loadClusters(ctx) {
   try {
-    const doc = await request("GET", "/v1/clusters", { params: { limit: 1000 } });
-    const names = doc.items.filter((c) => HASHING.has(c.load_balancer?.type)).map((c) => c.name);
+    const [clusters, routes] = await Promise.all([listAll("/v1/clusters"), listAll("/v1/routes")]);
+    const names = clusters.filter((c) => HASHING.has(c.load_balancer?.type)).map((c) => c.name).sort();
     replace(picker, names.map((n) => h("option", { value: n }, n)));
     if (!names.length) {
       replace(body, h("p", { class: "empty" }, "No cluster hashes its requests (maglev or ring_hash)."));
       return;
     }
-    choose(ctx, names.includes(selected) ? selected : names[0]);
+    choose(ctx, names.includes(selected) ? selected : await busiest(names, routes));
   } catch (err) {
     ctx.notify(`Loading clusters: ${err.message}`, "error");
   }
+}
+
+// The ring to open on: one that carries traffic, not the first name in the alphabet. First
+// the clusters a route hashes requests to, then those any route sends to, then the rest;
+// of those, the first with backends.
+async function busiest(names, routes) {
+  const rank = new Map(names.map((n) => [n, 2]));
+  for (const r of routes) {
+    for (const b of r.backends || []) {
+      if (rank.has(b.cluster)) rank.set(b.cluster, Math.min(rank.get(b.cluster), r.hash_policies?.length ? 0 : 1));
+    }
+  }
+  const order = [...names].sort((a, b) => rank.get(a) - rank.get(b) || a.localeCompare(b));
+  for (const name of order.slice(0, 20)) {
+    const doc = await request("GET", `/v1/clusters/${encodeURIComponent(name)}/backends`, { params: { limit: 1 } });
+    if (doc.items.length) return name;
+  }
+  return order[0];
 }
 
 async function choose(ctx, name) {
