@@ -14,7 +14,7 @@ from controlplane.intent.store import Store
 from controlplane.xds.client import AdsClient
 from controlplane.xds.resources import LISTENER_TYPE, SECRET_TYPE
 from tests.certs import CA
-from tests.controlplane.xds.server.test_protocol import QUIET, _settle
+from tests.controlplane.xds.server.test_protocol import QUIET, _pushes, _settle
 
 
 @pytest.fixture
@@ -35,7 +35,14 @@ async def _secret(c: AdsClient, delta: bool, names: list[str]):
         await c.delta_request(SECRET_TYPE, subscribe=names)
     else:
         await c.request(SECRET_TYPE, names)
-    return await c.recv(QUIET * 3)
+    return await c.recv()
+
+
+async def _ack(c: AdsClient, delta: bool, resp, names: list[str] = ()) -> None:
+    if delta:
+        await c.delta_request(resp.type_url, nonce=resp.nonce)
+    else:
+        await c.request(resp.type_url, names, version=resp.version_info, nonce=resp.nonce)
 
 
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
@@ -47,6 +54,11 @@ async def test_secrets_are_per_fleet_sealed_keys_open_and_rotation_pushes_only_t
     await store.put(
         Certificate(name="site", certificate_chain=first.cert_pem.decode(), private_key=first.key_pem.decode())
     )
+    # The other fleet serves a certificate of its own: what it is sent shows the replica did
+    # answer its request (a positive answer, not a silence that might still end).
+    own = ca.issue("other.example.com", ["other.example.com"])
+    await store.put(Certificate(name="own", certificate_chain=own.cert_pem.decode(), private_key=own.key_pem.decode()))
+    await store.put(Listener(name="other-https", port=9443, fleets=["other"], tls=ListenerTLS(certificates=["own"])))
     rev = (
         await store.put(Listener(name="https", port=8443, fleets=["edge"], tls=ListenerTLS(certificates=["site"])))
     ).revision
@@ -74,10 +86,12 @@ async def test_secrets_are_per_fleet_sealed_keys_open_and_rotation_pushes_only_t
     else:
         await listeners.request(LISTENER_TYPE, version=lds.version_info, nonce=lds.nonce)
 
-    # Another fleet has no listener that needs "site": it never gets the key.
+    # Another fleet has no listener that needs "site": it never gets the key. Asked for both,
+    # it is answered with its own certificate alone.
     other = await _client(replica, "other-1", "other", delta)
-    leaked = await _secret(other, delta, ["site"])
-    assert leaked is None or "site" not in AdsClient.decode(leaked)
+    answer = await _secret(other, delta, ["site", "own"])
+    assert answer is not None and set(AdsClient.decode(answer)) == {"own"}
+    await _ack(other, delta, answer, ["site", "own"])
 
     # Rotation: the Secret is pushed; the Listener is not.
     second = ca.issue("www.example.com", ["www.example.com"])
@@ -87,6 +101,24 @@ async def test_secrets_are_per_fleet_sealed_keys_open_and_rotation_pushes_only_t
     pushed = await edge.recv()
     assert AdsClient.decode(pushed)["site"].tls_certificate.private_key.inline_bytes == second.key_pem
     assert await listeners.recv(QUIET) is None  # same names, same Listener bytes: nothing to send
+    # The markers: a new edge listener must reach `listeners`, and the other fleet's own
+    # certificate rotated must reach `other`, each as the first response after the rotation
+    # (a Listener resend, or "site" sent to the other fleet, would come first), and the
+    # replica counts no other push on those streams.
+    await store.put(Listener(name="plain", port=8080, fleets=["edge"]))
+    lds2 = await listeners.recv()
+    assert lds2 is not None and "plain" in AdsClient.decode(lds2)
+    assert set(AdsClient.decode(lds2)) == ({"plain"} if delta else {"https", "plain"})
+    own2 = ca.issue("other.example.com", ["other.example.com"])
+    await store.put(
+        Certificate(name="own", certificate_chain=own2.cert_pem.decode(), private_key=own2.key_pem.decode())
+    )
+    rotated = await other.recv()
+    assert rotated is not None and set(AdsClient.decode(rotated)) == {"own"}
+    assert AdsClient.decode(rotated)["own"].tls_certificate.private_key.inline_bytes == own2.key_pem
+    assert _pushes(replica, "edge-2") == {LISTENER_TYPE: 2}
+    assert _pushes(replica, "other-1") == {SECRET_TYPE: 2}
+    assert _pushes(replica, "edge-1") == {SECRET_TYPE: 2}
     for c in (edge, listeners, other):
         await c.close()
 
