@@ -76,6 +76,21 @@ def _dns_answers(port: int, name: str) -> bool:
         return False
 
 
+# Backends the README's first-minutes walk adds, started by `lbcp up` on these fixed ports
+# (when free) so that the walk works as written; shop-3 (:9103) is left dead on purpose.
+WALK_BACKENDS = {"web-4": 9004, "shop-1": 9101, "shop-2": 9102}
+
+
+def _walk_backends() -> list[DemoBackend]:
+    started = []
+    for name, port in WALK_BACKENDS.items():
+        try:
+            started.append(DemoBackend(name, port=port))
+        except OSError as exc:
+            _say(f"  note: {name} not started on 127.0.0.1:{port} ({exc.strerror}): the README walk will see it dead")
+    return started
+
+
 def _demo_intent(backends: list[DemoBackend], listener_port: int) -> list[dict[str, Any]]:
     return [
         {
@@ -86,7 +101,10 @@ def _demo_intent(backends: list[DemoBackend], listener_port: int) -> list[dict[s
                 "load_balancer": {"type": "maglev"},
                 "connect_timeout": "1s",
                 "health_check": {
-                    "passive": {"consecutive_5xx": 5, "base_ejection_time": "30s", "max_ejection_percent": 34}
+                    # Each Envoy checks each backend every 2 s: a dead one is out of rotation
+                    # before users find it, and the per-backend health shows it.
+                    "active": {"type": "http", "path": "/healthz", "interval": "2s", "timeout": "1s"},
+                    "passive": {"consecutive_5xx": 5, "base_ejection_time": "30s", "max_ejection_percent": 34},
                 },
             },
         },
@@ -154,6 +172,7 @@ def up(
     procs: list[tuple[str, Proc]] = []
     envoy_procs: list[EnvoyProcess] = []
     demo: list[DemoBackend] = []
+    walk: list[DemoBackend] = []  # the README walk's (WALK_BACKENDS), not in intent
     etcd = EtcdCluster(state / "etcd", size=etcd_nodes, token=f"lbcp-{os.getpid()}")
     stopping = False
 
@@ -221,6 +240,10 @@ def up(
             _say(f"  demo backends: {', '.join(f'{b.name}@127.0.0.1:{b.port}' for b in demo)}")
         if demo and demo_intent:
             Client(api_url).post("/v1/batch", {"operations": _demo_intent(demo, listener_port)})
+            walk += _walk_backends()
+            _say(
+                f"  for the README walk: {', '.join(f'{b.name}@127.0.0.1:{b.port}' for b in walk)} (not in intent yet)"
+            )
             _say("  demo intent applied: cluster web (maglev, hash on x-user-id), listener http, route web")
 
         for i in range(envoys):
@@ -331,7 +354,7 @@ def up(
             e.stop()
         for _, p in reversed(procs):
             p.stop()
-        for b in demo:
+        for b in demo + walk:
             b.stop()
         etcd.stop()
         (state / STATE_FILE).unlink(missing_ok=True)

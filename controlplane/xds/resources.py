@@ -203,6 +203,9 @@ def cluster_resource(c: Cluster, backends: Iterable[Backend] = ()) -> cluster_pb
         else:
             check.tcp_health_check.CopyFrom(health_check_pb2.HealthCheck.TcpHealthCheck())
         out.health_checks.append(check)
+        # A backend added to a checked cluster takes traffic only once it passed a check (Envoy's
+        # default sends it traffic until the first check fails: 503s from a dead new backend).
+        out.common_lb_config.ignore_new_hosts_until_first_hc = True
     if hc is not None and hc.passive is not None:
         p = hc.passive
         out.outlier_detection.CopyFrom(
