@@ -391,6 +391,8 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     await page.get_by_role("button", name="Undrain cons-0").focus()
     await page.keyboard.press("Enter")
     await page.locator("#node-cons-0[data-front=in]").wait_for()
+    # ... and the keyboard is still where it was: on the same button, now "Drain cons-0".
+    await page.get_by_role("button", name="Drain cons-0").and_(page.locator(":focus")).wait_for()
 
     # -- uneven load: connections held on cons-1 only; the fleet says so, then even again ----
     balance = page.locator("#balance-default")

@@ -164,7 +164,7 @@ function confirmDrain(ctx, n, evacuate) {
     title: `${what} ${n.node_id}?`,
     body,
     confirm: what,
-    focus: [`${evacuate ? "evacuate" : "drain"}-${id}`, `undrain-${id}`, `drain-${id}`],
+    focus: [evacuate ? `evacuate-${id}` : `toggle-${id}`, `toggle-${id}`],
     override: {
       code: "min-in-service",
       label: `${what} anyway`,
@@ -183,13 +183,14 @@ function confirmDrain(ctx, n, evacuate) {
   });
 }
 
+// Drain and Undrain share an id, so the keyboard stays on the button as it turns into the other.
 function actions(ctx, n) {
   const id = slug(n.node_id);
   if (n.draining) {
     return h(
       "div",
       { class: "actions" },
-      writeButton(ctx, "Undrain", { id: `undrain-${id}`, "aria-label": `Undrain ${n.node_id}` }, () =>
+      writeButton(ctx, "Undrain", { id: `toggle-${id}`, "aria-label": `Undrain ${n.node_id}` }, () =>
         act(ctx, `undrain ${n.node_id}`, () => request("DELETE", nodePath(n.node_id))),
       ),
       n.evacuation || n.drain?.evacuate
@@ -202,7 +203,7 @@ function actions(ctx, n) {
   return h(
     "div",
     { class: "actions" },
-    writeButton(ctx, "Drain", { id: `drain-${id}`, "aria-label": `Drain ${n.node_id}` }, () => confirmDrain(ctx, n, false)),
+    writeButton(ctx, "Drain", { id: `toggle-${id}`, "aria-label": `Drain ${n.node_id}` }, () => confirmDrain(ctx, n, false)),
     writeButton(ctx, "Evacuate", { id: `evacuate-${id}`, "aria-label": `Drain and evacuate ${n.node_id}` }, () =>
       confirmDrain(ctx, n, true),
     ),
