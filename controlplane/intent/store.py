@@ -174,6 +174,11 @@ class Store:
     async def get(self, ref: Ref) -> Stored[Any]:
         resp = await self.etcd.range(self.keys.key(ref))
         if not resp.kvs:
+            if ref.cluster is not None:
+                # A backend of a cluster that does not exist: say which is missing.
+                cluster = await self.etcd.range(self.keys.key(Ref(Kind.CLUSTER, ref.cluster)), count_only=True)
+                if cluster.count == 0:
+                    raise NotFound("cluster", ref.cluster)
             raise NotFound(str(ref.kind), ref.name if ref.cluster is None else f"{ref.cluster}/{ref.name}")
         kv = resp.kvs[0]
         return Stored(self.keys.decode(ref.kind, kv.value), kv.mod_revision, kv.create_revision)

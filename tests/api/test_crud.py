@@ -127,3 +127,18 @@ async def test_pagination(api: httpx.AsyncClient) -> None:
     assert names == [f"c{i}" for i in range(5)]
     r = await api.get("/v1/clusters", params={"page_token": "garbage"})
     assert r.status_code == 400 and r.json()["code"] == "invalid-page-token"
+
+
+async def test_a_backend_of_a_missing_cluster_names_the_cluster(api) -> None:
+    for method, body in (("GET", None), ("PATCH", {"admin_state": "drain"}), ("DELETE", None)):
+        r = await api.request(
+            method,
+            "/v1/clusters/nope/backends/web-1",
+            json=body,
+            headers={"content-type": "application/merge-patch+json"} if body else {},
+        )
+        assert r.status_code == 404, (method, r.text)
+        assert r.json()["code"] == "cluster-not-found" and r.json()["detail"] == "cluster 'nope' does not exist"
+    assert (await api.put("/v1/clusters/web", json={})).status_code == 201
+    missing = await api.get("/v1/clusters/web/backends/web-1")
+    assert missing.json()["code"] == "backend-not-found"
