@@ -7,7 +7,8 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,46 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from api.cli.client import Client, discover
+from api.cli.client import ApiProblem, Client, discover
+
+# What carries on when Ctrl-C stops the command now running (one line, or None: nothing to
+# say). Set by a command just before it starts to follow or wait; `main` prints it.
+_interrupt_note: str | None = None
+
+
+def on_interrupt(note: str | None) -> None:
+    """Say `note` if Ctrl-C stops the command from here on (what the interruption leaves)."""
+    global _interrupt_note
+    _interrupt_note = note
+
+
+def interrupt_note() -> str | None:
+    return _interrupt_note
+
+
+def problem_lines(exc: ApiProblem, args: argparse.Namespace | None = None) -> list[str]:
+    """An API problem as the CLI prints it: `error: DETAIL (code)` once (a 422's field
+    errors are its detail: each printed once, one per line when there are several), then
+    a `hint:` naming this CLI's flag, never the API's query parameter."""
+    errors = [f"{e.get('pointer') or '/'}: {e.get('detail')}" for e in exc.body.get("errors") or []]
+    detail = exc.detail.replace("?force=true", "--force")
+    suffix = f" ({exc.code})" if exc.status else ""
+    if len(errors) > 1 and all(e in detail for e in errors):
+        lines = [f"error: {len(errors)} invalid fields{suffix}:", *(f"  {e}" for e in errors)]
+    else:
+        lines = [f"error: {detail}{suffix}", *(f"  {e}" for e in errors if e not in detail)]
+    hint = exc.hint
+    if hint is None and exc.body.get("override") == "force" and args is not None and hasattr(args, "force"):
+        hint = "add --force to do it anyway"
+    if hint is None and exc.status == 0:
+        hint = "is the admin API running? `lbcp up` starts one; --api or LBCP_API points at another"
+    if hint is None and exc.status in (401, 403):
+        hint = "give a token with --token or LBCP_TOKEN" + (
+            " (a writer's, to change things)" if exc.status == 403 else ""
+        )
+    if hint:
+        lines.append(f"hint: {hint}")
+    return lines
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
@@ -42,9 +82,11 @@ def _cell(value: Any) -> Text:
     return Text(s, style=_STYLES.get(s, ""))
 
 
-def progress() -> Progress:
-    """A progress bar on stderr (plain when it is not a terminal)."""
-    return Progress(
+@contextmanager
+def progress() -> Iterator[Progress]:
+    """A progress bar on stderr (on a terminal live; otherwise its last state, once, at the
+    end). Stopped by Ctrl-C it leaves nothing behind: the interruption's note says it all."""
+    bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -52,6 +94,14 @@ def progress() -> Progress:
         console=Console(stderr=True),
         transient=False,
     )
+    with bar:
+        try:
+            yield bar
+        except KeyboardInterrupt:
+            bar.live.transient = True  # a terminal's bar is cleared
+            if not bar.console.is_terminal:
+                bar.console.file = io.StringIO()  # and elsewhere none is written, not even its newline
+            raise
 
 
 def follow_rollout(c: Client, revision: int, timeout: float) -> int:
@@ -59,6 +109,7 @@ def follow_rollout(c: Client, revision: int, timeout: float) -> int:
     one rejected it (1, with Envoy's message) or `timeout` seconds passed (1)."""
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
+    on_interrupt(f"stopped waiting: r{revision} is written and rolls out all the same (`lbcp watch` follows it)")
     with progress() as bar:
         task = bar.add_task(f"rolling out r{revision}", total=None)
         while True:
@@ -85,8 +136,15 @@ def wait_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def emit(
-    items: list[dict[str, Any]], output: str, headers: list[str], row: Callable[[dict[str, Any]], list[Any]]
+    items: list[dict[str, Any]],
+    output: str,
+    headers: list[str],
+    row: Callable[[dict[str, Any]], list[Any]],
+    wide: tuple[list[str], Callable[[dict[str, Any]], list[Any]]] | None = None,
 ) -> None:
+    """Items as JSON, YAML or a table; `-o wide` is the table with `wide`'s columns."""
+    if output == "wide" and wide is not None:
+        headers, row = wide
     if output == "json":
         print(json.dumps(items, indent=2))
     elif output == "yaml":

@@ -22,12 +22,21 @@ class ApiProblem(Exception):
     title: str
     detail: str
     body: dict[str, Any] = field(default_factory=dict)
+    # What to do about it, in the CLI's terms (a flag), set by the command that knows.
+    hint: str | None = None
 
     def __str__(self) -> str:
         lines = [f"{self.title} ({self.status} {self.code}): {self.detail}"]
         for e in self.body.get("errors", []):
             lines.append(f"  {e.get('pointer') or '/'}: {e.get('detail')}")
         return "\n".join(lines)
+
+
+def unreachable(client: Client, exc: Exception) -> ApiProblem:
+    """The problem for an API that did not answer (status 0: nothing came back)."""
+    why = str(exc) or type(exc).__name__
+    return ApiProblem(0, "api-unreachable", "Admin API unreachable", f"no answer from the admin API at "
+                      f"{client.http.base_url}: {why}")  # fmt: skip
 
 
 def discover(state_dir: str | Path = ".lbcp") -> tuple[str, str | None]:
@@ -64,7 +73,7 @@ class Client:
         try:
             r = self.http.request(method, path, json=json_body, params=params, headers=headers)
         except httpx.HTTPError as exc:
-            raise ApiProblem(0, "api-unreachable", "Admin API unreachable", f"{self.http.base_url}: {exc}") from None
+            raise unreachable(self, exc) from None
         if r.status_code >= 400:
             self.raise_problem(r)
         return r
@@ -87,10 +96,10 @@ class Client:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
 
-    def list_all(self, path: str) -> list[dict[str, Any]]:
+    def list_all(self, path: str, **params: Any) -> list[dict[str, Any]]:
         items, token = [], None
         while True:
-            page = self.get(path, limit=1000, page_token=token)
+            page = self.get(path, limit=1000, page_token=token, **params)
             items += page["items"]
             token = page.get("next_page_token")
             if not token:

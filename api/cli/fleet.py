@@ -15,9 +15,8 @@ from urllib.parse import quote
 import httpx
 import yaml
 
-from api.cli._common import client_for, emit, progress, table
+from api.cli._common import client_for, emit, on_interrupt, progress, table
 from api.cli.client import ApiProblem, Client
-from controlplane.xds.resources import GATE_PREFIX
 
 
 def cmd_node_drain(args: argparse.Namespace) -> int:
@@ -25,10 +24,25 @@ def cmd_node_drain(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"force": "true"} if args.force else {}
     if args.wait and not args.evacuate:
         params |= {"wait": "withdrawn", "timeout": f"{args.wait}s"}
+        on_interrupt(
+            f"interrupted: {args.node} may be drained already (`lbcp fleet show {args.node}` says, "
+            f"`lbcp node undrain {args.node}` undoes it)"
+        )
     body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
     if args.evacuate:
         body["evacuate"] = {"connections_per_second": args.rate}
-    r = c.request("POST", f"/v1/fleet/{quote(args.node, safe='')}/drain", json_body=body or None, params=params).json()
+    try:
+        r = c.request("POST", f"/v1/fleet/{quote(args.node, safe='')}/drain", json_body=body or None, params=params)
+    except ApiProblem as exc:
+        if exc.body.get("override") == "force":  # the API would do it if told to: say how, in this CLI's terms
+            verb = "evacuate" if args.evacuate else "drain"
+            exc.hint = (
+                f"add --force to {verb} it before it connects"
+                if exc.code == "node-not-found"
+                else f"add --force to {verb} anyway"
+            )
+        raise
+    r = r.json()
     if args.evacuate:
         print(f"node {args.node} drained (revision {r['revision']}); evacuating at {args.rate} connections/s")
         return _follow_evacuation(c, args.node, args.wait) if args.wait else 0
@@ -53,6 +67,7 @@ def _follow_evacuation(c: Client, node: str, timeout: float) -> int:
         return (doc.get("load") or {}).get("connections"), doc.get("evacuation") or {}
 
     start = time.monotonic()
+    on_interrupt(f"stopped following: {node} stays drained and goes on evacuating")
     first, _ = held()
     total = max(1, first or 1)
     with progress() as bar:
@@ -88,6 +103,7 @@ def cmd_fleet_rebalance(args: argparse.Namespace) -> int:
         return 0
     start = time.monotonic()
     status: dict[str, Any] = {}
+    on_interrupt(f"stopped following: fleet {args.fleet} goes on rebalancing")
     with progress() as bar:
         task = bar.add_task(f"rebalancing {args.fleet}", total=None)
         while time.monotonic() - start < args.wait:
@@ -117,9 +133,9 @@ def cmd_node_undrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _moving(evacuation: dict[str, Any] | None) -> str:
+def _moving(evacuation: dict[str, Any] | None, none: str = "-") -> str:
     if not evacuation:
-        return "-"
+        return none
     return f"{evacuation.get('state')} ({evacuation.get('remaining', 0)} left at {evacuation.get('rate', 0):.0f}/s)"
 
 
@@ -147,8 +163,20 @@ def _acked(node: dict[str, Any], latest: int) -> str:
     return f"r{r}" if not latest or r >= latest else f"r{r} of r{latest}"
 
 
+def sync_summary(node: dict[str, Any]) -> str:
+    """The four types' sync states in one word, for the narrow table: SYNCED when all are,
+    else the worst state with the types in it (`STALE eds,rds`, `REJECTED cds`)."""
+    states = {t: sync_state(node, t) for t in SYNC_TYPES}
+    for worst in ("REJECTED", "STALE", "NOT SENT"):
+        types = [t for t, st in states.items() if st == worst]
+        if types:
+            return f"{worst} {','.join(types)}"
+    return "SYNCED"
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
-    """One row per connected Envoy: where it is, what it holds, and whether it is in front of clients."""
+    """One row per connected Envoy: where it is, what it holds, and whether it is in front
+    of clients. The default table fits 80 columns; `-o wide` has every column (kubectl's way)."""
     doc = client_for(args).get("/v1/fleet")
     latest = doc.get("intent_revision", 0)
     nodes = doc["nodes"]
@@ -156,7 +184,15 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         nodes = [n for n in nodes if n.get("fleet") == args.fleet]
     nodes.sort(key=lambda n: (n.get("fleet", ""), n["node_id"]))
 
+    def headroom(load: dict[str, Any]) -> str:
+        return "-" if load.get("headroom") is None else f"{load['headroom'] * 100:.0f}%"
+
     def row(n: dict[str, Any]) -> list[Any]:
+        load = n.get("load") or {}
+        return [n["node_id"], n.get("fleet"), n.get("front_state"), sync_summary(n), _acked(n, latest),
+                load.get("connections", "-"), headroom(load)]  # fmt: skip
+
+    def wide_row(n: dict[str, Any]) -> list[Any]:
         load = n.get("load") or {}
         return [
             n["node_id"],
@@ -170,57 +206,74 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             _rate(load.get("connections_per_second")),
             _rate(load.get("tls_handshakes_per_second")),
             load.get("http2_streams", "-"),
-            "-" if load.get("headroom") is None else f"{load['headroom'] * 100:.0f}%",
+            headroom(load),
             "yes" if load.get("overloaded") else ("no" if load else "-"),
             _moving(n.get("evacuation")),
         ]
 
-    headers = ["NODE", "FLEET", "REPLICA", "ADDRESS", "FRONT", *(t.upper() for t in SYNC_TYPES), "ACKED"]
-    headers += ["CONNS", "NEW/S", "TLS/S", "H2", "HEADROOM", "OVERLOAD", "MOVING"]
-    emit(nodes, args.output, headers, row)
-    if args.output == "table":
+    headers = ["NODE", "FLEET", "FRONT", "SYNC", "ACKED", "CONNS", "HEADROOM"]
+    wide = ["NODE", "FLEET", "REPLICA", "ADDRESS", "FRONT", *(t.upper() for t in SYNC_TYPES), "ACKED"]
+    wide += ["CONNS", "NEW/S", "TLS/S", "H2", "HEADROOM", "OVERLOAD", "MOVING"]
+    emit(nodes, args.output, headers, row, wide=(wide, wide_row))
+    if args.output in ("table", "wide"):
         for fleet, st in sorted((doc.get("rebalances") or {}).items()):
             if (not args.fleet or fleet == args.fleet) and st.get("state") == "rebalancing":
                 print(
                     f"fleet {fleet}: rebalancing at {st.get('rate', 0):.0f}/s, {st.get('moved', 0)} moved, "
                     f"{st.get('remaining', 0)} over the mean"
                 )
+        if args.output == "table":
+            moving = [n["node_id"] for n in nodes if n.get("evacuation")]
+            if moving:
+                print(f"evacuating: {', '.join(moving)} (-o wide: how far)")
     return 0
 
 
 def cmd_fleet_show(args: argparse.Namespace) -> int:
-    """Everything lbcp knows of one Envoy, per xDS type and in front of clients."""
+    """Everything lbcp knows of one Envoy, per xDS type and in front of clients (as `kubectl
+    describe` shows an object: one field a line, then the per-type table, each column said)."""
     node = args.node
-    doc = client_for(args).get(f"/v1/fleet/{quote(node, safe='')}")
+    c = client_for(args)
+    doc = c.get(f"/v1/fleet/{quote(node, safe='')}")
     if args.output != "table":
         emit([doc], args.output, [], lambda d: [])
         return 0
     load = doc.get("load") or {}
     front = doc.get("front") or {}
     health = doc.get("front_health") or {}
+    acked = doc.get("acked_revision", 0)
     fields = [
-        ("node", doc["node_id"]),
-        ("fleet", doc.get("fleet")),
-        ("replica", f"{doc.get('replica')} ({doc.get('protocol')}, {doc.get('streams', 1)} stream(s))"),
-        ("peer", doc.get("peer")),
-        ("identity", doc.get("identity", "-")),
-        ("connected", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc.get("connected_since", 0)))),
-        ("acked revision", doc.get("acked_revision")),
-        ("front", f"{doc.get('front_state')} at {front.get('address') or '-'}"),
-        ("health check", "not probed" if not health.get("probed") else ("passing" if health.get("ok") else "failing")),
-        ("drain", _drain(doc.get("drain"))),
-        ("moving", _moving(doc.get("evacuation"))),
-        ("load", _load(load)),
+        ("Node", doc["node_id"]),
+        ("Fleet", doc.get("fleet")),
+        ("Replica", f"{doc.get('replica')} ({doc.get('protocol')} xDS, {_count(doc.get('streams', 1), 'stream')})"),
+        ("Peer", doc.get("peer")),
+        ("Identity", doc.get("identity") or "none (no client certificate)"),
+        ("Connected", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc.get("connected_since", 0)))),
+        ("Acked", f"r{acked} (the etcd revision of the newest config it acked)"),
+        ("Front", f"{doc.get('front_state')}, at {front.get('address') or 'no address yet'}"),
+        ("Health check", "not probed" if not health.get("probed") else ("passing" if health.get("ok") else "failing")),
+        ("Drain", _drain(doc.get("drain"))),
+        ("Moving", _moving(doc.get("evacuation"), none="no")),
+        ("Load", _load(load)),
     ]
-    print(table([[k, v] for k, v in fields], ["FIELD", "VALUE"]))
+    width = max(len(k) for k, _ in fields) + 2
+    for k, v in fields:
+        print(f"{k + ':':<{width}}{v}")
     print()
+    print("xDS, per type: the version sent and the version acked (an etcd revision, or a hash for this")
+    print("Envoy's own listener variants), responses sent and their bytes (counts), the last NACK")
     rows = []
     for short, st in sorted((doc.get("types") or {}).items()):
         nack = st.get("last_nack") or {}
-        rows.append([short.upper(), sync_state(doc, short), st.get("sent_version"), st.get("acked_version"),
-                     st.get("pushes"), st.get("bytes_sent"), nack.get("message", "-")])  # fmt: skip
-    print(table(rows, ["TYPE", "STATE", "SENT", "ACKED", "PUSHES", "BYTES", "LAST NACK"]))
+        rows.append([short.upper(), sync_state(doc, short), st.get("sent_version") or "none",
+                     st.get("acked_version") or "none", st.get("pushes", 0), st.get("bytes_sent", 0),
+                     nack.get("message") or "none"])  # fmt: skip
+    print(table(rows, ["TYPE", "STATE", "SENT VERSION", "ACKED VERSION", "RESPONSES", "BYTES", "LAST NACK"]))
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -244,6 +297,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     except (httpx.HTTPError, ValueError) as exc:
         print(f"error: {args.node}'s admin at {admin} did not answer: {exc}", file=sys.stderr)
         return 1
+    from controlplane.xds.resources import GATE_PREFIX  # (envoy's protos: loaded only when needed)
+
     envoy = envoy_resources(dump)
     differs = 0
     for short, got in doc["types"].items():
@@ -273,11 +328,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _load(load: dict[str, Any]) -> str:
     if not load:
         return "not reported"
-    headroom = "-" if load.get("headroom") is None else f"{load['headroom'] * 100:.0f}%"
+    headroom = (
+        "no capacity set for its fleet" if load.get("headroom") is None else f"{load['headroom'] * 100:.0f}% headroom"
+    )
     return (
-        f"{load.get('connections', 0)} connections ({_rate(load.get('connections_per_second'))}/s new, "
-        f"{_rate(load.get('tls_handshakes_per_second'))} TLS handshakes/s), {load.get('http2_streams', 0)} HTTP/2 "
-        f"streams, headroom {headroom}{', OVERLOADED' if load.get('overloaded') else ''}"
+        f"{_count(load.get('connections', 0), 'connection')} ({_rate(load.get('connections_per_second'))}/s new, "
+        f"{_rate(load.get('tls_handshakes_per_second'))} TLS handshakes/s), "
+        f"{_count(load.get('http2_streams', 0), 'HTTP/2 stream')}, {headroom}"
+        f"{', OVERLOADED' if load.get('overloaded') else ''}"
     )
 
 
@@ -285,7 +343,7 @@ def _drain(drain: dict[str, Any] | None) -> str:
     if not drain:
         return "no"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(drain.get("since", 0)))
-    return f"since {since}: {drain.get('reason') or '-'}"
+    return f"since {since}" + (f": {drain['reason']}" if drain.get("reason") else " (no reason given)")
 
 
 def _endpoints(assignment: dict[str, Any]) -> dict[str, Any]:
@@ -352,7 +410,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "fleet", help="the connected Envoys: per-type sync (SYNCED/STALE/REJECTED), front state, live load"
     )
     x.add_argument("--fleet", help="only this fleet")
-    x.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    x.add_argument(
+        "-o", "--output", choices=("table", "wide", "json", "yaml"), default="table", help="wide: every column"
+    )
     x.set_defaults(func=cmd_fleet, node=None)
     fl = x.add_subparsers(dest="action")
     y = fl.add_parser("show", help="one Envoy in full: per-type versions and NACKs, front, drain, load")

@@ -75,9 +75,7 @@ def cmd_ring_watch(args: argparse.Namespace) -> int:
                 print(f"    key {key!r} -> {u.ring.pick(h) if h is not None else None}")
 
     try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        return 0
+        asyncio.run(run())  # Ctrl-C: `main` ends it quietly, exit 130, as every follow does
     except grpc.aio.AioRpcError as exc:
         raise SystemExit(f"xDS stream failed: {exc.code().name}: {exc.details()}") from None
     return 0

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from api.cli._common import client_for
-from api.cli.client import ApiProblem, Client
+from api.cli.client import Client, unreachable
 
 
 def read_events(c: Client, deadline: float | None = None) -> Iterator[tuple[str, Any]]:
@@ -33,7 +33,7 @@ def read_events(c: Client, deadline: float | None = None) -> Iterator[tuple[str,
                     yield name, json.loads(data)
                     name, data = "message", ""
     except httpx.HTTPError as exc:
-        raise ApiProblem(0, "api-unreachable", "Admin API unreachable", f"{c.http.base_url}: {exc}") from None
+        raise unreachable(c, exc) from None
 
 
 def _change(c: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """What lbcp serves one Envoy, as JSON: for `GET /v1/fleet/{node}/config` and `lbcp config`.
 
 Built on demand from intent read anew from etcd (an IntentView and SnapshotCache of its own,
-then dropped), exactly as a replica builds it: the fleet's snapshot, with this Envoy's own
+then dropped), exactly as a replica builds it, from one read and no watch: the fleet's snapshot, with this Envoy's own
 listener variants (its public address, the shards it was asked to let go of). Resources are
 shown as Envoy's `/config_dump` shows them (proto3 JSON, proto field names), so the two can
 be compared line by line. Secrets (SDS) are never shown: they hold private keys. The health
@@ -11,6 +11,7 @@ stream, and `drain` in the fleet view says which answer it gives.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -41,29 +42,32 @@ async def node_config(
     one Envoy of `fleet`; `types` are short names (cds, eds, lds, rds)."""
     view = IntentView(etcd)
     cache = SnapshotCache(view, debounce=0, max_delay=0)
-    await view.start()
-    try:
-        await cache.wait_ready(timeout)
-        snap = cache.snapshot(fleet)
-        out: dict[str, Any] = {}
-        for short in types:
-            type_url = TYPES[short]
-            entries = dict(snap.of(type_url))
-            if type_url == res.LISTENER_TYPE:
-                generations = snap.sheds.get(node_id)
-                for name, base in snap.listener_bases.items():
-                    if generations or (base.bind_public and public_address):
-                        value = base.variant(_ip(public_address), generations)
-                        entries[name] = encoded_entry(res.LISTENER_TYPE, name, value)
-            out[short] = {
-                "version": set_version(entries),
-                "resources": [
-                    {"name": n, "version": e.version, "resource": as_json(e)} for n, e in sorted(entries.items())
-                ],
-            }
-        return {"revision": snap.revision, "types": out}
-    finally:
-        await view.stop()
+    # One consistent read of all intent; the cache builds from it at once. Not view.start():
+    # that also opens the view's watch on a thread with an event loop of its own, closed
+    # when the view stops while gRPC may still hold events for it; the API's loop then logged
+    # "RuntimeError: Event loop is closed" for every request (and a watch for a one-off read
+    # is waste besides).
+    await asyncio.wait_for(view._load(), timeout)
+    if not cache.ready:
+        raise TimeoutError("the snapshot was not built")
+    snap = cache.snapshot(fleet)
+    out: dict[str, Any] = {}
+    for short in types:
+        type_url = TYPES[short]
+        entries = dict(snap.of(type_url))
+        if type_url == res.LISTENER_TYPE:
+            generations = snap.sheds.get(node_id)
+            for name, base in snap.listener_bases.items():
+                if generations or (base.bind_public and public_address):
+                    value = base.variant(_ip(public_address), generations)
+                    entries[name] = encoded_entry(res.LISTENER_TYPE, name, value)
+        out[short] = {
+            "version": set_version(entries),
+            "resources": [
+                {"name": n, "version": e.version, "resource": as_json(e)} for n, e in sorted(entries.items())
+            ],
+        }
+    return {"revision": snap.revision, "types": out}
 
 
 def _ip(address: str | None) -> str | None:

@@ -1,14 +1,46 @@
 """The CLI's own plumbing: global flags before or after the subcommand, and completion
-scripts generated from the parser (checked by the shell that loads them)."""
+scripts generated from the parser (checked by the shell that loads them). `lbcp()` runs the
+CLI as a subprocess for the other CLI tests (tests/api/test_cli_*.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from api.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+
+async def lbcp(url: str, *args: str, state_dir: Path | None = None, timeout: float = 60) -> Ran:
+    """`python -m api.cli --api URL ARGS...` without blocking the event loop (the API under
+    test may be served by this very loop)."""
+    state = ["--state-dir", str(state_dir)] if state_dir else ["--state-dir", str(ROOT / ".no-such-lbcp-state")]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "api.cli", "--api", url, *state, *args,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Ran(proc.returncode, out.decode(), err.decode())
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("LBCP_API", "LBCP_TOKEN", "COLUMNS")}
 
 
 @pytest.mark.parametrize(
