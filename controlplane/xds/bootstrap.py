@@ -268,6 +268,14 @@ def _gate_cluster(node_id: str) -> dict[str, Any]:
     }
 
 
+def _admin_get(path: str, timeout: str, rewrite: str | None = None) -> dict[str, Any]:
+    """An ops-listener route: GET `path` only, to the admin (at `rewrite` when given)."""
+    route: dict[str, Any] = {"cluster": "lbcp_admin", "timeout": timeout}
+    if rewrite is not None:
+        route["prefix_rewrite"] = rewrite
+    return {"match": {"path": path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]}, "route": route}
+
+
 def _ops_listener(address: str, port: int) -> dict[str, Any]:
     hcm = {
         "@type": (
@@ -281,46 +289,20 @@ def _ops_listener(address: str, port: int) -> dict[str, Any]:
                     "name": "ops",
                     "domains": ["*"],
                     "routes": [
-                        # Only the read-only stats page of the admin, never the admin's mutating endpoints.
-                        {
-                            "match": {
-                                "path": "/stats/prometheus",
-                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
-                            },
-                            "route": {"cluster": "lbcp_admin", "timeout": "10s"},
-                        },
-                        {
-                            "match": {
-                                "path": LOAD_PATH,
-                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
-                            },
-                            "route": {
-                                "cluster": "lbcp_admin",
-                                "timeout": "5s",
-                                "prefix_rewrite": "/stats?format=json&usedonly&filter="
-                                + urllib.parse.quote(LOAD_STATS, safe=""),
-                            },
-                        },
-                        {
-                            "match": {
-                                "path": HOSTS_PATH,
-                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
-                            },
-                            "route": {
-                                "cluster": "lbcp_admin",
-                                "timeout": "5s",
-                                "prefix_rewrite": "/clusters?format=json&filter="
-                                + urllib.parse.quote(HOSTS_FILTER, safe=""),
-                            },
-                        },
+                        # Only read-only admin pages, each at a fixed path, never a mutating endpoint.
+                        _admin_get("/stats/prometheus", "10s"),
+                        _admin_get(
+                            LOAD_PATH,
+                            "5s",
+                            "/stats?format=json&usedonly&filter=" + urllib.parse.quote(LOAD_STATS, safe=""),
+                        ),
+                        _admin_get(
+                            HOSTS_PATH,
+                            "5s",
+                            "/clusters?format=json&filter=" + urllib.parse.quote(HOSTS_FILTER, safe=""),
+                        ),
                         # The Envoy's own delays (its drain time and strategy), read once per stream.
-                        {
-                            "match": {
-                                "path": SERVER_INFO_PATH,
-                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
-                            },
-                            "route": {"cluster": "lbcp_admin", "timeout": "5s", "prefix_rewrite": "/server_info"},
-                        },
+                        _admin_get(SERVER_INFO_PATH, "5s", "/server_info"),
                         {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
                     ],
                 }
