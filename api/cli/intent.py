@@ -7,10 +7,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
-from api.cli._common import client_for, emit, follow_rollout, split_hostport, wait_flag
+from api.cli._common import client_for, emit, follow_rollout, split_hostport, table, wait_flag
 
 
 def _load_docs(path: str) -> list[dict[str, Any]]:
@@ -85,10 +86,16 @@ def cmd_backend_add(args: argparse.Namespace) -> int:
     return _waited(args, r["revision"])
 
 
+# admin_state as a sentence says it: "backend web/a is draining".
+_ADMIN_WORDS = {"ready": "ready", "drain": "draining", "maint": "in maintenance"}
+
+
 def _set_state(state: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        r = client_for(args).patch(f"/v1/clusters/{args.cluster}/backends/{args.name}", {"admin_state": state})
-        print(f"backend {args.cluster}/{args.name} is {r['admin_state']} (revision {r['revision']})")
+        path = f"/v1/clusters/{quote(args.cluster, safe='')}/backends/{quote(args.name, safe='')}"
+        r = client_for(args).patch(path, {"admin_state": state})
+        admin = r["admin_state"]
+        print(f"backend {args.cluster}/{args.name} is {_ADMIN_WORDS.get(admin, admin)} (revision {r['revision']})")
         return _waited(args, r["revision"])
 
     return run
@@ -100,10 +107,30 @@ def cmd_backend_remove(args: argparse.Namespace) -> int:
     return _waited(args, r["revision"])
 
 
+# What `lbcp get` lists: kind -> (usage, what it is). `lbcp get` alone prints this.
+KINDS: dict[str, tuple[str, str]] = {
+    "clusters": ("clusters [NAME]", "groups of backends and how Envoy balances over them"),
+    "backends": ("backends CLUSTER [NAME]", "a cluster's members, with their health as the Envoys see it"),
+    "listeners": ("listeners [NAME]", "the addresses and ports the Envoys listen on"),
+    "routes": ("routes [NAME]", "which requests on a listener go to which clusters"),
+    "certificates": ("certificates [NAME]", "TLS certificates the listeners serve (never their keys)"),
+    "fleets": ("fleets [NAME]", "per-fleet capacity, floor (min in service) and rebalancing"),
+}
+
+
+def _kind(text: str) -> str:
+    """A kind as typed (singular or plural) -> its plural, the name `lbcp get` lists."""
+    plural = text if text.endswith("s") else text + "s"
+    return plural if plural in KINDS else text
+
+
 def cmd_get(args: argparse.Namespace) -> int:
+    if args.what is None:
+        print(table([[k, f"lbcp get {usage}", what] for k, (usage, what) in KINDS.items()], ["KIND", "USAGE", "WHAT"]))
+        return 0
     c = client_for(args)
     what = args.what
-    if what in ("cluster", "clusters"):
+    if what == "clusters":
         items = [c.get(f"/v1/clusters/{args.name}")] if args.name else c.list_all("/v1/clusters")
         if args.output == "table":
             for i in items:
@@ -112,16 +139,20 @@ def cmd_get(args: argparse.Namespace) -> int:
             items,
             args.output,
             ["NAME", "PROTOCOL", "LB", "BACKENDS", "REVISION"],
-            lambda i: [i["name"], i["protocol"], i["load_balancer"]["type"], i.get("_backends"), i["revision"]],
+            lambda i: [i["name"], i["protocol"], i["load_balancer"]["type"], i.pop("_backends", None), i["revision"]],
         )
-    elif what in ("backend", "backends"):
+    elif what == "backends":
         if not args.name:
-            raise SystemExit("usage: lbcp get backends CLUSTER")
-        items = c.list_all(f"/v1/clusters/{args.name}/backends")
+            raise SystemExit("which cluster's backends? lbcp get backends CLUSTER [NAME]")
+        path = f"/v1/clusters/{quote(args.name, safe='')}/backends"
+        if args.member:
+            items = [c.get(f"{path}/{quote(args.member, safe='')}", health="true")]
+        else:
+            items = c.list_all(path, health="true")
         emit(
             items,
             args.output,
-            ["NAME", "ADDRESS", "PORT", "WEIGHT", "ZONE", "PRIORITY", "STATE", "REVISION"],
+            ["NAME", "ADDRESS", "PORT", "WEIGHT", "ZONE", "PRIORITY", "ADMIN", "HEALTH", "REVISION"],
             lambda i: [
                 i["name"],
                 i["address"],
@@ -130,10 +161,11 @@ def cmd_get(args: argparse.Namespace) -> int:
                 i.get("zone") or "-",
                 i["priority"],
                 i["admin_state"],
+                health_summary(i.get("health")),
                 i["revision"],
             ],
         )
-    elif what in ("listener", "listeners"):
+    elif what == "listeners":
         items = [c.get(f"/v1/listeners/{args.name}")] if args.name else c.list_all("/v1/listeners")
         emit(
             items,
@@ -149,7 +181,7 @@ def cmd_get(args: argparse.Namespace) -> int:
                 i["revision"],
             ],
         )
-    elif what in ("route", "routes"):
+    elif what == "routes":
         items = [c.get(f"/v1/routes/{args.name}")] if args.name else c.list_all("/v1/routes")
 
         def match(i: dict[str, Any]) -> str:
@@ -169,19 +201,19 @@ def cmd_get(args: argparse.Namespace) -> int:
                 i["revision"],
             ],
         )
-    elif what in ("fleet", "fleets"):
+    elif what == "fleets":
         items = [c.get(f"/v1/fleets/{args.name}")] if args.name else c.list_all("/v1/fleets")
 
         def cap(i: dict[str, Any], key: str) -> Any:
             return (i.get("capacity") or {}).get(key, "-")
 
-        _fleet_headers = ["NAME", "MAX_CONNECTIONS", "HIGH%", "LOW%", "NEW/S", "REVISION"]
         emit(
             items,
             args.output,
-            _fleet_headers,
+            ["NAME", "MIN_IN_SERVICE", "MAX_CONNECTIONS", "HIGH%", "LOW%", "NEW/S", "REVISION"],
             lambda i: [
                 i["name"],
+                i.get("min_in_service", "-"),
                 cap(i, "max_connections_per_envoy"),
                 cap(i, "high_water_percent"),
                 cap(i, "low_water_percent"),
@@ -189,7 +221,7 @@ def cmd_get(args: argparse.Namespace) -> int:
                 i["revision"],
             ],
         )
-    elif what in ("certificate", "certificates"):
+    else:  # certificates (argparse allows nothing else)
         items = [c.get(f"/v1/certificates/{args.name}")] if args.name else c.list_all("/v1/certificates")
 
         def days_left(i: dict[str, Any]) -> str:
@@ -210,9 +242,24 @@ def cmd_get(args: argparse.Namespace) -> int:
                 i["revision"],
             ],
         )
-    else:
-        raise SystemExit("lbcp get clusters|backends CLUSTER|listeners|routes|certificates|fleets")
     return 0
+
+
+def health_summary(health: dict[str, Any] | None) -> str:
+    """A backend's health over the Envoys that report it, for the HEALTH column: the state
+    they agree on (`healthy`; any other with how many say so of how many report, `failing
+    (2/2)`), or what each says when they disagree (`mixed: 1 failing, 1 healthy`)."""
+    if not health:
+        return "unknown"
+    state = health.get("state") or "unknown"
+    counts: dict[str, int] = health.get("counts") or {}
+    total = sum(counts.values()) or len(health.get("envoys") or {})
+    if state == "mixed":
+        parts = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return "mixed: " + ", ".join(f"{n} {s}" for s, n in parts)
+    if state in ("healthy", "unknown") or not total:
+        return state
+    return f"{state} ({counts.get(state, total)}/{total})"
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -284,8 +331,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--zone")
     wait_flag(a)
     a.set_defaults(func=cmd_backend_add)
-    for verb, state in (("drain", "drain"), ("maint", "maint"), ("ready", "ready")):
-        x = bs.add_parser(verb, help=f"set admin_state={state}")
+    for verb, state, what in (
+        ("drain", "drain", "stop sending it new requests; the ones it has finish (admin_state drain)"),
+        ("undrain", "ready", "put a drained backend back in service (admin_state ready): the inverse of drain"),
+        ("maint", "maint", "take it out of service at once (admin_state maint)"),
+        ("ready", "ready", "back in service (admin_state ready); the same as undrain"),
+    ):
+        x = bs.add_parser(verb, help=what)
         x.add_argument("cluster")
         x.add_argument("name")
         wait_flag(x)
@@ -296,9 +348,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     wait_flag(x)
     x.set_defaults(func=cmd_backend_remove)
 
-    g = sub.add_parser("get", help="list objects: clusters | backends CLUSTER | listeners | routes | certificates")
-    g.add_argument("what")
-    g.add_argument("name", nargs="?")
+    g = sub.add_parser(
+        "get",
+        help="list objects: " + " | ".join(KINDS) + " (`lbcp get` lists them)",
+        description="List objects of one kind, or with no kind the kinds there are.",
+    )
+    g.add_argument("what", nargs="?", type=_kind, choices=tuple(KINDS), metavar="KIND", help=", ".join(KINDS))
+    g.add_argument("name", nargs="?", help="one object by name (backends: the cluster)")
+    g.add_argument("member", nargs="?", help="backends: one backend of the cluster, by name")
     g.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     g.set_defaults(func=cmd_get)
 
