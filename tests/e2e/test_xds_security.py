@@ -80,6 +80,26 @@ async def _fleet(api) -> dict:
     return {n["node_id"]: n for n in (await api.get("/v1/fleet")).json()["nodes"]}
 
 
+async def _flushed_after(api, ports: list[int], *, creds_for=None) -> list[AdsClient]:
+    """A positive marker instead of a sleep: an honest stream opened now on each replica (at
+    `ports`), waited for until the fleet registry shows it. Each replica writes its registry
+    in flushes of everything pending, so once a marker opened after some event is in the
+    registry, whatever that event made its replica write is there too. The caller closes them."""
+    markers = []
+    for i, port in enumerate(ports):
+        node = f"marker-{i}-{port}"
+        creds = creds_for(f"spiffe://lbcp/fleet/default/node/{node}") if creds_for else None
+        c = await _attacker(port, node, creds=creds)
+        markers.append(c)
+        await _ack_all(c)
+
+    async def all_in() -> bool:
+        return {c.node.id for c in markers} <= set(await _fleet(api))
+
+    await wait_for(all_in, timeout=30, what="the marker streams in the registry")
+    return markers
+
+
 async def _registry_bytes(etcd: Etcd) -> tuple[int, int]:
     """(records, bytes) under the fleet registry and the claims."""
     total = count = 0
@@ -179,7 +199,7 @@ async def test_a_live_node_id_cannot_be_taken_over(api, store: Store, replica, r
             err = await _refused(thief)
             assert err.code() == grpc.StatusCode.ALREADY_EXISTS, err
             assert "already has a live xDS stream" in err.details()
-    await asyncio.sleep(0.3)  # a registry flush or two
+    markers = await _flushed_after(api, [replica.port, replica2.port])  # both replicas flushed since
     after = (await _fleet(api))["envoy-0"]
     for key in ("peer", "replica", "connected_since", "front", "streams"):
         assert after[key] == before[key], key
@@ -189,6 +209,8 @@ async def test_a_live_node_id_cannot_be_taken_over(api, store: Store, replica, r
     assert stats["control_plane.connected_state"] == 1
     assert await asyncio.to_thread(victim.config_dump, "dynamic_active_clusters") == config_before
     assert (await api.get("/v1/frontdoor/json")).json()["in_service"][0]["address"] == VICTIM_ADDRESS
+    for c in markers:
+        await c.close()
 
 
 class _CuttableProxy:
@@ -328,7 +350,10 @@ async def test_mtls_binds_the_node_id_to_the_certificate(api, store: Store, make
         # (before the keepalive could have dropped it).
         took = await _cut_and_wait_back(api, proxy, "envoy-1", KEEPALIVE_SECONDS)
         print(f"silent cut with mTLS: same identity replaced the dead stream after {took:.1f}s")
-        await asyncio.sleep(0.3)
+        # The dead stream's record is gone by the time the replica's registry has flushed a
+        # stream opened after the reconnect (a positive marker, not a pause).
+        for c in await _flushed_after(api, [replica.port], creds_for=lambda san: _creds(xds_pki, san)):
+            await c.close()
         assert (await _fleet(api))["envoy-1"]["streams"] == 1
     finally:
         e.stop()
