@@ -5,36 +5,94 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from api.cli._common import client_for
 from api.cli.client import ApiProblem
 
+# What each format is rendered for, sent to the API every time (so the note below is exactly
+# what was used): the documentation addresses and private AS numbers stand in for real ones.
+DEFAULTS: dict[str, Any] = {
+    "vip": "198.51.100.1",
+    "port": 443,
+    "zone": "example.com",
+    "name": "www",
+    "ttl": 60,
+    "neighbor": "192.0.2.1",
+    "local_as": 65001,
+    "peer_as": 65000,
+}
+_USES = {
+    "dns": ("name", "zone", "ttl"),
+    "iptables": ("vip", "port"),
+    "nftables": ("vip", "port"),
+    "bird": ("vip", "neighbor", "local_as", "peer_as"),
+    "json": (),
+}
+_FLAG = {"local_as": "--local-as", "peer_as": "--peer-as"}
+# A map literal of more entries than this is printed one entry per line.
+MAP_LINE_ENTRIES = 8
+_MAP = re.compile(r"^(?P<indent>\s*)(?P<head>.*\bmap) \{ (?P<body>[^{}]*) \}(?P<tail>.*)$")
+
+
+def render_note(fmt: str, args: argparse.Namespace) -> str | None:
+    """One line for stderr: which VIP and port (DNS name, BGP peer) the render is for, each
+    value that is a stand-in default marked with the flag that sets it."""
+    if not _USES[fmt]:
+        return None
+
+    def v(key: str) -> str:
+        value = getattr(args, key)
+        return f"{value} (default; set with {_FLAG.get(key, '--' + key)})" if not _given(args, key) else str(value)
+
+    if fmt == "dns":
+        what = f"name {v('name')}, zone {v('zone')}, TTL {v('ttl')}"
+    elif fmt == "bird":
+        what = f"VIP {v('vip')}, BGP neighbor {v('neighbor')}, AS {v('local_as')}, peer AS {v('peer_as')}"
+    else:
+        what = f"VIP {v('vip')}, port {v('port')}"
+    return f"lbcp: {fmt} rendered for {what}"
+
+
+def _given(args: argparse.Namespace, key: str) -> bool:
+    return key in getattr(args, "given", set())
+
+
+def one_entry_per_line(text: str, limit: int = MAP_LINE_ENTRIES) -> str:
+    """nftables map literals of more than `limit` entries (a maglev table has 1021) written
+    one entry per line, as `nft list ruleset` writes them, instead of on one line."""
+    out = []
+    for line in text.split("\n"):
+        m = _MAP.match(line)
+        entries = [e.strip() for e in m.group("body").split(",")] if m else []
+        if not m or len(entries) <= limit:
+            out.append(line)
+            continue
+        indent = m.group("indent")
+        out.append(f"{indent}{m.group('head')} {{")
+        out += [f"{indent}    {e}," for e in entries[:-1]] + [f"{indent}    {entries[-1]}"]
+        out.append(f"{indent}}}{m.group('tail')}")
+    return "\n".join(out)
+
 
 def cmd_frontdoor(args: argparse.Namespace) -> int:
     """Render the front tier for the in-service Envoys (from the admin API); with --watch,
     re-render every --interval seconds and, when the output changed, replace the file
     (atomically) and run --exec (a sidecar reloading BIND, BIRD or the firewall)."""
-    params = {
-        k: v
-        for k, v in (
-            ("fleet", args.fleet),
-            ("zone", args.zone),
-            ("name", args.name),
-            ("ttl", args.ttl),
-            ("vip", args.vip),
-            ("port", args.port),
-            ("mode", args.mode),
-            ("node", args.node),
-        )
-        if v is not None
-    }
+    args.given = {k for k in DEFAULTS if getattr(args, k) is not None}
+    for k, v in DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    params = {k: getattr(args, k) for k in _USES[args.format]}
+    params |= {k: v for k, v in (("fleet", args.fleet), ("mode", args.mode), ("node", args.node)) if v is not None}
     client = client_for(args)
     last: str | None = None
     renders = 0
@@ -43,6 +101,8 @@ def cmd_frontdoor(args: argparse.Namespace) -> int:
         try:
             r = client.request("GET", f"/v1/frontdoor/{args.format}", params=params)
             text = r.text if args.format != "json" else json.dumps(r.json(), indent=2) + "\n"
+            if args.format == "nftables":
+                text = one_entry_per_line(text)
         except (ApiProblem, httpx.HTTPError) as exc:
             if not args.watch:
                 raise
@@ -51,6 +111,9 @@ def cmd_frontdoor(args: argparse.Namespace) -> int:
         if text is not None and text != last:
             last = text
             renders += 1
+            note = render_note(args.format, args) if renders == 1 else None
+            if note:
+                print(note, file=sys.stderr, flush=True)
             if args.output:
                 tmp = Path(args.output + ".tmp")
                 tmp.write_text(text)
@@ -127,14 +190,29 @@ def cmd_dns(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fd = sub.add_parser("frontdoor", help="the front tier for the in-service Envoys: DNS, BIRD, iptables, nftables")
     fds = fd.add_subparsers(dest="action", required=True)
-    x = fds.add_parser("render", help="render one format (docs/frontdoor.md)")
+    x = fds.add_parser(
+        "render",
+        help="render one format (docs/frontdoor.md)",
+        description="Render the front tier for the Envoys in service now; stderr says what it is rendered for.",
+    )
     x.add_argument("--format", required=True, choices=("json", "dns", "iptables", "nftables", "bird"))
-    x.add_argument("--fleet")
-    x.add_argument("--zone")
-    x.add_argument("--name")
-    x.add_argument("--ttl", type=int)
-    x.add_argument("--vip")
-    x.add_argument("--port", type=int)
+    x.add_argument("--fleet", help="only this fleet's Envoys (default: every fleet's)")
+    x.add_argument("--zone", help=f"dns: the zone (default {DEFAULTS['zone']})")
+    x.add_argument("--name", help=f"dns: the name in the zone the Envoys answer for (default {DEFAULTS['name']})")
+    x.add_argument("--ttl", type=int, help=f"dns: seconds resolvers keep the answer (default {DEFAULTS['ttl']})")
+    x.add_argument(
+        "--vip",
+        help="iptables, nftables: the virtual IP clients connect to, DNATed to the Envoys; bird: the anycast "
+        f"address announced (default {DEFAULTS['vip']}, a documentation address: give yours)",
+    )
+    x.add_argument(
+        "--port",
+        type=int,
+        help=f"iptables, nftables: the TCP port of the VIP, and of the Envoys behind it (default {DEFAULTS['port']})",
+    )
+    x.add_argument("--neighbor", help=f"bird: the BGP peer's address (default {DEFAULTS['neighbor']})")
+    x.add_argument("--local-as", type=int, help=f"bird: this host's AS number (default {DEFAULTS['local_as']})")
+    x.add_argument("--peer-as", type=int, help=f"bird: the BGP peer's AS number (default {DEFAULTS['peer_as']})")
     x.add_argument("--mode", help="iptables: nth|random; nftables: hash|maglev|numgen")
     x.add_argument("--node", help="bird: the Envoy host to render for")
     x.add_argument("-o", "--output", help="file (default stdout); replaced atomically")
