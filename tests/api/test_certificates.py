@@ -81,7 +81,7 @@ async def test_bad_certificates_are_refused_and_nothing_is_written(api, caplog) 
             "/private_key",
             "PEM",
         ),
-        "missing key": ({"certificate_chain": good.cert_pem.decode()}, "/private_key", ""),
+        "missing key": ({"certificate_chain": good.cert_pem.decode()}, "/private_key", "Field required"),
     }
     secrets = [good.key_pem.decode(), stranger.key_pem.decode(), expired.key_pem.decode()]
     for what, (body, pointer, detail) in cases.items():
