@@ -74,12 +74,26 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
     return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())
 
 
-_STYLES = {"SYNCED": "green", "STALE": "yellow", "REJECTED": "bold red", "in": "green", "drained": "yellow"}
+# Colour on a terminal, by a cell's first word (`failing (2/2)`, `STALE eds`, `mixed: ...`).
+_STYLES = {
+    "SYNCED": "green",
+    "STALE": "yellow",
+    "REJECTED": "bold red",
+    "in": "green",
+    "drained": "yellow",
+    "healthy": "green",
+    "failing": "bold red",
+    "ejected": "bold red",
+    "degraded": "yellow",
+    "draining": "yellow",
+    "pending": "yellow",
+    "mixed:": "yellow",
+}
 
 
 def _cell(value: Any) -> Text:
     s = "" if value is None else str(value)
-    return Text(s, style=_STYLES.get(s, ""))
+    return Text(s, style=_STYLES.get(s.split(" ", 1)[0], ""))
 
 
 @contextmanager
