@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import httpx
+import xxhash
 
 
 async def _cluster(api: httpx.AsyncClient, lb: dict, n: int = 10) -> None:
@@ -12,6 +15,41 @@ async def _cluster(api: httpx.AsyncClient, lb: dict, n: int = 10) -> None:
     )
 
 
+@functools.cache
+def _maglev_table(names: tuple[str, ...], size: int = 65537) -> tuple[list[str], list[int]]:
+    """Envoy's Maglev table over equal-weight hosts whose hash keys are `names` (lbcp's
+    hash_key is the backend name), written from ../shared/ring-spec.md alone, independently
+    of controlplane/ring: XXH64 seed 0 (seed 1 for the skip), hosts sorted by key, one slot
+    per host per round."""
+    keys = sorted(names)
+    offsets = [xxhash.xxh64_intdigest(k.encode(), 0) % size for k in keys]
+    skips = [xxhash.xxh64_intdigest(k.encode(), 1) % (size - 1) + 1 for k in keys]
+    nexts = [0] * len(keys)
+    table = [-1] * size
+    filled = 0
+    while filled < size:  # equal weights: every host takes a slot every round
+        for i in range(len(keys)):
+            if filled == size:
+                break
+            c = (offsets[i] + skips[i] * nexts[i]) % size
+            while table[c] >= 0:
+                nexts[i] += 1
+                c = (offsets[i] + skips[i] * nexts[i]) % size
+            table[c] = i
+            nexts[i] += 1
+            filled += 1
+    return keys, table
+
+
+def _maglev_pick(names: list[str], key: str) -> str:
+    """The host Envoy picks for hash-policy value `key` (one header value: h = XXH64(key))."""
+    keys, table = _maglev_table(tuple(names))
+    return keys[table[xxhash.xxh64_intdigest(key.encode(), 0) % len(table)]]
+
+
+KEYS = ["alice", "bob", *(f"user-{i}" for i in range(40))]
+
+
 async def test_show_and_lookup(api: httpx.AsyncClient) -> None:
     await _cluster(api, {"type": "maglev", "table_size": 65537})
     ring = (await api.get("/v1/clusters/c/ring")).json()
@@ -19,12 +57,20 @@ async def test_show_and_lookup(api: httpx.AsyncClient) -> None:
     assert abs(sum(b["share"] for b in ring["backends"]) - 1) < 1e-9
     assert ring["max_over_avg"] < 1.01
     one = (await api.get("/v1/clusters/c/ring/lookup", params={"key": "alice"})).json()
-    many = (await api.post("/v1/clusters/c/ring/lookup", json={"keys": ["alice", "bob"]})).json()
-    assert many["backends"]["alice"] == one["backend"] and one["backend"].startswith("b")
-    # Draining a backend takes it out of the ring.
+    many = (await api.post("/v1/clusters/c/ring/lookup", json={"keys": KEYS})).json()
+    everyone = [f"b{i}" for i in range(10)]
+    assert one["backend"] == _maglev_pick(everyone, "alice")
+    assert one["hash"] == xxhash.xxh64_intdigest(b"alice")
+    want = {k: _maglev_pick(everyone, k) for k in KEYS}
+    assert many["backends"] == want
+    assert len(set(want.values())) >= 8  # the keys reach most backends: a constant answer fails
+    # Draining a backend takes it out of the ring: its keys go elsewhere, the others stay.
     await api.patch("/v1/clusters/c/backends/b0", json={"admin_state": "drain"})
     ring = (await api.get("/v1/clusters/c/ring")).json()
     assert "b0" not in {b["name"] for b in ring["backends"]}
+    after = (await api.post("/v1/clusters/c/ring/lookup", json={"keys": KEYS})).json()["backends"]
+    assert after == {k: _maglev_pick(everyone[1:], k) for k in KEYS}
+    assert "b0" not in after.values() and "b0" in want.values()
 
 
 async def test_simulate(api: httpx.AsyncClient) -> None:
