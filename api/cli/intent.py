@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import yaml
 
-from api.cli._common import client_for, emit, follow_rollout, split_hostport, table, wait_flag
+from api.cli._common import client_for, emit, follow_rollout, split_hostport, wait_flag
 
 
 def _load_docs(path: str) -> list[dict[str, Any]]:
@@ -126,7 +126,8 @@ def _kind(text: str) -> str:
 
 def cmd_get(args: argparse.Namespace) -> int:
     if args.what is None:
-        print(table([[k, f"lbcp get {usage}", what] for k, (usage, what) in KINDS.items()], ["KIND", "USAGE", "WHAT"]))
+        kinds = [{"kind": k, "usage": f"lbcp get {usage}", "what": what} for k, (usage, what) in KINDS.items()]
+        emit(kinds, args.output, ["KIND", "USAGE", "WHAT"], lambda k: [k["kind"], k["usage"], k["what"]])
         return 0
     c = client_for(args)
     what = args.what
