@@ -207,17 +207,17 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
 
         await round_trip()
         # Every connection is still the one opened before the changes (the sockets above
-        # would have failed otherwise); Envoy closed none and drained none.
-        for e in (e_a, e_b):
+        # would have failed otherwise); Envoy closed none and drained none. Each Envoy serves
+        # its own fleet's listener (http-a on e_a, http-b on e_b): its counters must be there,
+        # before and after, and count the connections held (a stat that is missing or counts
+        # nothing would make "unchanged" prove nothing).
+        for e, own in ((e_a, "http-a"), (e_b, "http-b")):
             after = await _stats(e, "downstream_cx")
-            for stat in (
-                "http.http-a.downstream_cx_destroy",
-                "http.http-b.downstream_cx_destroy",
-                "http.http-a.downstream_cx_drain_close",
-                "http.http-b.downstream_cx_drain_close",
-            ):
-                if stat in after:
-                    assert after[stat] == before[e].get(stat, 0), (e.node_id, stat, before[e].get(stat), after[stat])
+            assert before[e][f"http.{own}.downstream_cx_active"] >= H1 + H2 + WS, (e.node_id, before[e])
+            assert after[f"http.{own}.downstream_cx_active"] == before[e][f"http.{own}.downstream_cx_active"]
+            for stat in (f"http.{own}.downstream_cx_destroy", f"http.{own}.downstream_cx_drain_close"):
+                assert stat in before[e] and stat in after, (e.node_id, stat, sorted(after))
+                assert after[stat] == before[e][stat], (e.node_id, stat, before[e][stat], after[stat])
             lm = await _stats(e, "listener_manager")
             assert lm["listener_manager.total_listeners_draining"] == 0
             assert lm["listener_manager.listener_modified"] == lm_before[e]["listener_manager.listener_modified"]
