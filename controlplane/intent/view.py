@@ -174,6 +174,11 @@ class IntentView:
                 out[Ref(Kind.BACKEND, name, cluster)] = s.mod_revision
         return out
 
+    async def load_once(self) -> None:
+        """Read all intent at one revision, with no watch after it: for a one-off reader
+        (`start()` reads and then follows)."""
+        await self._load()
+
     async def _load(self) -> None:
         """Read all intent at one revision and replace the view's state with it."""
         first = await self.etcd.range(self._start, self._end, limit=_PAGE)

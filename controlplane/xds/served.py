@@ -47,7 +47,7 @@ async def node_config(
     # when the view stops while gRPC may still hold events for it; the API's loop then logged
     # "RuntimeError: Event loop is closed" for every request (and a watch for a one-off read
     # is waste besides).
-    await asyncio.wait_for(view._load(), timeout)
+    await asyncio.wait_for(view.load_once(), timeout)
     if not cache.ready:
         raise TimeoutError("the snapshot was not built")
     snap = cache.snapshot(fleet)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from api.localcluster.cluster import alive as _alive
@@ -296,11 +297,11 @@ def _fleet_views_cli(state: Path, doc: dict) -> None:
     against the Envoys' own /config_dump; global flags after the subcommand; no log lines."""
 
     def synced() -> bool:
-        rows = _lbcp(state, "fleet").stdout.splitlines()
+        rows = _lbcp(state, "fleet", "-o", "wide").stdout.splitlines()
         return len(rows) == 3 and all(r.split()[5:9] == ["SYNCED"] * 4 for r in rows[1:])
 
     wait_until(synced, 30, interval=0.5, what="every Envoy SYNCED on CDS, LDS, EDS and RDS")
-    r = _lbcp(state, "fleet")
+    r = _lbcp(state, "fleet", "-o", "wide")
     assert r.stdout.splitlines()[0].split()[5:10] == ["CDS", "LDS", "EDS", "RDS", "ACKED"] and r.stderr == ""
     shown = subprocess.run(
         [sys.executable, "-m", "api.cli", "fleet", "show", "envoy-0", "--state-dir", str(state)],
@@ -342,7 +343,7 @@ def _front_door_cli(state: Path, doc: dict) -> None:
     rows = {r["node_id"]: r for r in json.loads(_lbcp(state, "fleet", "-o", "json").stdout)}
     assert rows["envoy-0"]["front_state"] == "drained" and rows["envoy-1"]["front_state"] == "in"
     assert rows["envoy-1"]["load"]["connections"] >= 0
-    table = _lbcp(state, "fleet").stdout.splitlines()
+    table = _lbcp(state, "fleet", "-o", "wide").stdout.splitlines()
     assert table[0].split()[:5] == ["NODE", "FLEET", "REPLICA", "ADDRESS", "FRONT"]
     assert any(line.split()[0] == "envoy-0" and "drained" in line.split() for line in table[1:])
     assert _lbcp(state, "node", "drain", "nobody", check=False).returncode == 1
@@ -425,6 +426,18 @@ def _front_door_cli(state: Path, doc: dict) -> None:
     assert {a: after[a] - before[a] for a in by_address} == {a: chosen.get(a, 0) for a in by_address}
 
 
+def _ws_state(ws, timeout: float) -> str:
+    """'closed' if the peer closed the WebSocket (close frame, EOF or reset), 'open' if
+    nothing came within `timeout`, 'message' if it is still carrying traffic."""
+    try:
+        ws.recv(timeout=timeout)
+    except ConnectionClosed:
+        return "closed"
+    except TimeoutError:
+        return "open"
+    return "message"
+
+
 def _moves_cli(state: Path, doc: dict) -> None:
     """`lbcp node drain --evacuate --wait` empties an Envoy at the asked rate and says so;
     `lbcp fleet` shows it; `lbcp fleet rebalance --wait` answers once the fleet is balanced."""
@@ -443,16 +456,15 @@ def _moves_cli(state: Path, doc: dict) -> None:
         assert "evacuating at 20 connections/s" in out.stdout and "evacuated: no connections left" in out.stdout, out
         rows = {r["node_id"]: r for r in json.loads(_lbcp(state, "fleet", "-o", "json").stdout)}
         assert rows[envoy["node_id"]]["evacuation"]["state"] in ("evacuating", "evacuated")
-        table = _lbcp(state, "fleet").stdout.splitlines()
+        table = _lbcp(state, "fleet", "-o", "wide").stdout.splitlines()
         assert table[0].split()[-1] == "MOVING"
         assert any(line.startswith(envoy["node_id"]) and "left at 20/s" in line for line in table[1:]), table
-        closed = 0
-        for ws in held:
-            try:
-                ws.recv(timeout=0.2)
-            except Exception:  # closed by the evacuation (ConnectionClosed), as it should be
-                closed += 1
-        assert closed == len(held)
+        # Each held connection must have been closed by the evacuation: recv() raises
+        # ConnectionClosed (a close frame, or EOF/reset) at once on a closed one. A timeout
+        # means it is still open, and a message means it is still carrying traffic.
+        deadline = time.monotonic() + 10
+        states = [_ws_state(ws, max(0.05, deadline - time.monotonic())) for ws in held]
+        assert states == ["closed"] * len(held), states
     _lbcp(state, "node", "undrain", envoy["node_id"])
     out = _lbcp(state, "fleet", "rebalance", "default", "--rate", "50", "--wait", "20").stdout
     assert "fleet default balanced" in out, out
