@@ -206,9 +206,9 @@ def test_the_real_tools_reject_a_broken_render(tmp_path) -> None:
 def _nft_map(text: str) -> list[str]:
     """The DNAT map of a rendered nftables ruleset, as the address of each jhash value 0..k-1
     (read from the text nft loads, not from the renderer's own helpers)."""
-    m = re.search(r"jhash ip saddr mod (\d+) map \{ (.*) \}", text)
+    m = re.search(r"jhash ip saddr mod (\d+) map \{(.*?)\}", text, re.S)  # on one line or many
     assert m, text
-    pairs = [item.split(" : ") for item in m.group(2).split(", ")]
+    pairs = [item.strip().split(" : ") for item in m.group(2).split(",") if item.strip()]
     assert [int(k) for k, _ in pairs] == list(range(int(m.group(1)))), "the map covers every jhash value once, in order"
     return [v for _, v in pairs]
 
