@@ -234,3 +234,20 @@ def http_ok(url: str):
             return False
 
     return _ok
+
+
+async def acked_client(replica: Any, node: str, fleet: str = "edge", public_address: str | None = None) -> Any:
+    """A raw xDS client (controlplane.xds.client.AdsClient) that takes the clusters once and
+    ACKs them (configured), then acks nothing more; `public_address` goes in its metadata."""
+    from controlplane.xds.client import AdsClient
+    from controlplane.xds.resources import CLUSTER_TYPE
+
+    c = AdsClient(f"127.0.0.1:{replica.port}", node, fleet)
+    if public_address is not None:
+        c.node.metadata.update({"public_address": public_address})
+    await c.open()
+    await c.request(CLUSTER_TYPE)
+    r = await c.recv()
+    assert r is not None
+    await c.request(CLUSTER_TYPE, version=r.version_info, nonce=r.nonce)
+    return c

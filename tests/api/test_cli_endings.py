@@ -14,10 +14,8 @@ from typing import Any
 import pytest
 
 from controlplane.intent.model import Cluster
-from controlplane.xds.client import AdsClient
-from controlplane.xds.resources import CLUSTER_TYPE
 from tests.api.test_cli import ROOT, _env, lbcp
-from tests.conftest import wait_for
+from tests.conftest import acked_client, wait_for
 
 
 async def _start(url: str, *args: str) -> asyncio.subprocess.Process:
@@ -32,18 +30,6 @@ async def _interrupt(proc: asyncio.subprocess.Process) -> tuple[int, str]:
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode is not None
     return proc.returncode, err.decode()
-
-
-async def _connected(replica: Any, node: str, fleet: str = "edge") -> AdsClient:
-    """A real xDS client that takes the clusters once and then acks nothing more."""
-    c = AdsClient(f"127.0.0.1:{replica.port}", node, fleet)
-    c.node.metadata.update({"public_address": f"127.0.0.{10 + int(node[-1])}"})
-    await c.open()
-    await c.request(CLUSTER_TYPE)
-    r = await c.recv()
-    assert r is not None
-    await c.request(CLUSTER_TYPE, version=r.version_info, nonce=r.nonce)
-    return c
 
 
 async def test_ctrl_c_ends_lbcp_watch_quietly(serve_api: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -66,7 +52,7 @@ async def test_ctrl_c_ends_a_wait_with_one_line(
     replica = await make_replica("endings", front_cidrs=("edge=127.0.0.0/8",), front_unprobed=("edge",))
     url = await serve_api()
     await store.put(Cluster(name="first"))
-    clients = [await _connected(replica, f"edge-{i}") for i in range(2)]
+    clients = [await acked_client(replica, f"edge-{i}", public_address=f"127.0.0.{10 + i}") for i in range(2)]
     try:
         doc = tmp_path / "c.yaml"
         doc.write_text("name: second\n")
@@ -151,7 +137,7 @@ async def test_lbcp_config_into_head_and_the_api_log(
     replica = await make_replica("cfg")
     await store.put(Cluster(name="web"))
     url = await serve_api()
-    client = await _connected(replica, "cfg-0", "default")
+    client = await acked_client(replica, "cfg-0", "default", public_address="127.0.0.10")
     try:
         for _ in range(3):
             r = await lbcp(url, "config", "cfg-0", "--type", "cds")

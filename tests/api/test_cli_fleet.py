@@ -8,10 +8,8 @@ import json
 from typing import Any
 
 from controlplane.intent.model import Backend, Cluster, Listener, Route
-from controlplane.xds.client import AdsClient
-from controlplane.xds.resources import CLUSTER_TYPE
 from tests.api.test_cli import lbcp
-from tests.conftest import wait_for
+from tests.conftest import acked_client, wait_for
 
 
 async def test_fleet_fits_80_columns_and_wide_has_every_column(
@@ -62,22 +60,11 @@ async def test_fleet_fits_80_columns_and_wide_has_every_column(
     assert any(t.split()[:2] == ["CDS", "SYNCED"] and t.split()[-1] == "none" for t in types), out
 
 
-async def _client(replica: Any, node: str) -> AdsClient:
-    c = AdsClient(f"127.0.0.1:{replica.port}", node, "edge")
-    c.node.metadata.update({"public_address": f"127.0.0.{20 + int(node[-1])}"})
-    await c.open()
-    await c.request(CLUSTER_TYPE)
-    r = await c.recv()
-    assert r is not None
-    await c.request(CLUSTER_TYPE, version=r.version_info, nonce=r.nonce)  # ACK: configured
-    return c
-
-
 async def test_drain_below_the_floor_says_why_and_how(serve_api: Any, make_replica: Any, store: Any) -> None:
     replica = await make_replica("floor", front_cidrs=("edge=127.0.0.0/8",), front_unprobed=("edge",))
     await store.put(Cluster(name="web"))
     url = await serve_api()
-    clients = [await _client(replica, f"edge-{i}") for i in range(2)]
+    clients = [await acked_client(replica, f"edge-{i}", public_address=f"127.0.0.{20 + i}") for i in range(2)]
 
     def in_service(n: int):
         async def check() -> bool:

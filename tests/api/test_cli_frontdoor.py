@@ -10,21 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from controlplane.xds.client import AdsClient
-from controlplane.xds.resources import CLUSTER_TYPE
 from tests.api.test_cli import lbcp
-from tests.conftest import wait_for
-
-
-async def _client(replica: Any, node: str) -> AdsClient:
-    c = AdsClient(f"127.0.0.1:{replica.port}", node, "edge")
-    c.node.metadata.update({"public_address": f"127.0.0.{30 + int(node[-1])}"})
-    await c.open()
-    await c.request(CLUSTER_TYPE)
-    r = await c.recv()
-    assert r is not None
-    await c.request(CLUSTER_TYPE, version=r.version_info, nonce=r.nonce)
-    return c
+from tests.conftest import acked_client, wait_for
 
 
 async def test_render_says_what_it_is_for_and_writes_big_maps_one_entry_a_line(
@@ -35,7 +22,7 @@ async def test_render_says_what_it_is_for_and_writes_big_maps_one_entry_a_line(
     replica = await make_replica("fd", front_cidrs=("edge=127.0.0.0/8",), front_unprobed=("edge",))
     await store.put(Cluster(name="web"))
     url = await serve_api()
-    clients = [await _client(replica, f"edge-{i}") for i in range(2)]
+    clients = [await acked_client(replica, f"edge-{i}", public_address=f"127.0.0.{30 + i}") for i in range(2)]
     try:
 
         async def both() -> bool:
