@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -38,9 +37,6 @@ _USES = {
     "json": (),
 }
 _FLAG = {"local_as": "--local-as", "peer_as": "--peer-as"}
-# A map literal of more entries than this is printed one entry per line.
-MAP_LINE_ENTRIES = 8
-_MAP = re.compile(r"^(?P<indent>\s*)(?P<head>.*\bmap) \{ (?P<body>[^{}]*) \}(?P<tail>.*)$")
 
 
 def render_note(fmt: str, args: argparse.Namespace) -> str | None:
@@ -66,23 +62,6 @@ def _given(args: argparse.Namespace, key: str) -> bool:
     return key in getattr(args, "given", set())
 
 
-def one_entry_per_line(text: str, limit: int = MAP_LINE_ENTRIES) -> str:
-    """nftables map literals of more than `limit` entries (a maglev table has 1021) written
-    one entry per line, as `nft list ruleset` writes them, instead of on one line."""
-    out = []
-    for line in text.split("\n"):
-        m = _MAP.match(line)
-        entries = [e.strip() for e in m.group("body").split(",")] if m else []
-        if not m or len(entries) <= limit:
-            out.append(line)
-            continue
-        indent = m.group("indent")
-        out.append(f"{indent}{m.group('head')} {{")
-        out += [f"{indent}    {e}," for e in entries[:-1]] + [f"{indent}    {entries[-1]}"]
-        out.append(f"{indent}}}{m.group('tail')}")
-    return "\n".join(out)
-
-
 def cmd_frontdoor(args: argparse.Namespace) -> int:
     """Render the front tier for the in-service Envoys (from the admin API); with --watch,
     re-render every --interval seconds and, when the output changed, replace the file
@@ -101,8 +80,6 @@ def cmd_frontdoor(args: argparse.Namespace) -> int:
         try:
             r = client.request("GET", f"/v1/frontdoor/{args.format}", params=params)
             text = r.text if args.format != "json" else json.dumps(r.json(), indent=2) + "\n"
-            if args.format == "nftables":
-                text = one_entry_per_line(text)
         except (ApiProblem, httpx.HTTPError) as exc:
             if not args.watch:
                 raise

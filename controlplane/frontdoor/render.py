@@ -237,6 +237,17 @@ def render_iptables(
 MAGLEV_SLOTS = 1021  # prime; ≥ 5 slots per Envoy up to 200 Envoys
 
 
+MAP_LINE_ENTRIES = 8  # a map literal of more entries than this is written one entry a line
+
+
+def _nft_map(entries: list[str]) -> str:
+    """An nftables map literal: on one line when short, else one entry a line (a maglev table
+    has 1021), as `nft list ruleset` writes it, so a diff of two renders shows what moved."""
+    if len(entries) <= MAP_LINE_ENTRIES:
+        return "{ " + ", ".join(entries) + " }"
+    return "{\n" + ",\n".join(f"        {e}" for e in entries) + "\n    }"
+
+
 def maglev_slots(members: list[Member], slots: int = MAGLEV_SLOTS) -> list[Member]:
     """A Maglev lookup table over the members (keyed by node id): slot i → its Envoy. Each
     Envoy owns slots/N ±1 slots; when one leaves, its slots are re-spread and almost every
@@ -273,12 +284,12 @@ def render_nftables(
     if not ms:
         body = "    # no Envoy in service: nothing to DNAT to"
     elif mode == "maglev":
-        targets = ", ".join(f"{i} : {m.address}" for i, m in enumerate(maglev_slots(ms, slots)))
-        body = f"    ip daddr {vip} tcp dport {port} dnat to jhash ip saddr mod {slots} map {{ {targets} }}"
+        targets = _nft_map([f"{i} : {m.address}" for i, m in enumerate(maglev_slots(ms, slots))])
+        body = f"    ip daddr {vip} tcp dport {port} dnat to jhash ip saddr mod {slots} map {targets}"
     else:
-        targets = ", ".join(f"{i} : {m.address}" for i, m in enumerate(ms))
+        targets = _nft_map([f"{i} : {m.address}" for i, m in enumerate(ms)])
         pick = f"jhash ip saddr mod {len(ms)}" if mode == "hash" else f"numgen inc mod {len(ms)}"
-        body = f"    ip daddr {vip} tcp dport {port} dnat to {pick} map {{ {targets} }}"
+        body = f"    ip daddr {vip} tcp dport {port} dnat to {pick} map {targets}"
     return "\n".join(
         [
             f"# lbcp front door: {len(ms)} Envoys in service ({', '.join(m.node_id for m in ms)})",

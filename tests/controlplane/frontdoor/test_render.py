@@ -247,7 +247,7 @@ def test_nftables_maglev_keeps_clients_when_the_set_changes(n: int, tmp_path) ->
     span = n * (n - 1) * 20  # a whole number of periods of both maps
     kept = [hash_before[h % n] == hash_after[h % (n - 1)] for h in range(span) if hash_before[h % n] != gone.address]
     assert kept.count(False) / len(kept) > 0.4 > moved
-    assert f"jhash ip saddr mod {MAGLEV_SLOTS} map {{ 0 : {before[0]}," in text
+    assert f"jhash ip saddr mod {MAGLEV_SLOTS} map {{\n        0 : {before[0]},\n        1 : {before[1]},\n" in text
     _check([_tool("nft"), "--check", "-f"], text, tmp_path, ".nft")
     assert render_nftables(list(reversed(ms)), "198.51.100.1", 443, mode="maglev") == text
 
