@@ -73,6 +73,44 @@ def _cas(compare: rpc.Compare, key: bytes, success: rpc.RequestOp) -> rpc.Reques
     )
 
 
+class NackLog:
+    """NACKs in the log, bounded: one line per node, type and version (a stream that NACKs the
+    same version again, or reconnects and does, is not logged again), the message cut to
+    `MESSAGE_CHARS`, and at most `PER_SECOND` lines a second, then one line saying how many
+    were left out. The whole message stays in the registry record and `/v1/fleet`."""
+
+    MESSAGE_CHARS = 300
+    PER_SECOND = 10
+    _REMEMBERED = 10_000  # (node, type) pairs whose last logged version is kept
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], str] = {}
+        self._second = 0
+        self._lines = 0
+        self._left_out = 0
+
+    def nacked(self, node_id: str, fleet: str, type_url: str, nack: Nack) -> None:
+        key = (node_id, type_url)
+        if self._last.get(key) == nack.version:
+            return
+        if len(self._last) >= self._REMEMBERED:
+            self._last.clear()
+        self._last[key] = nack.version
+        second = int(time.monotonic())
+        if second != self._second:
+            if self._left_out:
+                log.warning("%d more NACKs not logged in the last second (see /v1/fleet)", self._left_out)
+            self._second, self._lines, self._left_out = second, 0, 0
+        if self._lines >= self.PER_SECOND:
+            self._left_out += 1
+            return
+        self._lines += 1
+        message = nack.message
+        if len(message) > self.MESSAGE_CHARS:
+            message = f"{message[: self.MESSAGE_CHARS]}… [{len(message)} characters]"
+        log.warning("NACK from %s (%s) for %s version %s: %s", node_id, fleet, type_url, nack.version, message)
+
+
 # Rounds of claiming one batch: a holder that changes between a read and a takeover is read again.
 _CLAIM_ROUNDS = 4
 
@@ -106,6 +144,7 @@ class FleetRegistry:
         self._lease_lock = asyncio.Lock()
         self._refused_by: dict[int, str] = {}  # stream id -> the replica holding its node (refused)
         self._released: dict[bytes, asyncio.Event] = {}  # owner key -> set when its claim goes
+        self._nack_log = NackLog()
 
     def key(self, s: BaseStream) -> bytes:
         return self.prefix + f"{urllib.parse.quote(s.node.id, safe='')}/{self.replica}.{s.id}".encode()
@@ -334,14 +373,7 @@ class FleetRegistry:
         self._mark(stream)
 
     def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
-        log.warning(
-            "NACK from %s (%s) for %s version %s: %s",
-            stream.node.id,
-            stream.fleet,
-            type_url,
-            nack.version,
-            nack.message,
-        )
+        self._nack_log.nacked(stream.node.id, stream.fleet, type_url, nack)
         self.nacks.append({"node_id": stream.node.id, "type_url": type_url, **nack.as_dict()})
         del self.nacks[:-100]
         self._mark(stream)
