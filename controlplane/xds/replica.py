@@ -45,6 +45,7 @@ class ReplicaConfig:
     max_connection_age: float = 1800.0
     limits: ServerLimits = field(default_factory=ServerLimits)
     registry_flush_interval: float = 0.2
+    registry_lease_ttl: int = 10  # seconds: the replica's records outlive it (killed, cut off) this long
     tls: tuple[bytes, bytes, bytes | None] | None = None  # server cert, key, client CA (mTLS)
     metrics_port: int | None = None  # serve Prometheus /metrics on host:metrics_port (0: any free port)
     probe_interval: float = 2.0  # probe connected Envoys' /healthz this often (0: never); xds/probe.py
@@ -98,7 +99,9 @@ class XdsReplica:
         self.view = IntentView(self.etcd)
         self.cache = SnapshotCache(self.view, debounce=config.debounce)
         self.metrics.watch_cache(self.cache)
-        self.registry = FleetRegistry(Etcd(config.etcd), config.replica_id, config.registry_flush_interval)
+        self.registry = FleetRegistry(
+            Etcd(config.etcd), config.replica_id, config.registry_flush_interval, config.registry_lease_ttl
+        )
         self.registry.etcd.metrics = etcd_metrics
         self.prober = FrontProber(
             config.probe_interval, policy=FrontPolicy.parse(config.front_cidrs, config.front_unprobed)
