@@ -12,7 +12,10 @@ Shapes (same for every kind):
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import random
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -24,7 +27,7 @@ from api.auth import Role, require
 from api.problems import ApiError, field_errors
 from controlplane.intent.certificates import info as cert_info
 from controlplane.intent.certificates import validate as validate_certificate
-from controlplane.intent.errors import FieldError, PreconditionFailed, TooLarge, ValidationFailed
+from controlplane.intent.errors import FieldError, PreconditionFailed, TooLarge, ValidationFailed, WriteConflict
 from controlplane.intent.keyspace import Ref, Stored
 from controlplane.intent.model import MODELS, Backend, Certificate, Kind
 from controlplane.intent.store import AnyOp, Op, ReplaceBackends, Store, WriteResult
@@ -244,6 +247,12 @@ def _merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+# A merge patch without a precondition is re-read and re-applied when another write got in
+# between (as Kubernetes does): bounded in attempts and in time, with a short random pause.
+PATCH_ATTEMPTS = 100
+PATCH_RETRY_SECONDS = 10.0
+
+
 async def _patch(request: Request, ref: Ref, dry_run: bool) -> JSONResponse:
     patch = await json_body(request, patch=True)
     if not isinstance(patch, dict):
@@ -258,16 +267,34 @@ async def _patch(request: Request, ref: Ref, dry_run: bool) -> JSONResponse:
             "PATCH modifies an existing object; If-None-Match does not apply",
         )
     store = _store(request)
-    current = await store.get(ref)
-    if if_match is not None and if_match != current.mod_revision:
-        raise PreconditionFailed(f"{ref} is at revision {current.mod_revision}, not {if_match}", current.mod_revision)
-    merged = _merge_patch(current.obj.model_dump(mode="json"), patch)
-    obj = parse(MODELS[ref.kind], merged)
-    if obj.name != ref.name:
-        raise ValidationFailed([FieldError("/name", "a PATCH cannot rename an object")])
-    # The patch was computed on `current`: commit only if it is still current.
-    result = await store.apply([Op("replace", ref, obj, current.mod_revision)], dry_run=dry_run)
-    return await _object_response(request, result, ref)
+    deadline = time.monotonic() + PATCH_RETRY_SECONDS
+    for attempt in range(1, PATCH_ATTEMPTS + 1):
+        current = await store.get(ref)
+        if if_match is not None and if_match != current.mod_revision:
+            raise PreconditionFailed(
+                f"{ref} is at revision {current.mod_revision}, not {if_match}", current.mod_revision
+            )
+        merged = _merge_patch(current.obj.model_dump(mode="json"), patch)
+        obj = parse(MODELS[ref.kind], merged)
+        if obj.name != ref.name:
+            raise ValidationFailed([FieldError("/name", "a PATCH cannot rename an object")])
+        # The patch was computed on `current`: commit only if it is still current.
+        try:
+            result = await store.apply([Op("replace", ref, obj, current.mod_revision)], dry_run=dry_run)
+        except PreconditionFailed:
+            # Another write got in. A caller who stated a revision asked for exactly this
+            # 412; one who did not gets the patch applied to the newer object.
+            if if_match is not None:
+                raise
+            if attempt == PATCH_ATTEMPTS or time.monotonic() >= deadline:
+                # Never a 412 the caller did not ask for: the object kept changing under it.
+                raise WriteConflict(
+                    f"{ref} changed under this patch {attempt} times; it was not applied, send it again"
+                ) from None
+            await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+            continue
+        return await _object_response(request, result, ref)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _delete(request: Request, ref: Ref, dry_run: bool) -> JSONResponse:
