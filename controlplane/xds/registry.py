@@ -16,12 +16,19 @@ the same node-bound identity (an Envoy reconnecting after a network cut, or with
 certificate). Otherwise the new stream is refused: the live stream wins. A claim is freed
 when its stream ends (a dead TCP connection is found by the server's keepalive within
 `KEEPALIVE_SECONDS`) or its replica stops heartbeating: claims live under a short lease of
-their own (`CLAIM_TTL`, kept alive four times per TTL), so a killed replica's nodes are free
+their own (`CLAIM_TTL`), so a killed replica's nodes are free
 for the Envoys that reconnect elsewhere within seconds, not at the registry lease's expiry.
 Claims that arrive together share one etcd transaction (one nested compare-and-put per
 node); while etcd is unreachable a stream is served provisionally and claims when etcd is
 back (and is closed if the node turns out to be held by another live stream). Each replica
 watches the claims, so a stream taken over on another replica is closed at once.
+
+Both leases are renewed three times per TTL from a thread of their own (controlplane.xds.
+leases), never starved by the replica's loop, so an idle stream costs etcd nothing once it is
+recorded. Each replica also keeps a heartbeat record under its lease (`replicas_prefix`)
+saying whether every stream it serves is recorded: readers of the front door keep an Envoy
+whose record vanished with a lapsed or incomplete replica (control-plane trouble), and drop
+one whose record its replica deleted (the stream ended: evidence about the Envoy).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from controlplane.etcd import Etcd, prefix_end
 from controlplane.intent.errors import StoreError
 from controlplane.intent.keyspace import Keyspace
 from controlplane.intent.model import DEFAULT_MIN_IN_SERVICE, Kind
+from controlplane.xds.leases import LeaseKeeper
 from controlplane.xds.server.common import BaseStream, Nack, StreamRejected
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,13 @@ def fleet_prefix(root: str) -> bytes:
 
 def owners_prefix(root: str) -> bytes:
     return f"{root}_runtime/owners/".encode()
+
+
+def replicas_prefix(root: str) -> bytes:
+    """Each replica's heartbeat record (under its registry lease): whether every stream it
+    serves is recorded (`complete`), so a reader can tell a record that went with its
+    stream from records that went with a lapsed lease."""
+    return f"{root}_runtime/replicas/".encode()
 
 
 def _put(key: bytes, value: bytes, lease: int) -> rpc.RequestOp:
@@ -118,10 +133,22 @@ _CLAIM_ROUNDS = 4
 class FleetRegistry:
     """A StreamObserver that mirrors this replica's streams into etcd."""
 
-    def __init__(self, etcd: Etcd, replica: str, flush_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        etcd: Etcd,
+        replica: str,
+        flush_interval: float = 0.2,
+        lease_ttl: int = LEASE_TTL,
+        claim_ttl: int = CLAIM_TTL,
+    ) -> None:
         self.etcd = etcd
         self.replica = replica
         self.flush_interval = flush_interval
+        self.lease_ttl, self.claim_ttl = lease_ttl, claim_ttl
+        self.heartbeat_key = replicas_prefix(etcd.config.prefix) + urllib.parse.quote(replica, safe="").encode()
+        self._complete: bool | None = None  # what the heartbeat record says (None: not written under this lease)
+        self._keeper: LeaseKeeper | None = None
+        self.lapses = {"lease": 0, "claims": 0}
         self.prefix = fleet_prefix(etcd.config.prefix)
         self._streams: dict[int, BaseStream] = {}
         self._dirty: set[int] = set()
@@ -139,7 +166,6 @@ class FleetRegistry:
         self._claimer: asyncio.Task[None] | None = None
         self._releases: dict[bytes, bytes] = {}  # owner key -> claim value to delete if still ours
         self._watcher: asyncio.Task[None] | None = None
-        self._heart: asyncio.Task[None] | None = None
         self._claim_lease = 0
         self._lease_lock = asyncio.Lock()
         self._refused_by: dict[int, str] = {}  # stream id -> the replica holding its node (refused)
@@ -167,7 +193,7 @@ class FleetRegistry:
         key = self.owner_key(stream.node.id)
         released = self._released.setdefault(key, asyncio.Event())
         try:
-            await asyncio.wait_for(released.wait(), CLAIM_TTL + 1)
+            await asyncio.wait_for(released.wait(), self.claim_ttl + 1)
         except TimeoutError:
             return refusal
         finally:
@@ -385,17 +411,20 @@ class FleetRegistry:
     # -- flushing --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._keeper = LeaseKeeper(self.etcd.config, self._lost)
         self._task = asyncio.create_task(self._run(), name="fleet-registry")
         self._watcher = asyncio.create_task(self._watch_claims(), name="fleet-claim-watch")
-        self._heart = asyncio.create_task(self._keep_claims(), name="fleet-claim-heartbeat")
 
     async def stop(self) -> None:
-        for task in (self._task, self._watcher, self._claimer, self._heart):
+        for task in (self._task, self._watcher, self._claimer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StoreError):
                     await asyncio.wait({task}, timeout=2)
-        self._task = self._watcher = self._claimer = self._heart = None
+        self._task = self._watcher = self._claimer = None
+        if self._keeper is not None:
+            await asyncio.to_thread(self._keeper.stop)
+            self._keeper = None
         if self._claim_lease:
             # Revoking frees this replica's node ids at once: its Envoys move elsewhere freely.
             with contextlib.suppress(StoreError, TimeoutError):
@@ -412,51 +441,45 @@ class FleetRegistry:
     async def _ensure_lease(self) -> None:
         async with self._lease_lock:
             if self._lease:
-                ttl = await self.etcd.lease_keepalive(self._lease)
-                if ttl > 0:
-                    return
-                log.warning("fleet registry lease expired; re-registering %d streams", len(self._streams))
-            self._lease = await self.etcd.lease_grant(LEASE_TTL)
+                return
+            self._lease = await self.etcd.lease_grant(self.lease_ttl)
+            if self._keeper is not None:
+                self._keeper.keep(self._lease, self.lease_ttl)
+            self._complete = None  # the heartbeat record went with the old lease, if any
             self._dirty |= set(self._streams)
 
     async def _claim_lease_now(self) -> None:
         async with self._lease_lock:
             if not self._claim_lease:
-                self._claim_lease = await self.etcd.lease_grant(CLAIM_TTL)
+                self._claim_lease = await self.etcd.lease_grant(self.claim_ttl)
+                if self._keeper is not None:
+                    self._keeper.keep(self._claim_lease, self.claim_ttl)
 
-    async def _keep_claims(self) -> None:
-        """The claims' heartbeat: a replica that stops (killed, partitioned from etcd, its loop
-        stalled past CLAIM_TTL) loses its claims, and claims them again when it can."""
-        while True:
-            await asyncio.sleep(CLAIM_TTL / 4)
-            if not self._claim_lease:
-                continue
-            try:
-                alive = await self.etcd.lease_keepalive(self._claim_lease) > 0
-            except StoreError as exc:
-                log.debug("claim heartbeat failed (%s)", exc)
-                continue
-            if not alive:
-                log.warning(
-                    "node-id claims expired (etcd or this replica stalled); claiming %d again", len(self._claims)
-                )
-                self._claim_lease = 0
-                self._unclaimed |= set(self._claims)
-                self._claims.clear()
-                self._wake.set()
+    def _lost(self, lease: int) -> None:
+        """etcd let one of our leases lapse (etcd, or this whole process, stalled past its
+        TTL: the keeper's thread renews them whatever the replica's loop is doing)."""
+        if lease == self._lease:
+            self.lapses["lease"] += 1
+            log.warning("fleet registry lease expired; re-registering %d streams", len(self._streams))
+            self._lease = 0
+        elif lease == self._claim_lease:
+            self.lapses["claims"] += 1
+            log.warning("node-id claims expired (etcd or this replica stalled); claiming %d again", len(self._claims))
+            self._claim_lease = 0
+            self._unclaimed |= set(self._claims)
+            self._claims.clear()
+        self._wake.set()
 
     async def _run(self) -> None:
-        last_keepalive = 0.0
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), LEASE_TTL / 3)
+                await asyncio.wait_for(self._wake.wait(), self.lease_ttl / 3)
             except TimeoutError:
                 pass
             self._wake.clear()
             try:
-                if not self._lease or time.monotonic() - last_keepalive > LEASE_TTL / 3:
+                if not self._lease:
                     await self._ensure_lease()
-                    last_keepalive = time.monotonic()
                 if self._unclaimed:
                     await self._reclaim()
                 written = await self._flush()
@@ -484,6 +507,12 @@ class FleetRegistry:
         now = time.time()
         for s in dirty:
             ops.append(_put(self.key(s), self._record(s, now), self._lease))
+        # The heartbeat says whether every stream served is recorded, written when that changes:
+        # readers keep the last good front door while a replica's records are incomplete.
+        complete = not self._unclaimed and not (self._dirty - {s.id for s in dirty})
+        if complete != self._complete:
+            beat = {"replica": self.replica, "complete": complete, "streams": len(self._streams), "at": now}
+            ops.append(_put(self.heartbeat_key, json.dumps(beat).encode(), self._lease))
         if not ops:
             return 0
         gone, self._gone = self._gone, {}
@@ -497,6 +526,7 @@ class FleetRegistry:
             self._releases.update(releases)
             self._dirty |= {s.id for s in dirty}
             raise
+        self._complete = complete
         self.flushes += 1
         return len(ops)
 
@@ -529,6 +559,8 @@ class FleetView:
     drained: dict[str, dict[str, Any]] = field(default_factory=dict)  # node id -> drain record, connected or not
     # fleet -> its Fleet object's min_in_service, for the fleets that have an object
     floors: dict[str, int] = field(default_factory=dict)
+    # replica id -> its heartbeat record ({"complete": bool, ...}), for the replicas whose lease lives
+    replicas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 async def read_fleet(etcd: Etcd) -> FleetView:
@@ -536,17 +568,17 @@ async def read_fleet(etcd: Etcd) -> FleetView:
     one etcd revision."""
     prefix = fleet_prefix(etcd.config.prefix)
     keys = Keyspace(etcd.config.prefix)
-    drains, fleets = keys.drains, keys.folder(Kind.FLEET)
+    drains, fleets, beats = keys.drains, keys.folder(Kind.FLEET), replicas_prefix(etcd.config.prefix)
     resp = await etcd.txn(
         rpc.TxnRequest(
             success=[
                 rpc.RequestOp(request_range=rpc.RangeRequest(key=k, range_end=prefix_end(k)))
-                for k in (prefix, drains, fleets)
+                for k in (prefix, drains, fleets, beats)
             ]
         ),
         read_only=True,
     )
-    registry, drain_kvs, fleet_kvs = (r.response_range.kvs for r in resp.responses)
+    registry, drain_kvs, fleet_kvs, beat_kvs = (r.response_range.kvs for r in resp.responses)
     drained: dict[str, dict[str, Any]] = {}
     for kv in drain_kvs:
         drained[urllib.parse.unquote(kv.key[len(drains) :].decode())] = drain_record(kv.value, kv.mod_revision)
@@ -561,6 +593,11 @@ async def read_fleet(etcd: Etcd) -> FleetView:
         name, floor = fleet_floor(kv.key[len(fleets) :], kv.value)
         if floor is not None:
             view.floors[name] = floor
+    for kv in beat_kvs:
+        with contextlib.suppress(ValueError):
+            beat = json.loads(kv.value)
+            if isinstance(beat, dict):
+                view.replicas[urllib.parse.unquote(kv.key[len(beats) :].decode())] = beat
     return view
 
 
