@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from controlplane.xds.bootstrap import XdsTLS
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,6 +31,26 @@ import httpx
 # backends needs more. The API reports 413 batch-too-large beyond these.
 ETCD_MAX_TXN_OPS = 16384
 ETCD_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+# etcd keeps every revision until it is compacted, so without compaction its database only
+# grows (the registry rewrites records on every push and ACK: 14 MB to 286 MB in two hours of
+# testing, issue 27). Every shipped etcd (here, docker-compose.yml, deploy/k8s/etcd.yaml)
+# compacts periodically: each hour, to the revision it had an hour before. Periodic rather
+# than revision mode because what lbcp promises is measured in time, whatever the write rate:
+# a list's page token (a read at one revision) stays good for at least an hour before the API
+# answers 410 page-token-expired, and an xDS replica's intent view (or the console's event
+# hub) resumes its watch where it left off after an etcd outage of most of an hour (its
+# revision is at most etcd's 10-minute progress notification old); after a longer one it
+# finds that revision compacted and reloads in full.
+# The quota is etcd's default made explicit: beyond it etcd refuses writes (NOSPACE alarm)
+# until history is compacted, members defragmented and the alarm disarmed. docs/deploy.md,
+# "etcd: compaction, quota and defragmentation".
+ETCD_AUTO_COMPACTION_MODE = "periodic"
+ETCD_AUTO_COMPACTION_RETENTION = "1h"
+ETCD_QUOTA_BACKEND_BYTES = 2 * 1024**3
+
+# What etcd's periodic retention accepts: a Go duration (`30s`, `10m`, `1h`) or whole hours.
+_RETENTION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+|\d+")
 
 
 # `lbcp up` gives Envoy i the loopback address 127.0.1.(i+1): its own front address.
@@ -149,9 +170,26 @@ class EtcdMember:
 class EtcdCluster:
     """A 1- or 3-member etcd cluster on loopback, data under `root`."""
 
-    def __init__(self, root: Path, size: int = 1, token: str = "lbcp", tls: EtcdTLS | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        size: int = 1,
+        token: str = "lbcp",
+        tls: EtcdTLS | None = None,
+        *,
+        compaction_retention: str = ETCD_AUTO_COMPACTION_RETENTION,
+        quota_backend_bytes: int = ETCD_QUOTA_BACKEND_BYTES,
+    ) -> None:
+        """`compaction_retention`: how much history etcd keeps (periodic auto-compaction);
+        tests shorten it to see compaction happen."""
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
+        if not _RETENTION.fullmatch(compaction_retention) or not any(c in "123456789" for c in compaction_retention):
+            raise ValueError(f"compaction retention must be a duration like 1h or 30s, got {compaction_retention!r}")
+        if quota_backend_bytes <= 0:
+            raise ValueError("the backend quota must be positive")
+        self.compaction_retention = compaction_retention
+        self.quota_backend_bytes = quota_backend_bytes
         self.root = Path(root)
         self.token = token
         self.tls = tls
@@ -195,6 +233,12 @@ class EtcdCluster:
             str(ETCD_MAX_TXN_OPS),
             "--max-request-bytes",
             str(ETCD_MAX_REQUEST_BYTES),
+            "--auto-compaction-mode",
+            ETCD_AUTO_COMPACTION_MODE,
+            "--auto-compaction-retention",
+            self.compaction_retention,
+            "--quota-backend-bytes",
+            str(self.quota_backend_bytes),
             "--heartbeat-interval",
             "50",
             "--election-timeout",
