@@ -13,6 +13,7 @@ import yaml
 
 from api.cli import build_parser
 from api.cli.intent import _apply_ops
+from api.localcluster.procs import ETCD_AUTO_COMPACTION_MODE, ETCD_AUTO_COMPACTION_RETENTION, ETCD_QUOTA_BACKEND_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = Path(__file__).resolve().parent / "data" / "compose-spec.json"  # copy of ../shared/compose-spec.json
@@ -115,6 +116,21 @@ def test_services_point_at_each_other() -> None:
         for n in envoys
     }
     assert jobs["envoy"] == {f"{n}:{p}" for n in envoys for p in ops}
+
+
+def test_etcd_compacts_like_lbcp_up() -> None:
+    """Every etcd member compacts its history and has a quota, with the values `lbcp up` uses
+    (api/localcluster/procs.py): without compaction etcd's database only grows (issue 27)."""
+    etcds = {n: s for n, s in _compose()["services"].items() if s.get("image", "").startswith("gcr.io/etcd")}
+    assert len(etcds) == 3
+    for name, s in etcds.items():
+        argv = [str(a) for a in [*s["entrypoint"], *s["command"]]]
+        assert argv[0] == "etcd", name
+        flags = dict(a.split("=", 1) for a in argv[1:])
+        assert len(flags) == len(argv) - 1, f"{name}: a flag given twice, or not as --flag=value"
+        assert flags["--auto-compaction-mode"] == ETCD_AUTO_COMPACTION_MODE, name
+        assert flags["--auto-compaction-retention"] == ETCD_AUTO_COMPACTION_RETENTION, name
+        assert int(flags["--quota-backend-bytes"]) == ETCD_QUOTA_BACKEND_BYTES, name
 
 
 async def test_demo_intent_is_valid_and_names_the_demo_backends(api) -> None:

@@ -4,13 +4,19 @@ bootstrap in the ConfigMap validates with a real Envoy, and the wiring between t
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from pathlib import Path
 
 import yaml
 
 from api.cli import build_parser
-from api.localcluster.procs import envoy_binary
+from api.localcluster.procs import (
+    ETCD_AUTO_COMPACTION_MODE,
+    ETCD_AUTO_COMPACTION_RETENTION,
+    ETCD_QUOTA_BACKEND_BYTES,
+    envoy_binary,
+)
 from tests.certs import with_test_certificates
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +106,29 @@ def test_lbcp_commands_parse_and_reach_etcd_and_xds() -> None:
     envoy = next(o for o in objs if o["kind"] == "DaemonSet")
     ops = next(p["containerPort"] for p in _pod_containers(envoy)[0]["ports"] if p["name"] == "ops")
     assert boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] == ops
+
+
+def _quantity(q: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+    return int(q[:-2]) * units[q[-2:]] if q[-2:] in units else int(q)
+
+
+def test_etcd_compacts_like_lbcp_up_and_its_quota_fits_its_volume() -> None:
+    """etcd compacts its history with the values `lbcp up` uses (api/localcluster/procs.py),
+    and its volume holds a database at the quota plus its defragmented copy."""
+    etcd = next(o for o in _objects() if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "etcd")
+    (c,) = _pod_containers(etcd)
+    assert c["command"][:2] == ["sh", "-c"]
+    argv = shlex.split(c["command"][2])
+    assert argv[:2] == ["exec", "etcd"]
+    flags = dict(a.split("=", 1) for a in argv[2:])
+    assert len(flags) == len(argv) - 2, "a flag given twice, or not as --flag=value"
+    assert flags["--auto-compaction-mode"] == ETCD_AUTO_COMPACTION_MODE
+    assert flags["--auto-compaction-retention"] == ETCD_AUTO_COMPACTION_RETENTION
+    quota = int(flags["--quota-backend-bytes"])
+    assert quota == ETCD_QUOTA_BACKEND_BYTES
+    (claim,) = etcd["spec"]["volumeClaimTemplates"]
+    assert 2 * quota < _quantity(claim["spec"]["resources"]["requests"]["storage"])
 
 
 def _bootstrap() -> dict:
