@@ -148,6 +148,8 @@ def cmd_dns(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         interval=args.interval,
+        stale_hold=args.stale_hold,
+        metrics_port=args.metrics_port,
     )
 
     async def run() -> None:
@@ -219,4 +221,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     x.add_argument("--ttl", type=int, default=30)
     x.add_argument("--fleet")
     x.add_argument("--interval", type=float, default=0.5, help="seconds between reads of the fleet state")
+    x.add_argument(
+        "--stale-hold",
+        type=float,
+        default=60.0,
+        help="seconds an Envoy stays in the answer after its registry record vanished without evidence"
+        " (a lapsed lease, a replica re-registering; static stability)",
+    )
+    x.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on --host:PORT (0: any free port)")
     x.set_defaults(func=cmd_dns)

@@ -20,7 +20,7 @@ import itertools
 import logging
 import struct
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import dns.exception
 import dns.flags
@@ -31,9 +31,13 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import xxhash
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 from controlplane.etcd import Etcd
-from controlplane.frontdoor.render import Member, by_headroom, follow
+from controlplane.frontdoor.render import STALE_HOLD, Member, StableFront, by_headroom, follow
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ class DnsConfig:
     host: str = "127.0.0.1"
     port: int = 5353
     interval: float = 0.5
+    stale_hold: float = STALE_HOLD  # an Envoy whose record vanished without evidence stays this long
+    metrics_port: int | None = None  # serve Prometheus /metrics on host:metrics_port (0: any free port)
 
 
 class FrontDoorDns:
@@ -57,7 +63,18 @@ class FrontDoorDns:
         self.zone = dns.name.from_text(config.zone)
         self.fqdn = dns.name.from_text(config.name, origin=self.zone)
         self.members: list[Member] = []
+        self.front = StableFront(config.stale_hold)
         self.queries = 0
+        self.registry = CollectorRegistry()
+        self._in_service = Gauge(
+            "lbcp_frontdoor_members",
+            "Envoys in the answer: in (their records say so) or stale (kept: records gone without evidence)",
+            ["state"],
+            registry=self.registry,
+        )
+        self._answered = Counter("lbcp_frontdoor_queries_total", "DNS queries answered", registry=self.registry)
+        self.metrics_port: int | None = None
+        self._metrics: WSGIServer | None = None
         self._turn = itertools.count()
         self._servers: list[asyncio.BaseTransport | asyncio.AbstractServer] = []
         self.port = config.port
@@ -86,6 +103,7 @@ class FrontDoorDns:
 
     def _respond(self, query: dns.message.Message) -> dns.message.Message:
         self.queries += 1
+        self._answered.inc()
         resp = dns.message.make_response(query)
         resp.flags |= dns.flags.AA
         resp.flags &= ~dns.flags.RA
@@ -180,18 +198,39 @@ class FrontDoorDns:
         for s in self._servers:
             s.close()
         self._servers = []
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
 
     async def follow(self, etcd: Etcd) -> None:
         """Keep `members` current from etcd until cancelled."""
-        async for members in follow(etcd, self.config.fleet, self.config.interval):
+        stale: list[Member] = []
+        async for members in follow(etcd, self.config.fleet, self.config.interval, self.front):
             if members != self.members:
                 log.info(
                     "%s: %d in service: %s", self.fqdn, len(members), ", ".join(m.address for m in members) or "none"
                 )
+            if self.front.stale != stale:
+                stale = self.front.stale
+                log.warning(
+                    "%s: keeping %d Envoys whose registry records vanished without evidence (a lapsed lease or a"
+                    " replica re-registering; at most %.0f s): %s",
+                    self.fqdn,
+                    len(stale),
+                    self.config.stale_hold,
+                    ", ".join(m.node_id for m in stale) or "none",
+                )
+            self._in_service.labels("stale").set(len(stale))
+            self._in_service.labels("in").set(len(members) - len(stale))
             self.members = members
 
     async def run(self, etcd: Etcd) -> None:
         await self.start()
+        if self.config.metrics_port is not None:
+            self._metrics, _ = start_http_server(self.config.metrics_port, self.config.host, registry=self.registry)
+            self.metrics_port = self._metrics.server_port
+            log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
         log.info("answering for %s on %s:%d (UDP and TCP)", self.fqdn, self.config.host, self.port)
         try:
             await self.follow(etcd)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from controlplane.etcd import Etcd
+    from controlplane.xds.registry import FleetView
 
 import ipaddress
 from collections.abc import AsyncIterator
@@ -361,22 +362,70 @@ def _with_headroom(members: list[Member]) -> list[tuple[Member, float | None]]:
     return [(m, m.headroom) for m in members]
 
 
-async def follow(etcd: Etcd, fleet: str | None = None, interval: float = 0.5) -> AsyncIterator[list[Member]]:
+STALE_HOLD = 60.0  # seconds a member is kept after its record vanished without evidence
+
+
+class StableFront:
+    """The in-service set, statically stable against control-plane trouble.
+
+    Only evidence about an Envoy takes it out of the front door: its own state in its record
+    (drained, unhealthy, full, behind, …), or its record deleted by the replica that served
+    it (its stream ended), which that replica's heartbeat vouches for (`complete`: every
+    stream it serves is recorded). A record that vanished otherwise, with a lease that
+    lapsed (etcd paused, a replica stalled or restarting, a reconnect storm) or a replica
+    still re-registering, says nothing about the Envoy: it stays in front, `stale`, for at
+    most `hold` seconds or until its record is back. The same for every read that fails:
+    the last set stands."""
+
+    def __init__(self, hold: float = STALE_HOLD) -> None:
+        self.hold = hold
+        self._known: dict[str, tuple[Member, str | None]] = {}  # node -> (member, its replica)
+        self._missing: dict[str, float] = {}  # node -> when its record vanished (monotonic)
+        self.stale: list[Member] = []
+
+    def members(self, view: FleetView, revision: int | None = None, fleet: str | None = None) -> list[Member]:
+        import time
+
+        live = in_service(view.nodes, revision, fleet, view.floors)
+        known = {m.node_id: (m, view.nodes[m.node_id].get("replica")) for m in live}
+        now = time.monotonic()
+        stale = []
+        for node_id, (m, replica) in self._known.items():
+            if node_id in known or node_id in view.nodes or node_id in view.drained:
+                continue  # present: its record (or an operator's drain) decides
+            beat = view.replicas.get(replica or "")
+            if beat is not None and beat.get("complete"):
+                continue  # its replica recorded every stream it serves: this one ended
+            since = self._missing.setdefault(node_id, now)
+            if now - since <= self.hold:
+                stale.append(m)
+                known[node_id] = (m, replica)
+        self._missing = {n: t for n, t in self._missing.items() if n in known and n not in view.nodes}
+        self._known = known
+        self.stale = sorted(stale)
+        return sorted(m for m, _ in known.values())
+
+
+async def follow(
+    etcd: Etcd, fleet: str | None = None, interval: float = 0.5, front: StableFront | None = None
+) -> AsyncIterator[list[Member]]:
     """Yield the in-service set now, then each time it or a member's headroom changes (read
     from etcd every `interval` seconds; a read that fails is retried at the next tick, and
-    the last set stands meanwhile). Withdrawal takes at most: the replica's probe interval +
-    its registry flush + `interval`."""
+    the last set stands meanwhile), kept statically stable by `front` (StableFront: an
+    Envoy leaves on evidence about it, never because the registry is in trouble).
+    Withdrawal takes at most: the replica's probe interval + its registry flush + `interval`."""
     import asyncio
 
     from controlplane.intent.errors import StoreError
     from controlplane.xds.registry import read_fleet
 
+    front = front or StableFront()
     last: list[Member] | None = None
     while True:
         members: list[Member] | None
         try:
             view = await read_fleet(etcd)
-            members = in_service(view.nodes, fleet=fleet, floors=view.floors)
+            members = front.members(view, fleet=fleet)
         except StoreError:
             members = last
         # Members compare without their headroom (renders sort and diff by identity), but the
