@@ -333,10 +333,24 @@ class FleetRegistry:
         while True:
             try:
                 if not revision:
-                    revision = (await self.etcd.txn(rpc.TxnRequest(), read_only=True)).header.revision + 1
+                    # From now, after what holds now: takeovers missed while no watch was open
+                    # (its history compacted away, or at start) are found in the claims themselves.
+                    cur = await self.etcd.range(self.owners, prefix_end(self.owners))
+                    held = {kv.key for kv in cur.kvs}
+                    for kv in cur.kvs:
+                        self._claim_changed(kv.key, kv.value, kv.mod_revision)
+                    for key, event in list(self._released.items()):
+                        if key not in held:
+                            event.set()
+                    revision = cur.header.revision + 1
                 call = await self.etcd.watch(self.owners, prefix_end(self.owners), revision)
                 try:
                     async for resp in call:
+                        if resp.compact_revision or resp.canceled:
+                            revision = 0  # etcd compacted the history this watch needed: read anew
+                            break
+                        if not resp.events and not resp.created:  # a progress notification
+                            revision = max(revision, resp.header.revision + 1)
                         for ev in resp.events:
                             revision = max(revision, ev.kv.mod_revision + 1)
                             if ev.type == 0:  # PUT
