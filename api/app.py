@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from api.frontdoor import frontdoor_router
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.resources import backends_router, batch_router, kind_router
 from api.ring import ring_router
+from api.serving import RateLimitedLog, limit_loop_errors
 from controlplane.etcd import Etcd, EtcdConfig
 from controlplane.intent.model import MODELS
 from controlplane.intent.store import Store
@@ -38,6 +40,14 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = DEFAULT_MAX_BODY
+    # Defences against floods (docs/security.md): a request head must arrive whole within
+    # header_timeout, its body within body_timeout; at most max_concurrency requests are in
+    # flight (503 `overloaded` beyond) and max_connections connections open.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_concurrency: int = 256
+    max_connections: int = 2048
+    max_head_bytes: int = 64 * 1024
 
     def check(self) -> None:
         """Refuse an unauthenticated API on a non-loopback address."""
@@ -96,6 +106,94 @@ class _TooLarge(Exception):
     pass
 
 
+# Not counted against --max-concurrency: the liveness probe and Prometheus must answer under
+# load, and an event stream lasts as long as its viewer (bounded by --max-connections).
+UNLIMITED_PATHS = frozenset({"/healthz", "/metrics", "/v1/events"})
+
+
+class _Admission:
+    """At most `max_concurrency` requests in flight (503 `overloaded`, `Retry-After: 1`
+    beyond: the requests already in flight go on), and a request body must arrive whole
+    within `body_timeout` of its head (408 `body-timeout`, and the connection closes)."""
+
+    def __init__(self, app: ASGIApp, max_concurrency: int, body_timeout: float, metrics: ApiMetrics) -> None:
+        self.app, self.max_concurrency, self.body_timeout, self.metrics = app, max_concurrency, body_timeout, metrics
+        self.in_flight = 0
+        self.log = RateLimitedLog(log)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        counted = scope["path"] not in UNLIMITED_PATHS
+        if counted and self.in_flight >= self.max_concurrency:
+            self.metrics.shed.labels("overloaded").inc()
+            self.log.log(
+                "overloaded",
+                logging.WARNING,
+                f"admin API: {self.in_flight} requests in flight, the --max-concurrency: answering 503 overloaded",
+            )
+            resp = problems.problem(
+                503,
+                "overloaded",
+                "Overloaded",
+                f"the API is answering {self.in_flight} requests, the most it takes at once; retry in a moment",
+                scope.get("path"),
+            )
+            return await resp(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
+        body_done = started = False
+
+        async def _receive() -> Message:
+            nonlocal body_done
+            if body_done:  # e.g. waiting for a disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    msg = await receive()
+            except TimeoutError:
+                raise _BodyTimeout() from None
+            body_done = msg["type"] != "http.request" or not msg.get("more_body", False)
+            return msg
+
+        async def _send(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        if counted:
+            self.in_flight += 1
+            self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, _receive, _send)
+        except _BodyTimeout:
+            if started:
+                raise
+            self.metrics.shed.labels("body-timeout").inc()
+            self.log.log(
+                "body-timeout",
+                logging.WARNING,
+                f"admin API: a request body did not arrive within --body-timeout ({self.body_timeout:g} s): 408",
+            )
+            resp = problems.problem(
+                408,
+                "body-timeout",
+                "Request body timeout",
+                f"the request body did not arrive within {self.body_timeout:g} s",
+                scope.get("path"),
+            )
+            resp.headers["connection"] = "close"
+            await resp(scope, receive, send)
+        finally:
+            if counted:
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()
+
+
+class _BodyTimeout(Exception):
+    pass
+
+
 def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -109,9 +207,12 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
         app.state.events = EventHub(client)
         if not settings.tokens.enabled:
             log.warning("admin API: no tokens configured; dev mode, every request may write (loopback only)")
+        # asyncio reports every socket it could not accept (EMFILE): at most once a second.
+        undo_loop_errors = limit_loop_errors(asyncio.get_running_loop())
         try:
             yield
         finally:
+            undo_loop_errors()
             await app.state.events.close()
             if own:
                 await client.close()
@@ -130,6 +231,9 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
     problems.install(app)
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     metrics = app.state.metrics = ApiMetrics()
+    app.add_middleware(
+        _Admission, max_concurrency=settings.max_concurrency, body_timeout=settings.body_timeout, metrics=metrics
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +25,15 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.shed = Counter(
+            "lbcp_api_shed_total",
+            "requests and connections the API's limits refused or closed, by reason (overloaded, "
+            "header-timeout, body-timeout, evicted, head-too-large)",
+            ["reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge("lbcp_api_requests_in_flight", "requests counted against --max-concurrency", registry=r)
+        self.open_connections = Gauge("lbcp_api_open_connections", "open HTTP connections", registry=r)
         self.etcd = EtcdMetrics(r)
         self.ring = RingMetrics(r)
 

@@ -30,7 +30,9 @@ class ApiError(StoreError):
         self.status, self.code, self.title = status, code, title
 
 
-def problem(status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any) -> JSONResponse:
+def problem_body(
+    status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": f"urn:lbcp:problem:{code}",
         "title": title,
@@ -41,6 +43,11 @@ def problem(status: int, code: str, title: str, detail: str, instance: str | Non
     if instance:
         body["instance"] = instance
     body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def problem(status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any) -> JSONResponse:
+    body = problem_body(status, code, title, detail, instance, **extra)
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="lbcp"'

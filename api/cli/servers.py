@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,7 @@ from api.cli._common import read_tls, server_flags, split_hostport, tls_files
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from api.app import Settings, create_app
+    from api.app import Settings
     from api.auth import Tokens
     from controlplane.etcd import EtcdConfig
 
@@ -24,10 +21,12 @@ def cmd_api(args: argparse.Namespace) -> int:
         tokens=Tokens.from_env(),
         host=args.host,
         port=args.port,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_concurrency=args.max_concurrency,
+        max_connections=args.max_connections,
     )
     settings.check()
-    # httptools (C) parses HTTP when installed: a third less CPU per request than h11.
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     tls = tls_files(args)
     ssl_options: dict[str, Any] = {}
     if tls is not None:
@@ -37,7 +36,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         if tls[2]:
             ssl_options |= {"ssl_ca_certs": tls[2], "ssl_cert_reqs": ssl.CERT_REQUIRED}
     # Tokens travel in headers: access logging stays off so they can never be written out.
-    options = {"log_level": args.log_level, "access_log": False, "http": http, **ssl_options}
+    options = {"log_level": args.log_level, "access_log": False, **ssl_options}
     if args.workers > 1:
         from controlplane.workers import WorkerSpec, serve
 
@@ -45,18 +44,32 @@ def cmd_api(args: argparse.Namespace) -> int:
             "API",
             [WorkerSpec(f"api-{i}", _api_worker, (settings, options)) for i in range(args.workers)],
         )
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, **options)
+    import uvicorn
+
+    from api.app import create_app
+    from api.serving import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, **options))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
 def _api_worker(settings: Any, options: dict[str, Any]) -> None:
     """One `lbcp api --workers N` process: a whole API (its own etcd client and group
     commit) on its own SO_REUSEPORT socket; the kernel spreads connections over them."""
+    import dataclasses
     import socket
 
     import uvicorn
 
     from api.app import create_app
+    from api.serving import fit_descriptors, uvicorn_config
+
+    max_connections, backlog = fit_descriptors(settings.max_connections)
+    settings = dataclasses.replace(settings, max_connections=max_connections)
 
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
@@ -65,9 +78,23 @@ def _api_worker(settings: Any, options: dict[str, Any]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.host, settings.port))
-    sock.listen(2048)
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, **options)
+    sock.listen(backlog)
+    config = uvicorn_config(create_app(settings), settings, backlog=backlog, **options)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _node_allow(items: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -227,6 +254,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=1,
         help="API processes sharing --port (SO_REUSEPORT), each its own etcd client, supervised and restarted "
         "if one dies (/metrics answers for the process that served the scrape)",
+    )
+    s.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="a connection that has not sent a whole request head this long after it opened (or after its "
+        "last response) is closed",
+    )
+    s.add_argument(
+        "--body-timeout",
+        type=_positive(float),
+        default=30.0,
+        metavar="SECONDS",
+        help="a request body must arrive whole within this after its head (else 408 body-timeout)",
+    )
+    s.add_argument(
+        "--max-concurrency",
+        type=_positive(int),
+        default=256,
+        metavar="N",
+        help="requests in flight per process; beyond it 503 overloaded with Retry-After "
+        "(/healthz, /metrics and /v1/events streams are not counted)",
+    )
+    s.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=2048,
+        metavar="N",
+        help="open connections per process; beyond it the connection that has waited longest for its request "
+        "head is closed (RLIMIT_NOFILE is raised to fit, or this lowered)",
     )
     s.set_defaults(func=cmd_api)
 
