@@ -18,6 +18,7 @@ from controlplane.intent.certificates import info
 from controlplane.metrics import BUILD_BUCKETS, LATENCY_BUCKETS, RingMetrics
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.load import LoadSampler
+from controlplane.xds.probe import REASONS, FrontProber
 from controlplane.xds.resources import SHORT_NAMES
 from controlplane.xds.server.common import BaseStream, Nack
 
@@ -254,3 +255,35 @@ class LoadCollector:
         yield node_cx
         yield node_cps
         yield node_over
+
+
+class PollerCollector:
+    """Read at scrape time: the failures of the load sampler's and the front prober's polls,
+    by reason (every reason, 0 until it happens), and the restarts of their loops."""
+
+    def __init__(self, sampler: LoadSampler, prober: FrontProber) -> None:
+        self.sampler, self.prober = sampler, prober
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_text, counts in (
+            (
+                "lbcp_load_sample_failures",
+                "reads of an Envoy's ops listener for its live load that failed, by reason",
+                self.sampler.failures,
+            ),
+            (
+                "lbcp_front_probe_failures",
+                "front health probes that got no well-formed HTTP answer, by reason",
+                self.prober.failures,
+            ),
+        ):
+            c = CounterMetricFamily(name, help_text, labels=["reason"])
+            for reason in REASONS:
+                c.add_metric([reason], counts.get(reason, 0))
+            yield c
+        restarts = CounterMetricFamily(
+            "lbcp_xds_loop_restarts", "crashes of a replica's polling loop, each logged and restarted", labels=["loop"]
+        )
+        for poller in (self.sampler, self.prober):
+            restarts.add_metric([poller.loop_name], poller.restarts)
+        yield restarts

@@ -26,7 +26,7 @@ from controlplane.moves.controller import Mover
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.identity import IdentityRule
 from controlplane.xds.load import LoadSampler
-from controlplane.xds.metrics import LoadCollector, XdsMetrics
+from controlplane.xds.metrics import LoadCollector, PollerCollector, XdsMetrics
 from controlplane.xds.probe import FrontPolicy, FrontProber
 from controlplane.xds.registry import FleetRegistry
 from controlplane.xds.server.common import StreamObserver
@@ -108,6 +108,7 @@ class XdsReplica:
         )
         self.sampler = LoadSampler(config.load_interval, capacity=self._capacity)
         self.metrics_registry.register(LoadCollector(self.sampler))
+        self.metrics_registry.register(PollerCollector(self.sampler, self.prober))
         mtls = config.tls is not None and config.tls[2] is not None
         self.service = XdsService(
             self.cache,

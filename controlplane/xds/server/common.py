@@ -251,6 +251,7 @@ class BaseStream:
         self.front: dict[str, Any] | None = None
         self.evicted: StreamRejected | None = None  # set to end this stream with that status
         self.load: dict[str, Any] | None = None  # the last live-load sample (controlplane.xds.load)
+        self.load_error: dict[str, Any] | None = None  # why the latest sample failed, if it did
         self.only_type = only_type
         self.observers = observers
         self.types: dict[str, TypeState] = {}
@@ -478,6 +479,7 @@ class BaseStream:
             **({"identity": self.identity.name} if self.identity is not None else {}),
             **({"front": self.front} if self.front is not None else {}),
             **({"load": self.load} if self.load is not None else {}),
+            **({"load_error": self.load_error} if self.load_error is not None else {}),
             "protocol": self.protocol,
             "connected_since": self.connected_since,
             "acked_revision": self.acked_revision,
