@@ -1,4 +1,4 @@
-"""python -m bench.fleetsim {convergence,fanout,connect-storm,burst,reconnect,big-eds,write-rate,all} [options]
+"""python -m bench.fleetsim {convergence,fanout,connect-storm,burst,reconnect,big-eds,write-rate,idle,all} [options]
 
 `fanout` is issue 18's scenario: delta clients only, one cluster, 10 backend additions 0.5 s
 apart (each converges alone), the replica's CPU per client per change.
@@ -67,11 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fleetsim")
     ap.add_argument(
         "scenario",
-        choices=["convergence", "fanout", "connect-storm", "burst", "reconnect", "big-eds", "write-rate", "all"],
+        choices=[
+            "convergence",
+            "fanout",
+            "connect-storm",
+            "burst",
+            "reconnect",
+            "big-eds",
+            "write-rate",
+            "idle",
+            "all",
+        ],
     )
     ap.add_argument("--clients", default="100,500,1000,2000", help="convergence: comma-separated N")
     ap.add_argument("-n", type=int, help="clients for burst / reconnect / big-eds")
     ap.add_argument("--changes", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=60.0, help="idle: the measured window")
     ap.add_argument("--runs", type=int, default=5, help="connect-storm: runs")
     ap.add_argument("--rate", type=float, default=20.0, help="convergence: changes per second")
     ap.add_argument("--workers", type=int, default=2, help="simulator processes")
@@ -121,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         elif s == "connect-storm":
             n = args.n or 2000
             _save(f"connect-storm-{n}", scenarios.connect_storm(n, runs=args.runs, workers=args.workers))
+        elif s == "idle":
+            rows = [
+                scenarios.idle(int(n), args.seconds, replicas=args.replicas, workers=args.workers)
+                for n in args.clients.split(",")
+            ]
+            _save("idle", rows)
         elif s == "burst":
             r = scenarios.burst(args.n or 500, workers=args.workers)
             _save("burst", r)

@@ -511,3 +511,64 @@ def connect_storm(n: int = 2000, runs: int = 5, workers: int = 2, timeout: float
             print(f"connect storm N={n}: {run}", flush=True)
             out.append(run)
     return {"scenario": "connect-storm", "clients": n, "runs": out}
+
+
+def _etcd_counts(stack: Stack) -> dict[str, float]:
+    """etcd's own counters of writes and its database size (its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    endpoint = stack.etcd.endpoints[0]
+    url = endpoint if endpoint.startswith("http") else f"http://{endpoint}"
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    want = {"etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_mvcc_txn_total", "etcd_mvcc_db_total_size_in_bytes"}
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name in want:
+                out[smp.name] = out.get(smp.name, 0.0) + smp.value
+    return out
+
+
+def idle(n: int = 2000, seconds: float = 60.0, replicas: int = 2, workers: int = 2) -> dict:
+    """Issue 27's idle flood: `n` clients (half delta) spread over `replicas` replicas take
+    their config and then only hold their streams. Over `seconds`: etcd's writes per second
+    (puts, deletes, txns), the registry's lapses (lease or claims lost, from the replicas'
+    logs), the fewest records `/v1/fleet` listed at any read (every record must stay), and
+    the replicas' CPU and RSS."""
+    with _running(replicas=replicas) as (stack, api, fleets):
+        seed(api, 5, 10)
+        fleet = Fleet(stack.targets, specs(n, 0.5), workers)
+        fleets.append(fleet)
+        started = time.monotonic()
+        configured = fleet.start(timeout=600)
+        time.sleep(5.0)  # the registry's first writes of every stream settle
+        e0, c0 = _etcd_counts(stack), sum(cpu_seconds(r.pid) for r in stack.replicas)
+        t0 = time.monotonic()
+        fewest, reads = n, 0
+        while time.monotonic() - t0 < seconds:
+            nodes = api.get("/v1/fleet").json()["nodes"]
+            fewest, reads = min(fewest, len(nodes)), reads + 1
+            time.sleep(1.0)
+        dt = time.monotonic() - t0
+        e1, c1 = _etcd_counts(stack), sum(cpu_seconds(r.pid) for r in stack.replicas)
+        logs = "".join((stack.root / f"xds{i}.log").read_text(errors="replace") for i in range(replicas))
+        out = {
+            "scenario": "idle",
+            "clients": n,
+            "replicas": replicas,
+            "seconds": round(dt, 1),
+            "configured_seconds": round(configured, 1),
+            "connect_to_measure_seconds": round(t0 - started, 1),
+            "etcd_puts_per_s": round((e1["etcd_mvcc_put_total"] - e0["etcd_mvcc_put_total"]) / dt, 1),
+            "etcd_deletes_per_s": round((e1["etcd_mvcc_delete_total"] - e0["etcd_mvcc_delete_total"]) / dt, 1),
+            "etcd_txns_per_s": round((e1["etcd_mvcc_txn_total"] - e0["etcd_mvcc_txn_total"]) / dt, 1),
+            "etcd_db_mb": round(e1["etcd_mvcc_db_total_size_in_bytes"] / 2**20, 1),
+            "lease_lapses": logs.count("fleet registry lease expired"),
+            "claim_lapses": logs.count("node-id claims expired"),
+            "fewest_records": fewest,
+            "fleet_reads": reads,
+            "replica_cpu_percent": round(100 * (c1 - c0) / dt, 1),
+            "replica_rss_mb": round(sum(rss_bytes(r.pid) for r in stack.replicas) / 2**20, 1),
+        }
+        print(f"idle N={n}: {out}", flush=True)
+        return out
