@@ -151,10 +151,11 @@ class Poller(QuietObserver):
     not wait for them: a slow or hostile node holds only its own poll (and one of
     `concurrency` slots, for at most its time bound), never the others'. A poll that fails
     (`_poll` returns a reason) is retried after `interval`, then after twice as long each
-    time, up to `max_backoff`; one that succeeds puts the node back on `interval`. A poll
-    that raises is that node's failure ("internal", logged with its traceback), and a crash
-    of the loop itself is logged, counted (`restarts`) and the loop started again: nothing
-    a node answers ends the polling of the others."""
+    time, up to `max_backoff` (a refused connection does not count); one that succeeds puts
+    the node back on `interval`. A poll that raises is that node's failure ("internal",
+    logged with its traceback), and a crash of the loop itself is logged, counted
+    (`restarts`) and the loop started again: nothing a node answers ends the polling of the
+    others."""
 
     loop_name = "poller"
 
@@ -255,8 +256,13 @@ class Poller(QuietObserver):
         self.schedule(s, started, reason)
 
     def schedule(self, s: _Schedule, started: float, reason: str | None) -> None:
-        """Set a node's next poll after one that started at `started` ended with `reason`."""
-        s.failures = s.failures + 1 if reason is not None else 0
+        """Set a node's next poll after one that started at `started` ended with `reason`.
+        A refused connection costs nothing to retry and is how every Envoy's ops listener
+        answers until it is up: it neither grows the back-off nor ends it."""
+        if reason is None:
+            s.failures = 0
+        elif reason != "connect":
+            s.failures += 1
         s.reason = reason
         s.due = started + self.backoff(s.failures)
 

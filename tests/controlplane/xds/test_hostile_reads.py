@@ -275,3 +275,19 @@ def test_odd_stats_and_hosts_are_left_out() -> None:
         }
     )  # fmt: skip
     assert hosts == {"web": {}, "api": {"10.0.0.2:80": "ejected"}}
+
+
+def test_backoff_doubles_to_the_cap_and_a_refused_connection_does_not_count() -> None:
+    from controlplane.xds.load import LoadSampler
+    from controlplane.xds.probe import _Schedule
+
+    sampler = LoadSampler(interval=1.0, max_backoff=8.0)
+    s = _Schedule()
+    waits = []
+    for reason in ("bad-head", "timeout", "too-big", "bad-json", "bad-head", "bad-head", None, "connect"):
+        sampler.schedule(s, 100.0, reason)
+        waits.append(s.due - 100.0)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 1.0, 1.0]
+    for reason in ("bad-head", "bad-head", "connect", "connect", "bad-head"):
+        sampler.schedule(s, 100.0, reason)
+    assert s.due - 100.0 == 4.0  # the refusals neither grew nor ended the back-off
