@@ -251,3 +251,22 @@ async def acked_client(replica: Any, node: str, fleet: str = "edge", public_addr
     assert r is not None
     await c.request(CLUSTER_TYPE, version=r.version_info, nonce=r.nonce)
     return c
+
+
+async def apply_edge(api: Any, backend_port: int, listener_port: int) -> None:
+    """Intent for front-door tests, in one batch: cluster `web` with backend `b` on
+    127.0.0.1:`backend_port`, listener `edge` on 127.0.0.1:`listener_port` that every Envoy
+    also binds at its own public address, and route `all` to `web`."""
+    listener = {"address": "127.0.0.1", "port": listener_port, "bind_public_address": True}
+    ops = [
+        {"op": "put", "kind": "cluster", "name": "web", "body": {}},
+        {
+            "op": "replace_backends",
+            "cluster": "web",
+            "body": [{"name": "b", "address": "127.0.0.1", "port": backend_port}],
+        },
+        {"op": "put", "kind": "listener", "name": "edge", "body": listener},
+        {"op": "put", "kind": "route", "name": "all", "body": {"listener": "edge", "backends": [{"cluster": "web"}]}},
+    ]
+    r = await api.post("/v1/batch", json={"operations": ops})
+    assert r.status_code == 200, r.text

@@ -14,7 +14,7 @@ import dns.message
 from api.localcluster.demo import DemoBackend
 from api.localcluster.procs import free_port
 from controlplane.frontdoor.dns import DnsConfig, FrontDoorDns
-from tests.conftest import wait_for
+from tests.conftest import apply_edge, wait_for
 
 ADDRESSES = {"floor-0": "127.0.1.71", "floor-1": "127.0.1.72"}
 NAME = "www.floor.test"
@@ -24,15 +24,7 @@ async def test_the_floor_keeps_the_front_door_open(api, etcd, make_replica, envo
     replica = await make_replica("floor", load_interval=0.3)
     demo = DemoBackend("floor-b")
     port = free_port()
-    backend = {"name": "b", "address": "127.0.0.1", "port": demo.port}
-    listener = {"address": "127.0.0.1", "port": port, "bind_public_address": True}
-    ops = [
-        {"op": "put", "kind": "cluster", "name": "web", "body": {}},
-        {"op": "replace_backends", "cluster": "web", "body": [backend]},
-        {"op": "put", "kind": "listener", "name": "edge", "body": listener},
-        {"op": "put", "kind": "route", "name": "all", "body": {"listener": "edge", "backends": [{"cluster": "web"}]}},
-    ]
-    assert (await api.post("/v1/batch", json={"operations": ops})).status_code == 200
+    await apply_edge(api, demo.port, port)
     xds = [("127.0.0.1", replica.port)]
     for node, address in ADDRESSES.items():
         envoys(node, xds, public_address=address)

@@ -117,19 +117,38 @@ KINDS = {
 }
 
 
-class Hostile:
-    """An ops listener that answers every request with one kind of garbage (the attacker)."""
+class _Listener:
+    """A TCP server on `host` (any free port) whose connections `stop()` aborts."""
 
-    def __init__(self, answer: Answer, host: str) -> None:
-        self.answer, self.host = answer, host
-        self.requests: Counter[str] = Counter()
+    def __init__(self, host: str) -> None:
+        self.host = host
         self.port = 0
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
 
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._conns):
+            w.transport.abort()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 5)
+
+
+class Hostile(_Listener):
+    """An ops listener that answers every request with one kind of garbage (the attacker)."""
+
+    def __init__(self, answer: Answer, host: str) -> None:
+        super().__init__(host)
+        self.answer = answer
+        self.requests: Counter[str] = Counter()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
@@ -144,14 +163,6 @@ class Hostile:
         finally:
             self._conns.discard(writer)
             writer.close()
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for w in list(self._conns):
-            w.transport.abort()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 5)
 
 
 def rss() -> int:
@@ -324,22 +335,16 @@ async def test_a_hostile_ops_listener_is_that_nodes_problem_only(
         await hostile.stop()
 
 
-class Flaky:
+class Flaky(_Listener):
     """The attacker's ops listener in front of a real Envoy's: it answers `HTTP/1.1` and
     nothing more while `garbage` is set, and passes every byte through to the real one once
     it is not."""
 
     def __init__(self, host: str, upstream: tuple[str, int]) -> None:
-        self.host, self.upstream = host, upstream
+        super().__init__(host)
+        self.upstream = upstream
         self.garbage = True
         self.times: list[float] = []  # when each garbage answer went out (monotonic)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
@@ -358,14 +363,6 @@ class Flaky:
         finally:
             self._conns.discard(writer)
             writer.close()
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for w in list(self._conns):
-            w.transport.abort()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 5)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

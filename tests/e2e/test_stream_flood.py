@@ -19,7 +19,7 @@ from api.localcluster.procs import free_port
 from bench.fleetsim.fleet import Fleet, specs
 from controlplane.frontdoor.dns import DnsConfig, FrontDoorDns
 from controlplane.xds.registry import read_fleet
-from tests.conftest import wait_for
+from tests.conftest import apply_edge, wait_for
 
 REAL = {"flood-real-0": "127.0.1.91", "flood-real-1": "127.0.1.92"}
 SIMULATED = 2000
@@ -40,15 +40,7 @@ async def test_a_flood_of_idle_streams_loses_no_record(api, etcd, etcd_cluster, 
     replicas = [await make_replica(f"flood-{i}", registry_lease_ttl=LEASE) for i in range(2)]
     demo = DemoBackend("flood-b")
     port = free_port()
-    backend = {"name": "b", "address": "127.0.0.1", "port": demo.port}
-    listener = {"address": "127.0.0.1", "port": port, "bind_public_address": True}
-    ops = [
-        {"op": "put", "kind": "cluster", "name": "web", "body": {}},
-        {"op": "replace_backends", "cluster": "web", "body": [backend]},
-        {"op": "put", "kind": "listener", "name": "edge", "body": listener},
-        {"op": "put", "kind": "route", "name": "all", "body": {"listener": "edge", "backends": [{"cluster": "web"}]}},
-    ]
-    assert (await api.post("/v1/batch", json={"operations": ops})).status_code == 200
+    await apply_edge(api, demo.port, port)
     for (node, address), r in zip(REAL.items(), replicas, strict=True):
         envoys(node, [("127.0.0.1", r.port)], public_address=address)
     front = FrontDoorDns(DnsConfig(zone="flood.test", name="www", ttl=1, port=0, interval=0.2))
