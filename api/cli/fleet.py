@@ -251,11 +251,16 @@ def cmd_fleet_show(args: argparse.Namespace) -> int:
         ("Connected", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc.get("connected_since", 0)))),
         ("Acked", f"r{acked} (the etcd revision of the newest config it acked)"),
         ("Front", f"{doc.get('front_state')}, at {front.get('address') or 'no address yet'}"),
-        ("Health check", "not probed" if not health.get("probed") else ("passing" if health.get("ok") else "failing")),
+        ("Health check", _health(health)),
         ("Drain", _drain(doc.get("drain"))),
         ("Moving", _moving(doc.get("evacuation"), none="no")),
         ("Load", _load(load)),
     ]
+    error = doc.get("load_error")
+    if error:
+        # The last good sample stays above; this is why there is no newer one.
+        fields.append(("Load sampling", f"failing: {error.get('reason')} ({error.get('error')}), "
+                                        f"{_count(error.get('failures', 1), 'time')} in a row"))  # fmt: skip
     width = max(len(k) for k, _ in fields) + 2
     for k, v in fields:
         print(f"{k + ':':<{width}}{v}")
@@ -270,6 +275,17 @@ def cmd_fleet_show(args: argparse.Namespace) -> int:
                      nack.get("message") or "none"])  # fmt: skip
     print(table(rows, ["TYPE", "STATE", "SENT VERSION", "ACKED VERSION", "RESPONSES", "BYTES", "LAST NACK"]))
     return 0
+
+
+def _health(health: dict[str, Any]) -> str:
+    """The replica's last probe of the Envoy's /healthz, with why it failed."""
+    if not health.get("probed"):
+        return "not probed"
+    if health.get("ok"):
+        return "passing"
+    why = health.get("reason") or ""
+    detail = health.get("error") or (f"HTTP {health['status']}" if health.get("status") else "")
+    return "failing" + (f": {why}" if why else "") + (f" ({detail})" if detail else "")
 
 
 def _count(n: int, noun: str) -> str:

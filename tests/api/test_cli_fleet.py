@@ -104,3 +104,13 @@ async def test_drain_below_the_floor_says_why_and_how(serve_api: Any, make_repli
     finally:
         for c in clients:
             await c.close()
+
+
+def test_fleet_show_says_why_a_health_check_fails() -> None:
+    from api.cli.fleet import _health
+
+    assert _health({}) == "not probed"
+    assert _health({"probed": True, "ok": True, "status": 200}) == "passing"
+    assert _health({"probed": True, "ok": False, "status": 503}) == "failing (HTTP 503)"
+    bad = {"probed": True, "ok": False, "status": None, "reason": "bad-head", "error": "no status line"}
+    assert _health(bad) == "failing: bad-head (no status line)"
