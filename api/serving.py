@@ -181,7 +181,7 @@ class _Pool:
 
     def wait_for_head(self, conn: Any) -> None:
         self.head_arrived(conn)
-        conn.head_bytes = 0
+        conn.head_bytes, conn.head_tail = 0, b""
         self.waiting[conn] = conn.loop.call_later(self.limits.header_timeout, self.shed, conn, "header-timeout")
 
     def head_arrived(self, conn: Any) -> None:
@@ -234,7 +234,8 @@ def guarded_protocol(
         metrics.open_connections.set_function(lambda: len(pool.open))
 
     class Guarded(base):  # type: ignore[misc,valid-type]
-        head_bytes = 0
+        head_bytes = 0  # of the head being waited for, so far
+        head_tail = b""  # its last 3 bytes: the blank line that ends it may span two reads
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
@@ -245,14 +246,21 @@ def guarded_protocol(
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self in pool.waiting:
+                # Checked before the parser sees it: httptools takes a head of any size, and
+                # fails a URL over 65,535 bytes with a plain-text 400 of uvicorn's.
+                budget = limits.max_head_bytes - self.head_bytes
+                window = self.head_tail + data[: budget + 4]
+                if window.find(b"\r\n\r\n") < 0:
+                    if len(data) > budget:
+                        pool.shed(self, "head-too-large", too_large)
+                        return
+                    self.head_bytes += len(data)
+                self.head_tail = window[-3:]
             before = self.cycle
             super().data_received(data)
             if self.cycle is not before:
                 pool.head_arrived(self)  # uvicorn starts a request cycle once the head is whole
-            elif self in pool.waiting:
-                self.head_bytes += len(data)
-                if self.head_bytes > limits.max_head_bytes:
-                    pool.shed(self, "head-too-large", too_large)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -296,6 +304,7 @@ def uvicorn_config(app: Any, settings: Settings, *, http: str | None = None, **o
         port=settings.port,
         http=guarded_protocol(http_protocol_base(http), limits, metrics),
         ws="none",  # the API has no WebSocket routes
+        h11_max_incomplete_event_size=settings.max_head_bytes,
         backlog=backlog,
         **options,
     )
