@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,11 +20,11 @@ from api.events import EventHub, events_router
 from api.fleet import fleet_router
 from api.frontdoor import frontdoor_router
 from api.metrics import ApiMetrics, MetricsMiddleware
+from api.openapi import build as build_openapi
 from api.resources import backends_router, batch_router, kind_router
 from api.ring import ring_router
 from api.serving import RateLimitedLog, limit_loop_errors
 from controlplane.etcd import Etcd, EtcdConfig
-from controlplane.intent.model import MODELS
 from controlplane.intent.store import Store
 
 log = logging.getLogger(__name__)
@@ -261,16 +260,9 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
         return JSONResponse({"status": "ready"})
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in MODELS.values():
-            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            comps.update(js.pop("$defs", {}))
-            comps[model.__name__] = js
-        app.openapi_schema = schema
-        return schema
+        if not app.openapi_schema:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -20,18 +20,19 @@ import time
 from typing import Any
 
 from aetcd import rpc
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
 
 from api._request import json_body, wait_timeout
 from api.auth import Role, require
 from api.events import intent_revision, present_node
-from api.problems import ApiError
+from api.problems import ApiError, field_errors
 from controlplane.etcd import prefix_end
 from controlplane.frontdoor.render import SERVING, front_states
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Keyspace
-from controlplane.intent.model import DEFAULT_MIN_IN_SERVICE
+from controlplane.intent.model import DEFAULT_MIN_IN_SERVICE, FleetName
 from controlplane.moves.controller import read_status, read_statuses, request_key
 from controlplane.xds import served
 from controlplane.xds.registry import FleetView, read_fleet, rollout_status
@@ -41,6 +42,17 @@ _readers = [Depends(require(Role.READER))]
 _writers = [Depends(require(Role.WRITER))]
 _MAX_REASON = 256
 _FLOOR_TRIES = 5  # reads of the fleet when other drains land between a read and the write
+
+
+_FLEET_NAME: TypeAdapter[str] = TypeAdapter(FleetName)
+
+
+def _check_fleet(fleet: str) -> None:
+    """A fleet name (an Envoy's node.cluster, as listeners name fleets), or a 422."""
+    try:
+        _FLEET_NAME.validate_python(fleet)
+    except ValidationError as exc:
+        raise ValidationFailed([FieldError("/fleet", f"{fleet[:300]!r}: {field_errors(exc)[0].detail}")]) from None
 
 
 def fleet_router() -> APIRouter:
@@ -107,6 +119,7 @@ def fleet_router() -> APIRouter:
         status_code=202,
     )
     async def rebalance(request: Request, fleet: str) -> JSONResponse:
+        _check_fleet(fleet)
         doc = await json_body(request) if await request.body() else {}
         allowed = {"rate", "tolerance_percent"}
         bad = [
@@ -131,6 +144,7 @@ def fleet_router() -> APIRouter:
 
     @r.get("/v1/fleets/{fleet}/rebalance", dependencies=_readers, summary="A fleet's rebalancing progress")
     async def rebalance_status(request: Request, fleet: str) -> JSONResponse:
+        _check_fleet(fleet)
         etcd = request.app.state.store.etcd
         status = await read_status(etcd, "fleet", fleet)
         pending = (await etcd.range(request_key(etcd.config.prefix, fleet))).kvs
@@ -222,7 +236,7 @@ def fleet_router() -> APIRouter:
         )
 
     @r.get("/v1/rollouts/{revision}", dependencies=_readers, summary="Which Envoys have (or rejected) an etcd revision")
-    async def rollout(request: Request, revision: int) -> JSONResponse:
+    async def rollout(request: Request, revision: int = Path(ge=0)) -> JSONResponse:
         view = await read_fleet(request.app.state.store.etcd)
         return JSONResponse(rollout_status(view, revision))
 

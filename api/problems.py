@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 from typing import Any
 
 import grpc
@@ -12,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from controlplane.etcd import translate_error
 from controlplane.intent.errors import FieldError, StoreError, ValidationFailed
@@ -103,6 +106,28 @@ _HTTP_CODES = {
 }
 
 
+@functools.cache
+def _template(path: str) -> re.Pattern[str]:
+    return re.compile("".join(r"[^/]+" if p.startswith("{") else re.escape(p) for p in re.split(r"(\{[^}]+\})", path)))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API takes at this path: from its OpenAPI document (Starlette's own
+    Allow names only the first route of a path, and FastAPI nests the included routers), and
+    the routes outside it (/metrics, /docs)."""
+    methods: set[str] = set()
+    path = request.url.path
+    for template, ops in request.app.openapi()["paths"].items():
+        if _template(template).fullmatch(path):
+            methods |= {m.upper() for m in ops}
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches({**request.scope, "method": "OPTIONS"})
+            if match != Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     """Route every error, FastAPI's own included, to a problem+json response."""
 
@@ -125,7 +150,14 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such resource: {request.url.path}"
-        return problem(exc.status_code, code, title, detail, request.url.path)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = allowed_methods(request) or sorted(m.strip() for m in headers.get("Allow", "").split(","))
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"
+        resp = problem(exc.status_code, code, title, detail, request.url.path)
+        resp.headers.update(headers)
+        return resp
 
     @app.exception_handler(Exception)
     async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -44,8 +44,20 @@ PLURAL = {
     Kind.FLEET: "fleets",
 }
 MAX_BATCH_OPS = 10_000
+
+
+async def _check_wait(request: Request) -> None:
+    """`?wait=acked&timeout=` of a write, checked before anything is written (a 422 after
+    the commit would be a rejected request that wrote)."""
+    wait = request.query_params.get("wait")
+    if wait is not None:
+        if wait != "acked":
+            raise ValidationFailed([FieldError("/query/wait", "wait takes only 'acked'")])
+        wait_timeout(request, "5s")
+
+
 _readers = [Depends(require(Role.READER))]
-_writers = [Depends(require(Role.WRITER))]
+_writers = [Depends(require(Role.WRITER)), Depends(_check_wait)]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -104,7 +116,7 @@ def _name_model(kind: Kind) -> type[BaseModel]:
     return type(f"_{kind}Name", (BaseModel,), {"__annotations__": {"name": field.annotation}, "name": field})
 
 
-def _check_name(kind: Kind, name: str, pointer: str = "/name") -> None:
+def check_name(kind: Kind, name: str, pointer: str = "/name") -> None:
     try:
         _name_model(kind)(name=name)
     except ValidationError as exc:
@@ -323,7 +335,7 @@ def kind_router(kind: Kind) -> APIRouter:
     r = APIRouter(prefix=f"/v1/{plural}", tags=[plural])
 
     def ref(name: str) -> Ref:
-        _check_name(kind, name)
+        check_name(kind, name)
         return Ref(kind, name)
 
     @r.get("", dependencies=_readers, summary=f"List {plural}")
@@ -338,7 +350,7 @@ def kind_router(kind: Kind) -> APIRouter:
         name = doc.get("name") if isinstance(doc, dict) else None
         if not isinstance(name, str):
             raise ValidationFailed([FieldError("/name", "a name is required")])
-        _check_name(kind, name)
+        check_name(kind, name)
         return await _put_doc(request, Ref(kind, name), doc, dry_run, "create")
 
     @r.get("/{name}", dependencies=_readers, summary=f"Get a {kind}")
@@ -389,8 +401,8 @@ def backends_router() -> APIRouter:
     r = APIRouter(prefix="/v1/clusters/{cluster}/backends", tags=["backends"])
 
     def ref(cluster: str, name: str) -> Ref:
-        _check_name(Kind.CLUSTER, cluster, "/cluster")
-        _check_name(Kind.BACKEND, name)
+        check_name(Kind.CLUSTER, cluster, "/cluster")
+        check_name(Kind.BACKEND, name)
         return Ref(Kind.BACKEND, name, cluster)
 
     @r.get("", dependencies=_readers, summary="List a cluster's backends")
@@ -401,7 +413,7 @@ def backends_router() -> APIRouter:
         page_token: str | None = Query(None, max_length=4096),
         health: bool = Query(False, description=_HEALTH_DOC),
     ) -> JSONResponse:
-        _check_name(Kind.CLUSTER, cluster, "/cluster")
+        check_name(Kind.CLUSTER, cluster, "/cluster")
         return await _list(request, Kind.BACKEND, cluster, limit, page_token, health)
 
     @r.post("", dependencies=_writers, summary="Add a backend", openapi_extra=_body_doc("Backend"), status_code=201)
@@ -419,7 +431,7 @@ def backends_router() -> APIRouter:
         openapi_extra=_body_doc({"type": "array", "items": {"$ref": "#/components/schemas/Backend"}}),
     )
     async def replace_all(request: Request, cluster: str, dry_run: bool = False) -> JSONResponse:
-        _check_name(Kind.CLUSTER, cluster, "/cluster")
+        check_name(Kind.CLUSTER, cluster, "/cluster")
         doc = await json_body(request)
         if isinstance(doc, dict) and isinstance(doc.get("backends"), list) and len(doc) == 1:
             doc = doc["backends"]
@@ -506,7 +518,7 @@ def _batch_op(i: int, item: Any) -> AnyOp:
         cluster, body = item.get("cluster"), item.get("body")
         if not isinstance(cluster, str):
             raise ValidationFailed([FieldError(f"{base}/cluster", "replace_backends needs a cluster")])
-        _check_name(Kind.CLUSTER, cluster, f"{base}/cluster")
+        check_name(Kind.CLUSTER, cluster, f"{base}/cluster")
         if not isinstance(body, list):
             raise ValidationFailed([FieldError(f"{base}/body", "replace_backends takes an array of backends")])
         return ReplaceBackends(
@@ -528,12 +540,12 @@ def _batch_op(i: int, item: Any) -> AnyOp:
         name = body.get("name")
     if not isinstance(name, str):
         raise ValidationFailed([FieldError(f"{base}/name", "a name is required")])
-    _check_name(kind, name, f"{base}/name")
+    check_name(kind, name, f"{base}/name")
     cluster = item.get("cluster")
     if kind == Kind.BACKEND:
         if not isinstance(cluster, str):
             raise ValidationFailed([FieldError(f"{base}/cluster", "a backend operation needs its cluster")])
-        _check_name(Kind.CLUSTER, cluster, f"{base}/cluster")
+        check_name(Kind.CLUSTER, cluster, f"{base}/cluster")
     elif cluster is not None:
         raise ValidationFailed([FieldError(f"{base}/cluster", f"a {kind} operation takes no cluster")])
     if_match = item.get("if_match")

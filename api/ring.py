@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api._request import json_body, parse
 from api.auth import Role, require
+from api.resources import check_name
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Ref
 from controlplane.intent.model import Backend, Cluster, Kind
@@ -43,6 +44,7 @@ async def _build(request: Request, cluster: Cluster, backends: list[Backend]) ->
 
 
 async def _load(request: Request, cluster: str) -> tuple[Any, list[Backend], int, HashLB]:
+    check_name(Kind.CLUSTER, cluster, "/cluster")
     store = request.app.state.store
     c = await store.get(Ref(Kind.CLUSTER, cluster))
     if not c.obj.hashing:

@@ -289,3 +289,20 @@ async def test_names_cannot_escape_the_key_space(api: httpx.AsyncClient, name: s
         assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
         assert r.headers["content-type"] == "application/problem+json"
     assert await _keys(api) == before
+
+
+@pytest.mark.parametrize(
+    "params", [{"wait": "later"}, {"wait": "acked", "timeout": "301s"}, {"wait": "acked", "timeout": "soon"}]
+)
+async def test_a_bad_wait_is_refused_before_anything_is_written(api: httpx.AsyncClient, params: dict[str, str]) -> None:
+    """`?wait=`/`?timeout=` are checked before the write: a 422 never leaves a write behind."""
+    before = await _keys(api)
+    for method, path, body in (
+        ("PUT", "/v1/clusters/web", {}),
+        ("POST", "/v1/fleets", {"name": "edge"}),
+        ("POST", "/v1/batch", {"operations": [{"op": "put", "kind": "cluster", "name": "api", "body": {}}]}),
+    ):
+        r = await api.request(method, path, json=body, params=params)
+        assert r.status_code == 422, (method, path, r.text)
+        assert r.json()["errors"][0]["pointer"] in ("/query/wait", "/query/timeout")
+    assert await _keys(api) == before
