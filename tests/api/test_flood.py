@@ -32,11 +32,10 @@ async def serve_guarded(etcd_config: EtcdConfig) -> AsyncIterator[Serve]:
     it (its connection guards included), in this event loop, with these Settings."""
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def serve(**overrides: Any) -> int:
+    async def serve(http: str | None = None, **overrides: Any) -> int:
         settings = Settings(etcd=etcd_config, port=free_port(), **overrides)
-        config = uvicorn_config(
-            create_app(settings), settings, log_level="warning", access_log=False, timeout_graceful_shutdown=1
-        )
+        options: dict[str, Any] = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 1}
+        config = uvicorn_config(create_app(settings), settings, http=http, **options)
         server = uvicorn.Server(config)
         servers.append((server, asyncio.create_task(server.serve())))
         for _ in range(200):
@@ -76,8 +75,9 @@ def _problem(raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
     return int(lines[0].split()[1]), headers, json.loads(body)
 
 
-async def test_a_half_sent_head_is_closed_within_the_header_timeout(serve_guarded: Serve) -> None:
-    port = await serve_guarded(header_timeout=1.0)
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+async def test_a_half_sent_head_is_closed_within_the_header_timeout(serve_guarded: Serve, http: str) -> None:
+    port = await serve_guarded(http=http, header_timeout=1.0)
     # Half a head, then a header every 0.2 s: the trickle does not extend the deadline.
     reader, writer = await _open(port)
     writer.write(b"GET /v1/clusters HTTP/1.1\r\nHost: lbcp\r\n")
