@@ -8,6 +8,8 @@ deterministic: it changes only when the in-service set does (the ETag is its has
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import xxhash
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -19,6 +21,25 @@ from controlplane.xds.registry import read_fleet
 
 _readers = [Depends(require(Role.READER))]
 FORMATS = ("json", "dns", "iptables", "nftables", "bird")
+
+
+_FRONTS = 256  # in-service sets remembered per API process (one per fleet and revision asked)
+
+
+def _front(request: Request, fleet: str | None, revision: int | None) -> frontdoor.StableFront:
+    """This process's memory of one in-service set, so a render stays statically stable
+    across the registry's trouble like `lbcp dns` (a sidecar polling with `lbcp frontdoor
+    render --watch` sees what DNS sees). Bounded: the oldest asked is forgotten first."""
+    fronts: OrderedDict[tuple[str | None, int | None], frontdoor.StableFront] | None
+    fronts = getattr(request.app.state, "fronts", None)
+    if fronts is None:
+        fronts = request.app.state.fronts = OrderedDict()
+    key = (fleet, revision)
+    front = fronts.pop(key, None) or frontdoor.StableFront()
+    fronts[key] = front
+    while len(fronts) > _FRONTS:
+        fronts.popitem(last=False)
+    return front
 
 
 def frontdoor_router() -> APIRouter:
@@ -44,10 +65,17 @@ def frontdoor_router() -> APIRouter:
         if fmt not in FORMATS:
             raise ValidationFailed([FieldError("/format", f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")])
         view = await read_fleet(request.app.state.store.etcd)
-        members = frontdoor.in_service(view.nodes, revision, fleet, view.floors)
+        front = _front(request, fleet, revision)
+        members = front.members(view, revision, fleet)
         try:
             if fmt == "json":
-                return JSONResponse({"in_service": [{"node_id": m.node_id, "address": m.address} for m in members]})
+                return JSONResponse(
+                    {
+                        "in_service": [{"node_id": m.node_id, "address": m.address} for m in members],
+                        # Kept while their records are gone without evidence (docs/frontdoor.md).
+                        "stale": [{"node_id": m.node_id, "address": m.address} for m in front.stale],
+                    }
+                )
             if fmt == "dns":
                 text = frontdoor.render_dns(members, zone, name, ttl)
             elif fmt == "iptables":

@@ -15,7 +15,9 @@ import time
 
 import dns.asyncquery
 import dns.message
+import httpx
 
+from api.app import Settings, create_app
 from api.localcluster.demo import DemoBackend
 from api.localcluster.procs import EtcdCluster, free_port
 from controlplane.etcd import Etcd, EtcdConfig
@@ -55,7 +57,9 @@ async def test_an_etcd_pause_past_the_lease_never_empties_the_front_door(tmp_pat
     await front.start()
     following = asyncio.create_task(front.follow(dns_etcd))
     answers: list[tuple[float, list[str]]] = []
+    renders: list[dict] = []  # /v1/frontdoor/json, while etcd answers the API
     stop_asking = asyncio.Event()
+    app = create_app(Settings(etcd=cfg))
 
     async def answer() -> list[str]:
         r = await dns.asyncquery.udp(dns.message.make_query(NAME, "A"), "127.0.0.1", port=front.port, timeout=2)
@@ -67,8 +71,19 @@ async def test_an_etcd_pause_past_the_lease_never_empties_the_front_door(tmp_pat
             answers.append((time.monotonic(), await answer()))
             await asyncio.sleep(0.1)
 
-    asking: asyncio.Task[None] | None = None
+    async def render(api: httpx.AsyncClient) -> None:
+        deadline = time.monotonic() + 120
+        while not stop_asking.is_set() and time.monotonic() < deadline:
+            r = await api.get("/v1/frontdoor/json")
+            if r.status_code == 200:  # 503 while etcd is paused
+                renders.append(r.json())
+            await asyncio.sleep(0.1)
+
+    asking: asyncio.Future[list[None]] | None = None
     member = cluster.members[0]
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lbcp.test")
     try:
         store = Store(etcd)
         await store.put(Cluster(name="web"))
@@ -82,7 +97,7 @@ async def test_an_etcd_pause_past_the_lease_never_empties_the_front_door(tmp_pat
             return await answer() == sorted(ADDRESSES.values())
 
         await wait_for(both, timeout=30, what="both Envoys in the DNS answer")
-        asking = asyncio.create_task(ask())
+        asking = asyncio.gather(ask(), render(api))
         await asyncio.sleep(0.5)
 
         # etcd stalls for three leases, then comes back: etcd revokes the lapsed lease, and
@@ -122,6 +137,11 @@ async def test_an_etcd_pause_past_the_lease_never_empties_the_front_door(tmp_pat
         want = sorted(ADDRESSES.values())
         short = [(round(t - answers[0][0], 1), a) for t, a in answers if a != want]
         assert len(answers) > 50 and short == [], short[:10]
+        # The API's renders (what `lbcp frontdoor render --watch` and exabgp read) hold too,
+        # and say which Envoys they keep without a record.
+        listed = [sorted(m["address"] for m in r["in_service"]) for r in renders]
+        assert len(renders) > 10 and all(x == want for x in listed), [x for x in listed if x != want][:5]
+        assert any(sorted(m["node_id"] for m in r["stale"]) == sorted(ADDRESSES) for r in renders)
 
         # Evidence still counts: an Envoy whose stream ends leaves at once, not after the hold.
         fleet["calm-1"].stop()
@@ -144,6 +164,8 @@ async def test_an_etcd_pause_past_the_lease_never_empties_the_front_door(tmp_pat
         with contextlib.suppress(asyncio.CancelledError):
             await following
         await front.stop()
+        await api.aclose()
+        await lifespan.__aexit__(None, None, None)
         await replica.stop(grace=0)
         await etcd.close()
         await dns_etcd.close()
