@@ -31,14 +31,13 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from api.problems import PROBLEM_JSON, problem_body
 
 if TYPE_CHECKING:
     import uvicorn
 
-    from api.app import Settings
     from api.metrics import ApiMetrics
 
 log = logging.getLogger(__name__)
@@ -285,7 +284,22 @@ def http_protocol_base(name: str | None = None) -> type[asyncio.Protocol]:
     return H11Protocol
 
 
-def uvicorn_config(app: Any, settings: Settings, *, http: str | None = None, **options: Any) -> uvicorn.Config:
+class ServingSettings(Protocol):
+    """What serving needs of `api.app.Settings` (named here, not imported: app imports this)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def header_timeout(self) -> float: ...
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_head_bytes(self) -> int: ...
+
+
+def uvicorn_config(app: Any, settings: ServingSettings, *, http: str | None = None, **options: Any) -> uvicorn.Config:
     """A uvicorn.Config for `app` (from `api.app.create_app(settings)`) with the connection
     guards of `settings` (call it in the process that serves: it sets RLIMIT_NOFILE)."""
     import uvicorn
