@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from api.app import Settings, create_app
+from api.localcluster.cluster import http_ok
 from api.localcluster.procs import Proc, free_port, wait_until
 from api.serving import uvicorn_config
 from controlplane.etcd import EtcdConfig
@@ -275,14 +276,7 @@ def test_a_flood_of_half_sent_heads_leaves_the_api_answering(tmp_path: Path, etc
     url = f"http://127.0.0.1:{port}"
     flood: list[socket.socket] = []
     try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 30, what="admin API")
+        wait_until(lambda: http_ok(f"{url}/readyz"), 30, what="admin API")
         flood += [_half_sent(port) for _ in range(FLOOD)]
         worst = 0.0
         with httpx.Client(base_url=url, timeout=5) as client:

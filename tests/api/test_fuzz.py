@@ -12,6 +12,7 @@ import httpx
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from api.localcluster.cluster import http_ok
 from api.localcluster.procs import Proc, free_port, wait_until
 
 CASES_PER_OPERATION = 10
@@ -48,14 +49,7 @@ def test_fuzz_the_admin_api(tmp_path: Path, etcd_config) -> None:
     api.start()
     endpoint = etcd_config.endpoints[0]
     try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 30, what="admin API")
+        wait_until(lambda: http_ok(f"{url}/readyz"), 30, what="admin API")
         schema = schemathesis.openapi.from_dict(httpx.get(f"{url}/openapi.json", timeout=5).json())
         seen: dict[str, int] = {}
         problems: list[tuple] = []

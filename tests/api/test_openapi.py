@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel
 
+from api.localcluster.cluster import http_ok
 from api.localcluster.procs import Proc, free_port, wait_until
 from api.openapi import OPERATIONS, RULES
 from controlplane.etcd import EtcdConfig
@@ -168,14 +169,7 @@ def test_schemathesis_finds_nothing_undeclared(tmp_path: Path, etcd_config: Etcd
     )
     api.start()
     try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 30, what="admin API")
+        wait_until(lambda: http_ok(f"{url}/readyz"), 30, what="admin API")
         run = subprocess.run(
             [
                 sys.executable,
