@@ -125,18 +125,13 @@ class _Admission:
             return await self.app(scope, receive, send)
         counted = scope["path"] not in UNLIMITED_PATHS
         if counted and self.in_flight >= self.max_concurrency:
-            self.metrics.shed.labels("overloaded").inc()
-            self.log.log(
-                "overloaded",
-                logging.WARNING,
-                f"admin API: {self.in_flight} requests in flight, the --max-concurrency: answering 503 overloaded",
-            )
-            resp = problems.problem(
+            resp = self._shed(
+                scope,
                 503,
                 "overloaded",
                 "Overloaded",
+                f"admin API: {self.in_flight} requests in flight, the --max-concurrency: answering 503 overloaded",
                 f"the API is answering {self.in_flight} requests, the most it takes at once; retry in a moment",
-                scope.get("path"),
             )
             return await resp(scope, receive, send)
         loop = asyncio.get_running_loop()
@@ -168,18 +163,13 @@ class _Admission:
         except _BodyTimeout:
             if started:
                 raise
-            self.metrics.shed.labels("body-timeout").inc()
-            self.log.log(
-                "body-timeout",
-                logging.WARNING,
-                f"admin API: a request body did not arrive within --body-timeout ({self.body_timeout:g} s): 408",
-            )
-            resp = problems.problem(
+            resp = self._shed(
+                scope,
                 408,
                 "body-timeout",
                 "Request body timeout",
+                f"admin API: a request body did not arrive within --body-timeout ({self.body_timeout:g} s): 408",
                 f"the request body did not arrive within {self.body_timeout:g} s",
-                scope.get("path"),
             )
             resp.headers["connection"] = "close"
             await resp(scope, receive, send)
@@ -187,6 +177,12 @@ class _Admission:
             if counted:
                 self.in_flight -= 1
                 self.metrics.in_flight.dec()
+
+    def _shed(self, scope: Scope, status: int, code: str, title: str, logged: str, detail: str) -> JSONResponse:
+        """A request refused by a limit: counted, logged at most once a second, a problem."""
+        self.metrics.shed.labels(code).inc()
+        self.log.log(code, logging.WARNING, logged)
+        return problems.problem(status, code, title, detail, scope.get("path"))
 
 
 class _BodyTimeout(Exception):

@@ -251,6 +251,17 @@ async def _sample_times(replica, node_id: str, seconds: float) -> list[float]:
     return seen
 
 
+async def _three_connections_show(api, edge: int, clients: list[asyncio.StreamWriter]) -> None:
+    """Three new connections to the real Envoy's listener show in its live load."""
+    for _ in range(3):
+        clients.append((await asyncio.open_connection("127.0.0.1", edge))[1])
+
+    async def three() -> bool:
+        return ((await _fleet(api))["real"].get("load") or {}).get("connections") == 3
+
+    await wait_for(three, timeout=BOUND, what="the real Envoy's 3 connections in its live load")
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 async def test_a_hostile_ops_listener_is_that_nodes_problem_only(
     kind: str, api, store: Store, make_replica, envoys, backends
@@ -296,13 +307,7 @@ async def test_a_hostile_ops_listener_is_that_nodes_problem_only(
             assert len(times) >= 4, f"the real Envoy sampled {len(times)} times in {8 * INTERVAL} s"
 
             # Its live load follows it: three connections to its listener show in /v1/fleet.
-            for _ in range(3):
-                clients.append((await asyncio.open_connection("127.0.0.1", edge))[1])
-
-            async def three_connections() -> bool:
-                return ((await _fleet(api))["real"].get("load") or {}).get("connections") == 3
-
-            await wait_for(three_connections, timeout=BOUND, what="the real Envoy's 3 connections in its live load")
+            await _three_connections_show(api, edge, clients)
 
             # /healthcheck/fail on its admin takes it out of the front door within the bound.
             async with httpx.AsyncClient(timeout=5) as c:
@@ -480,13 +485,7 @@ async def test_a_crashed_loop_is_logged_counted_and_restarted(
 
         await wait_for(evil_crashed, timeout=BOUND, what="the crashed sample in the attacker's record")
         assert "a bug in lbcp" in (await _fleet(api))["evil"]["load_error"]["error"]
-        for _ in range(3):
-            clients.append((await asyncio.open_connection("127.0.0.1", edge))[1])
-
-        async def three_connections() -> bool:
-            return ((await _fleet(api))["real"].get("load") or {}).get("connections") == 3
-
-        await wait_for(three_connections, timeout=BOUND, what="the real Envoy's 3 connections in its live load")
+        await _three_connections_show(api, edge, clients)
         async with httpx.AsyncClient(timeout=5) as c:
             assert (await c.post(f"{real.admin}/healthcheck/fail")).status_code == 200
 
