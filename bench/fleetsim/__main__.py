@@ -1,4 +1,8 @@
-"""python -m bench.fleetsim {convergence,fanout,connect-storm,burst,reconnect,big-eds,write-rate,idle,all} [options]
+"""python -m bench.fleetsim {convergence,fanout,connect-storm,burst,reconnect,big-eds,write-rate,idle,intent-scale,all}
+[options]
+
+`intent-scale` is issue 28's: write rate per kind with 100 / 1,000 / 10,000 objects of it
+already there, and propagation on a 10,000-cluster intent (bench/fleetsim/intent_scale.py).
 
 `fanout` is issue 18's scenario: delta clients only, one cluster, 10 backend additions 0.5 s
 apart (each converges alone), the replica's CPU per client per change.
@@ -13,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.fleetsim import scenarios
+from bench.fleetsim import intent_scale, scenarios
 from bench.plotting import pyplot
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             "big-eds",
             "write-rate",
             "idle",
+            "intent-scale",
             "all",
         ],
     )
@@ -95,10 +100,46 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="convergence: xDS replica processes (clients spread over them); write-rate: replicas running meanwhile",
     )
+    g = ap.add_argument_group("intent-scale")
+    g.add_argument("--sizes", default="100,1000,10000", help="objects of the kind already there")
+    g.add_argument("--writes", type=int, default=500, help="new objects timed per kind and size")
+    g.add_argument("--budget", type=float, default=120.0, help="seconds per kind and size for the timed writes")
+    g.add_argument("--kinds", default=",".join(intent_scale.KINDS))
+    g.add_argument("--concurrency", type=int, default=16, help="writes in flight")
+    g.add_argument("--write-replicas", type=int, default=0, help="xDS replicas watching during the writes")
+    g.add_argument("--max-size", default="", help="e.g. backends=1000,routes=1000: larger sizes skipped for them")
+    g.add_argument("--prop-clusters", type=int, default=10_000, help="the big intent (0: only the small one)")
+    g.add_argument("--prop-backends", type=int, default=10, help="backends per cluster")
+    g.add_argument("--prop-routes", type=int, default=2000)
+    g.add_argument("--small-clusters", type=int, default=10, help="the small intent to compare with")
+    g.add_argument("--envoys", type=int, default=2, help="real Envoys (0: no propagation part)")
+    g.add_argument("--prop-changes", type=int, default=20, help="backend changes timed per intent")
+    g.add_argument("--prop-budget", type=float, default=1800.0, help="seconds per intent (load, Envoys, changes)")
+    g.add_argument("--out", default="intent-scale", help="results name: bench/results/fleetsim-<out>.json")
     args = ap.parse_args(argv)
     todo = ["convergence", "burst", "reconnect", "big-eds", "write-rate"] if args.scenario == "all" else [args.scenario]
     for s in todo:
-        if s == "convergence":
+        if s == "intent-scale":
+            max_size = {k: int(v) for k, _, v in (p.partition("=") for p in args.max_size.split(",") if p)}
+            r = intent_scale.intent_scale(
+                sizes=[int(n) for n in args.sizes.split(",")],
+                writes=args.writes,
+                budget=args.budget,
+                kinds=args.kinds.split(","),
+                concurrency=args.concurrency,
+                write_replicas=args.write_replicas,
+                prop_clusters=args.prop_clusters,
+                prop_backends=args.prop_backends,
+                prop_routes=args.prop_routes,
+                small_clusters=args.small_clusters,
+                changes=args.prop_changes,
+                envoys=args.envoys,
+                prop_budget=args.prop_budget,
+                max_size=max_size,
+            )
+            _save(args.out, r)
+            print(f"wrote {RESULTS / f'fleetsim-{args.out}.json'}")
+        elif s == "convergence":
             rows = [
                 scenarios.convergence(
                     int(n),

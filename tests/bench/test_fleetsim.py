@@ -80,3 +80,38 @@ async def test_small_fleet_converges_and_accounting_matches(store: Store, api, r
         assert all(c["reconnects"] == 0 for c in counters)
     finally:
         await asyncio.to_thread(fleet.stop)
+
+
+def test_intent_scale_smoke() -> None:
+    """Issue 28's benchmark at tiny sizes (every kind, one real Envoy, the small intent only):
+    the result has its shape and every rate is a rate."""
+    from bench.fleetsim.intent_scale import KINDS, intent_scale
+
+    r = intent_scale(
+        sizes=[5, 20],
+        writes=10,
+        budget=20,
+        changes=3,
+        envoys=1,
+        prop_clusters=0,
+        small_clusters=5,
+        prop_backends=2,
+        prop_routes=5,
+        prop_budget=60,
+        idle_window=0.5,
+    )
+    rows = r["write_rate"]
+    assert [(w["kind"], w["existing"]) for w in rows] == [(k, n) for k in KINDS for n in (5, 20)]
+    for w in rows:
+        assert "error" not in w, w
+        assert w["ok"] == 10 and not w["partial"] and w["writes_per_s"] > 0, w
+        assert set(w["statuses"]) <= {"200", "201"}, w
+        assert w["latency_ms"]["p50"] > 0 and w["api_rss_mb"] > 0
+    [p] = r["propagation"]
+    assert "error" not in p, p
+    assert p["clusters"] == 5 and p["propagation"]["measured"] == 3 and p["propagation"]["p99_ms"] > 0
+    assert p["replica_rss_mb"] > 0 and p["api_rss_mb"] > 0 and p["replica_cpu_ms_per_change"] >= 0
+    fresh = p["fresh_replica"]
+    assert "error" not in fresh, fresh
+    assert 0 < fresh["listen_s"] <= fresh["exec_to_first_full_config_s"] and fresh["first_client_resources"] > 0
+    assert r["code"]["controlplane"].endswith("controlplane/__init__.py")
