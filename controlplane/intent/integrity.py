@@ -1,6 +1,6 @@
-"""Rules that span objects, checked on the whole (small) world of clusters, listeners, routes.
+"""Rules that span objects, checked on the part of the world a write touches.
 
-`check(world, changed)` raises the first class of problem it finds, with every instance of
+`check(world, changed, related=...)` raises the first class of problem it finds, with every instance of
 it: a `ValidationFailed` for the objects being written, or `InUse`/`Conflict` when the
 write would break objects that already exist. Backends only need their cluster to exist,
 which the store checks itself, so they are not part of the world here.
@@ -9,7 +9,9 @@ which the store checks itself, so they are not part of the world here.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from controlplane.intent.errors import FieldError, InUse, StoreError, ValidationFailed
 from controlplane.intent.model import Certificate, Cluster, Kind, Listener, Protocol, Route
@@ -19,6 +21,34 @@ class PortConflict(StoreError):
     code = "port-conflict"
     status = 409
     title = "Listener address already in use"
+
+
+V = TypeVar("V")
+
+
+class Known(dict[str, V]):
+    """The objects of one kind a write read, present or absent: asking about a name it did
+    not read is a bug in what the write reads (never a silent "does not exist")."""
+
+    def __init__(self, known: Iterable[str]) -> None:
+        super().__init__()
+        self.known = set(known)
+
+    def _ask(self, name: object) -> None:
+        if name not in self.known:
+            raise LookupError(f"{name!r} was not read by this write")
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self._ask(name)
+        return super().get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        self._ask(name)
+        return super().__contains__(name)
+
+    def __getitem__(self, name: str) -> V:
+        self._ask(name)
+        return super().__getitem__(name)
 
 
 @dataclass
@@ -49,17 +79,22 @@ def _overlap(a: Listener, b: Listener) -> bool:
     )
 
 
-def route_errors(route: Route, world: World) -> list[FieldError]:
-    """What is wrong with `route` given the rest of the world (pointers into the route)."""
+def route_errors(
+    route: Route, world: World, *, listener: bool = True, clusters: bool = True, only_cluster: str | None = None
+) -> list[FieldError]:
+    """What is wrong with `route` given the rest of the world (pointers into the route):
+    its listener's part, its clusters' part (or one cluster's) or both."""
     errors: list[FieldError] = []
-    listener = world.listeners.get(route.listener)
-    if listener is None:
+    lst = world.listeners.get(route.listener) if listener else None
+    if listener and lst is None:
         errors.append(FieldError("/listener", f"listener {route.listener!r} does not exist"))
-    elif listener.protocol != "http":
+    elif lst is not None and lst.protocol != "http":
         errors.append(
             FieldError("/listener", f"listener {route.listener!r} is a tcp listener; routes need an http one")
         )
     for i, wb in enumerate(route.backends):
+        if not clusters or (only_cluster is not None and wb.cluster != only_cluster):
+            continue
         cluster = world.clusters.get(wb.cluster)
         if cluster is None:
             errors.append(FieldError(f"/backends/{i}/cluster", f"cluster {wb.cluster!r} does not exist"))
@@ -83,6 +118,14 @@ def route_errors(route: Route, world: World) -> list[FieldError]:
 
 
 def listener_errors(listener: Listener, world: World) -> list[FieldError]:
+    errors = tls_errors(listener, world)
+    if listener.protocol == "tcp" and listener.cluster not in world.clusters:
+        errors.append(FieldError("/cluster", f"cluster {listener.cluster!r} does not exist"))
+    return errors
+
+
+def tls_errors(listener: Listener, world: World) -> list[FieldError]:
+    """A listener's TLS part: its certificates exist and no two claim one SNI name."""
     errors: list[FieldError] = []
     if listener.tls is not None:
         if listener.protocol != "http":
@@ -106,8 +149,6 @@ def listener_errors(listener: Listener, world: World) -> list[FieldError]:
                             f"certificates {other!r} and {name!r} both serve {dns_name!r}: SNI would be ambiguous",
                         )
                     )
-    if listener.protocol == "tcp" and listener.cluster not in world.clusters:
-        errors.append(FieldError("/cluster", f"cluster {listener.cluster!r} does not exist"))
     return errors
 
 
@@ -131,13 +172,37 @@ def cluster_errors(cluster: Cluster, world: World) -> list[FieldError]:
     return []
 
 
-def check(world: World, changed: set[tuple[Kind, str]], pointers: dict[tuple[Kind, str], str] | None = None) -> None:
+@dataclass
+class Related:
+    """Who else a write must look at, found through the reference index (`index.py`)."""
+
+    # A changed cluster, listener or certificate -> the objects that use it.
+    users: dict[tuple[Kind, str], set[tuple[Kind, str]]] = field(default_factory=dict)
+    # A changed listener -> the listeners that may share its port.
+    neighbours: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _route_errors_about(route: Route, kind: Kind, name: str, world: World) -> list[FieldError]:
+    """`route`'s errors that `kind name` causes (the rest of the route is not re-checked)."""
+    if kind == Kind.LISTENER:
+        return [e for e in route_errors(route, world, clusters=False) if e.pointer == "/listener"]
+    return route_errors(route, world, listener=False, only_cluster=name)
+
+
+def check(
+    world: World,
+    changed: set[tuple[Kind, str]],
+    pointers: dict[tuple[Kind, str], str] | None = None,
+    related: Related | None = None,
+) -> None:
     """Raise if the changed objects are invalid in `world`, or break objects that use them.
 
-    `pointers` maps a changed object to where it stands in the request (for batches), so
-    errors point into the request body.
+    `world` holds the changed objects, what they reference and (`related`) their users and
+    port neighbours; nothing else is looked at. `pointers` maps a changed object to where it
+    stands in the request (for batches), so errors point into the request body.
     """
     pointers = pointers or {}
+    related = related or Related()
     errors: list[FieldError] = []
 
     def _add(kind: Kind, name: str, errs: list[FieldError]) -> None:
@@ -156,43 +221,43 @@ def check(world: World, changed: set[tuple[Kind, str]], pointers: dict[tuple[Kin
 
     # Objects that already exist and would be broken by this change.
     for kind, name in sorted(changed):
+        users = related.users.get((kind, name), set())
+        routes = [world.routes[n] for k, n in sorted(users) if k == Kind.ROUTE and n in world.routes]
+        listeners = [world.listeners[n] for k, n in sorted(users) if k == Kind.LISTENER and n in world.listeners]
+        clusters = [world.clusters[n] for k, n in sorted(users) if k == Kind.CLUSTER and n in world.clusters]
         if kind == Kind.CERTIFICATE:
-            users = sorted(
+            broken = sorted(
                 {
                     f"listener {lst.name}"
-                    for lst in world.listeners.values()
-                    if lst.tls is not None and name in lst.tls.certificates and listener_errors(lst, world)
+                    for lst in listeners
+                    if lst.tls is not None and name in lst.tls.certificates and tls_errors(lst, world)
                 }
                 | {
                     f"cluster {c.name}"
-                    for c in world.clusters.values()
+                    for c in clusters
                     if c.tls is not None and c.tls.client_certificate == name and cluster_errors(c, world)
                 }
             )
-            if users:
+            if broken:
                 what = "deleted" if name not in world.certificates else "changed this way"
                 raise InUse(
-                    "certificate", f"certificate {name!r} cannot be {what}: it is used by {', '.join(users)}", users
+                    "certificate", f"certificate {name!r} cannot be {what}: it is used by {', '.join(broken)}", broken
                 )
         if kind == Kind.CLUSTER:
-            users = sorted(
+            broken = sorted(
                 {
                     f"route {r.name}"
-                    for r in world.routes.values()
-                    if any(wb.cluster == name for wb in r.backends) and route_errors(r, world)
+                    for r in routes
+                    if any(wb.cluster == name for wb in r.backends) and _route_errors_about(r, kind, name, world)
                 }
-                | {
-                    f"listener {lst.name}"
-                    for lst in world.listeners.values()
-                    if lst.cluster == name and name not in world.clusters
-                }
+                | {f"listener {lst.name}" for lst in listeners if lst.cluster == name and name not in world.clusters}
             )
-            if users:
+            if broken:
                 what = "deleted" if name not in world.clusters else "changed this way"
-                raise InUse("cluster", f"cluster {name!r} cannot be {what}: it is used by {', '.join(users)}", users)
+                raise InUse("cluster", f"cluster {name!r} cannot be {what}: it is used by {', '.join(broken)}", broken)
         elif kind == Kind.LISTENER:
             broken = sorted(
-                f"route {r.name}" for r in world.routes.values() if r.listener == name and route_errors(r, world)
+                f"route {r.name}" for r in routes if r.listener == name and _route_errors_about(r, kind, name, world)
             )
             if broken:
                 what = "deleted" if name not in world.listeners else "changed this way"
@@ -201,8 +266,9 @@ def check(world: World, changed: set[tuple[Kind, str]], pointers: dict[tuple[Kin
                 )
             mine = world.listeners.get(name)
             if mine is not None:
-                for other in world.listeners.values():
-                    if other.name != name and _overlap(mine, other):
+                for other_name in sorted(related.neighbours.get(name, set())):
+                    other = world.listeners.get(other_name)
+                    if other is not None and other.name != name and _overlap(mine, other):
                         raise PortConflict(
                             f"listener {name!r} ({mine.address}:{mine.port}) overlaps listener {other.name!r} "
                             f"({other.address}:{other.port}) in a fleet they share",

@@ -1,16 +1,18 @@
 """The intent store: typed reads and all-or-nothing writes of intent in etcd.
 
-Every write, single or batch, follows one path:
+Every write, single or batch, follows one path, and reads only what it touches (its cost does
+not grow with the number of objects of a kind):
 
-1. read what it depends on in one read-only transaction (a consistent snapshot at etcd
-   revision R): the target keys, the clusters its backends belong to and, when the write
-   touches clusters, listeners or routes, those three (small) folders whole;
+1. read what it depends on at one etcd revision R, in a few rounds (`_needs`): the target
+   keys, what their new versions reference, the clusters its backends belong to; then, where
+   the stored objects say it matters, the users of a changed object and the listeners on a
+   changed port, found through the reference index (`index.py`), and those objects;
 2. apply the operations in memory, in order, checking create-only / If-Match / existence;
-3. validate the resulting world (`integrity.check`);
-4. commit one transaction whose compares assert that nothing it read has changed since R
-   (key by key, and "no key newer than R" over each folder read whole). If another writer
-   got in between, go back to 1 (a few times), so a conflicting write is never committed
-   on stale facts.
+3. validate the result on what was read (`integrity.check`);
+4. commit one transaction, which also updates the reference index, whose compares assert that
+   nothing it read has changed since R (key by key, and "no key newer than R" under each
+   prefix read). If another writer got in between, go back to 1 (a few times), so a
+   conflicting write is never committed on stale facts.
 
 Writes that arrive together share steps 1 and 4 (`commit.py`, group commit): one read for
 all, one transaction in which each is a nested transaction with its own compares.
@@ -30,22 +32,24 @@ from typing import Any, Literal
 from aetcd import rpc
 
 from controlplane.etcd import Etcd, prefix_end
-from controlplane.intent import integrity
+from controlplane.intent import index, integrity
 from controlplane.intent.commit import GroupCommit, Planned
 from controlplane.intent.errors import (
     AlreadyExists,
     FieldError,
     InvalidPageToken,
     NotFound,
+    PageTokenExpired,
     PreconditionFailed,
     StoreError,
     ValidationFailed,
     WriteConflict,
 )
 from controlplane.intent.keyspace import Keyspace, Ref, Stored
-from controlplane.intent.model import Backend, Certificate, Cluster, Fleet, Intent, Kind, Listener, Route
+from controlplane.intent.model import Backend, Certificate, Cluster, Fleet, Intent, Kind, Listener, Protocol, Route
 
 _MAX_ATTEMPTS = 8
+_READ_ROUNDS = 6  # a write's reads settle in four (`_needs`)
 _WORLD_KINDS = (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE, Kind.CERTIFICATE)
 
 
@@ -110,22 +114,55 @@ class Page:
 
 @dataclass
 class _Entry:
-    obj: Intent | None
+    obj: Intent
     mod_revision: int = 0
-    create_revision: int = 0
 
 
-@dataclass(frozen=True)
-class _ReadSpec:
-    """What a write depends on: single keys, folders read whole (the world's when it
-    touches clusters, listeners, routes or certificates)."""
+@dataclass
+class _State:
+    """What a round of writes read, all at `revision`: the objects found (by key), the
+    mod_revision of every key found, which single keys were read (found or not) and the
+    keys each prefix read held."""
 
-    need_world: bool
-    keys: dict[bytes, Kind]
-    folders: tuple[tuple[bytes, Kind], ...]
+    revision: int = 0
+    entries: dict[bytes, _Entry] = field(default_factory=dict)
+    mods: dict[bytes, int] = field(default_factory=dict)
+    keys: set[bytes] = field(default_factory=set)
+    prefixes: dict[bytes, builtins.list[bytes]] = field(default_factory=dict)
+
+    def obj(self, key: bytes) -> Intent | None:
+        e = self.entries.get(key)
+        return e.obj if e is not None else None
 
 
-_ReadState = tuple[int, dict[bytes, "_Entry"]]  # a read's revision and what it found
+@dataclass
+class _Needs:
+    """What one write depends on. Kind None: not an object (index keys)."""
+
+    keys: dict[bytes, Kind | None] = field(default_factory=dict)
+    prefixes: dict[bytes, Kind | None] = field(default_factory=dict)
+    users: dict[Ref, bytes] = field(default_factory=dict)  # a changed object -> its users' prefix
+    ports: dict[str, bytes] = field(default_factory=dict)  # a changed listener -> its port's prefix
+
+
+def _may_break_users(old: Intent | None, new: Intent | None) -> bool:
+    """Could replacing `old` by `new` break an object that uses it?"""
+    if old is None:
+        return False  # nothing uses what does not exist
+    if new is None:
+        return True
+    if isinstance(old, Cluster) and isinstance(new, Cluster):
+        return (new.protocol == Protocol.TCP != old.protocol) or (old.hashing and not new.hashing)
+    if isinstance(old, Listener) and isinstance(new, Listener):
+        return old.protocol != new.protocol
+    return old != new  # a certificate: the names it serves by SNI may change
+
+
+def _moved(old: Intent | None, new: Listener) -> bool:
+    """Does `new` bind anywhere `old` did not (so its port must be checked again)?"""
+    if not isinstance(old, Listener):
+        return True
+    return (old.address, old.port, sorted(old.fleets)) != (new.address, new.port, sorted(new.fleets))
 
 
 @dataclass
@@ -165,8 +202,9 @@ class Store:
     def __init__(self, etcd: Etcd, keyspace: Keyspace | None = None) -> None:
         self.etcd = etcd
         self.keys = keyspace or Keyspace(etcd.config.prefix)
+        self.index = index.Index(self.keys)
         self._commits: GroupCommit[Sequence[AnyOp], WriteResult] = GroupCommit(
-            self._read_for, self._plan_for, self.etcd.txn, _MAX_ATTEMPTS, _conflicted
+            self._read, self._plan_for, self.etcd.txn, _MAX_ATTEMPTS, _conflicted
         )
 
     # -- reads -----------------------------------------------------------------------------
@@ -250,16 +288,13 @@ class Store:
         if not ops:
             return WriteResult(await self.revision(), [], dry_run)
         if dry_run:
-            spec = self._spec(ops)
-            plan = self._plan(ops, spec, await self._read([spec]))
+            plan = self._plan(ops, await self._read([ops]))
             return WriteResult(plan.revision, plan.results, dry_run)
         return await self._commits.submit(ops)
 
-    async def _read_for(self, batch: builtins.list[Sequence[AnyOp]]) -> _ReadState:
-        return await self._read([self._spec(ops) for ops in batch])
-
     def _plan_for(self, ops: Sequence[AnyOp], state: object, attempts: int) -> Planned[WriteResult] | WriteResult:
-        plan = self._plan(ops, self._spec(ops), state)  # type: ignore[arg-type]
+        assert isinstance(state, _State)
+        plan = self._plan(ops, state)
         if not plan.writes:
             # Nothing changed: the revision that holds this intent is the objects' own, not
             # etcd's head (which may only have moved for unrelated keys).
@@ -273,47 +308,112 @@ class Store:
 
         return Planned(plan.compares, plan.writes, answer)
 
-    def _spec(self, ops: Sequence[AnyOp]) -> _ReadSpec:
-        need_world = any(isinstance(op, Op) and op.ref.kind in _WORLD_KINDS for op in ops)
-        keys: dict[bytes, Kind] = {}
-        folders: list[tuple[bytes, Kind]] = []
-        if need_world:
-            folders += [(self.keys.folder(k), k) for k in _WORLD_KINDS]
+    def _needs(self, ops: Sequence[AnyOp], st: _State) -> _Needs:
+        """What `ops` depend on, given what has been read so far (`st`).
+
+        Reading goes in rounds at one revision (`_read`): first the targets, what their new
+        versions reference and the index's version; then, where the stored objects say it may
+        matter, the users of a changed object and the listeners of a changed port (index
+        prefixes, keys only); then those objects themselves and, for a listener that uses a
+        changed certificate, its other certificates. Never a whole kind."""
+        need = _Needs()
+        keys, prefixes = need.keys, need.prefixes
+        last: dict[bytes, Op] = {}  # the last operation on each key of the cross-referencing kinds
         for op in ops:
             if isinstance(op, ReplaceBackends):
                 keys[self.keys.key(Ref(Kind.CLUSTER, op.cluster))] = Kind.CLUSTER
-                folders.append((self.keys.folder(Kind.BACKEND, op.cluster), Kind.BACKEND))
-            else:
-                keys[self.keys.key(op.ref)] = op.ref.kind
-                if isinstance(op.obj, Cluster) and op.obj.discovery == "eds":
-                    # An EDS cluster may hold no hostname backend: its members are checked.
-                    folders.append((self.keys.folder(Kind.BACKEND, op.ref.name), Kind.BACKEND))
-                if op.ref.kind == Kind.BACKEND:
-                    keys[self.keys.key(Ref(Kind.CLUSTER, op.ref.cluster))] = Kind.CLUSTER  # type: ignore[arg-type]
-        return _ReadSpec(need_world, keys, tuple(folders))
+                prefixes[self.keys.folder(Kind.BACKEND, op.cluster)] = Kind.BACKEND
+                continue
+            key = self.keys.key(op.ref)
+            keys[key] = op.ref.kind
+            if op.ref.kind == Kind.BACKEND:
+                keys[self.keys.key(Ref(Kind.CLUSTER, op.ref.cluster))] = Kind.CLUSTER  # type: ignore[arg-type]
+            elif op.ref.kind in _WORLD_KINDS:
+                last[key] = op
+                for target in index.targets(op.obj) if op.obj is not None else ():
+                    keys[self.keys.key(target)] = target.kind
+        if last:
+            keys[self.index.version] = None
+        for key, op in last.items():
+            if key not in st.keys:
+                continue  # what is stored decides what else to read: next round
+            old, new = st.obj(key), op.obj
+            if op.ref.kind in index.USED_KINDS and _may_break_users(old, new):
+                prefixes[need.users.setdefault(op.ref, self.index.users(op.ref))] = None
+            if isinstance(new, Listener) and _moved(old, new):
+                prefixes[need.ports.setdefault(op.ref.name, self.index.port(new.port))] = None
+            if (
+                isinstance(new, Cluster)
+                and new.discovery == "eds"
+                and isinstance(old, Cluster)
+                and old.discovery != "eds"
+            ):
+                # A DNS cluster turning EDS may hold no hostname backend: its members are checked.
+                prefixes[self.keys.folder(Kind.BACKEND, op.ref.name)] = Kind.BACKEND
+        for prefix in [p for p, kind in prefixes.items() if kind is None]:
+            for entry in st.prefixes.get(prefix, ()):
+                user = self.index.user_of(entry)
+                user_key = self.keys.key(user)
+                keys[user_key] = user.kind
+                lst = st.obj(user_key)
+                if isinstance(lst, Listener) and lst.tls is not None:
+                    # Its TLS side is checked whole (two certificates may not claim one name).
+                    for c in lst.tls.certificates:
+                        keys[self.keys.key(Ref(Kind.CERTIFICATE, c))] = Kind.CERTIFICATE
+        return need
 
-    async def _read(self, specs: builtins.list[_ReadSpec]) -> _ReadState:
-        """One consistent read of everything the writes of `specs` depend on."""
-        folders: dict[bytes, Kind] = {}
-        keys: dict[bytes, Kind] = {}
-        for spec in specs:
-            folders.update(spec.folders)
-            keys.update(spec.keys)
-        reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=f, range_end=prefix_end(f))) for f in folders]
-        reads += [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in keys]
+    async def _read(self, batch: builtins.list[Sequence[AnyOp]]) -> _State:
+        """One consistent read (at one revision, in a few rounds) of what `batch` depends on."""
+        for _ in range(_MAX_ATTEMPTS):
+            st = _State()
+            try:
+                for _round in range(_READ_ROUNDS):
+                    keys: dict[bytes, Kind | None] = {}
+                    prefixes: dict[bytes, Kind | None] = {}
+                    for ops in batch:
+                        need = self._needs(ops, st)
+                        keys.update((k, v) for k, v in need.keys.items() if k not in st.keys)
+                        prefixes.update((p, v) for p, v in need.prefixes.items() if p not in st.prefixes)
+                    if not keys and not prefixes:
+                        return st
+                    await self._read_into(st, keys, prefixes)
+                    if self.index.version in st.keys and self.index.version not in st.mods:
+                        break  # an etcd written before the index: build it, then read again
+                else:
+                    raise StoreError(f"a write's reads did not settle in {_READ_ROUNDS} rounds")
+            except PageTokenExpired:
+                continue  # etcd compacted the revision between two rounds: read again
+            await self.index.build(self.etcd)
+        raise _conflicted()
+
+    async def _read_into(self, st: _State, keys: dict[bytes, Kind | None], prefixes: dict[bytes, Kind | None]) -> None:
+        reads = [
+            rpc.RequestOp(
+                request_range=rpc.RangeRequest(
+                    key=p, range_end=prefix_end(p), revision=st.revision, keys_only=kind is None
+                )
+            )
+            for p, kind in prefixes.items()
+        ]
+        reads += [rpc.RequestOp(request_range=rpc.RangeRequest(key=k, revision=st.revision)) for k in keys]
         resp = await self.etcd.txn(rpc.TxnRequest(success=reads), read_only=True)
-        state: dict[bytes, _Entry] = {}
-        kinds = [*folders.values(), *keys.values()]
-        for kind, r in zip(kinds, resp.responses, strict=False):
-            for kv in r.response_range.kvs:
-                state[kv.key] = _Entry(self.keys.decode(kind, kv.value), kv.mod_revision, kv.create_revision)
-        return resp.header.revision, state
+        st.revision = st.revision or resp.header.revision
+        kinds = [*prefixes.values(), *keys.values()]
+        found = [(kind, r.response_range.kvs) for kind, r in zip(kinds, resp.responses, strict=True)]
+        for prefix, (_, kvs) in zip(prefixes, found, strict=False):
+            st.prefixes[prefix] = [kv.key for kv in kvs]
+        st.keys.update(keys)
+        for kind, kvs in found:
+            for kv in kvs:
+                st.mods[kv.key] = kv.mod_revision
+                if kind is not None:
+                    st.entries[kv.key] = _Entry(self.keys.decode(kind, kv.value), kv.mod_revision)
 
-    def _plan(self, ops: Sequence[AnyOp], spec: _ReadSpec, read: _ReadState) -> _Plan:
-        # `seen` may hold more than `spec` asks for (the round's other writes' reads): only
-        # the keys and folders of `spec` become this write's compares.
-        revision, seen = read
-        need_world, folders, relied = spec.need_world, [f for f, _ in spec.folders], set(spec.keys)
+    def _plan(self, ops: Sequence[AnyOp], st: _State) -> _Plan:
+        # `st` may hold more than this write needs (the round's other writes' reads): only
+        # what `_needs` names becomes this write's compares.
+        need = self._needs(ops, st)
+        revision, seen = st.revision, st.entries
         final: dict[bytes, Intent | None] = {k: e.obj for k, e in seen.items()}
         deleted_clusters: set[str] = set()
         results: list[OpResult] = []
@@ -410,62 +510,77 @@ class Store:
         # Backends written after their cluster was deleted in the same batch were refused
         # above; backends of a cluster deleted later in the batch go with the cascade.
         changed = [k for k, v in final.items() if (seen[k].obj if k in seen else None) != v]
-        if need_world:
-            world = integrity.World()
-            pointers: dict[tuple[Kind, str], str] = {}
-            for k, v in final.items():
-                at = self.keys.ref(k)
-                if v is None or at is None:
-                    continue
-                if isinstance(v, Cluster):
-                    world.clusters[at.name] = v
-                elif isinstance(v, Listener):
-                    world.listeners[at.name] = v
-                elif isinstance(v, Route):
-                    world.routes[at.name] = v
-                elif isinstance(v, Certificate):
-                    world.certificates[at.name] = v
-            for op in ops:
-                if isinstance(op, Op) and op.ref.kind in _WORLD_KINDS:
-                    pointers[(op.ref.kind, op.ref.name)] = op.pointer
-            touched = {
-                (r.kind, r.name) for r in map(self.keys.ref, changed) if r is not None and r.kind in _WORLD_KINDS
-            }
-            integrity.check(world, touched, pointers)
+        world_refs = {k: r for k in st.keys if (r := self.keys.ref(k)) is not None and r.kind in _WORLD_KINDS}
+        if any(k in world_refs for k in changed):
+            self._check_world(ops, st, need, final, changed, world_refs)
 
-        # Keys this write relies on must be exactly as read (0: still absent): the targets,
-        # the clusters of backends, and whatever the changed routes and listeners reference
-        # (a concurrent delete of those would not show in the folder compares below).
-        for k in changed:
-            v = final[k]
-            if isinstance(v, Route):
-                relied.add(self.keys.key(Ref(Kind.LISTENER, v.listener)))
-                relied.update(self.keys.key(Ref(Kind.CLUSTER, b.cluster)) for b in v.backends)
-            elif isinstance(v, Cluster) and v.tls is not None and v.tls.client_certificate:
-                relied.add(self.keys.key(Ref(Kind.CERTIFICATE, v.tls.client_certificate)))
-            elif isinstance(v, Listener):
-                if v.cluster is not None:
-                    relied.add(self.keys.key(Ref(Kind.CLUSTER, v.cluster)))
-                if v.tls is not None:
-                    relied.update(self.keys.key(Ref(Kind.CERTIFICATE, c)) for c in v.tls.certificates)
-        compares = [_cmp_mod(k, rpc.Compare.EQUAL, seen[k].mod_revision if k in seen else 0) for k in sorted(relied)]
-        # Nothing in a folder read whole may be newer than the read (catches new keys too).
-        compares += [_cmp_mod(f, rpc.Compare.LESS, revision + 1, prefix_end(f)) for f in folders]
+        # Everything this write relied on must be exactly as read (0: still absent), and no
+        # prefix it read may hold anything newer than the read (catches new keys too).
+        compares = [_cmp_mod(k, rpc.Compare.EQUAL, st.mods.get(k, 0)) for k in sorted(need.keys)]
+        compares += [_cmp_mod(p, rpc.Compare.LESS, revision + 1, prefix_end(p)) for p in sorted(need.prefixes)]
 
         writes: list[rpc.RequestOp] = []
         cascade = [self.keys.folder(Kind.BACKEND, c) for c in sorted(deleted_clusters)]
+        stale: set[bytes] = set()
+        fresh: set[bytes] = set()
         for key in sorted(changed):
+            at = self.keys.ref(key)
+            assert at is not None
+            if at.kind in index.USER_KINDS:
+                before = self.index.entries(at, seen[key].obj if key in seen else None)
+                after = self.index.entries(at, final[key])
+                stale |= before - after
+                fresh |= after - before
             if any(key.startswith(f) for f in cascade):
                 continue
             value = final[key]
             if value is None:
                 writes.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)))
             else:
-                kind = self.keys.ref(key).kind  # type: ignore[union-attr]
-                writes.append(rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=self.keys.encode(kind, value))))
+                put = rpc.PutRequest(key=key, value=self.keys.encode(at.kind, value))
+                writes.append(rpc.RequestOp(request_put=put))
         for f in cascade:
             writes.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=f, range_end=prefix_end(f))))
+        writes += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in sorted(stale - fresh)]
+        writes += [rpc.RequestOp(request_put=rpc.PutRequest(key=k)) for k in sorted(fresh - stale)]
         return _Plan(revision, results, compares, writes)
+
+    def _check_world(
+        self,
+        ops: Sequence[AnyOp],
+        st: _State,
+        need: _Needs,
+        final: dict[bytes, Intent | None],
+        changed: builtins.list[bytes],
+        world_refs: dict[bytes, Ref],
+    ) -> None:
+        """The cross-object rules (`integrity.check`) on what this write read."""
+
+        def known(kind: Kind) -> integrity.Known[Any]:
+            return integrity.Known(r.name for r in world_refs.values() if r.kind == kind)
+
+        world = integrity.World(known(Kind.CLUSTER), known(Kind.LISTENER), known(Kind.ROUTE), known(Kind.CERTIFICATE))
+        tables: dict[Kind, dict[str, Any]] = {
+            Kind.CLUSTER: world.clusters,
+            Kind.LISTENER: world.listeners,
+            Kind.ROUTE: world.routes,
+            Kind.CERTIFICATE: world.certificates,
+        }
+        for k, at in world_refs.items():
+            if (v := final.get(k)) is not None:
+                dict.__setitem__(tables[at.kind], at.name, v)
+        pointers = {
+            (op.ref.kind, op.ref.name): op.pointer for op in ops if isinstance(op, Op) and op.ref.kind in _WORLD_KINDS
+        }
+        related = integrity.Related()
+        for ref, prefix in need.users.items():
+            users = {(u.kind, u.name) for u in map(self.index.user_of, st.prefixes[prefix])}
+            related.users[(ref.kind, ref.name)] = users
+        written = {op.ref.name for op in ops if isinstance(op, Op) and op.ref.kind == Kind.LISTENER}
+        for name, prefix in need.ports.items():
+            related.neighbours[name] = {self.index.user_of(k).name for k in st.prefixes[prefix]} | written
+        touched = {(r.kind, r.name) for k in changed if (r := world_refs.get(k)) is not None}
+        integrity.check(world, touched, pointers, related)
 
     async def reseal_certificates(self) -> builtins.list[str]:
         """Rewrite every certificate whose key is not sealed with the current KEK (after a

@@ -21,15 +21,16 @@ def backend(name: str, port: int = 8080, weight: int = 1) -> Backend:
     return Backend(name=name, address="127.0.0.1", port=port, weight=weight)
 
 
-async def _count(store: Store) -> int:
-    return (await store.etcd.range(store.keys.root, b"\xff" + store.keys.root, count_only=True)).count
-
-
 async def _all_keys(store: Store) -> list[bytes]:
+    """Every intent key (the reference index aside)."""
     from controlplane.etcd import prefix_end
 
     resp = await store.etcd.range(store.keys.root, prefix_end(store.keys.root), keys_only=True)
-    return [kv.key for kv in resp.kvs]
+    return [kv.key for kv in resp.kvs if not kv.key.startswith(store.index.root)]
+
+
+async def _count(store: Store) -> int:
+    return len(await _all_keys(store))
 
 
 async def test_put_get_delete_cluster(store: Store) -> None:
