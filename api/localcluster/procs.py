@@ -29,7 +29,7 @@ import httpx
 
 # etcd's defaults allow 128 operations and 1.5 MiB per request; a batch of thousands of
 # backends needs more. The API reports 413 batch-too-large beyond these.
-ETCD_MAX_TXN_OPS = 16384
+ETCD_MAX_TXN_OPS = 65536
 ETCD_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 # etcd keeps every revision until it is compacted, so without compaction its database only

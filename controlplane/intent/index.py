@@ -34,7 +34,7 @@ VERSION = b"1"
 # Kinds whose users are indexed, and kinds whose objects are (one key per reference).
 USED_KINDS = (Kind.CLUSTER, Kind.LISTENER, Kind.CERTIFICATE)
 USER_KINDS = (Kind.CLUSTER, Kind.LISTENER, Kind.ROUTE)
-_CHUNK = 1000  # operations per transaction while building (etcd's --max-txn-ops is 16384 here)
+_CHUNK = 1000  # operations per transaction while building (lbcp starts etcd with --max-txn-ops 65536)
 
 
 def targets(obj: Intent) -> set[Ref]:

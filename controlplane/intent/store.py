@@ -410,10 +410,12 @@ class Store:
                     st.entries[kv.key] = _Entry(self.keys.decode(kind, kv.value), kv.mod_revision)
 
     def _plan(self, ops: Sequence[AnyOp], st: _State) -> _Plan:
-        # `st` may hold more than this write needs (the round's other writes' reads): only
-        # what `_needs` names becomes this write's compares.
+        # `st` may hold more than this write needs (the round's other writes' reads): the
+        # write sees, and its compares name, only what `_needs` names.
         need = self._needs(ops, st)
-        revision, seen = st.revision, st.entries
+        revision = st.revision
+        mine = [*need.keys, *(k for p in need.prefixes for k in st.prefixes[p])]
+        seen = {k: st.entries[k] for k in mine if k in st.entries}
         final: dict[bytes, Intent | None] = {k: e.obj for k, e in seen.items()}
         deleted_clusters: set[str] = set()
         results: list[OpResult] = []
@@ -489,12 +491,13 @@ class Store:
                 deleted_clusters.discard(ref.name)
             results.append(OpResult(ref, outcome, op.obj, stored_rev if outcome == "unchanged" else 0))
 
+        hostnames: dict[str, list[str]] = {}  # cluster -> its backends named by hostname (read or written)
+        for k, v in final.items():
+            if isinstance(v, Backend) and not v.is_ip and (at := self.keys.ref(k)) is not None and at.cluster:
+                hostnames.setdefault(at.cluster, []).append(v.name)
         for op in ops:
             if isinstance(op, Op) and isinstance(op.obj, Cluster) and final.get(key := self.keys.key(op.ref)) is op.obj:
-                folder = self.keys.folder(Kind.BACKEND, op.ref.name)
-                named = sorted(
-                    v.name for k, v in final.items() if k.startswith(folder) and isinstance(v, Backend) and not v.is_ip
-                )
+                named = sorted(hostnames.get(op.ref.name, ()))
                 if op.obj.discovery == "eds" and named:
                     shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
                     raise ValidationFailed(
@@ -510,7 +513,7 @@ class Store:
         # Backends written after their cluster was deleted in the same batch were refused
         # above; backends of a cluster deleted later in the batch go with the cascade.
         changed = [k for k, v in final.items() if (seen[k].obj if k in seen else None) != v]
-        world_refs = {k: r for k in st.keys if (r := self.keys.ref(k)) is not None and r.kind in _WORLD_KINDS}
+        world_refs = {k: r for k in need.keys if (r := self.keys.ref(k)) is not None and r.kind in _WORLD_KINDS}
         if any(k in world_refs for k in changed):
             self._check_world(ops, st, need, final, changed, world_refs)
 
