@@ -9,6 +9,8 @@ import * as ring from "./views/ring.js";
 
 const VIEWS = { fleet, intent, changes, ring, frontdoor };
 const MAX_CHANGES = 50;
+const CHANGE_OBJECTS = 10; // of each write, the objects the changes view lists (the rest are counted)
+let snapshots = 0;
 
 // Everything the views read. Only the event stream and the views' own writes change it.
 const state = {
@@ -62,6 +64,9 @@ function onEvent(name, d) {
       state.drained = d.drained;
       state.rebalances = d.rebalances;
       state.changes = d.changes;
+      // A snapshot after the first: the stream started over, and the views read again what
+      // they show (what changed meanwhile came in no event).
+      if (snapshots++) intent.resync(ctx);
       schedule();
       break;
     case "node":
@@ -80,7 +85,8 @@ function onEvent(name, d) {
       schedule("fleet", "frontdoor");
       break;
     case "intent":
-      state.changes.push(d);
+      // Kept for the changes view, as the snapshot lists a write: its first objects, counted.
+      state.changes.push({ ...d, changes: d.changes.slice(0, CHANGE_OBJECTS), changes_total: d.changes_total ?? d.changes.length });
       if (state.changes.length > MAX_CHANGES) state.changes.shift();
       state.intentRevision = Math.max(state.intentRevision, d.revision);
       intent.apply(ctx, d);

@@ -14,6 +14,9 @@ export function mount(el) {
   );
 }
 
+// How many objects a write changed (a snapshot lists the first few of each).
+const total = (c) => c.changes_total ?? c.changes.length;
+
 const what = (c) =>
   `${c.deleted ? "deleted" : "wrote"} ${c.kind} ${c.cluster ? `${c.cluster}/` : ""}${c.name}`;
 
@@ -35,7 +38,7 @@ export function update(ctx) {
       h("th", { scope: "row" }, `r${c.revision}`),
       h("td", {}, c.at ? new Date(c.at * 1000).toLocaleTimeString() : "-"),
       h("td", {}, h("ul", { class: "plain" }, c.changes.slice(0, 10).map((x) => h("li", {}, what(x))),
-        c.changes.length > 10 ? h("li", { class: "muted" }, `and ${c.changes.length - 10} more`) : null)),
+        total(c) > 10 ? h("li", { class: "muted" }, `and ${total(c) - 10} more`) : null)),
       h("td", {}, rollout(c.rollout)),
     ),
   );

@@ -1,66 +1,171 @@
 // Intent: clusters and their backends (edit weight and state, add a backend), listeners,
-// routes and certificates. Loaded once, then kept current from the intent events. Each
-// backend shows what the Envoys report of it (`.../backends?health=true`), fetched again when
-// node events change what the Envoys see, for the clusters on screen only.
+// routes and certificates, one page of each at a time (the API's own pages: the console never
+// reads every object of a kind). A page is read when shown, then kept current from the intent
+// events: a write redraws the row (or the one cluster) it changed, nothing else. Each backend
+// shows what the Envoys report of it (`.../backends?health=true`), fetched again when node
+// events change what the Envoys see, for the clusters on screen only.
 
-import { ApiError, listAll, request } from "../api.js";
+import { ApiError, request } from "../api.js";
 import { clearProblem, field, h, keepFocus, replace, showProblem, slug, table, writeButton } from "../dom.js";
 
-const data = { loaded: false, clusters: new Map(), backends: new Map(), listeners: new Map(), routes: new Map(), certificates: new Map() };
+const KINDS = ["clusters", "listeners", "routes", "certificates"];
+const KIND_OF = { cluster: "clusters", listener: "listeners", route: "routes", certificate: "certificates" };
+export const PAGE_SIZE = { clusters: 20, listeners: 50, routes: 50, certificates: 50 };
+const BACKENDS_PAGE = 1000; // backends shown per cluster (one page of the API's)
+// The intent events seen, kept (up to this many changed objects) to bring a page read at an
+// older revision up to date: a next page is read at its first page's revision.
+const MAX_LOGGED = 10000;
+
+// kind -> the page shown: its objects by name, its token (null: the first page), the tokens
+// of the pages before it, the next page's, the revision it was read at, and the names it
+// spans (a write between them belongs on it).
+const pages = Object.fromEntries(KINDS.map((k) => [k, { items: new Map(), token: null, back: [], next: null, revision: 0, first: null, last: null, loaded: false, seq: 0 }]));
+const backends = new Map(); // cluster on the page -> Map(backend name -> backend)
+const moreBackends = new Set(); // clusters with more backends than one page
+const log = []; // intent events, oldest first
+let logged = 0;
+let lostAfter = 0; // the newest revision no longer in the log
+const dirty = new Set(); // what the next update redraws: a kind's page, a cluster, a row
 const drafts = new Map(); // input id -> what the operator typed and has not saved
 const status = new Map(); // form id -> {text, revision} shown under it
 let root;
 let body;
 
-async function load(ctx) {
+// One page of a kind: read, brought up to date from the events since its revision, drawn.
+async function loadPage(ctx, kind, token) {
+  const p = pages[kind];
+  const seq = ++p.seq; // a later click wins over a slower earlier read
+  let doc;
+  let lists = [];
   try {
-    const [clusters, listeners, routes, certificates] = await Promise.all(
-      ["/v1/clusters", "/v1/listeners", "/v1/routes", "/v1/certificates"].map(listAll),
-    );
-    data.clusters = new Map(clusters.map((c) => [c.name, c]));
-    data.listeners = new Map(listeners.map((x) => [x.name, x]));
-    data.routes = new Map(routes.map((x) => [x.name, x]));
-    data.certificates = new Map(certificates.map((x) => [x.name, x]));
-    const sigs = new Map(clusters.map((c) => [c.name, signature(ctx, c.name)]));
-    const lists = await Promise.all(clusters.map((c) => listAll(backendsPath(c.name), { health: "true" })));
-    data.backends = new Map(clusters.map((c, i) => [c.name, new Map(lists[i].map((b) => [b.name, b]))]));
-    clusters.forEach((c, i) => keepHealth(c.name, lists[i], sigs.get(c.name)));
-    data.loaded = true;
+    doc = await request("GET", `/v1/${kind}`, { params: { limit: PAGE_SIZE[kind], page_token: token || undefined } });
+    if (kind === "clusters") {
+      const sigs = new Map(doc.items.map((c) => [c.name, signature(ctx, c.name)]));
+      lists = await Promise.all(
+        doc.items.map((c) => request("GET", backendsPath(c.name), { params: { health: "true", limit: BACKENDS_PAGE } }).catch(() => ({ items: [] }))),
+      );
+      doc.items.forEach((c, i) => keepHealth(c.name, lists[i].items, sigs.get(c.name)));
+    }
   } catch (err) {
-    ctx.notify(`Loading intent: ${err.title}: ${err.message}`, "error");
+    if (seq !== p.seq) return;
+    if (token && err instanceof ApiError && err.status >= 400 && err.status < 500) {
+      // A token too old for etcd's history (compacted): the pages start over.
+      p.back = [];
+      return loadPage(ctx, kind, null);
+    }
+    ctx.notify(`Loading ${kind}: ${err.title || "error"}: ${err.message}`, "error");
+    return;
   }
+  if (seq !== p.seq) return;
+  if (token && doc.revision < lostAfter) {
+    // Read at a revision older than the events kept: start over at a fresh first page.
+    p.back = [];
+    return loadPage(ctx, kind, null);
+  }
+  Object.assign(p, {
+    items: new Map(doc.items.map((x) => [x.name, x])),
+    token,
+    next: doc.next_page_token,
+    revision: doc.revision,
+    first: doc.items.length ? doc.items[0].name : null,
+    last: doc.items.length ? doc.items[doc.items.length - 1].name : null,
+    loaded: true,
+  });
+  if (kind === "clusters") {
+    backends.clear();
+    moreBackends.clear();
+    doc.items.forEach((c, i) => {
+      backends.set(c.name, new Map(lists[i].items.map((b) => [b.name, b])));
+      if (lists[i].next_page_token) moreBackends.add(c.name);
+    });
+  }
+  for (const ev of log) {
+    if (ev.revision <= doc.revision) continue;
+    for (const c of ordered(ev.changes)) if (KIND_OF[c.kind] === kind || (kind === "clusters" && c.kind === "backend")) applyChange(c, ev.revision);
+  }
+  dirty.add(kind);
   update(ctx);
 }
 
-// One intent event: the objects it wrote (each with the write's revision, its new ETag).
-export function apply(ctx, ev) {
-  if (!data.loaded) return;
-  for (const c of ev.changes) {
-    const obj = c.object ? { ...c.object, revision: ev.revision } : null;
-    if (c.kind === "backend") {
-      healthEntry(c.cluster).sig = null; // a backend changed: its health is due again
-      const m = data.backends.get(c.cluster) || new Map();
-      data.backends.set(c.cluster, m);
-      if (c.deleted) m.delete(c.name);
-      else m.set(c.name, obj);
-    } else if (c.kind === "cluster" || c.kind === "listener" || c.kind === "route" || c.kind === "certificate") {
-      const m = data[`${c.kind}s`];
-      if (c.deleted) {
-        m.delete(c.name);
-        if (c.kind === "cluster") {
-          data.backends.delete(c.name);
-          health.delete(c.name);
-        }
-      } else m.set(c.name, obj);
+// A write between the page's first and last names (or past either end, at the ends) is on it.
+function onPage(p, name) {
+  if (p.back.length && p.first !== null && name < p.first) return false;
+  if (p.next && p.last !== null && name > p.last) return false;
+  return true;
+}
+
+// A batch's clusters before their backends: a new cluster on the page takes its new members.
+const ordered = (changes) => [...changes].sort((a, b) => (a.kind === "cluster" ? 0 : 1) - (b.kind === "cluster" ? 0 : 1));
+
+function applyChange(c, revision) {
+  const obj = c.object ? { ...c.object, revision } : null;
+  if (c.kind === "backend") {
+    const m = backends.get(c.cluster);
+    if (!m) return; // its cluster is not on the page
+    healthEntry(c.cluster).sig = null; // a backend changed: its health is due again
+    const had = m.has(c.name);
+    if (c.deleted) {
+      if (had) m.delete(c.name);
+      if (had) dirty.add(`cluster\0${c.cluster}`);
+    } else {
+      m.set(c.name, obj);
+      dirty.add(had ? `backend\0${c.cluster}\0${c.name}` : `cluster\0${c.cluster}`);
     }
+    return;
+  }
+  const kind = KIND_OF[c.kind];
+  const p = kind && pages[kind];
+  if (!p || !p.loaded || !onPage(p, c.name)) return;
+  const had = p.items.has(c.name);
+  if (c.deleted) {
+    if (!had) return;
+    p.items.delete(c.name);
+    if (kind === "clusters") {
+      backends.delete(c.name);
+      health.delete(c.name);
+    }
+    dirty.add(kind);
+    return;
+  }
+  p.items.set(c.name, obj);
+  if (kind === "clusters" && !had) backends.set(c.name, new Map());
+  dirty.add(!had ? kind : kind === "clusters" ? `cluster\0${c.name}` : `row\0${kind}\0${c.name}`);
+}
+
+// One intent event: the objects it wrote (each with the write's revision, its new ETag). Only
+// what is on a shown page changes, and only its row (or its cluster) is drawn again.
+export function apply(ctx, ev) {
+  log.push(ev);
+  logged += ev.changes.length;
+  while (logged > MAX_LOGGED && log.length > 1) {
+    const old = log.shift();
+    logged -= old.changes.length;
+    lostAfter = old.revision;
+  }
+  for (const c of ordered(ev.changes)) applyChange(c, ev.revision);
+}
+
+// The event stream started over (a reconnect): what it missed meanwhile is not in the log,
+// so the pages shown are read again.
+export function resync(ctx) {
+  log.length = 0;
+  logged = 0;
+  for (const kind of KINDS) {
+    if (!pages[kind].loaded) continue;
+    pages[kind].back = [];
+    loadPage(ctx, kind, null);
   }
 }
 
 export function mount(el, ctx) {
   root = el;
-  body = h("div", { id: "intent-body" }, h("p", { class: "muted" }, "Loading ..."));
+  body = h("div", { id: "intent-body" }, KINDS.map((k) => h("div", { id: `intent-${k}` }, h("p", { class: "muted" }, "Loading ..."))));
   replace(root, h("h2", {}, "Intent"), body);
-  if (!data.loaded) load(ctx);
+  for (const kind of KINDS) {
+    if (pages[kind].loaded) dirty.add(kind);
+    else loadPage(ctx, kind, null);
+  }
+  update(ctx);
 }
 
 // An input that keeps the operator's unsaved text across redraws.
@@ -188,7 +293,7 @@ function addForm(ctx, cluster) {
 }
 
 function clusterSection(ctx, c) {
-  const backends = [...(data.backends.get(c.name) || new Map()).values()].sort((a, b) => a.name.localeCompare(b.name));
+  const members = [...(backends.get(c.name) || new Map()).values()].sort((a, b) => a.name.localeCompare(b.name));
   const lb = c.load_balancer?.type || "round_robin";
   return h(
     "section",
@@ -198,8 +303,9 @@ function clusterSection(ctx, c) {
     table(
       `Backends of ${c.name}`,
       ["Backend", "Address", "Health", "Weight", "Zone", "Priority", "Admin state", ""],
-      backends.map((b) => backendRow(ctx, c.name, b)),
+      members.map((b) => backendRow(ctx, c.name, b)),
     ),
+    moreBackends.has(c.name) ? h("p", { class: "muted" }, `The first ${BACKENDS_PAGE} backends (the API lists the rest).`) : null,
     addForm(ctx, c.name),
   );
 }
@@ -247,7 +353,8 @@ async function fetchHealth(ctx, cluster) {
   const sig = signature(ctx, cluster);
   e.at = Date.now();
   try {
-    keepHealth(cluster, await listAll(backendsPath(cluster), { health: "true" }), sig);
+    const doc = await request("GET", backendsPath(cluster), { params: { health: "true", limit: BACKENDS_PAGE } });
+    keepHealth(cluster, doc.items, sig);
   } catch {
     // The cluster may be gone (its intent event redraws) or the API away: keep the last.
   }
@@ -331,7 +438,7 @@ function badge(cluster, b) {
 }
 
 function drawHealth(ctx, cluster) {
-  for (const b of (data.backends.get(cluster) || new Map()).values()) {
+  for (const b of (backends.get(cluster) || new Map()).values()) {
     const cell = document.getElementById(`bcell-${slug(cluster)}-${slug(b.name)}`);
     if (cell) replace(cell, badge(cluster, b));
   }
@@ -339,7 +446,7 @@ function drawHealth(ctx, cluster) {
 
 // The backend at an Envoy's host address ("127.0.0.1:8080"), if the intent is loaded.
 export function backendAt(cluster, address) {
-  for (const b of (data.backends.get(cluster) || new Map()).values()) {
+  for (const b of (backends.get(cluster) || new Map()).values()) {
     if (`${b.address}:${b.port}` === address || `[${b.address}]:${b.port}` === address) return b.name;
   }
   return null;
@@ -368,7 +475,7 @@ function healthLine(ctx, cluster) {
     said.push(text);
   }
   if (said.length) return { text: `Envoy health: ${said.join("; ")}`, level };
-  if (!data.backends.get(cluster)?.size) return { text: "Envoy health: no backends", level: "" };
+  if (!backends.get(cluster)?.size) return { text: "Envoy health: no backends", level: "" };
   return { text: `Envoy health: every host healthy on ${reporting.length} Envoy${reporting.length > 1 ? "s" : ""}`, level: "" };
 }
 
@@ -391,43 +498,109 @@ function expiry(cert) {
   return h("span", { class: cls }, `${cert.not_after} (${days} days)`);
 }
 
-export function update(ctx) {
-  if (!body || !data.loaded) return;
-  const clusters = [...data.clusters.values()].sort((a, b) => a.name.localeCompare(b.name));
-  const listeners = [...data.listeners.values()].sort((a, b) => a.name.localeCompare(b.name));
-  const routes = [...data.routes.values()].sort((a, b) => a.name.localeCompare(b.name));
-  const certs = [...data.certificates.values()].sort((a, b) => a.name.localeCompare(b.name));
-  keepFocus(() =>
-    replace(
-      body,
-      clusters.length ? clusters.map((c) => clusterSection(ctx, c)) : h("p", { class: "empty" }, "No clusters yet."),
-      table(
-        "Listeners",
-        ["Listener", "Address", "Protocol", "TLS", "Max connections"],
-        listeners.map((l) =>
-          h("tr", {}, h("th", { scope: "row" }, l.name), h("td", {}, `${l.address}:${l.port}`), h("td", {}, l.protocol),
-            h("td", {}, l.tls ? l.tls.certificates.join(", ") : "-"), h("td", { class: "n" }, l.max_connections ?? "-")),
-        ),
-      ),
-      table(
-        "Routes",
-        ["Route", "Listener", "Domains", "Backends", "Hash policies"],
-        routes.map((r) =>
-          h("tr", {}, h("th", { scope: "row" }, r.name), h("td", {}, r.listener), h("td", {}, (r.domains || []).join(", ")),
-            h("td", {}, r.backends.map((b) => `${b.cluster}${b.weight ? ` (${b.weight})` : ""}`).join(", ")),
-            h("td", {}, (r.hash_policies || []).map((p) => `${p.type}${p.name ? ` ${p.name}` : ""}`).join(", ") || "-")),
-        ),
-      ),
-      table(
-        "Certificates",
-        ["Certificate", "Subject", "Names", "Expires"],
-        certs.map((c) =>
-          h("tr", {}, h("th", { scope: "row" }, c.name), h("td", {}, c.subject || "-"), h("td", {}, (c.sans || []).join(", ")),
-            h("td", {}, expiry(c))),
-        ),
-      ),
-    ),
+const TITLES = { clusters: "Clusters", listeners: "Listeners", routes: "Routes", certificates: "Certificates" };
+
+// Previous / next page of a kind, as the API pages it.
+function pagerNav(ctx, kind) {
+  const p = pages[kind];
+  if (!p.back.length && !p.next) return null;
+  const go = (token, back) => () => {
+    p.back = back;
+    loadPage(ctx, kind, token);
+  };
+  const first = p.items.size ? `${p.first} … ${p.last}` : "none";
+  return h(
+    "nav",
+    { class: "toolbar pager", id: `${kind}-pager`, "aria-label": `Pages of ${kind}` },
+    h("button", { type: "button", class: "secondary", id: `${kind}-prev`, disabled: !p.back.length, onclick: go(p.back[p.back.length - 1], p.back.slice(0, -1)) }, `Previous ${kind}`),
+    h("span", { class: "muted", id: `${kind}-page` }, `page ${p.back.length + 1}: ${first}`),
+    h("button", { type: "button", class: "secondary", id: `${kind}-next`, disabled: !p.next, onclick: go(p.next, [...p.back, p.token]) }, `Next ${kind}`),
   );
-  watchScreen(ctx);
+}
+
+const sorted = (kind) => [...pages[kind].items.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+
+const ROWS = {
+  listeners: ["Listener", "Address", "Protocol", "TLS", "Max connections"],
+  routes: ["Route", "Listener", "Domains", "Backends", "Hash policies"],
+  certificates: ["Certificate", "Subject", "Names", "Expires"],
+};
+
+function row(kind, x) {
+  const cells = {
+    listeners: (l) => [h("td", {}, `${l.address}:${l.port}`), h("td", {}, l.protocol), h("td", {}, l.tls ? l.tls.certificates.join(", ") : "-"),
+      h("td", { class: "n" }, l.max_connections ?? "-")],
+    routes: (r) => [h("td", {}, r.listener), h("td", {}, (r.domains || []).join(", ")),
+      h("td", {}, r.backends.map((b) => `${b.cluster}${b.weight ? ` (${b.weight})` : ""}`).join(", ")),
+      h("td", {}, (r.hash_policies || []).map((p) => `${p.type}${p.name ? ` ${p.name}` : ""}`).join(", ") || "-")],
+    certificates: (c) => [h("td", {}, c.subject || "-"), h("td", {}, (c.sans || []).join(", ")), h("td", {}, expiry(c))],
+  }[kind](x);
+  const tr = h("tr", { id: `${kind}-row-${slug(x.name)}` }, h("th", { scope: "row" }, x.name), cells);
+  [...tr.children].forEach((cell, i) => (cell.dataset.label = ROWS[kind][i]));
+  return tr;
+}
+
+function drawKind(ctx, kind) {
+  const el = document.getElementById(`intent-${kind}`);
+  if (!el || !pages[kind].loaded) return;
+  if (kind === "clusters") {
+    const clusters = sorted(kind);
+    replace(el, pagerNav(ctx, kind), clusters.length ? clusters.map((c) => clusterSection(ctx, c)) : h("p", { class: "empty" }, "No clusters yet."));
+  } else {
+    replace(el, table(TITLES[kind], ROWS[kind], sorted(kind).map((x) => row(kind, x))), pagerNav(ctx, kind));
+  }
+}
+
+// Swap one element for a new one; false when it is not on the page (its table is drawn).
+function swap(id, make) {
+  const old = document.getElementById(id);
+  if (!old) return false;
+  old.replaceWith(make());
+  return true;
+}
+
+function drawOne(ctx, what) {
+  const [type, a, b] = what.split("\0");
+  if (type === "cluster") {
+    const c = pages.clusters.items.get(a);
+    if (c) swap(`cluster-${slug(a)}`, () => clusterSection(ctx, c));
+  } else if (type === "backend") {
+    const m = backends.get(a)?.get(b);
+    if (m && !swap(`backend-${slug(a)}-${slug(b)}`, () => backendRow(ctx, a, m))) dirty.add(`cluster\0${a}`);
+  } else if (type === "row") {
+    const x = pages[a].items.get(b);
+    if (x && !swap(`${a}-row-${slug(b)}`, () => row(a, x))) dirty.add(a);
+  }
+}
+
+// Draw what changed since the last update (a kind's page, one cluster, one row), and the
+// rollout of each write the operator made here.
+export function update(ctx) {
+  if (!body) return;
+  let clustersDrawn = false;
+  keepFocus(() => {
+    for (let pass = 0; pass < 2 && dirty.size; pass++) {
+      const work = [...dirty];
+      dirty.clear();
+      for (const kind of KINDS) {
+        if (!work.includes(kind)) continue;
+        drawKind(ctx, kind);
+        clustersDrawn ||= kind === "clusters";
+      }
+      for (const what of work) {
+        if (KINDS.includes(what)) continue;
+        if (what.startsWith("cluster\0") && work.includes("clusters")) continue;
+        if (what.startsWith("backend\0") && (work.includes("clusters") || work.includes(`cluster\0${what.split("\0")[1]}`))) continue;
+        if (what.startsWith("row\0") && work.includes(what.split("\0")[1])) continue;
+        drawOne(ctx, what);
+        clustersDrawn ||= what.startsWith("cluster\0");
+      }
+    }
+  });
+  for (const [id, st] of status) {
+    const el = document.getElementById(`${id}-status`);
+    if (el) el.replaceWith(statusLine(ctx, id));
+  }
+  if (clustersDrawn) watchScreen(ctx);
   updateHealth(ctx);
 }

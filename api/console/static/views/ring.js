@@ -1,7 +1,7 @@
 // Ring: a hash cluster's key-space ownership as every Envoy builds it, a what-if (remove or
 // reweight backends and see the share of keys that would move) and a key lookup.
 
-import { ApiError, listAll, request } from "../api.js";
+import { ApiError, request } from "../api.js";
 import { h, pct, replace, slug } from "../dom.js";
 
 let body;
@@ -12,6 +12,10 @@ let result = null;
 let stale = true;
 
 const HASHING = new Set(["maglev", "ring_hash"]);
+// The picker offers the hashing clusters of the API's first page of clusters (and ranks them
+// by the first page of routes): a page, never every cluster of a large intent.
+const LIST_PAGE = 500;
+let listed = null; // {names: Set, last: name | null (null: every cluster was on the page)}
 
 export function mount(el, ctx) {
   picker = h("select", { id: "ring-cluster", onchange: () => choose(ctx, picker.value) });
@@ -27,14 +31,17 @@ export function mount(el, ctx) {
 
 async function loadClusters(ctx) {
   try {
-    const [clusters, routes] = await Promise.all([listAll("/v1/clusters"), listAll("/v1/routes")]);
-    const names = clusters.filter((c) => HASHING.has(c.load_balancer?.type)).map((c) => c.name).sort();
-    replace(picker, names.map((n) => h("option", { value: n }, n)));
+    const page = (path) => request("GET", path, { params: { limit: LIST_PAGE } });
+    const [clusters, routes] = await Promise.all([page("/v1/clusters"), page("/v1/routes")]);
+    const names = clusters.items.filter((c) => HASHING.has(c.load_balancer?.type)).map((c) => c.name).sort();
+    const last = clusters.next_page_token && clusters.items.length ? clusters.items[clusters.items.length - 1].name : null;
+    listed = { names: new Set(names), last };
+    drawPicker();
     if (!names.length) {
       replace(body, h("p", { class: "empty" }, "No cluster hashes its requests (maglev or ring_hash)."));
       return;
     }
-    choose(ctx, names.includes(selected) ? selected : await busiest(names, routes));
+    choose(ctx, names.includes(selected) ? selected : await busiest(names, routes.items));
   } catch (err) {
     ctx.notify(`Loading clusters: ${err.message}`, "error");
   }
@@ -72,9 +79,27 @@ async function choose(ctx, name) {
   draw(ctx);
 }
 
-// A write to the shown cluster (or its backends) redraws the ring from the API.
+function drawPicker() {
+  replace(picker, [...listed.names].sort().map((n) => h("option", { value: n }, n)));
+  if (selected && listed.names.has(selected)) picker.value = selected;
+}
+
+// A write to the shown cluster (or its backends) redraws the ring from the API; a cluster
+// that starts or stops hashing joins or leaves the picker (if its name is in the page read).
 export function apply(ctx, ev) {
-  if (ev.changes.some((c) => c.kind === "cluster" || (c.kind === "backend" && c.cluster === selected))) stale = true;
+  let picked = false;
+  for (const c of ev.changes) {
+    if ((c.kind === "cluster" && c.name === selected) || (c.kind === "backend" && c.cluster === selected)) stale = true;
+    if (c.kind !== "cluster" || !listed || (listed.last !== null && c.name > listed.last)) continue;
+    const hashing = !c.deleted && HASHING.has(c.object?.load_balancer?.type);
+    if (hashing !== listed.names.has(c.name)) {
+      if (hashing) listed.names.add(c.name);
+      else listed.names.delete(c.name);
+      picked = true;
+    }
+  }
+  if (picked && picker) drawPicker();
+  if (picked && !selected) stale = true;
 }
 
 export function update(ctx) {
