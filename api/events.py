@@ -17,7 +17,11 @@ Events (`event:` name, `data:` one JSON object):
 - `node`: one Envoy as `GET /v1/fleet/{node}` shows it; `node-gone`: `{node_id, drain}` (a
   node no replica has a stream of; `drain` is its drain record, if it is drained).
 - `intent`: one etcd revision's intent writes `{revision, changes: [{kind, name, cluster,
-  deleted, object}], rollout}`; `rollout`: a write's rollout status when it changes.
+  deleted, object}], changes_total, rollout}`, sent once, with that write's changes only (a
+  batch of N objects is one event of N changes; nothing else is read or sent again);
+  `rollout`: a write's rollout status when it changes. The snapshot's `changes` hold the
+  first RECENT_OBJECTS of each write's changes (`changes_total` says how many it had), so a
+  snapshot stays small however large the recent batches were.
 - `rebalance`: `{fleet, status}`; `etcd`: `{state: "ok" | "unavailable", detail}`.
 Node changes are sent at most every `flush_interval` (the registry itself flushes at 0.2 s). A
 viewer that cannot keep up (its queue is full) is disconnected; reconnecting gives a snapshot.
@@ -54,6 +58,7 @@ from controlplane.xds.registry import FleetView, drain_record, fleet_floor, flee
 log = logging.getLogger(__name__)
 
 RECENT_CHANGES = 50  # intent writes a snapshot lists, newest last
+RECENT_OBJECTS = 10  # ... and of each, the changed objects it carries (the console shows 10)
 QUEUE_EVENTS = 2000  # events a slow viewer may have outstanding before it is disconnected
 KEEPALIVE_SECONDS = 15.0
 IDLE_SECONDS = 30.0  # the watch outlives its last viewer by this much (a page reload keeps it)
@@ -340,6 +345,8 @@ class EventHub:
         view = self.view()
         for entry in known.values():
             entry["rollout"] = rollout_status(view, entry["revision"])
+            entry.setdefault("changes_total", len(entry["changes"]))
+            del entry["changes"][RECENT_OBJECTS:]
         self._recent = deque(sorted(known.values(), key=lambda e: e["revision"])[-RECENT_CHANGES:], RECENT_CHANGES)
         return int(resp.header.revision)
 
@@ -347,10 +354,17 @@ class EventHub:
         """Send what the watch applied since the last flush: intent writes first (a viewer
         sees a write before the acks of it), then changed nodes, then rollouts that moved."""
         for revision in sorted(self._intent):
-            entry: dict[str, Any] = {"revision": revision, "changes": self._intent[revision], "at": time.time()}
-            entry["rollout"] = rollout_status(self.view(), revision)
-            self._recent.append(entry)
+            changes = self._intent[revision]
+            entry: dict[str, Any] = {
+                "revision": revision,
+                "changes": changes,
+                "changes_total": len(changes),
+                "at": time.time(),
+                "rollout": rollout_status(self.view(), revision),
+            }
             self._send(sse("intent", entry, revision))
+            # What a later snapshot shows of it: bounded, however many objects the write had.
+            self._recent.append({**entry, "changes": changes[:RECENT_OBJECTS]})
         self._intent.clear()
         if self._dirty:
             for node_id in self._dirty:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import random
 import time
 from typing import Any
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from api._request import json_body, parse, wait_for_rollout, wait_timeout
 from api.auth import Role, require
 from api.problems import ApiError, field_errors
+from controlplane.etcd import prefix_end
 from controlplane.intent.certificates import info as cert_info
 from controlplane.intent.certificates import validate as validate_certificate
 from controlplane.intent.errors import FieldError, PreconditionFailed, TooLarge, ValidationFailed, WriteConflict
@@ -33,7 +35,7 @@ from controlplane.intent.model import MODELS, Backend, Certificate, Kind
 from controlplane.intent.store import AnyOp, Op, ReplaceBackends, Store, WriteResult
 from controlplane.moves.controller import read_status
 from controlplane.xds.load import backend_health
-from controlplane.xds.registry import read_fleet
+from controlplane.xds.registry import fleet_prefix, fleet_view
 
 PLURAL = {
     Kind.CLUSTER: "clusters",
@@ -386,9 +388,29 @@ _HEALTH_DOC = (
 )
 
 
+async def _registry_nodes(request: Request) -> dict[str, dict[str, Any]]:
+    """Each connected Envoy's newest registry record: the registry alone (what the Envoys see
+    of their hosts), not the drains, fleets and replica heartbeats `read_fleet` adds. Its
+    size follows the Envoys, never intent: each record's `load.hosts` is bounded (MAX_HOSTS)."""
+    etcd = _store(request).etcd
+    prefix = fleet_prefix(etcd.config.prefix)
+    resp = await etcd.range(prefix, prefix_end(prefix))
+    docs = []
+    for kv in resp.kvs:
+        try:
+            doc = json.loads(kv.value)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("node_id"), str):
+            docs.append(doc)
+    return fleet_view(docs, {}, resp.header.revision).nodes
+
+
 async def _add_health(request: Request, cluster: str, items: list[dict[str, Any]]) -> None:
-    """`health` on each presented backend, from one read of the fleet registry."""
-    nodes = (await read_fleet(_store(request).etcd)).nodes
+    """`health` on each presented backend (a page at most), from one read of the registry."""
+    if not items:
+        return
+    nodes = await _registry_nodes(request)
     for b in items:
         if b.get("admin_state") == "maint":
             # Out of the Envoys' endpoints on purpose: none of them has a view of it.
