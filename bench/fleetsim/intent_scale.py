@@ -211,6 +211,7 @@ def write_rate_one(ks: _KindStack, size: int, writes: int, budget: float, concur
     out = {
         "kind": kind,
         "existing": size,
+        "existing_after": ks.count,
         "seed_seconds": round(seed_s, 2),
         "writes": writes,
         "concurrency": concurrency,
