@@ -579,9 +579,14 @@ class Store:
         for ref, prefix in need.users.items():
             users = {(u.kind, u.name) for u in map(self.index.user_of, st.prefixes[prefix])}
             related.users[(ref.kind, ref.name)] = users
-        written = {op.ref.name for op in ops if isinstance(op, Op) and op.ref.kind == Kind.LISTENER}
+        written: dict[int, set[str]] = {}  # port -> listeners this write leaves on it
+        for op in ops:
+            if isinstance(op, Op) and isinstance(lst := final.get(self.keys.key(op.ref)), Listener):
+                written.setdefault(lst.port, set()).add(op.ref.name)
         for name, prefix in need.ports.items():
-            related.neighbours[name] = {self.index.user_of(k).name for k in st.prefixes[prefix]} | written
+            port = world.listeners[name].port if name in world.listeners else 0
+            stored = {self.index.user_of(k).name for k in st.prefixes[prefix]}
+            related.neighbours[name] = stored | written.get(port, set())
         touched = {(r.kind, r.name) for k in changed if (r := world_refs.get(k)) is not None}
         integrity.check(world, touched, pointers, related)
 

@@ -206,3 +206,16 @@ async def test_two_listeners_racing_for_one_port(store: Store) -> None:
             return_exceptions=True,
         )
         assert sorted(type(r).__name__ for r in results) == ["PortConflict", "WriteResult"], results
+
+
+async def test_listeners_of_one_batch_are_checked_against_each_other(store: Store) -> None:
+    with pytest.raises(PortConflict):
+        await store.apply(
+            [put(Kind.LISTENER, Listener(name="a", port=12000)), put(Kind.LISTENER, Listener(name="b", port=12000))]
+        )
+    many = [put(Kind.LISTENER, Listener(name=f"l{i}", port=13000 + i)) for i in range(300)]
+    await store.apply(many)  # distinct ports: no pair is compared (a batch is not quadratic)
+    with pytest.raises(PortConflict):
+        await store.apply(
+            [put(Kind.LISTENER, Listener(name="x", port=14000)), put(Kind.LISTENER, Listener(name="l7", port=14000))]
+        )
