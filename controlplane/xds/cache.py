@@ -410,7 +410,7 @@ class SnapshotCache:
         revision = v.revision
         drained, sheds = frozenset(v.drained), dict(v.shed)
         # Derive and check every fleet this cache serves before publishing anything.
-        certs_changed = certificates | secrets_touched
+        certs_changed = certificates | secrets_touched | s.cluster_certs_touched
         fleets: dict[str, _Fleet] = {}
         snaps: dict[str, Snapshot] = {}
         try:
@@ -461,6 +461,7 @@ class SnapshotCache:
             cert = stored.obj.tls.client_certificate if stored is not None and stored.obj.tls is not None else None
             old_cert = s.cluster_secrets.get(name)
             if cert != old_cert:
+                s.cluster_certs_touched.update(c for c in (cert, old_cert) if c is not None)
                 user = _CLUSTER_USER + name
                 if old_cert is not None:
                     s.cluster_secrets.pop(name)
@@ -747,6 +748,8 @@ class _Edits:
         self.cluster_secret_refs = base.cluster_secret_refs.edit()
         self.cluster_cert_uses = base.cluster_cert_uses.edit()
         self.cert_users = base.cert_users.edit()
+        # Certificates some cluster started or stopped presenting: every fleet looks again.
+        self.cluster_certs_touched: set[str] = set()
 
     def done(self) -> _State:
         return _State(**{f.name: getattr(self, f.name).done() for f in dataclasses.fields(_State)})

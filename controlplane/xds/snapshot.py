@@ -83,10 +83,10 @@ class Entry:
     sotw_chunk: bytes  # DiscoveryResponse.resources (field 2): Any{type_url, value}
     delta_chunk: bytes  # DeltaDiscoveryResponse.resources (field 2): Resource{version, resource, name}
     mix: int = 0  # its share of a set version (`_mix(name, version)`)
+    size: int = field(init=False)  # bytes in a response (an attribute: read per entry, per publish)
 
-    @property
-    def size(self) -> int:
-        return len(self.sotw_chunk)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", len(self.sotw_chunk))
 
 
 def make_entry(type_url: str, name: str, msg: Message, version: str | None = None) -> Entry:
@@ -382,6 +382,13 @@ class Snapshot:
     # Envoys asked to let go of shards of their connections: node id -> generation per shard.
     sheds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     _versions: dict[str, str] = field(default_factory=dict, repr=False)
+    _binds_public: bool | None = field(default=None, repr=False)
+
+    def binds_public(self) -> bool:
+        """Some listener binds each Envoy's public address too (looked at once per snapshot)."""
+        if self._binds_public is None:
+            self._binds_public = any(b.bind_public for b in self.listener_bases.values())
+        return self._binds_public
 
     def of(self, type_url: str) -> Mapping[str, Entry]:
         return self.resources.get(type_url, EMPTY_TABLE)

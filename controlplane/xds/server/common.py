@@ -103,6 +103,17 @@ class TypeState:
     # The snapshot version of this type when this stream last evaluated it: with no request
     # since and the same version, there is nothing to evaluate (most wake-ups at fleet scale).
     seen_version: str | None = None
+    # Delta: what the last diff compared against (the snapshot's table of this type) and the
+    # version that had, so the next diff looks only at names changed since; `full` when it
+    # must compare everything (first request, wildcard toggled); `recheck`, names a request
+    # touched since; `waiting`, subscribed names still being built (hash rings); `stuck`,
+    # names whose current version the client rejected.
+    evaluated: Mapping[str, Entry] | None = None
+    evaluated_version: str | None = None
+    full: bool = True
+    recheck: set[str] = field(default_factory=set)
+    waiting: set[str] = field(default_factory=set)
+    stuck: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -340,7 +351,7 @@ class BaseStream:
     def _needs_variants(self, snap: Snapshot) -> bool:
         if self.node.id in snap.sheds:
             return True
-        return self.bind_address is not None and any(b.bind_public for b in snap.listener_bases.values())
+        return self.bind_address is not None and snap.binds_public()
 
     def _listener_variants(self, snap: Snapshot) -> dict[str, Entry]:
         """This node's own variants of the snapshot's listeners (its public address, its shed

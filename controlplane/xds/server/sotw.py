@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from operator import attrgetter
 from typing import Any
 
 from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE
@@ -36,7 +37,9 @@ def _body(type_url: str, version: str, entries: Mapping[str, Entry], names: list
     key = (type_url, version, hash(tuple(names)))
     body = _bodies.get(key)
     if body is None:
-        body = ld(1, version.encode()) + b"".join(entries[n].sotw_chunk for n in names) + ld(4, type_url.encode())
+        lookup = entries if isinstance(entries, dict) else dict(entries.items())  # C-level reads below
+        chunks = map(attrgetter("sotw_chunk"), map(lookup.__getitem__, names))
+        body = ld(1, version.encode()) + b"".join(chunks) + ld(4, type_url.encode())
         _bodies[key] = body
         if len(_bodies) > _BODY_CACHE_SIZE:
             _bodies.popitem(last=False)
@@ -101,8 +104,12 @@ class SotwStream(BaseStream):
             body = _body(type_url, version, entries, send) + ld(5, nonce.encode())
             rewarm: set[str] = set()
             if type_url == CLUSTER_TYPE:
-                rewarm = {n for n in names if self._cds_versions.get(n) not in (None, entries[n].version)}
-                self._cds_versions = {n: entries[n].version for n in names}
+                if st.wildcard:  # every cluster: read without a call per name
+                    versions = {n: e.version for n, e in entries.items()}
+                else:
+                    versions = {n: entries[n].version for n in names}
+                rewarm = {n for n, v in versions.items() if self._cds_versions.get(n) not in (None, v)}
+                self._cds_versions = versions
             await self._send(type_url, st, snap, nonce, version, body, send, rewarm, write)
         self._update_synced(snap)
 

@@ -6,19 +6,21 @@ one new cluster rebuilds that cluster's resources only (a view changed by hand).
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from typing import Any
 
 import pytest
 
 from controlplane.intent.keyspace import Ref, Stored
-from controlplane.intent.model import Backend, Cluster, Fleet, Kind, Listener, Route
+from controlplane.intent.model import Backend, Certificate, Cluster, Fleet, Kind, Listener, Route
 from controlplane.intent.store import Op, Store
 from controlplane.intent.view import IntentView
 from controlplane.xds import resources as res
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.resources import ENDPOINT_TYPE
-from controlplane.xds.snapshot import Snapshot, Table, set_version
+from controlplane.xds.snapshot import InconsistentSnapshot, Snapshot, Table, set_version
+from tests.certs import CA
 from tests.conftest import wait_for
 
 WINDOW = 3.0  # a debounce far longer than any step here: a publish inside it is the leading edge
@@ -118,10 +120,32 @@ def _described(snap: Snapshot) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _pki() -> tuple[str, list[Certificate]]:
+    """A CA bundle and two certificates (keys in clear: no KEK), made once."""
+    ca = CA()
+    leaves = [ca.issue(f"s{i}.example") for i in range(2)]
+    certs = [
+        Certificate(name=f"k{i}", certificate_chain=leaf.cert_pem.decode(), private_key=leaf.key_pem.decode())
+        for i, leaf in enumerate(leaves)
+    ]
+    return ca.pem.decode(), certs
+
+
 def _random_change(view: _FakeView, rnd: random.Random, step: int) -> set[Ref]:
     clusters = [f"c{i}" for i in range(12)]
     listeners = [f"l{i}" for i in range(4)]
-    kind = rnd.choice(["cluster", "cluster", "backend", "backend", "listener", "route", "route", "fleet"])
+    bundle, certs = _pki()
+    kind = rnd.choice(
+        ["cluster", "cluster", "backend", "backend", "listener", "route", "route", "fleet", "cert", "cert"]
+    )
+    if kind == "cert":
+        cert = rnd.choice(certs)
+        if cert.name in view.certificates and rnd.random() < 0.15:
+            del view.certificates[cert.name]  # may leave a listener or cluster without it: not published
+        else:
+            view.certificates[cert.name] = Stored(cert, step, step)
+        return {Ref(Kind.CERTIFICATE, cert.name)}
     if kind == "cluster":
         name = rnd.choice(clusters)
         routed = {b.cluster for s in view.routes.values() for b in s.obj.backends}
@@ -130,8 +154,9 @@ def _random_change(view: _FakeView, rnd: random.Random, step: int) -> set[Ref]:
             view.backends.pop(name, None)
         else:
             lb = rnd.choice([{"type": "round_robin"}, {"type": "least_request"}])
+            tls = rnd.choice([None, None, {"ca_bundle": bundle, "client_certificate": rnd.choice(certs).name}])
             view.clusters[name] = Stored(
-                Cluster(name=name, discovery=rnd.choice(["eds", "eds", "dns"]), load_balancer=lb), step, step
+                Cluster(name=name, discovery=rnd.choice(["eds", "eds", "dns"]), load_balancer=lb, tls=tls), step, step
             )
         return {Ref(Kind.CLUSTER, name)}
     if kind == "backend":
@@ -155,6 +180,9 @@ def _random_change(view: _FakeView, rnd: random.Random, step: int) -> set[Ref]:
                 fleets=rnd.choice([[], ["a"], ["b"], ["a", "b"]]),
                 max_connections=rnd.choice([None, 10, 20]),
                 bind_public_address=rnd.random() < 0.3,
+                tls=rnd.choice(
+                    [None, None, {"certificates": [c.name for c in rnd.sample(certs, rnd.randrange(1, 3))]}]
+                ),
             )
             view.listeners[name] = Stored(lst, step, step)
         return {Ref(Kind.LISTENER, name)}
@@ -180,6 +208,16 @@ def _random_change(view: _FakeView, rnd: random.Random, step: int) -> set[Ref]:
     return {Ref(Kind.FLEET, name)}
 
 
+def _servable(cache: SnapshotCache) -> bool:
+    """Every fleet's snapshot is consistent (the cache's first build checks fleet "" only)."""
+    try:
+        for fleet in ("a", "b"):
+            cache.snapshot(fleet).check()
+    except InconsistentSnapshot:
+        return False
+    return cache.ready
+
+
 @pytest.mark.parametrize("seed", range(8))
 async def test_incremental_builds_match_a_build_from_scratch(seed: int) -> None:
     rnd = random.Random(seed)
@@ -189,19 +227,26 @@ async def test_incremental_builds_match_a_build_from_scratch(seed: int) -> None:
     view.tell({Ref(Kind.CLUSTER, "c0")})
     for fleet in ("a", "b"):
         cache.snapshot(fleet)
+    rejected = published = 0
     for step in range(2, 160):
         changed = set()
         for _ in range(rnd.randrange(1, 4)):  # a batch of one to three changes
             changed |= _random_change(view, rnd, step)
         view.tell(changed)
-        assert cache.revision == view.revision, cache.stats.last_error
         fresh = SnapshotCache(view, debounce=0, max_delay=0)  # type: ignore[arg-type]
         view.subscribers.remove(fresh._on_change)  # built once, here
         fresh._on_change(view.revision, set())
+        if not _servable(fresh):  # this intent cannot be served (a certificate is missing) ...
+            assert cache.revision < view.revision, (seed, step)  # ... so it was not published
+            rejected += 1
+            continue
+        assert cache.revision == view.revision, (seed, step, cache.stats.last_error)
+        published += 1
         for fleet in ("", "a", "b"):
             got, want = cache.snapshot(fleet), fresh.snapshot(fleet)
             got.check()
             assert _described(got) == _described(want), (seed, step, fleet)
+    assert published > 60 and rejected, (published, rejected)  # both seen
 
 
 async def test_a_build_that_would_be_inconsistent_is_not_published_and_is_retried() -> None:
