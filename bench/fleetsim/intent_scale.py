@@ -506,6 +506,7 @@ def intent_scale(
     measured before the changes."""
     import os
 
+    kinds = [k for k in kinds if k]  # --kinds "": the propagation part alone
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown kinds {sorted(unknown)}: the kinds are {', '.join(KINDS)}")
