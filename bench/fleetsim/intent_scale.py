@@ -380,6 +380,14 @@ def propagation_one(
         out["envoys_configured_s"] = round(time.monotonic() - t, 2)
         print(f"  {envoys} Envoys configured in {out['envoys_configured_s']} s", flush=True)
         time.sleep(min(2.0, idle_window))  # let the ACK records and the registry settle
+        # What observing costs: one poll of one Envoy's filtered EDS dump (Envoy walks every
+        # EDS config to filter it), so a propagation figure is this much coarser per Envoy.
+        polls = []
+        for _ in range(10):
+            p0 = time.monotonic()
+            _endpoints(admins[0])
+            polls.append(time.monotonic() - p0)
+        out["poll_ms"] = pct_ms(polls, 50)
         # The replica's idle CPU, to subtract from its CPU over the changes.
         c0, w0 = cpu_seconds(replica_pid), time.monotonic()
         time.sleep(idle_window)
@@ -434,7 +442,7 @@ def propagation_one(
             f"  propagation ({n}/{changes} changes): p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms; replica CPU "
             f"{out['replica_cpu_ms_per_change']} ms/change ({out['replica_cpu_ms_per_change_net_of_idle']} net of "
             f"idle {out['replica_idle_cpu_pct']} %); RSS replica {out['replica_rss_mb']} MB, "
-            f"API {out['api_rss_mb']} MB",
+            f"API {out['api_rss_mb']} MB; one poll of one Envoy {out['poll_ms']} ms",
             flush=True,
         )
         for a in admins:

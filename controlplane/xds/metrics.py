@@ -80,10 +80,6 @@ class XdsMetrics:
             registry=r,
         )
         self.build = Histogram("lbcp_snapshot_build_seconds", "snapshot build time", buckets=BUILD_BUCKETS, registry=r)
-        self.snapshot_bytes = Gauge(
-            "lbcp_snapshot_bytes", "encoded size of the published resources", ["type"], registry=r
-        )
-        self.snapshot_resources = Gauge("lbcp_snapshot_resources", "published resources", ["type"], registry=r)
         self.ring = RingMetrics(r)
         self._seen: OrderedDict[int, float] = OrderedDict()  # revision -> when its first change was seen
         self._published = 0
@@ -160,10 +156,6 @@ class XdsMetrics:
                 self._seen[cache.revision] = cache.first_change_at
                 while len(self._seen) > 1024:
                     self._seen.popitem(last=False)
-            snap = cache.snapshot("")
-            for type_url, entries in snap.resources.items():
-                self.snapshot_bytes.labels(_short(type_url)).set(sum(e.size for e in entries.values()))
-                self.snapshot_resources.labels(_short(type_url)).set(len(entries))
 
         cache.add_watcher(on_publish)
         cache.ring_observers.append(lambda algorithm, seconds: self.ring.seconds.labels(algorithm).observe(seconds))
@@ -186,6 +178,16 @@ class _CacheCollector:
             value=self.cache.stats.rejected,
         )
         yield CounterMetricFamily("lbcp_snapshot_builds", "snapshots published", value=self.cache.published)
+        # Summed at scrape time, not on every publish: a publish costs what changed, and a
+        # sum over 10,000 clusters' entries per change would not.
+        size = GaugeMetricFamily("lbcp_snapshot_bytes", "encoded size of the published resources", labels=["type"])
+        count = GaugeMetricFamily("lbcp_snapshot_resources", "published resources", labels=["type"])
+        if self.cache.ready:
+            for type_url, entries in self.cache.snapshot("").resources.items():
+                size.add_metric([_short(type_url)], sum(e.size for e in entries.values()))
+                count.add_metric([_short(type_url)], len(entries))
+        yield size
+        yield count
         expiry = GaugeMetricFamily(
             "lbcp_certificate_expiry_seconds",
             "seconds until the leaf of each certificate in intent expires (negative: expired)",
