@@ -116,7 +116,12 @@ class DeltaStream(BaseStream):
                 if self.gate is not None:
                     names.add(self.gate)
             out = self._names_diff(st, snap, type_url, entries, names)
-        st.evaluated, st.full = base, False
+        # Listeners of this node's own (variants: its public address, its shed shards) are
+        # not the table's: the table's record cannot say when they stop being owed (a shed
+        # ends, the last listener binding the public address stops), so the next diff after
+        # one compares everything.
+        variants = type_url == LISTENER_TYPE and entries is not base
+        st.evaluated, st.full = (None if variants else base), False
         st.recheck = set()
         return out
 
