@@ -447,7 +447,12 @@ class BaseStream:
                 if owed is None:
                     owed = self.eds_owed(snap)
                 if self.holding_for_warming(t, owed):
-                    continue  # not marked seen: looked at again when the hold ends
+                    # Not marked seen, and a request it had stays pending: looked at again
+                    # when the hold ends (else a subscription to names whose version did
+                    # not change would wait for the next change of that type).
+                    if t in dirty:
+                        self.dirty_types.add(t)
+                    continue
             yield t, st
             st.seen_version = version
 

@@ -5,17 +5,21 @@ responses and compared with what the snapshot says it should hold."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import pytest
 from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
 
 from controlplane.intent.keyspace import Ref, Stored
 from controlplane.intent.model import Cluster, Kind, Listener
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.resources import LISTENER_TYPE
+from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE
+from controlplane.xds.server import common
 from controlplane.xds.server.common import NodeInfo
 from controlplane.xds.server.delta import DeltaStream
-from tests.controlplane.xds.test_cache import _FakeView
+from tests.controlplane.xds.test_cache import _FakeView, _random_change
 
 
 class _Client:
@@ -106,3 +110,118 @@ async def test_a_listener_that_stops_binding_the_public_address_is_resent() -> N
     await c.flush()
     assert c.held[LISTENER_TYPE] == c.owed(LISTENER_TYPE)
     assert b"192.0.2.7" not in c.values[LISTENER_TYPE]["tcp"]
+
+
+# -- a random walk: intent changes, subscriptions, NACKs and late ACKs ----------------------
+
+
+def _wanted(c: _Client, type_url: str) -> dict[str, str]:
+    """What the client should hold of `type_url`: what it follows of the snapshot."""
+    st = c.stream.types[type_url]
+    entries = c.stream.entries(c.cache.snapshot(c.fleet), type_url)
+    return {n: e.version for n, e in entries.items() if st.wildcard or n in st.names}
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_a_random_walk_leaves_the_client_holding_what_it_follows(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This client does not follow the endpoints of every cluster it holds: no make-before-break hold.
+    monkeypatch.setattr(common, "WARMING_HOLD_SECONDS", 0.0)
+    rnd = random.Random(seed)
+    view = _FakeView()
+    view.clusters["c0"] = Stored(Cluster(name="c0"), 1, 1)
+    cache = _cache(view)
+    c = _Client(cache, fleet="a", public_address="192.0.2.7")
+    c.request(CLUSTER_TYPE)
+    c.request(LISTENER_TYPE)
+    c.request(ENDPOINT_TYPE, ["c0"])
+    c.request(ROUTE_TYPE, ["l0"])
+    c.request(SECRET_TYPE, ["k0"])
+    rejected: dict[str, dict[str, str]] = {}  # type -> name -> a version the client rejected
+    unacked: list[Any] = []
+    for step in range(2, 200):
+        what = rnd.random()
+        if what < 0.45:
+            changed: set[Ref] = set()
+            for _ in range(rnd.randrange(1, 4)):
+                changed |= _random_change(view, rnd, step)
+            if rnd.random() < 0.1:
+                if "n1" in view.shed:
+                    del view.shed["n1"]
+                else:
+                    view.shed["n1"] = (rnd.randrange(3), 0, 0, 0)
+            view.tell(changed)
+        elif what < 0.6:
+            t = rnd.choice([ENDPOINT_TYPE, ROUTE_TYPE, SECRET_TYPE])
+            pool = {ENDPOINT_TYPE: [f"c{i}" for i in range(12)], ROUTE_TYPE: [f"l{i}" for i in range(4)]}
+            name = rnd.choice(pool.get(t, ["k0", "k1"]))
+            if name in c.stream.types[t].names:
+                c.request(t, resource_names_unsubscribe=[name])
+                c.held.get(t, {}).pop(name, None)  # the client forgets what it stops following
+            else:
+                c.request(t, [name])
+        elif what < 0.65:
+            t = rnd.choice([CLUSTER_TYPE, LISTENER_TYPE])
+            if c.stream.types[t].wildcard:
+                c.request(t, resource_names_unsubscribe=["*"])
+            else:
+                c.request(t, ["*"])
+        else:
+            out = await c.flush(ack=False)
+            unacked += out
+        # Answer some of what is in flight: ACK (taking it) or NACK (keeping what it had).
+        while unacked and rnd.random() < 0.7:
+            r = unacked.pop(0)
+            if rnd.random() < 0.15 and not r.removed_resources and r.resources:
+                for resource in r.resources:
+                    rejected.setdefault(r.type_url, {})[resource.name] = resource.version
+                c.request(r.type_url, response_nonce=r.nonce, error_detail=status_pb2.Status(code=3, message="no"))
+            else:
+                held = c.held.setdefault(r.type_url, {})
+                for resource in r.resources:
+                    held[resource.name] = resource.version
+                for name in r.removed_resources:
+                    held.pop(name, None)
+                c.request(r.type_url, response_nonce=r.nonce)
+        if step % 40 == 0 or step == 199:
+            for r in unacked:  # what is still in flight is taken
+                held = c.held.setdefault(r.type_url, {})
+                for resource in r.resources:
+                    held[resource.name] = resource.version
+                for name in r.removed_resources:
+                    held.pop(name, None)
+                c.request(r.type_url, response_nonce=r.nonce)
+            unacked = []
+            await c.flush()
+            for t in (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE):
+                want, held = _wanted(c, t), c.held.get(t, {})
+                for n in set(want) | set(held):
+                    if held.get(n) != want.get(n) and rejected.get(t, {}).get(n) != want.get(n):
+                        raise AssertionError((seed, step, t, n, held.get(n), want.get(n)))
+
+
+async def test_a_subscription_held_back_behind_clusters_in_flight_is_answered_once_they_are_acked() -> None:
+    view = _FakeView()
+    view.clusters["c0"] = Stored(Cluster(name="c0"), 1, 1)
+    view.listeners["l0"] = Stored(Listener(name="l0", port=10000), 1, 1)
+    view.listeners["l1"] = Stored(Listener(name="l1", port=10001), 1, 1)
+    cache = _cache(view)
+    c = _Client(cache)
+    c.request(CLUSTER_TYPE)
+    c.request(ENDPOINT_TYPE, ["c0"])
+    c.request(LISTENER_TYPE)
+    c.request(ROUTE_TYPE, ["l0"])
+    await c.flush()
+    assert set(c.held[ROUTE_TYPE]) == {"l0"}
+    # A cluster change is in flight when the client subscribes to the other listener's routes.
+    view.clusters["c1"] = Stored(Cluster(name="c1"), 2, 2)
+    view.tell({Ref(Kind.CLUSTER, "c1")})
+    (cds,) = await c.flush(ack=False)
+    assert cds.type_url == CLUSTER_TYPE
+    c.request(ROUTE_TYPE, ["l1"])
+    assert await c.flush(ack=False) == []  # routes wait for the clusters (make before break) ...
+    c.request(CLUSTER_TYPE, response_nonce=cds.nonce)
+    c.request(ENDPOINT_TYPE, ["c1"])
+    await c.flush()
+    assert set(c.held[ROUTE_TYPE]) == {"l0", "l1"}  # ... and are sent once they are taken
