@@ -290,6 +290,34 @@ def _all_have(admins: list[httpx.Client], needle: str) -> bool:
     return all(needle in _endpoints(a) for a in admins)
 
 
+def simulated_propagation(stack: Stack, api: httpx.Client, changes: int, port0: int, timeout: float) -> dict[str, Any]:
+    """The control plane alone: `changes` backend additions, each timed from the API's 2xx to
+    2 simulated delta Envoys (bench/fleetsim/client.py, their own process) holding it. No
+    Envoy applies anything and nothing is polled: the clients note when a port first shows."""
+    fleet = Fleet(f"127.0.0.1:{stack.xds_ports[0]}", specs(2, 1.0, prefix="cp"), 1)
+    samples: list[float] = []
+    try:
+        fleet.start(timeout)
+        for k in range(changes):
+            port = port0 + k
+            r = api.put(f"/v1/clusters/{PROP_CLUSTER}/backends/cp{k}", json={"address": "127.0.0.1", "port": port})
+            if not r.is_success:
+                return {"error": f"change {k}: {r.status_code} {r.text[:300]}"}
+            t0 = time.monotonic()
+            stop_at = t0 + 30
+            while time.monotonic() < stop_at:
+                seen = fleet.seen([port])[port]
+                if all(t is not None for t in seen):
+                    samples.append(max(t for t in seen if t is not None) - t0)
+                    break
+                time.sleep(0.002)
+            else:
+                return {"error": f"change {k} not seen within 30 s", "measured": len(samples)}
+    finally:
+        fleet.stop()
+    return {"measured": len(samples), "p50_ms": pct_ms(samples, 50), "p99_ms": pct_ms(samples, 99)}
+
+
 def fresh_replica_first_snapshot(stack: Stack, timeout: float) -> dict[str, Any]:
     """Start one more replica process on the stack's etcd; seconds from its exec to its
     port listening, and to one simulated delta Envoy holding its full initial config."""
@@ -450,6 +478,14 @@ def propagation_one(
         for e in started:  # the fresh replica gets the cores to itself and its one client
             e.stop()
         started.clear()
+        out["control_plane_alone"] = cp = simulated_propagation(
+            stack, api, changes, PROP_PORT0 + 1000, timeout=max(60.0, deadline - time.monotonic())
+        )
+        print(
+            f"  control plane alone (2 simulated delta Envoys): p50 {cp.get('p50_ms')} ms, p99 {cp.get('p99_ms')} ms"
+            f" {cp.get('error', '')}",
+            flush=True,
+        )
         out["fresh_replica"] = fresh_replica_first_snapshot(stack, timeout=max(60.0, deadline - time.monotonic()))
         f = out["fresh_replica"]
         print(
