@@ -122,6 +122,18 @@ def _wanted(c: _Client, type_url: str) -> dict[str, str]:
     return {n: e.version for n, e in entries.items() if st.wildcard or n in st.names}
 
 
+def _take(c: _Client, r: Any) -> None:
+    """The client takes a response it answers late: what it still follows (it dropped what it
+    unsubscribed from since, and ignores resources it no longer follows)."""
+    st = c.stream.types[r.type_url]
+    held = c.held.setdefault(r.type_url, {})
+    for resource in r.resources:
+        if st.wildcard or resource.name in st.names:
+            held[resource.name] = resource.version
+    for name in r.removed_resources:
+        held.pop(name, None)
+
+
 @pytest.mark.parametrize("seed", range(12))
 async def test_a_random_walk_leaves_the_client_holding_what_it_follows(
     seed: int, monkeypatch: pytest.MonkeyPatch
@@ -161,6 +173,15 @@ async def test_a_random_walk_leaves_the_client_holding_what_it_follows(
                 c.held.get(t, {}).pop(name, None)  # the client forgets what it stops following
             else:
                 c.request(t, [name])
+        elif what < 0.62:
+            # It reconnects (maybe as another fleet's), declaring what it holds and follows.
+            old = c.stream
+            c.fleet = rnd.choice(["a", "b"])
+            c.stream = DeltaStream(NodeInfo("n1", c.fleet, {}, "", dict(old.node.metadata), "ipv4:1.2.3.4:5"), None, [])
+            for t, st in old.types.items():
+                names = sorted(st.names) + (["*"] if st.wildcard and st.names else [])
+                c.request(t, names, initial_resource_versions=c.held.get(t, {}))
+            unacked = []
         elif what < 0.65:
             t = rnd.choice([CLUSTER_TYPE, LISTENER_TYPE])
             if c.stream.types[t].wildcard:
@@ -178,19 +199,11 @@ async def test_a_random_walk_leaves_the_client_holding_what_it_follows(
                     rejected.setdefault(r.type_url, {})[resource.name] = resource.version
                 c.request(r.type_url, response_nonce=r.nonce, error_detail=status_pb2.Status(code=3, message="no"))
             else:
-                held = c.held.setdefault(r.type_url, {})
-                for resource in r.resources:
-                    held[resource.name] = resource.version
-                for name in r.removed_resources:
-                    held.pop(name, None)
+                _take(c, r)
                 c.request(r.type_url, response_nonce=r.nonce)
         if step % 40 == 0 or step == 199:
             for r in unacked:  # what is still in flight is taken
-                held = c.held.setdefault(r.type_url, {})
-                for resource in r.resources:
-                    held[resource.name] = resource.version
-                for name in r.removed_resources:
-                    held.pop(name, None)
+                _take(c, r)
                 c.request(r.type_url, response_nonce=r.nonce)
             unacked = []
             await c.flush()
