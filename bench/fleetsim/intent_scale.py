@@ -290,6 +290,35 @@ def _all_have(admins: list[httpx.Client], needle: str) -> bool:
     return all(needle in _endpoints(a) for a in admins)
 
 
+def _histograms(url: str) -> dict[tuple[str, str], float]:
+    """(sample name, its `type`/`fleet` label) -> value, for the replica's histogram sums and counts."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, str], float] = {}
+    try:
+        text = httpx.get(url, timeout=10).text
+    except httpx.HTTPError:
+        return out
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                label = sample.labels.get("type") or sample.labels.get("fleet") or ""
+                out[(sample.name, label)] = out.get((sample.name, label), 0.0) + sample.value
+    return out
+
+
+def _mean_ms(
+    h0: dict[tuple[str, str], float], h1: dict[tuple[str, str], float], name: str, label: str | None
+) -> float | None:
+    """The mean of histogram `name` over what was observed between h0 and h1 (all labels if None)."""
+
+    def total(h: dict[tuple[str, str], float], suffix: str) -> float:
+        return sum(v for (n, lb), v in h.items() if n == name + suffix and (label is None or lb == label))
+
+    count = total(h1, "_count") - total(h0, "_count")
+    return round((total(h1, "_sum") - total(h0, "_sum")) / count * 1e3, 1) if count > 0 else None
+
+
 def simulated_propagation(stack: Stack, api: httpx.Client, changes: int, port0: int, timeout: float) -> dict[str, Any]:
     """The control plane alone: `changes` backend additions, each timed from the API's 2xx to
     2 simulated delta Envoys (bench/fleetsim/client.py, their own process) holding it. No
@@ -423,6 +452,8 @@ def propagation_one(
 
         samples: list[float] = []
         missed = 0
+        metrics_url = f"http://127.0.0.1:{stack.metrics_ports[0]}/metrics"
+        h0 = _histograms(metrics_url)
         c0, w0 = cpu_seconds(replica_pid), time.monotonic()
         for k in range(changes):
             if time.monotonic() > deadline:
@@ -447,6 +478,13 @@ def propagation_one(
         window = time.monotonic() - w0
         cpu = cpu_seconds(replica_pid) - c0
         n = len(samples)
+        time.sleep(0.5)  # the last ACKs observed
+        h1 = _histograms(metrics_url)
+        # Without polling anyone: the replica's own clocks. ACK = from writing the EDS response
+        # to the Envoy's ACK (Envoy ACKs once it has applied it); convergence = from the
+        # replica seeing the etcd change to an Envoy having ACKed it.
+        out["envoy_eds_ack_ms_mean"] = _mean_ms(h0, h1, "lbcp_xds_ack_seconds", "eds")
+        out["replica_convergence_ms_mean"] = _mean_ms(h0, h1, "lbcp_xds_convergence_seconds", None)
         out["propagation"] = {
             "changes": changes,
             "measured": n,
@@ -470,7 +508,9 @@ def propagation_one(
             f"  propagation ({n}/{changes} changes): p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms; replica CPU "
             f"{out['replica_cpu_ms_per_change']} ms/change ({out['replica_cpu_ms_per_change_net_of_idle']} net of "
             f"idle {out['replica_idle_cpu_pct']} %); RSS replica {out['replica_rss_mb']} MB, "
-            f"API {out['api_rss_mb']} MB; one poll of one Envoy {out['poll_ms']} ms",
+            f"API {out['api_rss_mb']} MB; one poll of one Envoy {out['poll_ms']} ms; by the replica's clocks: EDS "
+            f"push to ACK {out['envoy_eds_ack_ms_mean']} ms, change seen to ACKed {out['replica_convergence_ms_mean']}"
+            " ms (means)",
             flush=True,
         )
         for a in admins:
