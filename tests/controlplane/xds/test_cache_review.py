@@ -17,9 +17,17 @@ from typing import Any
 import pytest
 
 from controlplane.intent.keyspace import Ref, Stored
-from controlplane.intent.model import Cluster, Kind
+from controlplane.intent.model import Cluster, Kind, Route
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.snapshot import _MIX_MASK, Entry, Table, _set_hex, encoded_entry, set_version
+from controlplane.xds.snapshot import (
+    _MIX_MASK,
+    Entry,
+    InconsistentSnapshot,
+    Table,
+    _set_hex,
+    encoded_entry,
+    set_version,
+)
 from tests.controlplane.xds.test_cache import _FakeView, _pki, _random_change
 
 FLEETS = ("", "a", "b")
@@ -226,3 +234,58 @@ def test_a_table_s_set_version_is_the_sum_of_what_it_holds_whatever_the_edits() 
     for name in list(model):
         edit.pop(name)
     assert edit.done().version == Table().version == set_version({})
+
+
+# -- consistency: what the incremental check lets through, a full check would too -----------
+
+
+def _hostile_change(view: _FakeView, rnd: random.Random, step: int) -> set[Ref]:
+    """What the store would refuse, which the check is the net for: a routed cluster deleted,
+    a route to a cluster that does not exist."""
+    if rnd.random() < 0.5 and view.clusters:
+        name = rnd.choice(sorted(view.clusters))
+        del view.clusters[name]
+        view.backends.pop(name, None)
+        return {Ref(Kind.CLUSTER, name)}
+    name = f"r{rnd.randrange(6)}"
+    route = Route(
+        name=name,
+        listener=f"l{rnd.randrange(4)}",
+        match={"prefix": f"/{rnd.randrange(4)}/"},
+        backends=[{"cluster": f"c{rnd.randrange(14)}"}],
+    )
+    view.routes[name] = Stored(route, step, step)
+    return {Ref(Kind.ROUTE, name)}
+
+
+def _consistent(cache: SnapshotCache) -> bool:
+    try:
+        for fleet in FLEETS:
+            cache.snapshot(fleet).check()
+    except InconsistentSnapshot:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_a_build_is_published_exactly_when_every_fleet_s_snapshot_is_consistent(seed: int) -> None:
+    rnd = random.Random(seed)
+    view = _FakeView()
+    view.clusters["c0"] = Stored(Cluster(name="c0"), 1, 1)
+    cache = SnapshotCache(view, debounce=0, max_delay=0)  # type: ignore[arg-type]
+    view.tell({Ref(Kind.CLUSTER, "c0")})
+    for fleet in FLEETS:
+        cache.snapshot(fleet)
+    for step in range(2, 250):
+        changed: set[Ref] = set()
+        for _ in range(rnd.randrange(1, 4)):
+            hostile = rnd.random() < 0.15
+            changed |= (_hostile_change if hostile else _random_change)(view, rnd, step)
+        view.tell(changed)
+        fresh = _fresh(view)
+        assert _consistent(cache), (seed, step)  # whatever is published is consistent
+        if fresh.ready and _consistent(fresh):  # (not ready: its one build was refused)
+            assert cache.revision == view.revision, (seed, step, cache.stats.last_error)
+            assert _versions(cache) == _versions(fresh), (seed, step)
+        else:
+            assert cache.revision < view.revision, (seed, step)
