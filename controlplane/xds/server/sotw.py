@@ -37,7 +37,10 @@ def _body(type_url: str, version: str, entries: Mapping[str, Entry], names: list
     key = (type_url, version, hash(tuple(names)))
     body = _bodies.get(key)
     if body is None:
-        lookup = entries if isinstance(entries, dict) else dict(entries.items())  # C-level reads below
+        # Many names: copy to a plain dict once for C-level reads below; a few (an endpoint
+        # change): read them where they are, never copying a whole table for them.
+        many = not isinstance(entries, dict) and 4 * len(names) >= len(entries)
+        lookup = dict(entries.items()) if many else entries
         chunks = map(attrgetter("sotw_chunk"), map(lookup.__getitem__, names))
         body = ld(1, version.encode()) + b"".join(chunks) + ld(4, type_url.encode())
         _bodies[key] = body

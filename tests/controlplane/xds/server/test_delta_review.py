@@ -16,9 +16,10 @@ from controlplane.intent.keyspace import Ref, Stored
 from controlplane.intent.model import Cluster, Kind, Listener
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE
-from controlplane.xds.server import common
+from controlplane.xds.server import common, sotw
 from controlplane.xds.server.common import NodeInfo
 from controlplane.xds.server.delta import DeltaStream
+from controlplane.xds.snapshot import Table, encoded_entry
 from tests.controlplane.xds.test_cache import _FakeView, _random_change
 
 
@@ -238,3 +239,20 @@ async def test_a_subscription_held_back_behind_clusters_in_flight_is_answered_on
     c.request(ENDPOINT_TYPE, ["c1"])
     await c.flush()
     assert set(c.held[ROUTE_TYPE]) == {"l0", "l1"}  # ... and are sent once they are taken
+
+
+def test_a_sotw_response_of_a_few_named_resources_does_not_copy_the_whole_table() -> None:
+    table = Table({f"c{i}": encoded_entry(ENDPOINT_TYPE, f"c{i}", b"x%d" % i) for i in range(5000)})
+
+    class Counted(Table):
+        __slots__ = ()
+        reads = 0
+
+        def items(self) -> Any:
+            Counted.reads += 1
+            return super().items()
+
+    counted = table._derived(table._shards, len(table))
+    counted.__class__ = Counted
+    body = sotw._body(ENDPOINT_TYPE, "v-review", counted, ["c7"])
+    assert table["c7"].sotw_chunk in body and Counted.reads == 0
