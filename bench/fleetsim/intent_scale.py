@@ -485,6 +485,17 @@ def propagation_one(
         # replica seeing the etcd change to an Envoy having ACKed it.
         out["envoy_eds_ack_ms_mean"] = _mean_ms(h0, h1, "lbcp_xds_ack_seconds", "eds")
         out["replica_convergence_ms_mean"] = _mean_ms(h0, h1, "lbcp_xds_convergence_seconds", None)
+        # The same changes again, unobserved: polling an Envoy's admin takes its main thread,
+        # which is also the one that applies xDS. Only the replica's clocks, 0.3 s apart.
+        for k in range(changes):
+            if time.monotonic() > deadline:
+                break
+            body = {"address": "127.0.0.1", "port": PROP_PORT0 + 500 + k}
+            api.put(f"/v1/clusters/{PROP_CLUSTER}/backends/q{k}", json=body)
+            time.sleep(0.3)
+        h2 = _histograms(metrics_url)
+        out["unobserved_envoy_eds_ack_ms_mean"] = _mean_ms(h1, h2, "lbcp_xds_ack_seconds", "eds")
+        out["unobserved_replica_convergence_ms_mean"] = _mean_ms(h1, h2, "lbcp_xds_convergence_seconds", None)
         out["propagation"] = {
             "changes": changes,
             "measured": n,
@@ -510,7 +521,8 @@ def propagation_one(
             f"idle {out['replica_idle_cpu_pct']} %); RSS replica {out['replica_rss_mb']} MB, "
             f"API {out['api_rss_mb']} MB; one poll of one Envoy {out['poll_ms']} ms; by the replica's clocks: EDS "
             f"push to ACK {out['envoy_eds_ack_ms_mean']} ms, change seen to ACKed {out['replica_convergence_ms_mean']}"
-            " ms (means)",
+            f" ms (means); unobserved: {out['unobserved_envoy_eds_ack_ms_mean']} ms,"
+            f" {out['unobserved_replica_convergence_ms_mean']} ms",
             flush=True,
         )
         for a in admins:
