@@ -458,6 +458,13 @@ async def _drain_of(conn: _KeepAlive) -> dict[str, Any]:
 
 
 HOSTS_BACKOFF = 5  # after failed reads of the hosts' health, the next one waits 2**n as long, n up to this
+# An Envoy answers its admin (which the ops listener forwards to) on its main thread, the one
+# that also applies xDS: while it renders an answer, config waits. Measured on one holding
+# 10,000 clusters x 10 backends: the load answer takes 177 ms (its stats filter walks every
+# stat), the hosts' health 2.6 s (79 MB of /clusters). So each read is spaced by its own cost:
+# the sampler takes at most these shares of an Envoy's time, whatever its interval says.
+LOAD_SHARE = 0.05
+HOSTS_SHARE = 0.01
 
 
 class LoadSampler(Poller):
@@ -486,6 +493,9 @@ class LoadSampler(Poller):
         # stream -> (samples taken, the hosts' health as last read: `hosts`... keys of `load`,
         # failed reads of it in a row)
         self._hosts: dict[int, tuple[int, dict[str, Any], int]] = {}
+        # stream -> how long its last load answer took; when its hosts may be read again
+        self._took: dict[int, float] = {}
+        self._hosts_due: dict[int, float] = {}
         self.samples = 0
 
     async def stop(self) -> None:
@@ -504,6 +514,8 @@ class LoadSampler(Poller):
         self._last.pop(stream.id, None)
         self._drain.pop(stream.id, None)
         self._hosts.pop(stream.id, None)
+        self._took.pop(stream.id, None)
+        self._hosts_due.pop(stream.id, None)
         conn = self._conns.pop(stream.id, None)
         if conn is not None:
             conn.close()
@@ -521,6 +533,9 @@ class LoadSampler(Poller):
 
     def _crashed(self, stream: BaseStream, exc: Exception) -> None:
         self._failed(stream, OpsError("internal", f"internal: {exc!r}"))
+
+    def _min_gap(self, stream: BaseStream) -> float:
+        return self._took.get(stream.id, 0.0) / LOAD_SHARE
 
     def _failed(self, stream: BaseStream, exc: OpsError) -> None:
         """Record a failed sample on the stream (`load_error`). The registry rewrites the
@@ -583,7 +598,11 @@ class LoadSampler(Poller):
             return None
         async with self._sem:
             try:
-                status, body = await conn.get(LOAD_PATH, MAX_LOAD_BODY)
+                asked = time.monotonic()
+                try:
+                    status, body = await conn.get(LOAD_PATH, MAX_LOAD_BODY)
+                finally:
+                    self._took[stream.id] = time.monotonic() - asked
                 sampled_at, mono = time.time(), time.monotonic()
                 if status != 200:
                     raise OpsError("status", f"{LOAD_PATH} answered HTTP {status}")
@@ -599,8 +618,11 @@ class LoadSampler(Poller):
                 self._failed(stream, exc)
                 return exc.reason
             taken, hosts, failed = self._hosts.get(stream.id, (0, {}, 0))
-            if taken % (HOSTS_EVERY * 2 ** min(failed, HOSTS_BACKOFF)) == 0:
+            due = taken % (HOSTS_EVERY * 2 ** min(failed, HOSTS_BACKOFF)) == 0
+            if due and time.monotonic() >= self._hosts_due.get(stream.id, 0.0):
+                asked = time.monotonic()
                 hosts = await self._read_hosts(stream, conn, hosts)
+                self._hosts_due[stream.id] = asked + (time.monotonic() - asked) / HOSTS_SHARE
                 failed = failed + 1 if "hosts_error" in hosts else 0
             self._hosts[stream.id] = (taken + 1, hosts, failed)
         self.samples += 1

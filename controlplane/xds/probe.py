@@ -180,6 +180,11 @@ class Poller(QuietObserver):
     def _crashed(self, stream: BaseStream, exc: Exception) -> None:
         """Record an exception `_poll` raised on the node (a bug in lbcp, never the node's)."""
 
+    def _min_gap(self, stream: BaseStream) -> float:
+        """The least time from one poll of the node to the next, whatever `interval` says
+        (a poller that must not take more than a share of what it polls says so here)."""
+        return 0.0
+
     async def start(self) -> None:
         if self.interval > 0 and self._task is None:
             self._task = asyncio.create_task(self._supervise(), name=self.loop_name)
@@ -253,9 +258,9 @@ class Poller(QuietObserver):
             s.task = None
         if reason is not None:
             self.failures[reason] += 1
-        self.schedule(s, started, reason)
+        self.schedule(s, started, reason, self._min_gap(stream))
 
-    def schedule(self, s: _Schedule, started: float, reason: str | None) -> None:
+    def schedule(self, s: _Schedule, started: float, reason: str | None, min_gap: float = 0.0) -> None:
         """Set a node's next poll after one that started at `started` ended with `reason`.
         A refused connection costs nothing to retry and is how every Envoy's ops listener
         answers until it is up: it neither grows the back-off nor ends it."""
@@ -264,7 +269,7 @@ class Poller(QuietObserver):
         elif reason != "connect":
             s.failures += 1
         s.reason = reason
-        s.due = started + self.backoff(s.failures)
+        s.due = started + max(self.backoff(s.failures), min_gap)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
