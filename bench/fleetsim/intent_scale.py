@@ -301,10 +301,35 @@ def _histograms(url: str) -> dict[tuple[str, str], float]:
         return out
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name.endswith(("_sum", "_count")):
+            if sample.name.endswith(("_sum", "_count", "_bucket")):
                 label = sample.labels.get("type") or sample.labels.get("fleet") or ""
-                out[(sample.name, label)] = out.get((sample.name, label), 0.0) + sample.value
+                name = sample.name + (f"@{sample.labels['le']}" if sample.name.endswith("_bucket") else "")
+                out[(name, label)] = out.get((name, label), 0.0) + sample.value
     return out
+
+
+def _quantile_ms(
+    h0: dict[tuple[str, str], float], h1: dict[tuple[str, str], float], name: str, q: float
+) -> float | None:
+    """Histogram `name`'s q-quantile over what was observed between h0 and h1, every label
+    summed, interpolated within a bucket as Prometheus's histogram_quantile does."""
+    prefix = name + "_bucket@"
+    bounds: dict[float, float] = {}
+    for (n, _), v in h1.items():
+        if n.startswith(prefix):
+            le = float(n[len(prefix) :])
+            bounds[le] = bounds.get(le, 0.0) + v - sum(w for (m, _), w in h0.items() if m == n)
+    edges = sorted(bounds)
+    if not edges or bounds[edges[-1]] <= 0:
+        return None
+    rank, lower, below = q * bounds[edges[-1]], 0.0, 0.0
+    for le in edges:
+        if bounds[le] >= rank:
+            if le == float("inf"):
+                return round(lower * 1e3, 1)
+            return round((lower + (le - lower) * (rank - below) / max(bounds[le] - below, 1e-9)) * 1e3, 1)
+        lower, below = le, bounds[le]
+    return None
 
 
 def _mean_ms(
@@ -496,6 +521,8 @@ def propagation_one(
         h2 = _histograms(metrics_url)
         out["unobserved_envoy_eds_ack_ms_mean"] = _mean_ms(h1, h2, "lbcp_xds_ack_seconds", "eds")
         out["unobserved_replica_convergence_ms_mean"] = _mean_ms(h1, h2, "lbcp_xds_convergence_seconds", None)
+        out["unobserved_replica_convergence_ms_p50"] = _quantile_ms(h1, h2, "lbcp_xds_convergence_seconds", 0.5)
+        out["unobserved_envoy_eds_ack_ms_p50"] = _quantile_ms(h1, h2, "lbcp_xds_ack_seconds", 0.5)
         out["propagation"] = {
             "changes": changes,
             "measured": n,
@@ -522,7 +549,8 @@ def propagation_one(
             f"API {out['api_rss_mb']} MB; one poll of one Envoy {out['poll_ms']} ms; by the replica's clocks: EDS "
             f"push to ACK {out['envoy_eds_ack_ms_mean']} ms, change seen to ACKed {out['replica_convergence_ms_mean']}"
             f" ms (means); unobserved: {out['unobserved_envoy_eds_ack_ms_mean']} ms,"
-            f" {out['unobserved_replica_convergence_ms_mean']} ms",
+            f" {out['unobserved_replica_convergence_ms_mean']} ms (p50s {out['unobserved_envoy_eds_ack_ms_p50']} ms,"
+            f" {out['unobserved_replica_convergence_ms_p50']} ms)",
             flush=True,
         )
         for a in admins:
