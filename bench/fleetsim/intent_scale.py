@@ -315,10 +315,10 @@ def _quantile_ms(
     summed, interpolated within a bucket as Prometheus's histogram_quantile does."""
     prefix = name + "_bucket@"
     bounds: dict[float, float] = {}
-    for (n, _), v in h1.items():
+    for (n, label), v in h1.items():
         if n.startswith(prefix):
             le = float(n[len(prefix) :])
-            bounds[le] = bounds.get(le, 0.0) + v - sum(w for (m, _), w in h0.items() if m == n)
+            bounds[le] = bounds.get(le, 0.0) + v - h0.get((n, label), 0.0)
     edges = sorted(bounds)
     if not edges or bounds[edges[-1]] <= 0:
         return None
