@@ -22,6 +22,22 @@ proxy" guide (the per-listener edge settings live in the LDS translation, xds/re
   is drained (resources.gate_assignment). Until the gate's first assignment arrives the
   cluster is empty and `/healthz` fails too: an Envoy is not put in front of clients before
   it has heard from the control plane.
+- a stats flush every 60 s (`stats_flush_interval`; Envoy's default is 5 s). With no stats
+  sinks the flush still runs, on the main thread — the thread that applies xDS: it merges
+  every histogram (a round trip through every worker), refreshes the server.* gauges
+  (uptime, memory, connections, cert expiry) and latches every counter into a snapshot for
+  the sinks (source/server/server.cc: InstanceBase::flushStats -> ThreadLocalStoreImpl::
+  mergeHistograms -> flushStatsInternal -> updateServerStats, MetricSnapshotImpl). Its cost
+  grows with the stats: with 10,000 clusters (~1M stats) it stalls the main thread
+  230-300 ms, and an xDS update that lands then waits. With two such Envoys a change waits
+  on one of them 1.7 % of the time at 30 s, so the p99 stays the stall (measured); at 60 s
+  it is 0.8 % (docs/benchmarks.md, "Intent at scale"). Nothing lbcp reads waits for the
+  flush: counters and gauges (the load route's, /clusters, the alert rules' and the
+  dashboard's) are read live, and a stat's "used" flag (`usedonly`) is set when it is
+  incremented or set. What the interval delays: histogram quantiles and buckets in /stats
+  and /stats/prometheus and the server.* gauges, refreshed once a minute (over Envoy
+  histograms, use rate() windows of 2 min or more). Never `stats_flush_on_admin`: it
+  flushes on every /stats request, the load route's included.
 """
 
 from __future__ import annotations
@@ -49,6 +65,12 @@ LOAD_STATS = (
     r"|http\..+\.downstream_cx_http2_active|http2\.streams_active|overload\..+\.active"
     r"|cluster\..+\.membership_(healthy|total))$"
 )
+
+
+# Seconds between Envoy's stats flushes (Envoy's default: 5; module docstring), in whole
+# milliseconds from 0.001 to 299.999 (Envoy takes [1ms, 5m)).
+STATS_FLUSH_INTERVAL = 60.0
+STATS_FLUSH_INTERVAL_RANGE = (0.001, 299.999)
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,7 @@ def render(
     ops_port: int | None = 8081,
     xds_tls: XdsTLS | None = None,
     public_address: str = "",
+    stats_flush_interval: float = STATS_FLUSH_INTERVAL,
 ) -> dict[str, Any]:
     locality = {k: v for k, v in (("region", region), ("zone", zone)) if v}
     # The address clients reach this Envoy at: the front-tier renders (DNS, iptables) use it.
@@ -122,6 +145,9 @@ def render(
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "overload_manager": _overload_manager(max_connections, max_heap_bytes),
+        # The periodic stats flush runs on the main thread and its cost grows with the stats
+        # (module docstring); lbcp reads nothing that waits for it.
+        "stats_flush_interval": _duration(stats_flush_interval),
         # The fleet's capacity limits arrive as a runtime layer over ADS (RTDS), so changing them
         # never touches a listener (xds/resources.runtime_resource). The admin layer stays last.
         "layered_runtime": {
@@ -335,6 +361,15 @@ def _ops_listener(address: str, port: int) -> dict[str, Any]:
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
+
+
+def _duration(seconds: float) -> str:
+    """`stats_flush_interval` as a protobuf Duration (`60s`, `0.5s`), in whole ms within Envoy's bounds."""
+    low, high = STATS_FLUSH_INTERVAL_RANGE
+    ms = round(seconds * 1000)
+    if not low * 1000 <= ms <= high * 1000:
+        raise ValueError(f"stats_flush_interval must be {low:g} to {high:g} seconds, not {seconds:g}")
+    return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 def _is_ip(host: str) -> bool:

@@ -65,6 +65,21 @@ def test_rendered_bootstrap_validates(tmp_path: Path, delta: bool) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.parametrize(("seconds", "accepted"), [(0.001, True), (299.999, True), (300, False), (0.0009, False)])
+def test_stats_flush_interval_bounds_are_envoys(tmp_path: Path, seconds: float, accepted: bool) -> None:
+    """What `render` (and `lbcp bootstrap --stats-flush-interval`) takes is what Envoy takes."""
+    from controlplane.xds.bootstrap import STATS_FLUSH_INTERVAL_RANGE
+
+    low, high = STATS_FLUSH_INTERVAL_RANGE
+    assert (low <= seconds <= high) is accepted
+    doc = render("n1", "edge", [XdsEndpoint("127.0.0.1", 18000)])
+    doc["stats_flush_interval"] = f"{seconds}s"
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    r = _validate(path)
+    assert (r.returncode == 0) is accepted, r.stdout + r.stderr
+
+
 def test_validate_catches_a_broken_bootstrap(tmp_path: Path) -> None:
     doc = render("n1", "edge", [XdsEndpoint("127.0.0.1", 18000)])
     doc["static_resources"]["clusters"][0]["lb_policy"] = "NOT_A_POLICY"
@@ -180,6 +195,9 @@ async def test_edge_envoy_health_listener_overload_and_edge_settings(api, replic
     assert "overload.envoy.resource_monitors.fixed_heap.pressure" in monitors, monitors
     assert "overload.envoy.resource_monitors.global_downstream_max_connections.pressure" in monitors, monitors
     assert "no configured limit" not in e.proc.log_path.read_text()
+    # The stats flush as rendered (a main-thread stall every interval), taken by a running Envoy.
+    boot = next(c for c in e.config_dump()["configs"] if c["@type"].endswith("BootstrapConfigDump"))
+    assert boot["bootstrap"]["stats_flush_interval"] == "60s"
     dump = e.config_dump("dynamic_listeners")
     text = str(dump)
     for needle in (
