@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from api.resources import backends_router, batch_router, kind_router
 from api.ring import ring_router
 from api.serving import RateLimitedLog, limit_loop_errors
 from controlplane.etcd import Etcd, EtcdConfig
+from controlplane.intent.errors import StoreError
 from controlplane.intent.store import Store
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,18 @@ class _BodyTimeout(Exception):
     pass
 
 
+PREPARE_WAIT = 5.0  # seconds the API's start waits for the store's one-time work
+
+
+async def _prepare(store: Store) -> None:
+    """The store's one-time work (the reference index of an older etcd), at start, best
+    effort: with etcd down, the first write that needs it does it instead."""
+    try:
+        await store.prepare()
+    except StoreError as exc:
+        log.info("reference index not checked at start (%s): the first write will", exc)
+
+
 def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -200,6 +214,10 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
             client.metrics = metrics.etcd
         app.state.store = Store(client)
         app.state.events = EventHub(client)
+        prepared = asyncio.create_task(_prepare(app.state.store), name="store-prepare")
+        # Serve once it is done (a fresh or indexed etcd: one read), or after a few seconds of
+        # building an older etcd's index, which then goes on in the background.
+        await asyncio.wait({prepared}, timeout=PREPARE_WAIT)
         if not settings.tokens.enabled:
             log.warning("admin API: no tokens configured; dev mode, every request may write (loopback only)")
         # asyncio reports every socket it could not accept (EMFILE): at most once a second.
@@ -207,6 +225,9 @@ def create_app(settings: Settings | None = None, *, etcd: Etcd | None = None) ->
         try:
             yield
         finally:
+            prepared.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prepared
             undo_loop_errors()
             await app.state.events.close()
             if own:

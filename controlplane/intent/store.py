@@ -590,6 +590,13 @@ class Store:
         touched = {(r.kind, r.name) for k in changed if (r := world_refs.get(k)) is not None}
         integrity.check(world, touched, pointers, related)
 
+    async def prepare(self) -> None:
+        """Build the reference index now if this etcd has none (intent written by an lbcp
+        from before it). The first write that needs the index builds it otherwise; doing it
+        at start keeps that cost, and its etcd revisions, off writes (even rejected ones)."""
+        if not (await self.etcd.range(self.index.version, count_only=True)).count:
+            await self.index.build(self.etcd)
+
     async def reseal_certificates(self) -> builtins.list[str]:
         """Rewrite every certificate whose key is not sealed with the current KEK (after a
         KEK rotation, or when a KEK is first configured). Each rewrite is guarded by the

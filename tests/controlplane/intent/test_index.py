@@ -219,3 +219,30 @@ async def test_listeners_of_one_batch_are_checked_against_each_other(store: Stor
         await store.apply(
             [put(Kind.LISTENER, Listener(name="x", port=14000)), put(Kind.LISTENER, Listener(name="l7", port=14000))]
         )
+
+
+async def test_an_api_starting_on_an_older_etcd_builds_the_index_before_any_write(store: Store, etcd_config) -> None:
+    """At start, not in the first write: a rejected write then moves nothing in etcd."""
+    import httpx
+
+    from tests.conftest import make_app, wait_for
+
+    ks = store.keys
+    for ref, obj in [
+        (Ref(Kind.CLUSTER, "web"), Cluster(name="web")),
+        (Ref(Kind.LISTENER, "http"), Listener(name="http", port=10000)),
+        (Ref(Kind.ROUTE, "r"), route("r", "web")),
+    ]:
+        await store.etcd.put(ks.key(ref), ks.encode(ref.kind, obj))
+    app = make_app(etcd_config)
+    async with app.router.lifespan_context(app):
+
+        async def indexed() -> bool:
+            return (await store.etcd.range(store.index.version, count_only=True)).count == 1
+
+        await wait_for(indexed, 10, "the index built at start")
+        before = await store.revision()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lbcp.test") as api:
+            r = await api.delete("/v1/clusters/web")
+        assert r.status_code == 409 and r.json()["code"] == "cluster-in-use", r.text
+        assert await store.revision() == before  # refused: nothing written, not even the index
