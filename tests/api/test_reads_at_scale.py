@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +26,7 @@ from controlplane.etcd import Etcd, EtcdConfig
 from controlplane.intent.keyspace import Keyspace, Ref
 from controlplane.intent.model import Backend, Cluster, Kind, Listener, Route
 from controlplane.xds.registry import fleet_prefix
-from tests.api.test_console import CHROMIUM, FLAGS
+from tests.api.test_console import browser  # noqa: F401 (the fixture, shared)
 from tests.conftest import wait_for
 
 CLUSTERS = 10_000
@@ -299,18 +298,7 @@ async def test_one_write_is_one_event_of_its_changes(
 # -- the console -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    assert shutil.which("chromium") == CHROMIUM, "the console tests need Debian's chromium (make test installs it)"
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        await b.close()
-
-
-async def test_the_console_pages_10000_clusters(etcd: Etcd, store: Any, serve_api: Any, browser: Any) -> None:
+async def test_the_console_pages_10000_clusters(etcd: Etcd, store: Any, serve_api: Any, browser: Any) -> None:  # noqa: F811
     await _seed(etcd, range(CLUSTERS), ROUTES)
     url = await serve_api()
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
