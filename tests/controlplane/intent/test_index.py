@@ -160,9 +160,9 @@ async def test_the_index_stays_exactly_what_a_rebuild_makes(store: Store) -> Non
     await store.put(Listener(name="late", port=10001))
 
 
-async def test_an_etcd_written_before_the_index_gets_one(store: Store) -> None:
-    """Intent written without an index (an older lbcp): the first write that needs the index
-    builds it, and the checks that rest on it hold at once."""
+async def _older_intent(store: Store) -> None:
+    """A cluster, a listener and a route using both, written as an lbcp before the index did:
+    straight to etcd, no index keys."""
     ks = store.keys
     for ref, obj in [
         (Ref(Kind.CLUSTER, "web"), Cluster(name="web")),
@@ -170,6 +170,12 @@ async def test_an_etcd_written_before_the_index_gets_one(store: Store) -> None:
         (Ref(Kind.ROUTE, "r"), route("r", "web")),
     ]:
         await store.etcd.put(ks.key(ref), ks.encode(ref.kind, obj))
+
+
+async def test_an_etcd_written_before_the_index_gets_one(store: Store) -> None:
+    """Intent written without an index (an older lbcp): the first write that needs the index
+    builds it, and the checks that rest on it hold at once."""
+    await _older_intent(store)
     await store.put(Cluster(name="unrelated"))  # a write that needs no user: it builds the index anyway
     assert (await store.etcd.range(store.index.version)).kvs[0].value == index.VERSION
     with pytest.raises(InUse) as e:
@@ -227,13 +233,7 @@ async def test_an_api_starting_on_an_older_etcd_builds_the_index_before_any_writ
 
     from tests.conftest import make_app, wait_for
 
-    ks = store.keys
-    for ref, obj in [
-        (Ref(Kind.CLUSTER, "web"), Cluster(name="web")),
-        (Ref(Kind.LISTENER, "http"), Listener(name="http", port=10000)),
-        (Ref(Kind.ROUTE, "r"), route("r", "web")),
-    ]:
-        await store.etcd.put(ks.key(ref), ks.encode(ref.kind, obj))
+    await _older_intent(store)
     app = make_app(etcd_config)
     async with app.router.lifespan_context(app):
 
