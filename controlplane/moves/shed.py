@@ -1,6 +1,6 @@
 """Asking one Envoy to let go of shards of its connections.
 
-Every traffic listener splits its connections over `SHARDS` filter chains (xds/resources.py,
+Every traffic listener splits its connections over `SHARDS` filter chains (xds/resources/listeners.py,
 "shards"). A shed record in etcd (`sheds/{node}`: a generation per shard) is turned by every
 replica into that Envoy's own listener variant, in which the shards whose generation moved
 are marked: Envoy drains exactly those filter chains (HTTP/1.1 `Connection: close`, HTTP/2

@@ -335,7 +335,7 @@ def combine(hashes: Iterable[tuple[int | None, bool]]) -> int | None:
 def ring_for(cluster: Cluster, backends: Sequence[Backend]) -> HashLB:
     """The ring every Envoy builds for `cluster` from lbcp's translation of it.
 
-    Matches controlplane/xds/resources.py: hash_key = backend name, DRAINING for drain, maint
+    Matches controlplane/xds/resources/endpoints.py: hash_key = backend name, DRAINING for drain, maint
     left out, zone as locality (lbcp does not enable locality weighting). Runtime health
     (active checks, outlier ejection) is each Envoy's own and is not known here: the answer
     is for Envoys that see every backend healthy (see docs/ring.md).

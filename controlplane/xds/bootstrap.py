@@ -4,7 +4,7 @@
 renders one per Envoy instance. deploy/envoy/bootstrap.yaml is a rendered example.
 
 What a production edge Envoy needs beyond xDS, after Envoy's "configuring Envoy as an edge
-proxy" guide (the per-listener edge settings live in the LDS translation, xds/resources.py):
+proxy" guide (the per-listener edge settings live in the LDS translation, xds/resources/listeners.py):
 - the overload manager: a global downstream connection limit (the process never accepts
   more connections than it can carry; Envoy warns when there is none) and a fixed-heap
   monitor that shrinks the heap at 95 %, stops keep-alive at 95 % and stops accepting
