@@ -40,10 +40,10 @@ _CHUNK = 1000  # operations per transaction while building (lbcp starts etcd wit
 def targets(obj: Intent) -> set[Ref]:
     """The objects `obj` references (each must exist while it does)."""
     if isinstance(obj, Route):
-        return {Ref(Kind.LISTENER, obj.listener)} | {Ref(Kind.CLUSTER, b.cluster) for b in obj.backends}
+        return {Ref(Kind.LISTENER, obj.listener)} | {Ref(Kind.CLUSTER, c) for c in obj.clusters}
     if isinstance(obj, Listener):
         out = {Ref(Kind.CERTIFICATE, c) for c in (obj.tls.certificates if obj.tls else ())}
-        return out | ({Ref(Kind.CLUSTER, obj.cluster)} if obj.cluster else set())
+        return out | {Ref(Kind.CLUSTER, c) for c in obj.clusters}
     if isinstance(obj, Cluster) and obj.tls is not None and obj.tls.client_certificate:
         return {Ref(Kind.CERTIFICATE, obj.tls.client_certificate)}
     return set()

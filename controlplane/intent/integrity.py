@@ -92,25 +92,24 @@ def route_errors(
         errors.append(
             FieldError("/listener", f"listener {route.listener!r} is a tcp listener; routes need an http one")
         )
-    for i, wb in enumerate(route.backends):
-        if not clusters or (only_cluster is not None and wb.cluster != only_cluster):
+    named = [(f"/backends/{i}/cluster", wb.cluster) for i, wb in enumerate(route.backends)]
+    named += [(f"/mirror/{i}/cluster", m.cluster) for i, m in enumerate(route.mirror)]
+    for pointer, name in named:
+        if not clusters or (only_cluster is not None and name != only_cluster):
             continue
-        cluster = world.clusters.get(wb.cluster)
+        cluster = world.clusters.get(name)
         if cluster is None:
-            errors.append(FieldError(f"/backends/{i}/cluster", f"cluster {wb.cluster!r} does not exist"))
+            errors.append(FieldError(pointer, f"cluster {name!r} does not exist"))
             continue
         if cluster.protocol == Protocol.TCP:
             errors.append(
-                FieldError(
-                    f"/backends/{i}/cluster",
-                    f"cluster {wb.cluster!r} speaks tcp; an http route needs an http1 or http2 cluster",
-                )
+                FieldError(pointer, f"cluster {name!r} speaks tcp; an http route needs an http1 or http2 cluster")
             )
-        if route.hash_policies and not cluster.hashing:
+        if route.hash_policies and not cluster.hashing and pointer.startswith("/backends/"):
             errors.append(
                 FieldError(
                     "/hash_policies",
-                    f"hash_policies need a maglev or ring_hash cluster; cluster {wb.cluster!r} uses "
+                    f"hash_policies need a maglev or ring_hash cluster; cluster {name!r} uses "
                     f"{cluster.load_balancer.type}",
                 )
             )
@@ -118,9 +117,23 @@ def route_errors(
 
 
 def listener_errors(listener: Listener, world: World) -> list[FieldError]:
-    errors = tls_errors(listener, world)
-    if listener.protocol == "tcp" and listener.cluster not in world.clusters:
+    return tls_errors(listener, world) + listener_cluster_errors(listener, world)
+
+
+def listener_cluster_errors(listener: Listener, world: World, only: str | None = None) -> list[FieldError]:
+    """A listener's clusters (a tcp listener's target, a tracing cluster), or only `only`."""
+    errors: list[FieldError] = []
+    if listener.protocol == "tcp" and only in (None, listener.cluster) and listener.cluster not in world.clusters:
         errors.append(FieldError("/cluster", f"cluster {listener.cluster!r} does not exist"))
+    traced = listener.tracing.cluster if listener.tracing is not None else None
+    if traced is not None and only in (None, traced):
+        cluster = world.clusters.get(traced)
+        if cluster is None:
+            errors.append(FieldError("/tracing/cluster", f"cluster {traced!r} does not exist"))
+        elif cluster.protocol != Protocol.HTTP2:
+            errors.append(
+                FieldError("/tracing/cluster", f"cluster {traced!r} speaks {cluster.protocol}; OTLP/gRPC needs http2")
+            )
     return errors
 
 
@@ -245,12 +258,12 @@ def check(
                 )
         if kind == Kind.CLUSTER:
             broken = sorted(
-                {
-                    f"route {r.name}"
-                    for r in routes
-                    if any(wb.cluster == name for wb in r.backends) and _route_errors_about(r, kind, name, world)
+                {f"route {r.name}" for r in routes if name in r.clusters and _route_errors_about(r, kind, name, world)}
+                | {
+                    f"listener {lst.name}"
+                    for lst in listeners
+                    if name in lst.clusters and listener_cluster_errors(lst, world, only=name)
                 }
-                | {f"listener {lst.name}" for lst in listeners if lst.cluster == name and name not in world.clusters}
             )
             if broken:
                 what = "deleted" if name not in world.clusters else "changed this way"

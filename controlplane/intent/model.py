@@ -18,15 +18,19 @@ from typing import Annotated, Any, Literal
 
 import re2
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
     StringConstraints,
+    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 SCHEMA_VERSION = 1
 
@@ -85,6 +89,13 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
     Field(json_schema_extra={"type": "string", "examples": ["5s", "250ms"]}),
 ]
+
+
+def _fail(title: str, field: str, message: str, value: Any) -> ValidationError:
+    """An error at `field` of the model being validated, raised from a model validator (a
+    plain ValueError there would point at the whole object)."""
+    error = PydanticCustomError("value_error", "Value error, {msg}", {"msg": message})
+    return ValidationError.from_exception_data(title, [InitErrorDetails(type=error, loc=(field,), input=value)])
 
 
 class _Model(BaseModel):
@@ -198,11 +209,38 @@ class HealthCheck(_Model):
     passive: PassiveHealthCheck | None = None
 
 
+class RetryBudget(_Model):
+    """At most `percent` of the cluster's active requests may be retries (never fewer than
+    `min_concurrency` at once): retries cannot multiply an outage's load (Envoy's retry budget)."""
+
+    percent: float = Field(20.0, ge=0, le=100, description="Retries allowed, as a share of active requests.")
+    min_concurrency: int = Field(3, ge=0, le=1_000_000, description="Concurrent retries always allowed.")
+
+
 class CircuitBreakers(_Model):
     max_connections: int | None = Field(None, ge=1, le=100_000_000)
     max_pending_requests: int | None = Field(None, ge=1, le=100_000_000)
     max_requests: int | None = Field(None, ge=1, le=100_000_000)
     max_retries: int | None = Field(None, ge=0, le=100_000_000)
+    retry_budget: RetryBudget | None = Field(
+        None, description="Limit retries to a share of active requests (replaces max_retries' fixed count)."
+    )
+
+    @field_validator("retry_budget")
+    @classmethod
+    def _one_retry_limit(cls, v: RetryBudget | None, info: ValidationInfo) -> RetryBudget | None:
+        if v is not None and info.data.get("max_retries") is not None:
+            raise ValueError("give max_retries or retry_budget, not both: Envoy ignores max_retries under a budget")
+        return v
+
+
+class SlowStart(_Model):
+    """A backend that just became available takes a share of traffic that grows over `window`
+    (Envoy's slow start: weight x max(min_weight_percent, (t / window) ^ (1 / aggression)))."""
+
+    window: Duration = Field(description="How long a new backend ramps up.", examples=["30s"])
+    aggression: float = Field(1.0, gt=0, le=100, description="1: linear ramp; higher: faster start.")
+    min_weight_percent: float = Field(10.0, ge=0, le=100, description="A new backend's weight starts at this share.")
 
 
 class ClusterTLS(_Model):
@@ -254,6 +292,19 @@ class Cluster(_Model):
     health_check: HealthCheck | None = None
     circuit_breakers: CircuitBreakers | None = None
     tls: ClusterTLS | None = None
+    slow_start: SlowStart | None = Field(
+        None, description="Ramp new backends up over a window (round_robin and least_request only)."
+    )
+
+    @field_validator("slow_start")
+    @classmethod
+    def _slow_start_lb(cls, v: SlowStart | None, info: ValidationInfo) -> SlowStart | None:
+        lb = info.data.get("load_balancer")
+        if v is not None and lb is not None and lb.type not in ("round_robin", "least_request"):
+            raise ValueError(
+                f"slow_start needs a round_robin or least_request load balancer; Envoy ignores it for {lb.type}"
+            )
+        return v
 
     @property
     def hashing(self) -> bool:
@@ -390,6 +441,88 @@ class ListenerTLS(_Model):
         return self
 
 
+_COMMAND_OPERATOR = re.compile(r"%[A-Z][A-Z0-9_]*(\([^()%]*\))?(:[0-9]+)?%")
+
+
+def _check_log_value(v: str) -> str:
+    """An access-log field: text with Envoy command operators (`%REQ(:PATH)%`); a lone '%'
+    must be written '%%' (Envoy reads every other '%' as the start of an operator)."""
+    rest = _COMMAND_OPERATOR.sub("", v.replace("%%", ""))
+    if "%" in rest:
+        raise ValueError(
+            f"{v!r}: '%' starts an Envoy command operator such as %REQ(:PATH)%; write a literal '%' as '%%'"
+        )
+    return v
+
+
+LogField = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_check_log_value)]
+
+
+class AccessLog(_Model):
+    """One line per request (http) or connection (tcp), written by each Envoy."""
+
+    format: Literal["text", "json"] = Field("text", description="text: Envoy's default line; json: `fields`.")
+    fields: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], LogField] = Field(
+        default_factory=dict,
+        max_length=64,
+        description='json only: field name -> Envoy command operator, e.g. {"path": "%REQ(:PATH)%"}.',
+        examples=[{"status": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%", "duration_ms": "%DURATION%"}],
+    )
+    path: str = Field(
+        "/dev/stdout",
+        max_length=4096,
+        pattern=r"^/[^\x00]*$",
+        description="Where each Envoy writes the log (an absolute path on the Envoy host).",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _no_dotdot(cls, v: str) -> str:
+        if "/../" in v + "/" or v.endswith("/"):
+            raise ValueError("an access log path is an absolute file path without '..'")
+        return v
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_for_json(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        fmt = info.data.get("format")
+        if fmt == "json" and not v:
+            raise ValueError("a json access log needs fields (name -> Envoy command operator)")
+        if fmt == "text" and v:
+            raise ValueError("fields apply to json access logs only")
+        return v
+
+
+class Collector(_Model):
+    address: Address = Field(description="IP literal of an OTLP/gRPC collector.")
+    port: int = Field(4317, ge=1, le=65535)
+
+    @field_validator("address")
+    @classmethod
+    def _ip_only(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(f"a collector address must be an IPv4/IPv6 literal, got {v!r}") from None
+
+
+class Tracing(_Model):
+    """OpenTelemetry spans for requests through this listener, sent over OTLP/gRPC."""
+
+    collector: Collector | None = Field(None, description="The collector's address (or give `cluster`).")
+    cluster: Name | None = Field(None, description="An http2 cluster of OTLP/gRPC collectors (or give `collector`).")
+    sampling_percent: float = Field(1.0, ge=0, le=100, description="Share of requests traced.")
+    service_name: str = Field(
+        "envoy", min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$", description="OpenTelemetry service.name."
+    )
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> Tracing:
+        if (self.cluster is None) == (self.collector is None):
+            raise ValueError("tracing needs exactly one of collector or cluster")
+        return self
+
+
 class Listener(_Model):
     """A socket every Envoy in the chosen fleets listens on."""
 
@@ -410,6 +543,8 @@ class Listener(_Model):
     fleets: list[FleetName] = Field(
         default_factory=list, max_length=256, description="Envoy node clusters that get this listener; empty means all."
     )
+    access_log: AccessLog | None = Field(None, description="Log each request (http) or connection (tcp).")
+    tracing: Tracing | None = Field(None, description="OpenTelemetry tracing (http listeners only).")
 
     @field_validator("address")
     @classmethod
@@ -426,6 +561,13 @@ class Listener(_Model):
             raise ValueError("fleets must not repeat a name")
         return sorted(v)
 
+    @field_validator("tracing")
+    @classmethod
+    def _tracing_http(cls, v: Tracing | None, info: ValidationInfo) -> Tracing | None:
+        if v is not None and info.data.get("protocol") == "tcp":
+            raise ValueError("tracing applies to http listeners only")
+        return v
+
     @model_validator(mode="after")
     def _protocol_shape(self) -> Listener:
         if self.protocol == "tcp" and self.cluster is None:
@@ -433,6 +575,14 @@ class Listener(_Model):
         if self.protocol == "http" and self.cluster is not None:
             raise ValueError("an http listener takes no 'cluster'; attach routes to it instead")
         return self
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        """The clusters this listener names (a tcp listener's target, a tracing cluster)."""
+        out = [] if self.cluster is None else [self.cluster]
+        if self.tracing is not None and self.tracing.cluster is not None and self.tracing.cluster not in out:
+            out.append(self.tracing.cluster)
+        return tuple(out)
 
 
 # --- routes ---------------------------------------------------------------------------------
@@ -508,17 +658,22 @@ class WeightedBackend(_Model):
 class HashPolicy(_Model):
     """What Envoy hashes to pick a host on a maglev/ring_hash cluster."""
 
-    type: Literal["header", "cookie", "source_ip", "query_parameter"]
+    type: Literal["header", "cookie", "source_ip", "query_parameter", "path"]
     name: str | None = Field(None, min_length=1, max_length=256, description="Header, cookie or query parameter name.")
     ttl: Duration | None = Field(None, description="Cookie only: if set, Envoy issues the cookie when absent.")
     path: str | None = Field(None, max_length=1024, description="Cookie only: the issued cookie's path.")
+    query: bool | None = Field(
+        None, description="path only: hash the query string too (default true, like NGINX's $request_uri)."
+    )
     terminal: bool = False
 
     @model_validator(mode="after")
     def _shape(self) -> HashPolicy:
-        if self.type == "source_ip":
+        if self.query is not None and self.type != "path":
+            raise ValueError("query applies to path hash policies only")
+        if self.type in ("source_ip", "path"):
             if self.name is not None:
-                raise ValueError("a source_ip hash policy takes no name")
+                raise ValueError(f"a {self.type} hash policy takes no name")
         elif self.name is None:
             raise ValueError(f"a {self.type} hash policy needs a name")
         if self.type == "header" and self.name is not None:
@@ -530,8 +685,286 @@ class HashPolicy(_Model):
         return self
 
 
+# --- route traffic policy -------------------------------------------------------------------
+
+# Headers Envoy will not let a route change (its HeaderParser: pseudo-headers and host).
+_UNCHANGEABLE_HEADERS = ("host",)
+HeaderValue = Annotated[
+    str,
+    StringConstraints(max_length=8192, pattern=r"^[^\r\n\x00]*$"),
+    Field(description="A literal value ('%' is sent as is)."),
+]
+
+
+def _changeable(name: str) -> str:
+    if name.startswith(":") or name in _UNCHANGEABLE_HEADERS:
+        raise ValueError(f"{name!r} cannot be changed by a route (Envoy refuses pseudo-headers and host)")
+    return name
+
+
+ChangeableHeader = Annotated[HeaderName, AfterValidator(_changeable)]
+
+
+class HeaderChanges(_Model):
+    """Headers to set (replacing any), add (beside any) and remove, in that order of precedence."""
+
+    set: dict[ChangeableHeader, HeaderValue] = Field(default_factory=dict, max_length=32)
+    add: dict[ChangeableHeader, HeaderValue] = Field(default_factory=dict, max_length=32)
+    remove: list[ChangeableHeader] = Field(default_factory=list, max_length=32)
+
+    @field_validator("remove")
+    @classmethod
+    def _disjoint(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("remove must not repeat a header")
+        both = sorted(set(v) & (set(info.data.get("set", {})) | set(info.data.get("add", {}))))
+        if both:
+            raise ValueError(f"{both} are both removed and set or added")
+        return v
+
+    @field_validator("add")
+    @classmethod
+    def _not_set(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        both = sorted(set(v) & set(info.data.get("set", {})))
+        if both:
+            raise ValueError(f"{both} are both set and added: set replaces, add appends; choose one")
+        return v
+
+
+RetryOn = Literal[
+    "5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream", "retriable-status-codes"
+]
+
+
+DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect-failure", "refused-stream", "gateway-error")
+
+
+class Backoff(_Model):
+    base: Duration = Field(0.025, description="First back-off interval (Envoy's default 25ms); doubles per retry.")
+    max: Duration | None = Field(None, description="Longest back-off (default 10 x base).")
+
+    @field_validator("max")
+    @classmethod
+    def _max_at_least_base(cls, v: float | None, info: ValidationInfo) -> float | None:
+        base = info.data.get("base")
+        if v is not None and base is not None and v < base:
+            raise ValueError("max must be at least base")
+        return v
+
+
+class Retries(_Model):
+    """Envoy retries a failed request up to `attempts` more times (HTTP retry policy)."""
+
+    attempts: int = Field(ge=1, le=10, description="Retries after the first try (Envoy's num_retries).")
+    on: list[RetryOn] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_ON),
+        min_length=1,
+        max_length=7,
+        description="Which failures are retried.",
+    )
+    status_codes: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=list, max_length=32, description="With retriable-status-codes: the statuses retried."
+    )
+    per_try_timeout: Duration | None = Field(None, description="Timeout of each try (the route's timeout bounds all).")
+    backoff: Backoff | None = None
+
+    @field_validator("on")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("on must not repeat a condition")
+        return v
+
+    @field_validator("status_codes")
+    @classmethod
+    def _codes_need_condition(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        on = info.data.get("on")
+        if on is not None and bool(v) != ("retriable-status-codes" in on):
+            raise ValueError("status_codes go with (and only with) the retriable-status-codes condition")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _condition_needs_codes(self) -> Retries:
+        if "retriable-status-codes" in self.on and not self.status_codes:
+            raise ValueError("retriable-status-codes needs status_codes")
+        return self
+
+
+_HOST = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$"
+
+
+class Redirect(_Model):
+    """Answer with a redirect instead of forwarding; unset parts keep the request's."""
+
+    scheme: Literal["http", "https"] | None = None
+    host: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_HOST)] | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    path: str | None = Field(None, max_length=4096, pattern=r"^/", description="Replace the whole path.")
+    prefix: str | None = Field(
+        None, max_length=4096, pattern=r"^/", description="Replace the matched prefix (prefix and path matches)."
+    )
+    status: Literal[301, 302, 303, 307, 308] = 301
+    strip_query: bool = False
+
+    @field_validator("prefix")
+    @classmethod
+    def _path_or_prefix(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("path") is not None:
+            raise ValueError("give path or prefix, not both")
+        return v
+
+
+DIRECT_RESPONSE_MAX_BODY = 65536
+
+
+class DirectResponse(_Model):
+    """Answer from the Envoy itself, without a backend."""
+
+    status: int = Field(ge=200, le=599)
+    body: str = Field("", description=f"At most {DIRECT_RESPONSE_MAX_BODY} bytes of UTF-8.")
+    content_type: Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\r\n\x00]+$")] = (
+        "text/plain"
+    )
+
+    @field_validator("body")
+    @classmethod
+    def _body_size(cls, v: str) -> str:
+        if len(v.encode()) > DIRECT_RESPONSE_MAX_BODY:
+            raise ValueError(f"a direct response body is at most {DIRECT_RESPONSE_MAX_BODY} bytes")
+        return v
+
+
+class RegexRewrite(_Model):
+    pattern: Regex
+    substitution: str = Field(max_length=4096, description="RE2 substitution (\\1 for the first group).")
+
+    @field_validator("pattern")
+    @classmethod
+    def _re2(cls, v: str) -> str:
+        return _check_re2(v)
+
+
+class Rewrite(_Model):
+    """Change the request before it is forwarded: its path (by prefix or regex) and host."""
+
+    prefix: str | None = Field(None, max_length=4096, description="Replaces the matched prefix.")
+    regex: RegexRewrite | None = None
+    host: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_HOST)] | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _one_path_rewrite(cls, v: RegexRewrite | None, info: ValidationInfo) -> RegexRewrite | None:
+        if v is not None and info.data.get("prefix") is not None:
+            raise ValueError("give prefix or regex, not both")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> Rewrite:
+        if self.prefix is None and self.regex is None and self.host is None:
+            raise ValueError("a rewrite needs prefix, regex or host")
+        return self
+
+
+class Mirror(_Model):
+    """Send a copy of requests to `cluster`; its answers are dropped."""
+
+    cluster: Name
+    percent: float = Field(100.0, ge=0, le=100, description="Share of requests copied.")
+
+
+class FaultDelay(_Model):
+    duration: Duration
+    percent: float = Field(100.0, ge=0, le=100)
+
+
+class FaultAbort(_Model):
+    status: int = Field(ge=200, le=599)
+    percent: float = Field(100.0, ge=0, le=100)
+
+
+class Fault(_Model):
+    """Inject latency and errors into a share of requests (chaos testing)."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Fault:
+        if self.delay is None and self.abort is None:
+            raise ValueError("a fault needs delay or abort")
+        return self
+
+
+class OriginRegex(_Model):
+    regex: Regex
+
+    @field_validator("regex")
+    @classmethod
+    def _re2(cls, v: str) -> str:
+        return _check_re2(v)
+
+
+_TOKEN = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
+Token = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_TOKEN)]
+
+
+class Cors(_Model):
+    """Cross-origin resource sharing, answered by Envoy (preflights never reach a backend)."""
+
+    allow_origins: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)] | OriginRegex] = Field(
+        min_length=1,
+        max_length=64,
+        description='Exact origins ("https://app.example.com"), "*" for any, or {"regex": ...}.',
+        examples=[["https://app.example.com", {"regex": "https://.*\\.example\\.com"}]],
+    )
+    allow_methods: list[Token] = Field(default_factory=list, max_length=32)
+    allow_headers: list[Token] = Field(default_factory=list, max_length=64)
+    expose_headers: list[Token] = Field(default_factory=list, max_length=64)
+    max_age: Duration | None = Field(None, description="How long browsers may cache a preflight's answer.")
+    allow_credentials: bool = False
+
+    @model_validator(mode="after")
+    def _credentials_need_origins(self) -> Cors:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError('allow_credentials with the origin "*" lets any site act as the user; name the origins')
+        return self
+
+
+class RateLimitKey(_Model):
+    """One bucket per value of a request header, or per client address."""
+
+    header: HeaderName | None = None
+    source_ip: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> RateLimitKey:
+        if (self.header is None) == (not self.source_ip):
+            raise ValueError("a rate-limit key is a header or source_ip: true")
+        return self
+
+
+RATE_LIMIT_PERIODS = {"1s": 1, "1m": 60, "1h": 3600}
+
+
+class RateLimit(_Model):
+    """At most `requests` per `per` (plus `burst` at once); over it Envoy answers 429 with
+    retry-after. scope envoy: each Envoy enforces the whole limit on its own; fleet: lbcp
+    divides the limit over the Envoys in service by their share of live connections."""
+
+    requests: int = Field(ge=1, le=1_000_000_000, description="Requests allowed per period.")
+    per: Literal["1s", "1m", "1h"] = "1s"
+    burst: int = Field(0, ge=0, le=1_000_000_000, description="Requests allowed above the rate at once.")
+    key: RateLimitKey | None = Field(None, description="One bucket per value (header or client address).")
+    scope: Literal["envoy", "fleet"] = "envoy"
+
+    @property
+    def seconds(self) -> int:
+        return RATE_LIMIT_PERIODS[self.per]
+
+
 class Route(_Model):
-    """Requests on an http listener matching `match` (for `domains`) go to `backends`."""
+    """Requests on an http listener matching `match` (for `domains`) go to `backends`, or are
+    answered by Envoy itself (`redirect`, `direct_response`)."""
 
     name: Name
     listener: Name
@@ -539,12 +972,72 @@ class Route(_Model):
         Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^(\*|\*?[A-Za-z0-9.\-]+(:\d+)?\*?)$")]
     ] = Field(default_factory=lambda: ["*"], min_length=1, max_length=64)
     match: RouteMatch = Field(default_factory=lambda: RouteMatch(prefix="/"))
-    backends: list[WeightedBackend] = Field(min_length=1, max_length=64)
+    backends: list[WeightedBackend] = Field(
+        default_factory=list, max_length=64, description="Where requests go (unless redirect or direct_response)."
+    )
     hash_policies: list[HashPolicy] = Field(default_factory=list, max_length=16)
     timeout: Duration | None = Field(15.0, description="Whole-request timeout; null disables it (e.g. for streaming).")
     idle_timeout: Duration | None = None
     websocket: bool = False
     order: int = Field(0, ge=-1000, le=1000, description="Lower orders match first; ties by specificity, then name.")
+    redirect: Redirect | None = Field(None, description="Answer with a redirect (instead of backends).")
+    direct_response: DirectResponse | None = Field(None, description="Answer from Envoy (instead of backends).")
+    retries: Retries | None = None
+    rewrite: Rewrite | None = None
+    request_headers: HeaderChanges | None = Field(None, description="Changes to the request before it is forwarded.")
+    response_headers: HeaderChanges | None = Field(None, description="Changes to the response before it is sent.")
+    mirror: list[Mirror] = Field(default_factory=list, max_length=8, description="Shadow copies of requests.")
+    fault: Fault | None = None
+    cors: Cors | None = None
+    rate_limit: RateLimit | None = None
+
+    @field_validator("direct_response")
+    @classmethod
+    def _one_answer(cls, v: DirectResponse | None, info: ValidationInfo) -> DirectResponse | None:
+        if v is not None and info.data.get("redirect") is not None:
+            raise ValueError("give redirect or direct_response, not both")
+        if v is not None and info.data.get("backends"):
+            raise ValueError("a route with direct_response takes no backends")
+        return v
+
+    @field_validator("redirect")
+    @classmethod
+    def _redirect_alone(cls, v: Redirect | None, info: ValidationInfo) -> Redirect | None:
+        if v is not None and info.data.get("backends"):
+            raise ValueError("a route with redirect takes no backends")
+        if v is not None and v.prefix is not None and (m := info.data.get("match")) is not None and m.regex is not None:
+            raise ValueError("a prefix redirect needs a prefix or path match, not regex")
+        return v
+
+    @field_validator("retries", "rewrite", "mirror")
+    @classmethod
+    def _forwarding_only(cls, v: Any, info: ValidationInfo) -> Any:
+        if v and not info.data.get("backends") and "backends" in info.data:
+            raise ValueError(f"{info.field_name} applies to routes that forward to backends")
+        return v
+
+    @field_validator("rewrite")
+    @classmethod
+    def _prefix_rewrite_match(cls, v: Rewrite | None, info: ValidationInfo) -> Rewrite | None:
+        m = info.data.get("match")
+        if v is not None and v.prefix is not None and m is not None and m.regex is not None:
+            raise ValueError("a prefix rewrite needs a prefix or path match; use a regex rewrite with a regex match")
+        return v
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror_unique(cls, v: list[Mirror]) -> list[Mirror]:
+        names = [m.cluster for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError("mirror must name each cluster once")
+        return v
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        """Every cluster this route names: its backends, then its mirrors."""
+        out = [b.cluster for b in self.backends]
+        out += [m.cluster for m in self.mirror if m.cluster not in out]
+        return tuple(out)
 
     @field_validator("domains")
     @classmethod
@@ -556,6 +1049,10 @@ class Route(_Model):
 
     @model_validator(mode="after")
     def _backends_unique(self) -> Route:
+        if not self.backends and self.redirect is None and self.direct_response is None:
+            raise _fail("Route", "backends", "a route needs at least 1 backend, or a redirect or direct_response", [])
+        if not self.backends and self.hash_policies:
+            raise _fail("Route", "hash_policies", "hash_policies apply to routes that forward to backends", [])
         names = [b.cluster for b in self.backends]
         if len(set(names)) != len(names):
             raise ValueError("backends must name each cluster once")

@@ -152,7 +152,12 @@ def _may_break_users(old: Intent | None, new: Intent | None) -> bool:
     if new is None:
         return True
     if isinstance(old, Cluster) and isinstance(new, Cluster):
-        return (new.protocol == Protocol.TCP != old.protocol) or (old.hashing and not new.hashing)
+        # (an http2 cluster turning http1 breaks a listener tracing to it)
+        return (
+            (new.protocol == Protocol.TCP != old.protocol)
+            or (old.hashing and not new.hashing)
+            or (old.protocol == Protocol.HTTP2 != new.protocol)
+        )
     if isinstance(old, Listener) and isinstance(new, Listener):
         return old.protocol != new.protocol
     return old != new  # a certificate: the names it serves by SNI may change

@@ -581,7 +581,7 @@ class SnapshotCache:
                 continue
             rs = [v.routes[r].obj for r in sorted(s.listener_routes.get(name, ())) if r in v.routes]
             e = make_entry(res.ROUTE_TYPE, lst.rds, res.route_configuration(name, rs))
-            clusters = frozenset(b.cluster for r in rs for b in r.backends)
+            clusters = frozenset(c for r in rs for c in r.clusters)
             if old is None or old.entry.version != e.version:
                 rebuilt["rds"] += 1
             elif old.name == lst.rds:

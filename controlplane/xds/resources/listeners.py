@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -25,6 +28,7 @@ from controlplane.intent.model import (
 from controlplane.xds.resources._shared import (
     _RATELIMIT_TYPE,
     ADMISSION,
+    CORS_FILTER,
     EDGE_BUFFER_LIMIT,
     EDGE_H2_CONNECTION_WINDOW,
     EDGE_H2_MAX_STREAMS,
@@ -32,6 +36,9 @@ from controlplane.xds.resources._shared import (
     EDGE_IDLE_TIMEOUT,
     EDGE_REQUEST_HEADERS_TIMEOUT,
     EDGE_STREAM_IDLE_TIMEOUT,
+    FAULT_FILTER,
+    RATE_LIMIT_FILTER,
+    RATE_LIMIT_STAT_PREFIX,
     _ads,
     _any,
     _dur,
@@ -107,9 +114,7 @@ def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | 
                 upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=False)
             )
         )
-        hcm.http_filters.append(
-            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_any(router_pb2.Router()))
-        )
+        hcm.http_filters.extend(_http_filters())
         chain.filters.append(
             listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))
         )
@@ -242,3 +247,16 @@ class ListenerBase:
 
 def listener_base(lst: Listener, msg: listener_pb2.Listener) -> ListenerBase:
     return ListenerBase(msg.SerializeToString(deterministic=True), lst.address, lst.port, lst.bind_public_address)
+
+
+def _http_filters() -> list[hcm_pb2.HttpFilter]:
+    """CORS, fault and local rate limit, idle until a route configures them, then the router."""
+    return [
+        hcm_pb2.HttpFilter(name=CORS_FILTER, typed_config=_any(cors_pb2.Cors())),
+        hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=_any(fault_pb2.HTTPFault())),
+        hcm_pb2.HttpFilter(
+            name=RATE_LIMIT_FILTER,
+            typed_config=_any(local_rate_limit_pb2.LocalRateLimit(stat_prefix=RATE_LIMIT_STAT_PREFIX)),
+        ),
+        hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())),
+    ]
