@@ -1,4 +1,5 @@
-"""Clusters (CDS): load balancing, health checks, circuit breakers, upstream TLS."""
+"""Clusters (CDS): load balancing, slow start, health checks, circuit breakers (and the retry
+budget), upstream TLS."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_p
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
-from envoy.type.v3 import http_pb2, range_pb2
+from envoy.type.v3 import http_pb2, percent_pb2, range_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from controlplane.intent.model import (
     Backend,
     Cluster,
     Protocol,
+    SlowStart,
 )
 from controlplane.xds.resources._shared import (
     _HTTP_PROTOCOL_OPTIONS,
@@ -48,9 +50,13 @@ def cluster_resource(c: Cluster, backends: Iterable[Backend] = ()) -> cluster_pb
     lb = c.load_balancer
     if lb.type == "round_robin":
         out.lb_policy = cluster_pb2.Cluster.ROUND_ROBIN
+        if c.slow_start is not None:
+            out.round_robin_lb_config.slow_start_config.CopyFrom(_slow_start(c.name, c.slow_start))
     elif lb.type == "least_request":
         out.lb_policy = cluster_pb2.Cluster.LEAST_REQUEST
         out.least_request_lb_config.choice_count.value = lb.choice_count
+        if c.slow_start is not None:
+            out.least_request_lb_config.slow_start_config.CopyFrom(_slow_start(c.name, c.slow_start))
     elif lb.type == "random":
         out.lb_policy = cluster_pb2.Cluster.RANDOM
     elif lb.type == "maglev":
@@ -119,7 +125,33 @@ def cluster_resource(c: Cluster, backends: Iterable[Backend] = ()) -> cluster_pb
     t.max_requests.value = cb.max_requests if cb and cb.max_requests else DEFAULT_CIRCUIT_LIMIT
     if cb and cb.max_retries is not None:
         t.max_retries.value = cb.max_retries
+    if cb and cb.retry_budget is not None:
+        # Envoy then ignores max_retries: the active retries may be at most `percent` of the
+        # cluster's active and pending requests, and never fewer than `min_concurrency`; a
+        # retry over it is not made (the cluster's `upstream_rq_retry_overflow` counts it).
+        t.retry_budget.budget_percent.value = cb.retry_budget.percent
+        t.retry_budget.min_retry_concurrency.value = cb.retry_budget.min_concurrency
     out.circuit_breakers.thresholds.append(t)
+    return out
+
+
+def slow_start_runtime_key(cluster: str) -> str:
+    """The runtime key Envoy reads a cluster's slow-start aggression from (it must name one).
+    lbcp's runtime layer never sets it, so the intent's `aggression` (its default) holds."""
+    return f"lbcp.cluster.{cluster}.slow_start.aggression"
+
+
+def _slow_start(cluster: str, ss: SlowStart) -> cluster_pb2.Cluster.SlowStartConfig:
+    """Envoy's slow start: a host that just joined the cluster (or, with an active health
+    check, just passed it) weighs weight x max(min_weight_percent, (t / window) ^ (1 /
+    aggression)) until `window` has passed. Envoy re-weighs a host each time it picks it, so
+    the share ramps up with traffic; hosts present when the cluster is created start the
+    window together (no effect among themselves)."""
+    out = cluster_pb2.Cluster.SlowStartConfig(
+        slow_start_window=_dur(ss.window), min_weight_percent=percent_pb2.Percent(value=ss.min_weight_percent)
+    )
+    out.aggression.default_value = ss.aggression
+    out.aggression.runtime_key = slow_start_runtime_key(cluster)
     return out
 
 

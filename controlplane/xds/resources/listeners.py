@@ -1,12 +1,20 @@
-"""Listeners (LDS): HTTP and TCP chains, TLS by SNI, shards, per-Envoy variants."""
+"""Listeners (LDS): HTTP and TCP chains, TLS by SNI, shards, per-Envoy variants, access logs
+and tracing.
+
+Access logs and tracing are the listener's own fields, so they live in the listener: changing
+one replaces the listener (Envoy drains its old connections, like any listener change); a
+route change never touches them."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 
-from envoy.config.core.v3 import base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
@@ -17,13 +25,16 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import domain_pb2 as xds_domain_pb2
 from xds.type.matcher.v3 import matcher_pb2 as xds_matcher_pb2
 
 from controlplane.intent.model import (
+    AccessLog,
     Listener,
+    Tracing,
 )
 from controlplane.xds.resources._shared import (
     _RATELIMIT_TYPE,
@@ -89,6 +100,8 @@ def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | 
     chain = listener_components_pb2.FilterChain()
     if lst.protocol == "tcp":
         tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=lst.name, cluster=lst.cluster or "")
+        if lst.access_log is not None:
+            tcp.access_log.append(access_log(lst.access_log))
         chain.filters.append(
             listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=_any(tcp))
         )
@@ -115,6 +128,10 @@ def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | 
             )
         )
         hcm.http_filters.extend(_http_filters())
+        if lst.access_log is not None:
+            hcm.access_log.append(access_log(lst.access_log))
+        if lst.tracing is not None:
+            hcm.tracing.CopyFrom(tracing(lst.name, lst.tracing))
         chain.filters.append(
             listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))
         )
@@ -159,6 +176,55 @@ def listener_resource(lst: Listener, server_names: dict[str, tuple[str, ...]] | 
     else:
         out.filter_chain_matcher.CopyFrom(fallback.matcher)
     return out
+
+
+# -- access logs and tracing ------------------------------------------------------------------
+
+ACCESS_LOGGER = "envoy.access_loggers.file"
+TRACER = "envoy.tracers.opentelemetry"
+# The Google gRPC client's stats prefix for a collector given by address.
+TRACING_STAT_PREFIX = "lbcp_otlp"
+
+
+def access_log(log: AccessLog) -> accesslog_pb2.AccessLog:
+    """Envoy's file access logger at `log.path`: one line per request (HCM) or connection
+    (tcp_proxy). `text` is Envoy's default line (its default format: start time, method,
+    path, protocol, status, flags, bytes, duration, upstream host...); `json` is one JSON
+    object per line of `fields` (name -> command operator; a value that is exactly one
+    operator keeps its type, so %RESPONSE_CODE% is a number). Envoy buffers the file and
+    writes it out every 10 s (its --file-flush-interval-msec), at 64 KiB, or on the admin's
+    POST /reopen_logs (also the way to follow a rotated file)."""
+    out = file_pb2.FileAccessLog(path=log.path)
+    if log.format == "json":
+        # A Struct: a map, serialised in key order, so the same fields give the same bytes.
+        for name, value in log.fields.items():
+            out.log_format.json_format.fields[name].string_value = value
+    return accesslog_pb2.AccessLog(name=ACCESS_LOGGER, typed_config=_any(out))
+
+
+def _collector_target(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def tracing(listener: str, t: Tracing) -> hcm_pb2.HttpConnectionManager.Tracing:
+    """OpenTelemetry spans (envoy.tracers.opentelemetry) for `sampling_percent` of requests,
+    exported over OTLP/gRPC with resource `service.name`. A `cluster` is reached through
+    Envoy's own gRPC client (envoy_grpc: the cluster's load balancing, health checks, TLS);
+    a `collector` address through the Google gRPC client's `target_uri` (this Envoy build
+    links it), so no cluster is added for it. Exports are asynchronous and best effort: a
+    missing collector costs spans, never requests."""
+    grpc = grpc_service_pb2.GrpcService()
+    if t.cluster is not None:
+        grpc.envoy_grpc.cluster_name = t.cluster
+    else:
+        assert t.collector is not None
+        grpc.google_grpc.target_uri = _collector_target(t.collector.address, t.collector.port)
+        grpc.google_grpc.stat_prefix = TRACING_STAT_PREFIX
+    config = opentelemetry_pb2.OpenTelemetryConfig(grpc_service=grpc, service_name=t.service_name)
+    return hcm_pb2.HttpConnectionManager.Tracing(
+        random_sampling=percent_pb2.Percent(value=t.sampling_percent),
+        provider=http_tracer_pb2.Tracing.Http(name=TRACER, typed_config=_any(config)),
+    )
 
 
 # -- shards: the connections one Envoy can be asked to let go of, a tenth at a time ----------
