@@ -15,6 +15,7 @@ Writes accept `?wait=acked&timeout=5s` to answer once the fleet has the change (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -28,7 +29,7 @@ from api._request import json_body, wait_timeout
 from api.auth import Role, require
 from api.events import intent_revision, present_node
 from api.problems import ApiError, field_errors
-from controlplane.etcd import prefix_end
+from controlplane.etcd import Etcd, prefix_end
 from controlplane.frontdoor.render import SERVING, front_states
 from controlplane.intent.errors import FieldError, ValidationFailed
 from controlplane.intent.keyspace import Keyspace
@@ -72,6 +73,7 @@ def fleet_router() -> APIRouter:
                 "nodes": nodes,
                 "drained": view.drained,
                 "rebalances": rebalances,
+                "rate_limit_shares": await _rate_limit_shares(etcd),
                 "revision": view.revision,
                 "intent_revision": latest,
             }
@@ -241,6 +243,18 @@ def fleet_router() -> APIRouter:
         return JSONResponse(rollout_status(view, revision))
 
     return r
+
+
+async def _rate_limit_shares(etcd: Etcd) -> dict[str, Any]:
+    """Each fleet's division of its `scope: fleet` rate limits (controlplane/moves/shares.py)."""
+    keys = Keyspace(etcd.config.prefix)
+    out: dict[str, Any] = {}
+    for kv in (await etcd.range(keys.shares, prefix_end(keys.shares))).kvs:
+        fleet = keys.shares_fleet(kv.key)
+        with contextlib.suppress(ValueError):
+            if fleet is not None:
+                out[fleet] = json.loads(kv.value)
+    return out
 
 
 def _check_floor(view: FleetView, node_id: str, evacuate: bool) -> None:

@@ -8,6 +8,7 @@ Layout under the configured prefix P (default `/lbcp/v1/`), one key per object:
     P routes/{route}
     P certificates/{certificate}     the private key sealed with the KEK when one is set
     P drains/{node id, %-quoted}      an operator's drain of one Envoy (see drain_key)
+    P shares/{fleet, %-quoted}        each Envoy's share of the fleet's rate limits (see share_key)
     P sheds/{node id, %-quoted}       connections being moved off one Envoy (see shed_key)
 
 Values are compact JSON: `{"schema": 1, "kind": "...", "spec": {...}}`. Names cannot
@@ -115,6 +116,19 @@ class Keyspace:
     def shed_node(self, key: bytes) -> str | None:
         """The node id a shed key names, or None for any other key."""
         return _node_of(self.sheds, key)
+
+    # Each Envoy's share of its fleet's `scope: fleet` rate limits, divided by the mover
+    # (controlplane/moves/shares.py): `{"shares": {node id: share}, ...}`, one key per fleet.
+    @property
+    def shares(self) -> bytes:
+        return self.root + b"shares/"
+
+    def share_key(self, fleet: str) -> bytes:
+        return _node_key(self.shares, fleet)
+
+    def shares_fleet(self, key: bytes) -> str | None:
+        """The fleet a shares key names, or None for any other key."""
+        return _node_of(self.shares, key)
 
     def ref(self, key: bytes) -> Ref | None:
         """The object a key names, or None for keys that are not intent (fleet registry, …)."""

@@ -40,7 +40,7 @@ class IntentView:
         self.etcd = etcd
         self.keys = keyspace or Keyspace(etcd.config.prefix)
         # Intent folders sort as backends/ < certificates/ < clusters/ < drains/ < fleets/ < listeners/ <
-        # routes/ < sheds/; runtime state (fleet registry) lives under `_runtime/`, outside this
+        # routes/ < shares/ < sheds/; runtime state (fleet registry) lives under `_runtime/`, outside this
         # range, so it is not watched here.
         self._start = self.keys.root + b"backends/"
         self._end = prefix_end(self.keys.root + b"sheds/")
@@ -55,6 +55,8 @@ class IntentView:
         self.drained: dict[str, dict[str, Any]] = {}
         # Envoys asked to let go of shards of their connections: node id -> generation per shard.
         self.shed: dict[str, tuple[int, ...]] = {}
+        # Each fleet's division of its `scope: fleet` rate limits: fleet -> node id -> share.
+        self.shares: dict[str, dict[str, float]] = {}
         self.ready = asyncio.Event()
         self.connected = False
         self.loads = 0
@@ -129,10 +131,14 @@ class IntentView:
             self._table(ref.kind)[ref.name] = stored
 
     def _set_drain(self, key: bytes, value: bytes | None) -> None:
-        """A drain or shed record (node state that is not one of the intent kinds) changed."""
+        """A drain, shed or shares record (state that is not one of the intent kinds) changed."""
         shed = self.keys.shed_node(key)
         if shed is not None:
             self._set_shed(shed, value)
+            return
+        fleet = self.keys.shares_fleet(key)
+        if fleet is not None:
+            self._set_shares(fleet, value)
             return
         node = self.keys.drained_node(key)
         if node is None:
@@ -144,6 +150,15 @@ class IntentView:
             self.drained[node] = json.loads(value)
         except ValueError:
             self.drained[node] = {}  # still drained: the key's presence is what counts
+
+    def _set_shares(self, fleet: str, value: bytes | None) -> None:
+        if value is None:
+            self.shares.pop(fleet, None)
+            return
+        try:
+            self.shares[fleet] = {str(n): min(1.0, max(0.0, float(v))) for n, v in json.loads(value)["shares"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.error("ignoring an undecodable shares record for fleet %r", fleet)
 
     def _set_shed(self, node: str, value: bytes | None) -> None:
         if value is None:
@@ -191,7 +206,7 @@ class IntentView:
             more = page.more
         before = self._all_refs()
         self.clusters, self.backends, self.listeners, self.routes, self.certificates = {}, {}, {}, {}, {}
-        self.drained, self.shed = {}, {}
+        self.drained, self.shed, self.shares = {}, {}, {}
         for kv in kvs:
             ref = self.keys.ref(kv.key)
             if ref is None:

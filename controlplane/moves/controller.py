@@ -1,6 +1,7 @@
 """The mover: sheds shards of connections off chosen Envoys at a paced rate (evacuation of a
 drained node, rebalancing a fleet), while the front tier sends the reconnects to the
-emptiest Envoys.
+emptiest Envoys; and divides fleet-scope rate limits over the Envoys by their load
+(shares.py), since it already reads that load.
 
 One replica at a time moves connections (a lease-held key, `_runtime/moves/leader`); the
 others stand by and take over within the lease's TTL. Each tick (`interval`) it reads what
@@ -32,6 +33,7 @@ from controlplane.etcd import Etcd, prefix_end
 from controlplane.frontdoor.render import front_state
 from controlplane.intent.keyspace import Keyspace
 from controlplane.intent.view import IntentView
+from controlplane.moves import shares
 from controlplane.moves.policy import Planner, Progress, Sample, Shed
 from controlplane.moves.shed import shed
 from controlplane.xds.registry import read_fleet
@@ -78,6 +80,8 @@ class Mover:
         self.interval = interval
         self.leader = False
         self.sheds = 0
+        self.divisions = 0  # fleet-scope rate-limit divisions written
+        self._divided_at = -math.inf
         self._keys = Keyspace(etcd.config.prefix)
         self._lease = 0
         self.planner = Planner()
@@ -152,9 +156,12 @@ class Mover:
             if s.obj.rebalance is not None and s.obj.rebalance.enabled
         }
         requests = await self._requests()
-        if not (evacuate or fleets or requests or self.planner.evacuations or self.planner.rebalances):
+        divide = self._division_due()
+        if not (evacuate or fleets or requests or divide or self.planner.evacuations or self.planner.rebalances):
             return
         nodes = (await read_fleet(self.etcd)).nodes
+        if divide:
+            await self._divide(nodes)
         for node in list(self.planner.evacuations):
             if node not in evacuate:
                 self.planner.evacuations.pop(node)  # undrained, or the evacuation was replaced by a plain drain
@@ -167,6 +174,36 @@ class Mover:
                 self.planner.rebalances.pop(fleet, None)
                 continue
             await self._rebalance(fleet, policy, request, nodes, now)
+
+    # -- fleet-scope rate limits -------------------------------------------------------------
+
+    def _division_due(self) -> bool:
+        """Every `shares.INTERVAL` while some route has a fleet-scope rate limit."""
+        now = time.monotonic()
+        if now - self._divided_at < shares.INTERVAL:
+            return False
+        self._divided_at = now
+        return any(
+            s.obj.rate_limit is not None and s.obj.rate_limit.scope == "fleet" for s in self.view.routes.values()
+        )
+
+    async def _divide(self, nodes: dict[str, dict[str, Any]]) -> None:
+        """Divide each fleet's limits over its Envoys (controlplane/moves/shares.py); write a
+        fleet's record only when the division moved beyond the tolerance."""
+        by_fleet: dict[str, dict[str, int]] = {}
+        out: dict[str, set[str]] = {}
+        for node, doc in nodes.items():
+            fleet = doc.get("fleet") or ""
+            sample = Sample.of(doc)
+            by_fleet.setdefault(fleet, {})[node] = sample.connections if sample is not None else 0
+            if node in self.view.drained or front_state(doc) not in shares.IN_SERVICE:
+                out.setdefault(fleet, set()).add(node)
+        for fleet, connections in by_fleet.items():
+            new = shares.divide(connections, out.get(fleet, set()))
+            if shares.needs_update(self.view.shares.get(fleet), new):
+                await shares.write_shares(self.etcd, fleet, new, connections)
+                log.info("fleet %s: rate-limit shares %s", fleet, new)
+                self.divisions += 1
 
     async def _requests(self) -> dict[str, dict[str, Any]]:
         root = moves_root(self.etcd.config.prefix) + b"requests/"

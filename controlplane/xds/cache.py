@@ -41,8 +41,10 @@ from controlplane.xds.snapshot import (
     InconsistentSnapshot,
     PMap,
     PMapEdit,
+    RouteBase,
     Snapshot,
     Table,
+    fleet_limited,
     make_entry,
 )
 
@@ -104,6 +106,7 @@ class _State:
     cluster_secret_refs: PMap[str, frozenset[str]] = field(default_factory=PMap)  # "cluster NAME" -> {certificate}
     cluster_cert_uses: PMap[str, int] = field(default_factory=PMap)  # certificate -> clusters presenting it
     cert_users: PMap[str, frozenset[str]] = field(default_factory=PMap)  # certificate -> listeners, "cluster NAME"
+    limited: PMap[str, RouteBase] = field(default_factory=PMap)  # RDS name -> its routes, if fleet-scope limited
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,12 +578,15 @@ class SnapshotCache:
             old = s.routes.get(name)
             if old is not None:
                 _index(s.cluster_users, old.clusters, name, add=False)
+                s.limited.pop(old.name)
             lst = s.listeners.get(name)
             if lst is None or lst.rds is None:
                 s.routes.pop(name)
                 continue
             rs = [v.routes[r].obj for r in sorted(s.listener_routes.get(name, ())) if r in v.routes]
             e = make_entry(res.ROUTE_TYPE, lst.rds, res.route_configuration(name, rs))
+            if fleet_limited(rs):
+                s.limited[lst.rds] = RouteBase(name, tuple(rs))
             clusters = frozenset(c for r in rs for c in r.clusters)
             if old is None or old.entry.version != e.version:
                 rebuilt["rds"] += 1
@@ -719,6 +725,9 @@ class SnapshotCache:
         snap.drained = self._drained if drained is None else drained
         snap.listener_bases = fs.bases
         snap.sheds = self._sheds if sheds is None else sheds
+        if state.limited:
+            snap.route_bases = {n: b for n, b in state.limited.items() if n in fs.routes}
+        snap.shares = dict(self.view.shares)  # (each fleet's division is replaced whole, never edited)
         snap.references = {
             res.CLUSTER_TYPE: _SelfRefs(state.endpoints),
             res.LISTENER_TYPE: fs.listener_refs,
@@ -748,6 +757,7 @@ class _Edits:
         self.cluster_secret_refs = base.cluster_secret_refs.edit()
         self.cluster_cert_uses = base.cluster_cert_uses.edit()
         self.cert_users = base.cert_users.edit()
+        self.limited = base.limited.edit()
         # Certificates some cluster started or stopped presenting: every fleet looks again.
         self.cluster_certs_touched: set[str] = set()
 

@@ -22,7 +22,7 @@ from controlplane.etcd import Etcd
 from controlplane.intent.view import IntentView
 from controlplane.xds import resources as res
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.snapshot import Entry, encoded_entry, set_version
+from controlplane.xds.snapshot import Entry, encoded_entry, set_version, share_of
 
 TYPES = {"cds": res.CLUSTER_TYPE, "eds": res.ENDPOINT_TYPE, "lds": res.LISTENER_TYPE, "rds": res.ROUTE_TYPE}
 
@@ -61,6 +61,11 @@ async def node_config(
                 if generations or (base.bind_public and public_address):
                     value = base.variant(_ip(public_address), generations)
                     entries[name] = encoded_entry(res.LISTENER_TYPE, name, value)
+        if type_url == res.ROUTE_TYPE and snap.route_bases:
+            share = share_of(snap.shares, fleet, node_id)
+            if share is not None:
+                for name, limited in snap.route_bases.items():
+                    entries[name] = encoded_entry(res.ROUTE_TYPE, name, limited.variant(share))
         out[short] = {
             "version": set_version(entries),
             "resources": [

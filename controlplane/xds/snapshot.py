@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 import xxhash
 from google.protobuf.message import Message
 
+from controlplane.intent.model import Route
 from controlplane.xds.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -41,6 +42,7 @@ from controlplane.xds.resources import (
     SECRET_TYPE,
     TYPE_ORDER,
     ListenerBase,
+    route_configuration,
 )
 
 
@@ -351,6 +353,46 @@ class InconsistentSnapshot(Exception):
     pass
 
 
+_MAX_VARIANTS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RouteBase:
+    """A route configuration holding `scope: fleet` rate limits. Each Envoy is served its own
+    variant, every fleet-scope limit scaled by that Envoy's share (controlplane/moves/shares.py);
+    a variant is translated and encoded once per share, and Envoys with the same share share it."""
+
+    listener: str
+    routes: tuple[Route, ...]
+    _variants: dict[float, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    def variant(self, share: float) -> bytes:
+        hit = self._variants.get(share)
+        if hit is None:
+            if len(self._variants) >= _MAX_VARIANTS:
+                self._variants.clear()
+            msg = route_configuration(self.listener, self.routes, share)
+            hit = self._variants[share] = msg.SerializeToString(deterministic=True)
+        return hit
+
+
+def fleet_limited(routes: Iterable[Route]) -> bool:
+    return any(r.rate_limit is not None and r.rate_limit.scope == "fleet" for r in routes)
+
+
+def share_of(shares: Mapping[str, Mapping[str, float]], fleet: str, node_id: str) -> float | None:
+    """What share of its fleet's `scope: fleet` limits `node_id` enforces: None (the whole
+    limit) until the fleet was first divided; a node the division does not list yet (it just
+    connected) gets an even share beside the Envoys in service."""
+    division = shares.get(fleet)
+    if division is None:
+        return None
+    share = division.get(node_id)
+    if share is None:
+        share = round(1 / (1 + sum(1 for v in division.values() if v > 0)), 4)
+    return share
+
+
 # What each parent type's references point at: clusters -> endpoints, listeners -> route
 # configs, secret users -> secrets, route configs -> clusters (the order they are checked in).
 _CHECKS = (
@@ -381,6 +423,10 @@ class Snapshot:
     listener_bases: Mapping[str, ListenerBase] = field(default_factory=dict)
     # Envoys asked to let go of shards of their connections: node id -> generation per shard.
     sheds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # Route configurations with fleet-scope rate limits (by RDS name), and each fleet's
+    # division of them: fleet -> node id -> share (see `share_of`).
+    route_bases: Mapping[str, RouteBase] = field(default_factory=dict)
+    shares: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     _versions: dict[str, str] = field(default_factory=dict, repr=False)
     _binds_public: bool | None = field(default=None, repr=False)
 

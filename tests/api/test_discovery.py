@@ -4,6 +4,8 @@ takes hostnames and IPs; a DNS cluster holding hostnames cannot be switched back
 
 from __future__ import annotations
 
+from envoy.config.cluster.v3 import cluster_pb2
+
 from controlplane.intent.model import Cluster
 from controlplane.xds import resources as res
 
@@ -62,7 +64,7 @@ def test_translation_follows_discovery_not_the_addresses() -> None:
     from controlplane.intent.model import Backend
 
     ips = [Backend(name="a", address="10.0.0.1", port=80)]
-    assert res.cluster_resource(Cluster(name="c"), ips).type == res.cluster_pb2.Cluster.EDS
+    assert res.cluster_resource(Cluster(name="c"), ips).type == cluster_pb2.Cluster.EDS
     dns = res.cluster_resource(Cluster(name="c", discovery="dns"), ips)
-    assert dns.type == res.cluster_pb2.Cluster.STRICT_DNS
+    assert dns.type == cluster_pb2.Cluster.STRICT_DNS
     assert dns.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address == "10.0.0.1"

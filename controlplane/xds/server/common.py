@@ -25,7 +25,7 @@ from controlplane.xds.resources import (
     TYPE_ORDER,
     gate_assignment,
 )
-from controlplane.xds.snapshot import Entry, Snapshot, encoded_entry, make_entry, set_version
+from controlplane.xds.snapshot import Entry, RouteBase, Snapshot, encoded_entry, make_entry, set_version, share_of
 
 WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
 # While the client has not yet subscribed to the endpoints of clusters it was just sent,
@@ -289,6 +289,8 @@ class BaseStream:
         # name -> (fleet bytes, shard generations, entry).
         self.bind_address = _ip_literal(node.metadata.get("public_address"))
         self._variants: dict[str, tuple[bytes, tuple[int, ...] | None, Entry]] = {}
+        # Its route configurations with its share of fleet-scope rate limits: name -> (base, share, entry).
+        self._route_own: dict[str, tuple[RouteBase, float, Entry]] = {}
 
     @property
     def fleet(self) -> str:
@@ -334,6 +336,9 @@ class BaseStream:
         base = snap.of(type_url)
         if type_url == LISTENER_TYPE and self._needs_variants(snap):
             return _Overlay(base, self._listener_variants(snap))
+        if type_url == ROUTE_TYPE and snap.route_bases:
+            own = self._route_variants(snap)
+            return _Overlay(base, own) if own else base
         if type_url != ENDPOINT_TYPE or self.gate is None:
             return base
         drained = self.node.id in snap.drained
@@ -346,6 +351,10 @@ class BaseStream:
         Envoy has listener variants of its own (then a hash of those entries)."""
         if type_url == LISTENER_TYPE and self._needs_variants(snap):
             return set_version(self.entries(snap, type_url))
+        if type_url == ROUTE_TYPE and snap.route_bases:
+            entries = self.entries(snap, type_url)
+            if isinstance(entries, _Overlay):
+                return set_version(entries)
         return snap.version(type_url)
 
     def _needs_variants(self, snap: Snapshot) -> bool:
@@ -368,6 +377,23 @@ class BaseStream:
             built[name] = hit
             own[name] = hit[2]
         self._variants = built
+        return own
+
+    def _route_variants(self, snap: Snapshot) -> dict[str, Entry]:
+        """This node's own variants of the route configurations with fleet-scope rate limits
+        (its share of each limit), each built once per configuration and share."""
+        share = share_of(snap.shares, self.node.fleet, self.node.id)
+        if share is None:
+            self._route_own = {}
+            return {}
+        own, built = {}, {}
+        for name, base in snap.route_bases.items():
+            hit = self._route_own.get(name)
+            if hit is None or hit[0] is not base or hit[1] != share:
+                hit = (base, share, encoded_entry(ROUTE_TYPE, name, base.variant(share)))
+            built[name] = hit
+            own[name] = hit[2]
+        self._route_own = built
         return own
 
     def note_endpoint_names(self, names: set[str]) -> None:

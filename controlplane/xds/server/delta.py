@@ -18,9 +18,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
+from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from controlplane.xds.server.common import WILDCARD_TYPES, BaseStream, TypeState, next_nonce
 from controlplane.xds.snapshot import Entry, Snapshot, Table, ld
+
+# Types a node may be served variants of its own (listeners, route configurations).
+_VARIANT_TYPES = (LISTENER_TYPE, ROUTE_TYPE)
 
 
 class DeltaStream(BaseStream):
@@ -104,7 +107,8 @@ class DeltaStream(BaseStream):
         st = self.types[type_url]
         base = snap.of(type_url)
         names = None
-        if not st.full and not (type_url == LISTENER_TYPE and entries is not base) and isinstance(base, Table):
+        variants = type_url in _VARIANT_TYPES and entries is not base
+        if not st.full and not variants and isinstance(base, Table):
             names = base.changed_since(st.evaluated)
         if names is None:
             out = self._full_diff(st, snap, type_url, entries)
@@ -116,11 +120,10 @@ class DeltaStream(BaseStream):
                 if self.gate is not None:
                     names.add(self.gate)
             out = self._names_diff(st, snap, type_url, entries, names)
-        # Listeners of this node's own (variants: its public address, its shed shards) are
-        # not the table's: the table's record cannot say when they stop being owed (a shed
-        # ends, the last listener binding the public address stops), so the next diff after
-        # one compares everything.
-        variants = type_url == LISTENER_TYPE and entries is not base
+        # Listeners and route configurations of this node's own (variants: its public address,
+        # its shed shards, its share of fleet rate limits) are not the table's: the table's
+        # record cannot say when they stop being owed (a shed ends, the last listener binding
+        # the public address stops), so the next diff after one compares everything.
         st.evaluated, st.full = (None if variants else base), False
         st.recheck = set()
         return out

@@ -98,6 +98,7 @@ class _FakeView:
         self.fleets: dict[str, Stored[Any]] = {}
         self.drained: dict[str, Any] = {}
         self.shed: dict[str, tuple[int, ...]] = {}
+        self.shares: dict[str, dict[str, float]] = {}
         self.revision = 1
         self.subscribers: list[Any] = []
 
