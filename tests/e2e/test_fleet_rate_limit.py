@@ -148,6 +148,7 @@ async def test_a_fleet_limit_is_divided_by_live_connections(api, etcd, make_repl
         assert set().union(*(set(c.seen) for c in clients)) <= {200, 429}
 
         # Drained, rl-1 gives its share back: the others take the whole limit within seconds.
+        modified = [await asyncio.to_thread(started[n].stats, "listener_manager.listener_modified") for n in ADDRESSES]
         t0 = time.monotonic()
         assert (await api.post("/v1/fleet/rl-1/drain", json={"reason": "test"})).status_code == 201
         await wait_for(divided({"rl-0": 0.857, "rl-1": 0.0, "rl-2": 0.143}), timeout=20, what="rl-1's share given back")
@@ -158,6 +159,12 @@ async def test_a_fleet_limit_is_divided_by_live_connections(api, etcd, make_repl
 
         await wait_for(others_take_it, timeout=15, what="rl-0 and rl-2 enforcing the whole limit")
         print(f"drain -> the others enforce the whole limit: {time.monotonic() - t0:.1f} s")
+        # Hitless: every client still has its connection (a 200 or a 429 on the same socket),
+        # and no listener was modified by the re-divisions (they are RDS updates only).
+        for c in clients:
+            assert await c.get() in (200, 429)
+        after = [await asyncio.to_thread(started[n].stats, "listener_manager.listener_modified") for n in ADDRESSES]
+        assert after == modified
     finally:
         for c in clients:
             c.close()
