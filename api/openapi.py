@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 
 from api.problems import PROBLEM_JSON
 from api.resources import MAX_BATCH_OPS, PLURAL
-from controlplane.intent.model import MODELS, FleetName, Kind
+from controlplane.intent.model import DIRECT_RESPONSE_MAX_BODY, MODELS, FleetName, Kind
 from controlplane.xds.served import TYPES
 
 PROBLEM: dict[str, Any] = {
@@ -235,7 +235,9 @@ RULES: dict[str, list[str]] = {
         "an eds cluster's backends must be IP addresses (a dns cluster resolves hostnames); a cluster that holds "
         "hostname backends cannot switch to eds",
         "tls.client_certificate names a certificate that exists",
+        "slow_start needs a round_robin or least_request load balancer (Envoy ignores it on hash load balancers)",
     ],
+    "CircuitBreakers": ["give max_retries or retry_budget, not both (Envoy ignores max_retries under a budget)"],
     "Backend": [
         "address is an IPv4/IPv6 literal or a hostname",
         "metadata holds at most 32 keys and 4096 bytes of JSON",
@@ -250,24 +252,236 @@ RULES: dict[str, list[str]] = {
         "address is an IPv4/IPv6 literal; fleets must not repeat",
         "a tcp listener needs cluster; an http listener takes none (routes attach to it)",
         "no two listeners of a fleet share an address and port (409 port-conflict)",
+        "tracing applies to http listeners only; tracing.cluster names an http2 cluster that exists",
     ],
+    "AccessLog": [
+        "a json access log needs fields; a text one takes none",
+        "each field is text with Envoy command operators (%REQ(:PATH)%); a literal '%' is written '%%'",
+        "path is an absolute file path without '..'",
+    ],
+    "Collector": ["address is an IPv4/IPv6 literal"],
+    "Tracing": ["exactly one of collector or cluster"],
     "HeaderMatch": ["exactly one of exact, prefix, regex, present", "a regex is RE2"],
     "RouteMatch": ["exactly one of prefix, path, regex; prefix and path start with '/'; a regex is RE2"],
     "HashPolicy": [
         "header, cookie and query_parameter policies need a name (a header's is a valid header name); "
-        "source_ip takes none",
-        "ttl and path apply to cookie policies only",
+        "source_ip and path take none",
+        "ttl and path apply to cookie policies only; query to path policies only",
     ],
     "Route": [
         "domains must not repeat; backends must name each cluster once",
-        "its listeners and the clusters of its backends exist",
+        "its listeners and the clusters of its backends and mirrors exist (and speak http)",
+        "a route has backends, a redirect or a direct_response: exactly one of the three",
+        "retries, rewrite, mirror and hash_policies apply to routes with backends",
+        "a prefix redirect or a prefix rewrite needs a prefix or path match, not regex",
+        "mirror names each cluster once",
     ],
+    "Retries": [
+        "on must not repeat a condition",
+        "status_codes go with (and only with) the retriable-status-codes condition",
+    ],
+    "Backoff": ["max must be at least base"],
+    "Redirect": ["give path or prefix, not both"],
+    "DirectResponse": [f"body is at most {DIRECT_RESPONSE_MAX_BODY} bytes of UTF-8"],
+    "Rewrite": ["give prefix or regex, not both; a rewrite needs prefix, regex or host"],
+    "RegexRewrite": ["pattern is RE2"],
+    "HeaderChanges": [
+        "header names are lower-cased HTTP tokens; pseudo-headers (':path') and host cannot be changed",
+        "remove must not repeat; no header is both removed and set or added, or both set and added",
+    ],
+    "Fault": ["a fault needs delay or abort"],
+    "Cors": ['allow_credentials cannot go with the origin "*" (name the origins)'],
+    "OriginRegex": ["regex is RE2"],
+    "RateLimitKey": ["exactly one of header or source_ip: true"],
     "Capacity": ["low_water_percent must be below high_water_percent"],
     "Certificate": [
         "certificate_chain is PEM, leaf first; private_key is its PEM key and matches the leaf",
         "the leaf is valid now",
     ],
 }
+
+
+# The traffic-policy fields (docs/api.md, "Traffic policy"): schema -> field -> (description,
+# example). The model's own description and examples win; these fill what it leaves out, so
+# every field of these schemas is described and has an example in the document
+# (tests/api/test_examples.py checks it, and that each example is valid for its field).
+POLICY_FIELDS: dict[str, dict[str, tuple[str, Any]]] = {
+    "Route": {
+        "retries": ("Retry failed requests (Envoy's retry policy).", {"attempts": 2, "on": ["5xx", "reset"]}),
+        "redirect": ("Answer with a redirect (instead of backends).", {"scheme": "https", "status": 301}),
+        "direct_response": (
+            "Answer from Envoy (instead of backends).",
+            {"status": 503, "body": "down for maintenance", "content_type": "text/plain"},
+        ),
+        "rewrite": ("Rewrite the path (prefix or regex) and host before forwarding.", {"prefix": "/v2/"}),
+        "request_headers": (
+            "Changes to the request before it is forwarded.",
+            {"set": {"x-env": "prod"}, "remove": ["x-debug"]},
+        ),
+        "response_headers": (
+            "Changes to the response before it is sent.",
+            {"add": {"cache-control": "no-store"}, "remove": ["server"]},
+        ),
+        "mirror": ("Shadow copies of requests.", [{"cluster": "shadow", "percent": 10}]),
+        "fault": ("Inject delays and aborts (chaos testing).", {"abort": {"status": 503, "percent": 1}}),
+        "cors": (
+            "Cross-origin resource sharing, answered by Envoy.",
+            {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET", "POST"], "max_age": "10m"},
+        ),
+        "rate_limit": (
+            "At most `requests` per `per`, then 429 with retry-after (per Envoy, or for the whole fleet).",
+            {"requests": 100, "per": "1s", "burst": 50, "scope": "envoy"},
+        ),
+    },
+    "HashPolicy": {
+        "type": (
+            "What is hashed: a header, a cookie, the client address, a query parameter, or the path.",
+            "path",
+        ),
+        "query": ("path only: hash the query string too (default true, like NGINX's $request_uri).", False),
+    },
+    "Cluster": {
+        "slow_start": (
+            "Ramp new backends up over a window (round_robin and least_request only).",
+            {"window": "30s", "aggression": 1.0, "min_weight_percent": 10},
+        ),
+    },
+    "CircuitBreakers": {
+        "retry_budget": (
+            "Limit retries to a share of active requests (replaces max_retries' fixed count).",
+            {"percent": 20, "min_concurrency": 3},
+        ),
+    },
+    "Listener": {
+        "access_log": (
+            "Log each request (http) or connection (tcp).",
+            {"format": "json", "fields": {"status": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%"}},
+        ),
+        "tracing": (
+            "OpenTelemetry tracing (http listeners only).",
+            {"collector": {"address": "10.0.0.9", "port": 4317}, "sampling_percent": 5},
+        ),
+    },
+    "Retries": {
+        "attempts": ("Retries after the first try (Envoy's num_retries).", 3),
+        "on": ("Which failures are retried.", ["5xx", "reset", "connect-failure"]),
+        "status_codes": ("With retriable-status-codes: the statuses retried.", [503, 429]),
+        "per_try_timeout": ("Timeout of each try (the route's timeout bounds all).", "2s"),
+        "backoff": ("Back-off between tries (Envoy's: 25ms base, doubling, 10 x base at most).", {"base": "50ms"}),
+    },
+    "Backoff": {
+        "base": ("First back-off interval (Envoy's default 25ms); doubles per retry.", "25ms"),
+        "max": ("Longest back-off (default 10 x base).", "1s"),
+    },
+    "Redirect": {
+        "scheme": ("Scheme of the new URL (default: the request's).", "https"),
+        "host": ("Host of the new URL (default: the request's).", "www.example.com"),
+        "port": ("Port of the new URL (default: the request's).", 443),
+        "path": ("Replace the whole path.", "/new"),
+        "prefix": ("Replace the matched prefix (prefix and path matches).", "/v2/"),
+        "status": ("Redirect status.", 308),
+        "strip_query": ("Drop the query string.", True),
+    },
+    "DirectResponse": {
+        "status": ("Status Envoy answers with.", 404),
+        "body": ("At most 65536 bytes of UTF-8.", "not here"),
+        "content_type": ("The answer's content-type.", "application/json"),
+    },
+    "Rewrite": {
+        "prefix": ("Replaces the matched prefix.", "/api/"),
+        "regex": ("Rewrite the path by RE2 regex.", {"pattern": "^/v1/(.*)$", "substitution": "/\\1"}),
+        "host": ("The Host header (authority) sent to the backend.", "internal.example.com"),
+    },
+    "RegexRewrite": {
+        "pattern": ("RE2 regex matched against the path.", "^/users/([0-9]+)$"),
+        "substitution": ("RE2 substitution (\\1 for the first group).", "/u/\\1"),
+    },
+    "HeaderChanges": {
+        "set": ("Headers set, replacing any the message has.", {"x-env": "prod"}),
+        "add": ("Headers added beside any the message has.", {"via": "lbcp"}),
+        "remove": ("Headers removed.", ["x-internal"]),
+    },
+    "Mirror": {
+        "cluster": ("The cluster that gets the copies (their answers are dropped).", "shadow"),
+        "percent": ("Share of requests copied.", 25),
+    },
+    "Fault": {
+        "delay": ("Delay a share of requests.", {"duration": "2s", "percent": 10}),
+        "abort": ("Answer a share of requests with an error, without a backend.", {"status": 503, "percent": 5}),
+    },
+    "FaultDelay": {
+        "duration": ("How long the request waits before it is forwarded.", "500ms"),
+        "percent": ("Share of requests delayed.", 10),
+    },
+    "FaultAbort": {
+        "status": ("Status of the aborted requests.", 503),
+        "percent": ("Share of requests aborted.", 5),
+    },
+    "Cors": {
+        "allow_origins": (
+            'Exact origins ("https://app.example.com"), "*" for any, or {"regex": ...}.',
+            ["https://app.example.com"],
+        ),
+        "allow_methods": ("access-control-allow-methods.", ["GET", "PUT"]),
+        "allow_headers": ("access-control-allow-headers.", ["content-type", "authorization"]),
+        "expose_headers": ("access-control-expose-headers.", ["x-request-id"]),
+        "max_age": ("How long browsers may cache a preflight's answer.", "1h"),
+        "allow_credentials": ('access-control-allow-credentials (not with the origin "*").', True),
+    },
+    "OriginRegex": {"regex": ("RE2 regex an origin must match.", "https://.*\\.example\\.com")},
+    "RateLimit": {
+        "requests": ("Requests allowed per period.", 100),
+        "per": ("The period.", "1m"),
+        "burst": ("Requests allowed above the rate at once.", 20),
+        "key": ("One bucket per value (header or client address).", {"header": "x-api-key"}),
+        "scope": (
+            "envoy: each Envoy enforces the whole limit on its own; fleet: lbcp divides it over the Envoys in "
+            "service by their share of live connections.",
+            "fleet",
+        ),
+    },
+    "RateLimitKey": {
+        "header": ("One bucket per value of this request header.", "x-api-key"),
+        "source_ip": ("One bucket per client address.", True),
+    },
+    "SlowStart": {
+        "window": ("How long a new backend ramps up.", "30s"),
+        "aggression": ("1: linear ramp; higher: faster start.", 2.0),
+        "min_weight_percent": ("A new backend's weight starts at this share.", 10),
+    },
+    "RetryBudget": {
+        "percent": ("Retries allowed, as a share of active requests.", 20),
+        "min_concurrency": ("Concurrent retries always allowed.", 3),
+    },
+    "AccessLog": {
+        "format": ("text: Envoy's default line; json: `fields`.", "json"),
+        "fields": (
+            'json only: field name -> Envoy command operator, e.g. {"path": "%REQ(:PATH)%"}.',
+            {"status": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%", "duration_ms": "%DURATION%"},
+        ),
+        "path": ("Where each Envoy writes the log (an absolute path on the Envoy host).", "/var/log/envoy/access.log"),
+    },
+    "Tracing": {
+        "collector": ("The collector's address (or give `cluster`).", {"address": "10.0.0.9", "port": 4317}),
+        "cluster": ("An http2 cluster of OTLP/gRPC collectors (or give `collector`).", "otel"),
+        "sampling_percent": ("Share of requests traced.", 5),
+        "service_name": ("OpenTelemetry service.name.", "edge"),
+    },
+    "Collector": {
+        "address": ("IP literal of an OTLP/gRPC collector.", "10.0.0.9"),
+        "port": ("The collector's OTLP/gRPC port.", 4317),
+    },
+}
+
+
+def _document_policy_fields(comps: dict[str, Any]) -> None:
+    for schema, fields in POLICY_FIELDS.items():
+        props = comps[schema]["properties"]
+        for name, (description, example) in fields.items():
+            prop = props[name]
+            prop.setdefault("description", description)
+            if "examples" not in prop and "example" not in prop:
+                prop["examples"] = [example]
 
 
 def _problem_response(status: int) -> dict[str, Any]:
@@ -421,6 +635,7 @@ def build(app: FastAPI) -> dict[str, Any]:
     comps.pop("HTTPValidationError", None)
     comps.pop("ValidationError", None)
     comps["Problem"] = PROBLEM
+    _document_policy_fields(comps)
     for name, rules in RULES.items():
         if name in comps:
             text = "Rules beyond the schema (each a 422 at its field): " + "; ".join(rules) + "."
