@@ -1,9 +1,10 @@
 """Listeners (LDS): HTTP and TCP chains, TLS by SNI, shards, per-Envoy variants, access logs
 and tracing.
 
-Access logs and tracing are the listener's own fields, so they live in the listener: changing
-one replaces the listener (Envoy drains its old connections, like any listener change); a
-route change never touches them."""
+Access logs and tracing are the listener's own fields, so they live in the listener (its HTTP
+connection manager or tcp_proxy): changing one updates the listener, and Envoy drains the
+connections of its old filter chains, like any listener change. A route change never touches
+them (routes reach Envoy over RDS)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf.message import Message
 from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import domain_pb2 as xds_domain_pb2
 from xds.type.matcher.v3 import matcher_pb2 as xds_matcher_pb2
@@ -196,10 +198,18 @@ def access_log(log: AccessLog) -> accesslog_pb2.AccessLog:
     POST /reopen_logs (also the way to follow a rotated file)."""
     out = file_pb2.FileAccessLog(path=log.path)
     if log.format == "json":
-        # A Struct: a map, serialised in key order, so the same fields give the same bytes.
         for name, value in log.fields.items():
             out.log_format.json_format.fields[name].string_value = value
-    return accesslog_pb2.AccessLog(name=ACCESS_LOGGER, typed_config=_any(out))
+    return accesslog_pb2.AccessLog(name=ACCESS_LOGGER, typed_config=_any_deterministic(out))
+
+
+def _any_deterministic(msg: Message) -> any_pb2.Any:
+    """`msg` packed with its maps in key order. Any.Pack serialises a map (here the json
+    fields, a Struct) in the order of its hash table, which varies with insertion order and
+    between processes: the same intent must give the same bytes (the listener's version)."""
+    return any_pb2.Any(
+        type_url=f"type.googleapis.com/{msg.DESCRIPTOR.full_name}", value=msg.SerializeToString(deterministic=True)
+    )
 
 
 def _collector_target(address: str, port: int) -> str:

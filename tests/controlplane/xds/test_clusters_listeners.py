@@ -4,6 +4,11 @@ through a real one)."""
 
 from __future__ import annotations
 
+import json
+import random
+import subprocess
+import sys
+
 import pytest
 from envoy.config.trace.v3 import opentelemetry_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
@@ -155,6 +160,33 @@ def test_access_log_json_fields_and_determinism() -> None:
         }
     )
     assert _bytes(lst) == _bytes(reordered)
+
+
+def _json_listener(fields: dict[str, str]) -> Listener:
+    return Listener.model_validate({"name": "http", "port": 80, "access_log": {"format": "json", "fields": fields}})
+
+
+def test_access_log_json_same_bytes_whatever_the_order_and_process() -> None:
+    """The listener's version is a hash of its bytes: the same fields in any order, in another
+    process (another hash seed), must serialise alike (a Struct is a map)."""
+    fields = {f"field_{i:02d}": f"%REQ(X-H-{i})%" for i in range(40)}
+    want = _bytes(_json_listener(fields))
+    items = list(fields.items())
+    for seed in range(5):
+        random.Random(seed).shuffle(items)
+        assert _bytes(_json_listener(dict(items))) == want
+    code = (
+        "import sys, json\n"
+        "from controlplane.intent.model import Listener\n"
+        "from controlplane.xds import resources as res\n"
+        "f = json.loads(sys.argv[1])\n"
+        "lst = Listener.model_validate({'name': 'http', 'port': 80, 'access_log': {'format': 'json', 'fields': f}})\n"
+        "sys.stdout.write(res.listener_resource(lst).SerializeToString(deterministic=True).hex())\n"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(dict(reversed(items)))], capture_output=True, text=True, check=True
+    )
+    assert bytes.fromhex(other.stdout) == want
 
 
 def test_no_access_log_no_tracing_by_default() -> None:
