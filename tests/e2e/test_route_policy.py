@@ -56,10 +56,11 @@ class Seen:
 class Recorder:
     """A loopback HTTP/1.1 backend that records every request and answers with a JSON echo of
     it (its name, method, path, host, headers). `?fail=N` answers 503 to the first N tries of
-    that path. Every answer carries x-resp-set, x-resp-add and x-resp-remove for the header
+    that path, `fail_all` to every request. Every answer carries x-resp-set, x-resp-add and x-resp-remove for the header
     tests."""
 
     name: str
+    fail_all: bool = False
     port: int = 0
     seen: list[Seen] = field(default_factory=list)
     tries: Counter[str] = field(default_factory=Counter)
@@ -92,7 +93,7 @@ class Recorder:
                 self.tries[path] += 1
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
                 fail = int((query.get("fail") or ["0"])[0])
-                if self.tries[path] <= fail:
+                if self.fail_all or self.tries[path] <= fail:
                     writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
                 else:
                     echo: dict[str, Any] = {
@@ -154,6 +155,7 @@ class World:
     shadow: Recorder
     flaky: Recorder
     ring: list[Recorder]
+    sticky: list[Recorder]
     ws: WsBackend
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
@@ -249,6 +251,12 @@ def _routes() -> dict[str, dict[str, Any]]:
             "backends": [{"cluster": "ring"}],
             "hash_policies": [{"type": "path"}],
         },
+        "sticky": {
+            "match": {"prefix": "/sticky/"},
+            "backends": [{"cluster": "sticky"}],
+            "hash_policies": [{"type": "header", "name": "x-user"}],
+            "retries": {"attempts": 1, "on": ["5xx"]},
+        },
     }
 
 
@@ -259,6 +267,7 @@ def _intent(w: World) -> list[dict[str, Any]]:
         "flaky": ({}, [("flaky", w.flaky.port)]),
         "wsflaky": ({}, [("ws", w.ws.port)]),
         "ring": ({"load_balancer": {"type": "maglev"}}, [(r.name, r.port) for r in w.ring]),
+        "sticky": ({"load_balancer": {"type": "maglev"}}, [(r.name, r.port) for r in w.sticky]),
     }
     ops: list[dict[str, Any]] = []
     for name, (body, members) in clusters.items():
@@ -286,8 +295,9 @@ async def world(etcd_cluster: EtcdCluster, tmp_path_factory: pytest.TempPathFact
     root = tmp_path_factory.mktemp("route-policy")
     main, shadow, flaky = Recorder("main"), Recorder("shadow"), Recorder("flaky")
     ring = [Recorder(f"ring-{i}") for i in range(3)]
+    sticky = [Recorder("bad", fail_all=True), Recorder("good")]
     ws = WsBackend()
-    for b in (main, shadow, flaky, *ring):
+    for b in (main, shadow, flaky, *ring, *sticky):
         await b.start()
     await ws.start()
     app = make_app(etcd_config)
@@ -298,7 +308,7 @@ async def world(etcd_cluster: EtcdCluster, tmp_path_factory: pytest.TempPathFact
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lbcp.test") as api:
                 await replica.start()
                 envoy = EnvoyProcess(root / "envoy", "route-policy-envoy", "default", [("127.0.0.1", replica.port)])
-                w = World(api, envoy, free_port(), main, shadow, flaky, ring, ws)
+                w = World(api, envoy, free_port(), main, shadow, flaky, ring, sticky, ws)
                 r = await api.post("/v1/batch", json={"operations": _intent(w)})
                 assert r.status_code == 200, r.text
                 await asyncio.to_thread(envoy.start)
@@ -310,7 +320,7 @@ async def world(etcd_cluster: EtcdCluster, tmp_path_factory: pytest.TempPathFact
         if envoy is not None:
             envoy.stop()
         await replica.stop(grace=0)
-        for b in (main, shadow, flaky, *ring):
+        for b in (main, shadow, flaky, *ring, *sticky):
             b.stop()
         ws.stop()
 
@@ -369,6 +379,32 @@ async def test_retries_until_success_and_no_further(world: World) -> None:
     assert await w.counter("cluster.flaky.upstream_rq_retry_limit_exceeded") - exceeded_before == 1
     await asyncio.sleep(0.3)  # nothing retries late
     assert w.flaky.tries[path] == RETRIES["attempts"] + 1
+
+
+async def test_retry_leaves_the_hashed_host(world: World) -> None:
+    """On a maglev cluster a request hashes to one host; when that host fails, the retry goes
+    to another (previous_hosts): without the predicate it would hash to the failed host again."""
+    w = world
+    bad, good = w.sticky
+    users = [f"user-{i}" for i in range(32)]
+    async with httpx.AsyncClient(timeout=10) as c:
+        answers = {u: await c.get(w.url(f"/sticky/{u}"), headers={"x-user": u}) for u in users}
+    hashed_to_bad = [u for u in users if bad.tries[f"/sticky/{u}"]]
+    assert 0 < len(hashed_to_bad) < len(users), hashed_to_bad  # the users spread over both
+    for u in users:
+        if u not in hashed_to_bad:
+            assert answers[u].status_code == 200 and good.tries[f"/sticky/{u}"] == 1
+    moved = [u for u in hashed_to_bad if answers[u].status_code == 200]
+    for u in moved:
+        assert answers[u].json()["server"] == "good"
+        assert (bad.tries[f"/sticky/{u}"], good.tries[f"/sticky/{u}"]) == (1, 1)
+    # Each retry stays on the failed host only if 5 re-picks all land on it (1/32 per user).
+    assert len(moved) >= len(hashed_to_bad) * 3 // 4, (moved, hashed_to_bad)
+    # Still sticky: a user served by good after a retry hashes to bad first every time.
+    u = hashed_to_bad[0]
+    async with httpx.AsyncClient(timeout=10) as c:
+        await c.get(w.url(f"/sticky/{u}"), headers={"x-user": u})
+    assert bad.tries[f"/sticky/{u}"] == 2
 
 
 async def test_websocket_through_a_route_with_retries(world: World) -> None:
@@ -496,7 +532,7 @@ async def test_mirror(world: World) -> None:
 
 async def test_fault_abort_share(world: World) -> None:
     w = world
-    n = 400
+    n = 240
     injected = f"http.{LISTENER}.fault.aborts_injected"
     before = await w.counter(injected)
     seen = len(w.main.paths("/abort/"))

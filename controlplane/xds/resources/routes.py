@@ -12,11 +12,13 @@ What each field becomes, and the choices made on purpose (read from Envoy 1.40's
   is tried at most attempts + 1 times), `per_try_timeout`, `retriable_status_codes`,
   `retry_back_off` {base, max} (Envoy's jittered exponential back-off; max defaults to
   10 x base). Every retry policy also carries the `previous_hosts` retry host predicate with
-  `host_selection_retry_max_attempts` = 3: a retry prefers a host that was not tried yet for
-  this request (the load balancer re-picks up to 3 times). With one healthy host, or when
-  every pick lands on a tried host, the retry goes to the last pick anyway: a predicate
-  steers, it never fails a request. On a maglev/ring_hash cluster a retry therefore leaves
-  the hashed host for the next one on the ring, which is what a retry after a failure wants.
+  `host_selection_retry_max_attempts` = 5: a retry prefers a host not tried yet for this
+  request (the load balancer picks again, up to 5 times, while its pick was tried). With one
+  healthy host, or when every pick lands on a tried host, the retry goes to the last pick
+  anyway: the predicate steers, it never fails a request. It matters most on maglev and
+  ring_hash clusters: without it a retry hashes to the very host that just failed; with it
+  Envoy mutates the hash on every re-pick, so a retry leaves the failed host unless all 5
+  re-picks land on it again (about 1/N^5 with N equal hosts, 1/32 with two).
 - WebSocket routes with retries: Envoy's router applies the retry policy to the upgrade
   request like to any request until the upstream answers. A connect failure, a reset or a
   retriable status (e.g. a 503) to the handshake is retried, on another host first (the
@@ -123,7 +125,7 @@ from controlplane.xds.resources._shared import (
 )
 
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
-HOST_SELECTION_RETRY_MAX_ATTEMPTS = 3
+HOST_SELECTION_RETRY_MAX_ATTEMPTS = 5
 # Buckets Envoy keeps per keyed rate limit (one per header value or client address, LRU).
 MAX_KEYED_BUCKETS = 10_000
 SOURCE_IP_DESCRIPTOR = "remote_address"  # the descriptor key of Envoy's remote_address action

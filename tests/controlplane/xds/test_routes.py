@@ -74,7 +74,7 @@ def test_retries() -> None:
     # A retry prefers a host not tried yet.
     assert [h.name for h in p.retry_host_predicate] == ["envoy.retry_host_predicates.previous_hosts"]
     assert p.retry_host_predicate[0].typed_config.Is(previous_hosts_pb2.PreviousHostsPredicate.DESCRIPTOR)
-    assert p.host_selection_retry_max_attempts == 3
+    assert p.host_selection_retry_max_attempts == 5
 
 
 def test_retries_defaults() -> None:
