@@ -474,3 +474,133 @@ async def _hold(port: int, host: str) -> asyncio.StreamWriter:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 200"), head
     return writer
+
+
+# Nothing in these elements scrolls sideways or sticks out of the window.
+_SIDEWAYS_IN = """(selector) => {
+  const out = [];
+  const say = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + ' ' + (el.textContent || '').slice(0, 40);
+  for (const root of document.querySelectorAll(selector)) {
+    for (const el of [root, ...root.querySelectorAll('*')]) {
+      if (el.closest('thead')) continue;
+      const r = el.getBoundingClientRect();
+      if (!r.width) continue;
+      const scrolls = getComputedStyle(el).overflowX !== 'visible' && el.scrollWidth > el.clientWidth + 1;
+      if (scrolls) out.push('scrolls: ' + say(el));
+      if (r.right > window.innerWidth + 1 || r.left < -1) out.push('sticks out: ' + say(el));
+    }
+  }
+  return out;
+}"""
+
+
+async def test_intent_view_shows_traffic_policy(serve_api: Any, browser: Any, tmp_path: Path) -> None:
+    """The intent view shows each route's, cluster's and listener's traffic policy, one line
+    per policy, from the `lbcp apply` examples in docs/examples (through the real API); a
+    policy written while the page is open appears in its row; text from intent stays text;
+    at 390 px the routes and listeners are cards and nothing scrolls sideways."""
+    from api.cli.intent import _apply_ops, _load_docs
+
+    url = await serve_api(tokens=f"writer:{WRITER},reader:{READER}")
+    examples = Path(__file__).resolve().parents[2] / "docs" / "examples"
+    hostile = '<img src=x onerror="window.pwned=1">'
+    async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {WRITER}"}) as api:
+        for name in ("traffic-policy.yaml", "edge-answers.yaml", "observability.yaml"):
+            ops = _apply_ops(_load_docs(str(examples / name)), None)
+            assert (r := await api.post("/v1/batch", json={"operations": ops})).status_code == 200, r.text
+        route = {"listener": "store", "match": {"prefix": "/x/"}, "backends": [{"cluster": "store"}],
+                 "cors": {"allow_origins": [hostile]}}  # fmt: skip
+        assert (await api.put("/v1/routes/hostile", json=route)).status_code == 201
+
+        errors: list[str] = []
+        page = await _page(browser, errors)
+        await _sign_in(page, url, WRITER)
+        await page.get_by_role("link", name="Intent").click()
+
+        async def said(selector: str) -> str:
+            el = page.locator(selector)
+            await el.wait_for()
+            return str(await el.inner_text()).strip()
+
+        # Routes: one line per policy, in the API's canonical forms (durations, header names).
+        api_policy = "#rpolicy-store-api li"
+        assert await said(f"{api_policy}[data-policy=retries]") == (
+            "retries 2 on connect-failure, reset, 5xx, retriable-status-codes (429), 3s per try, back-off 50ms-500ms"
+        )
+        assert await said(f"{api_policy}[data-policy=rewrite]") == "rewrite prefix → /, host → store.internal"
+        assert await said(f"{api_policy}[data-policy=request_headers]") == (
+            "request headers: set x-env; add x-via; remove x-debug"
+        )
+        assert await said(f"{api_policy}[data-policy=response_headers]") == (
+            "response headers: set cache-control; remove server"
+        )
+        assert await said(f"{api_policy}[data-policy=mirror]") == "mirror 10% to store-shadow"
+        assert await said(f"{api_policy}[data-policy=cors]") == (
+            "CORS https://app.example.com, /https://.*\\.example\\.com/, with credentials"
+        )
+        assert await said(f"{api_policy}[data-policy=rate_limit]") == (
+            "rate limit 600/1m + 100 burst per x-api-key, fleet-wide (divided over the Envoys)"
+        )
+        assert await said("#rpolicy-store-users li[data-policy=rewrite]") == (
+            "rewrite ^/users/([0-9]+)$ → /api/v2/users/\\1"
+        )
+        assert await said("#rpolicy-store-chaos li[data-policy=fault]") == (
+            "fault: delay 200ms on 10%, abort 503 on 5%"
+        )
+        assert await said("#rpolicy-store-static li[data-policy=rate_limit]") == (
+            "rate limit 50/1s per client address, per Envoy"
+        )
+        assert await said("#routes-row-store-static [data-label='Hash policies']") == "path (no query)"
+        assert await said("#rpolicy-edge-https li[data-policy=redirect]") == (
+            "redirect 308 → https://www.example.com:8443"
+        )
+        assert await said("#rpolicy-edge-docs li[data-policy=redirect]") == "redirect 301 → /manual/… (prefix)"
+        assert await said("#rpolicy-edge-retired li[data-policy=redirect]") == "redirect 302 → /, query dropped"
+        maintenance = (await api.get("/v1/routes/edge-maintenance")).json()["direct_response"]
+        assert await said("#rpolicy-edge-maintenance li[data-policy=direct_response]") == (
+            f"answered by Envoy: 503 application/json, {len(maintenance['body'].encode())} bytes"
+        )
+        assert await said("#routes-row-edge-maintenance [data-label=Backends]") == "- (answered by Envoy)"
+        assert await said("#routes-row-edge-health [data-label=Policy]") != "-"
+        # Clusters: slow start and the retry budget; listeners: access log and tracing.
+        assert await said("#cpolicy-orders li[data-policy=slow_start]") == (
+            "slow start over 60s, aggression 1.5, from 10%"
+        )
+        assert await said("#cpolicy-orders li[data-policy=retry_budget]") == (
+            "retry budget 25% of active requests, at least 5"
+        )
+        assert await page.locator("#cpolicy-store").count() == 0  # no policy, no line
+        assert await said("#lpolicy-orders li[data-policy=access_log]") == (
+            "access log json (7 fields) → /tmp/lbcp-orders-access.log"
+        )
+        assert await said("#lpolicy-orders li[data-policy=tracing]") == "tracing 10% → cluster otel as orders-edge"
+        assert await said("#lpolicy-orders-debug li[data-policy=tracing]") == ("tracing 100% → 127.0.0.1:4317 as envoy")
+        assert await said("#lpolicy-orders-tcp li[data-policy=access_log]") == (
+            "access log json (2 fields) → /dev/stdout"
+        )
+        assert await said("#listeners-row-store [data-label='Logs and tracing']") == "-"
+        # Intent's text is shown as text.
+        assert hostile in await said("#rpolicy-hostile li[data-policy=cors]")
+        assert await page.evaluate("window.pwned === undefined && !document.querySelector('#intent-routes img')")
+        await _labelled(page)
+        await page.screenshot(path=tmp_path / "console-intent-policy.png", full_page=True)
+
+        # A policy written while the page is open shows in its row (from the intent event).
+        patch = {"retries": {"attempts": 3, "on": ["gateway-error"]}, "rate_limit": {"requests": 5, "per": "1h"}}
+        assert (await api.patch("/v1/routes/store-chaos", json=patch)).status_code == 200
+        limit = page.locator("#rpolicy-store-chaos li[data-policy=rate_limit]", has_text="rate limit 5/1h, per Envoy")
+        await limit.wait_for()
+        assert await said("#rpolicy-store-chaos li[data-policy=retries]") == "retries 3 on gateway-error"
+        assert await page.locator("#rpolicy-store-chaos li").count() == 3  # and the fault is still there
+
+        # Narrow: routes and listeners as cards, every policy line inside the window.
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.locator("#rpolicy-store-api").scroll_into_view_if_needed()
+        assert await page.evaluate(_SIDEWAYS_IN, "#intent-routes, #intent-listeners, section.card > ul.policy") == []
+        box = await page.locator("#rpolicy-store-api").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+        await page.locator("#routes-row-store-api").screenshot(path=tmp_path / "console-intent-policy-narrow.png")
+        # The browser logs the probe before sign-in (401); nothing else may show (a CSP
+        # violation or a script error would).
+        unexpected = [e for e in errors if "status of 401 " not in e]
+        assert not unexpected, unexpected

@@ -1,5 +1,7 @@
 // Intent: clusters and their backends (edit weight and state, add a backend), listeners,
-// routes and certificates, one page of each at a time (the API's own pages: the console never
+// routes and certificates, with each one's traffic policy in a line per policy (a route's
+// retries, redirect, rate limit...; a cluster's slow start and retry budget; a listener's
+// access log and tracing), one page of each at a time (the API's own pages: the console never
 // reads every object of a kind). A page is read when shown, then kept current from the intent
 // events: a write redraws the row (or the one cluster) it changed, nothing else. Each backend
 // shows what the Envoys report of it (`.../backends?health=true`), fetched again when node
@@ -299,6 +301,7 @@ function clusterSection(ctx, c) {
     "section",
     { class: "card", id: `cluster-${slug(c.name)}`, "aria-labelledby": `cluster-${slug(c.name)}-title`, dataset: { cluster: c.name } },
     h("h3", { id: `cluster-${slug(c.name)}-title` }, `Cluster ${c.name}`, h("span", { class: "muted" }, ` ${lb}, r${c.revision}`)),
+    policyList(`cpolicy-${slug(c.name)}`, clusterPolicy(c)),
     h("p", { class: "health", id: `health-${slug(c.name)}`, dataset: { cluster: c.name } }),
     table(
       `Backends of ${c.name}`,
@@ -521,18 +524,125 @@ function pagerNav(ctx, kind) {
 const sorted = (kind) => [...pages[kind].items.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 
 const ROWS = {
-  listeners: ["Listener", "Address", "Protocol", "TLS", "Max connections"],
-  routes: ["Route", "Listener", "Domains", "Backends", "Hash policies"],
+  listeners: ["Listener", "Address", "Protocol", "TLS", "Max connections", "Logs and tracing"],
+  routes: ["Route", "Listener", "Domains", "Backends", "Hash policies", "Policy"],
   certificates: ["Certificate", "Subject", "Names", "Expires"],
 };
+// Listeners and routes become one card per row on a narrow screen (console.css), as the fleet does.
+const TABLE_ATTRS = { listeners: { class: "cards" }, routes: { class: "cards" }, certificates: {} };
+
+// -- traffic policy, one line per policy (docs/api.md, "Traffic policy") ----------------------
+
+const list = (xs) => (xs || []).join(", ");
+const origin = (o) => (typeof o === "string" ? o : `/${o.regex}/`);
+
+function headerChanges(c) {
+  const out = [];
+  if (c.set && Object.keys(c.set).length) out.push(`set ${list(Object.keys(c.set))}`);
+  if (c.add && Object.keys(c.add).length) out.push(`add ${list(Object.keys(c.add))}`);
+  if (c.remove?.length) out.push(`remove ${list(c.remove)}`);
+  return out.join("; ");
+}
+
+function redirectText(d) {
+  const where = `${d.scheme ? `${d.scheme}://` : ""}${d.host || ""}${d.port ? `:${d.port}` : ""}`;
+  const path = d.path ? d.path : d.prefix ? `${d.prefix}… (prefix)` : "";
+  return `redirect ${d.status} → ${where}${path}` + (where || path ? "" : "the same URL") + (d.strip_query ? ", query dropped" : "");
+}
+
+// [key, text] for each policy a route has.
+export function routePolicy(r) {
+  const out = [];
+  if (r.redirect) out.push(["redirect", redirectText(r.redirect)]);
+  if (r.direct_response) {
+    const d = r.direct_response;
+    out.push(["direct_response", `answered by Envoy: ${d.status} ${d.content_type}, ${new TextEncoder().encode(d.body || "").length} bytes`]);
+  }
+  if (r.retries) {
+    const t = r.retries;
+    let text = `retries ${t.attempts} on ${list(t.on)}`;
+    if (t.status_codes?.length) text += ` (${list(t.status_codes)})`;
+    if (t.per_try_timeout) text += `, ${t.per_try_timeout} per try`;
+    if (t.backoff) text += `, back-off ${t.backoff.base}${t.backoff.max ? `-${t.backoff.max}` : ""}`;
+    out.push(["retries", text]);
+  }
+  if (r.rewrite) {
+    const w = r.rewrite;
+    const parts = [];
+    if (w.prefix !== null && w.prefix !== undefined) parts.push(`prefix → ${w.prefix}`);
+    if (w.regex) parts.push(`${w.regex.pattern} → ${w.regex.substitution}`);
+    if (w.host) parts.push(`host → ${w.host}`);
+    out.push(["rewrite", `rewrite ${parts.join(", ")}`]);
+  }
+  if (r.request_headers) out.push(["request_headers", `request headers: ${headerChanges(r.request_headers)}`]);
+  if (r.response_headers) out.push(["response_headers", `response headers: ${headerChanges(r.response_headers)}`]);
+  if (r.mirror?.length) out.push(["mirror", `mirror ${r.mirror.map((m) => `${m.percent}% to ${m.cluster}`).join(", ")}`]);
+  if (r.fault) {
+    const f = [];
+    if (r.fault.delay) f.push(`delay ${r.fault.delay.duration} on ${r.fault.delay.percent}%`);
+    if (r.fault.abort) f.push(`abort ${r.fault.abort.status} on ${r.fault.abort.percent}%`);
+    out.push(["fault", `fault: ${f.join(", ")}`]);
+  }
+  if (r.cors) {
+    const c = r.cors;
+    out.push(["cors", `CORS ${c.allow_origins.map(origin).join(", ")}${c.allow_credentials ? ", with credentials" : ""}`]);
+  }
+  if (r.rate_limit) {
+    const l = r.rate_limit;
+    let text = `rate limit ${l.requests}/${l.per}`;
+    if (l.burst) text += ` + ${l.burst} burst`;
+    if (l.key) text += l.key.header ? ` per ${l.key.header}` : " per client address";
+    text += l.scope === "fleet" ? ", fleet-wide (divided over the Envoys)" : ", per Envoy";
+    out.push(["rate_limit", text]);
+  }
+  return out;
+}
+
+export function clusterPolicy(c) {
+  const out = [];
+  if (c.slow_start) {
+    const s = c.slow_start;
+    out.push(["slow_start", `slow start over ${s.window}, aggression ${s.aggression}, from ${s.min_weight_percent}%`]);
+  }
+  const budget = c.circuit_breakers?.retry_budget;
+  if (budget) out.push(["retry_budget", `retry budget ${budget.percent}% of active requests, at least ${budget.min_concurrency}`]);
+  return out;
+}
+
+export function listenerPolicy(l) {
+  const out = [];
+  if (l.access_log) {
+    const a = l.access_log;
+    out.push(["access_log", `access log ${a.format}${a.format === "json" ? ` (${Object.keys(a.fields || {}).length} fields)` : ""} → ${a.path}`]);
+  }
+  if (l.tracing) {
+    const t = l.tracing;
+    const to = t.cluster ? `cluster ${t.cluster}` : `${t.collector.address}:${t.collector.port}`;
+    out.push(["tracing", `tracing ${t.sampling_percent}% → ${to} as ${t.service_name}`]);
+  }
+  return out;
+}
+
+function policyList(id, items) {
+  if (!items.length) return null;
+  return h("ul", { class: "plain policy", id }, items.map(([key, text]) => h("li", { dataset: { policy: key } }, text)));
+}
+
+const policyCell = (id, items) => h("td", { class: "policy" }, policyList(id, items) || "-");
+
+function hashText(p) {
+  if (p.type === "path") return p.query === false ? "path (no query)" : "path";
+  return `${p.type}${p.name ? ` ${p.name}` : ""}`;
+}
 
 function row(kind, x) {
   const cells = {
     listeners: (l) => [h("td", {}, `${l.address}:${l.port}`), h("td", {}, l.protocol), h("td", {}, l.tls ? l.tls.certificates.join(", ") : "-"),
-      h("td", { class: "n" }, l.max_connections ?? "-")],
+      h("td", { class: "n" }, l.max_connections ?? "-"), policyCell(`lpolicy-${slug(l.name)}`, listenerPolicy(l))],
     routes: (r) => [h("td", {}, r.listener), h("td", {}, (r.domains || []).join(", ")),
-      h("td", {}, r.backends.map((b) => `${b.cluster}${b.weight ? ` (${b.weight})` : ""}`).join(", ")),
-      h("td", {}, (r.hash_policies || []).map((p) => `${p.type}${p.name ? ` ${p.name}` : ""}`).join(", ") || "-")],
+      h("td", {}, r.backends.length ? r.backends.map((b) => `${b.cluster}${b.weight ? ` (${b.weight})` : ""}`).join(", ") : "- (answered by Envoy)"),
+      h("td", {}, (r.hash_policies || []).map(hashText).join(", ") || "-"),
+      policyCell(`rpolicy-${slug(r.name)}`, routePolicy(r))],
     certificates: (c) => [h("td", {}, c.subject || "-"), h("td", {}, (c.sans || []).join(", ")), h("td", {}, expiry(c))],
   }[kind](x);
   const tr = h("tr", { id: `${kind}-row-${slug(x.name)}` }, h("th", { scope: "row" }, x.name), cells);
@@ -547,7 +657,7 @@ function drawKind(ctx, kind) {
     const clusters = sorted(kind);
     replace(el, pagerNav(ctx, kind), clusters.length ? clusters.map((c) => clusterSection(ctx, c)) : h("p", { class: "empty" }, "No clusters yet."));
   } else {
-    replace(el, table(TITLES[kind], ROWS[kind], sorted(kind).map((x) => row(kind, x))), pagerNav(ctx, kind));
+    replace(el, table(TITLES[kind], ROWS[kind], sorted(kind).map((x) => row(kind, x)), TABLE_ATTRS[kind]), pagerNav(ctx, kind));
   }
 }
 
