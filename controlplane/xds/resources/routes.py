@@ -27,7 +27,8 @@ What each field becomes, and the choices made on purpose (read from Envoy 1.40's
   buffered for a retry nor replayed, and a connection closed later is not retried (the
   client reconnects). The route timeout and `per_try_timeout` start only when the downstream
   request is complete, which an upgraded stream is not until the client closes it: neither
-  cuts an established WebSocket (`idle_timeout` does, as for any stream).
+  cuts an established WebSocket (`idle_timeout` does, as for any stream), and neither bounds
+  a handshake the upstream never answers (the listener's stream idle timeout does).
 - `redirect` -> Route.redirect: scheme https -> `https_redirect`, http -> `scheme_redirect`;
   `host_redirect`, `port_redirect`, `path_redirect` or (matched) `prefix_rewrite`,
   `response_code`, `strip_query`.
