@@ -68,8 +68,8 @@ def pointer_from_loc(loc: tuple[Any, ...] | list[Any]) -> str:
         # Discriminated unions put the tag into the location; it is not part of the document.
         if s in _TAG_VALUES and i > 0 and str(loc[i - 1]) == "load_balancer":
             continue
-        if s.startswith(("function-", "constrained-")):
-            continue
+        if s.startswith(("function-", "constrained-")) or s == "[key]":
+            continue  # ("[key]": pydantic's mark of a refused dict key; the pointer names the key)
         parts.append(s.replace("~", "~0").replace("/", "~1"))
     return "/" + "/".join(parts) if parts else ""
 

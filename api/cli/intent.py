@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,24 @@ import yaml
 from api.cli._common import client_for, emit, follow_rollout, split_hostport, wait_flag
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true/false. YAML 1.1 (PyYAML's default) reads a
+    bare `on`, `off`, `yes`, `no` as booleans, and a retry policy's `on:` key would arrive
+    as `True`; here they stay strings (the API still takes "on"/"yes" for a boolean field)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def _load_docs(path: str) -> list[dict[str, Any]]:
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]  # (a SafeLoader)
     for d in docs:
         if not isinstance(d, dict):
             raise SystemExit(f"{path}: every document must be a mapping")

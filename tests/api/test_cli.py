@@ -79,3 +79,21 @@ _shtab_lbcp; echo "fleet: ${COMPREPLY[*]}"
     out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "top: fleet" in out, out
     assert "show" in out.split("fleet:")[1] and "rebalance" in out.split("fleet:")[1], out
+
+
+def test_apply_reads_yaml_1_2_booleans(tmp_path: Path) -> None:
+    """A retry policy's `on:` key stays the string "on" (YAML 1.1 would make it True, and
+    the API would refuse the document); true/false are still booleans."""
+    from api.cli.intent import _load_docs
+
+    doc = tmp_path / "route.yaml"
+    doc.write_text("kind: route\nretries: {attempts: 2, on: [5xx]}\nredirect: {strip_query: yes}\nwebsocket: true\n")
+    [d] = _load_docs(str(doc))
+    assert d["retries"] == {"attempts": 2, "on": ["5xx"]}
+    assert d["redirect"] == {"strip_query": "yes"} and d["websocket"] is True
+
+
+def test_a_refused_dict_key_points_at_the_key() -> None:
+    from api.problems import pointer_from_loc
+
+    assert pointer_from_loc(("request_headers", "set", "host", "[key]")) == "/request_headers/set/host"
