@@ -130,6 +130,19 @@ async def test_a_fleet_limit_is_divided_by_live_connections(api, etcd, make_repl
             )
 
         await wait_for(served_shares, timeout=15, what="each Envoy enforcing its share")
+        # The API shows what each Envoy is served: its own share (GET /v1/fleet/{node}/config).
+        got = (await api.get("/v1/fleet/rl-0/config", params={"type": "rds"})).json()
+        [rc] = [r["resource"] for r in got["types"]["rds"]["resources"]]
+        [limited] = [
+            r
+            for vh in rc["virtual_hosts"]
+            for r in vh["routes"]
+            if RATE_LIMIT_FILTER in r.get("typed_per_filter_config", {})
+        ]
+        assert (
+            limited["typed_per_filter_config"][RATE_LIMIT_FILTER]["token_bucket"]["tokens_per_fill"]
+            == (await _buckets(started["rl-0"]))[0]
+        )
 
         # Every client asks 4 requests a second (80/s for the fleet, twice the limit). After
         # the buckets' first second, the fleet admits the limit, whatever Envoy a client is on.
