@@ -441,17 +441,126 @@ class ListenerTLS(_Model):
         return self
 
 
-_COMMAND_OPERATOR = re.compile(r"%[A-Z][A-Z0-9_]*(\([^()%]*\))?(:[0-9]+)?%")
+# Envoy 1.40's access-log command operators (its substitution formatter) and what each takes
+# besides its name: parameters `(...)` (optional or required) and a length `:N`. Envoy
+# rejects a listener whose log names any other operator, or misuses one of these (read off
+# the envoy binary lbcp ships, `--mode validate`, one operator at a time).
+_LOG_OPERATORS_PLAIN = frozenset(
+    (
+        "ACCESS_LOG_TYPE BYTES_RECEIVED BYTES_RETRANSMITTED BYTES_SENT CONNECTION_ID "
+        "CONNECTION_TERMINATION_DETAILS CUSTOM_FLAGS DOWNSTREAM_CX_RTT "
+        "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_SENT "
+        "DOWNSTREAM_DETECTED_CLOSE_TYPE DOWNSTREAM_DIRECT_LOCAL_ADDRESS "
+        "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID DOWNSTREAM_DIRECT_LOCAL_PORT "
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS DOWNSTREAM_DIRECT_REMOTE_PORT DOWNSTREAM_HANDSHAKE_DURATION "
+        "DOWNSTREAM_HEADER_BYTES_RECEIVED DOWNSTREAM_HEADER_BYTES_SENT DOWNSTREAM_LOCAL_ADDRESS "
+        "DOWNSTREAM_LOCAL_ADDRESS_ENDPOINT_ID DOWNSTREAM_LOCAL_CLOSE_REASON DOWNSTREAM_LOCAL_DNS_SAN "
+        "DOWNSTREAM_LOCAL_EMAIL_SAN DOWNSTREAM_LOCAL_IP_SAN DOWNSTREAM_LOCAL_OTHERNAME_SAN "
+        "DOWNSTREAM_LOCAL_PORT DOWNSTREAM_LOCAL_SUBJECT DOWNSTREAM_LOCAL_URI_SAN DOWNSTREAM_PEER_CERT "
+        "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1 DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256 "
+        "DOWNSTREAM_PEER_CHAIN_SERIALS DOWNSTREAM_PEER_DNS_SAN DOWNSTREAM_PEER_EMAIL_SAN "
+        "DOWNSTREAM_PEER_FINGERPRINT_1 DOWNSTREAM_PEER_FINGERPRINT_256 DOWNSTREAM_PEER_IP_SAN "
+        "DOWNSTREAM_PEER_ISSUER DOWNSTREAM_PEER_ISSUER_FINGERPRINT_256 DOWNSTREAM_PEER_ISSUER_SERIAL "
+        "DOWNSTREAM_PEER_OTHERNAME_SAN DOWNSTREAM_PEER_SERIAL DOWNSTREAM_PEER_SUBJECT DOWNSTREAM_PEER_URI_SAN "
+        "DOWNSTREAM_REMOTE_ADDRESS DOWNSTREAM_REMOTE_PORT DOWNSTREAM_TLS_CIPHER DOWNSTREAM_TLS_GROUP "
+        "DOWNSTREAM_TLS_SESSION_ID DOWNSTREAM_TLS_VERSION DOWNSTREAM_TRANSPORT_FAILURE_REASON "
+        "DOWNSTREAM_WIRE_BYTES_RECEIVED DOWNSTREAM_WIRE_BYTES_SENT DURATION FILTER_CHAIN_NAME "
+        "GRPC_STATUS_NUMBER HOSTNAME LISTENER_NAME LOCAL_REPLY_BODY PACKETS_RETRANSMITTED PROTOCOL "
+        "REQUEST_DURATION REQUEST_HEADERS_BYTES REQUEST_TX_DURATION RESPONSE_CODE RESPONSE_DURATION "
+        "RESPONSE_FLAGS RESPONSE_FLAGS_LONG RESPONSE_HEADERS_BYTES RESPONSE_TRAILERS_BYTES "
+        "RESPONSE_TX_DURATION ROUNDTRIP_DURATION ROUTE_NAME ROUTE_RESOLUTION_COUNT ROUTE_RESOLUTION_TIME_US "
+        "SPAN_ID STREAM_ID TLS_JA3_FINGERPRINT TLS_JA4_FINGERPRINT TRACE_ID UNIQUE_ID UPSTREAM_CLUSTER "
+        "UPSTREAM_CLUSTER_RAW UPSTREAM_CONNECTION_ID UPSTREAM_CONNECTION_IDS_ATTEMPTED "
+        "UPSTREAM_CONNECTION_POOL_READY_DURATION UPSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED "
+        "UPSTREAM_DECOMPRESSED_HEADER_BYTES_SENT UPSTREAM_DETECTED_CLOSE_TYPE UPSTREAM_HEADER_BYTES_RECEIVED "
+        "UPSTREAM_HEADER_BYTES_SENT UPSTREAM_HOST UPSTREAM_HOSTS_ATTEMPTED "
+        "UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT UPSTREAM_HOST_NAME UPSTREAM_HOST_NAMES_ATTEMPTED "
+        "UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT UPSTREAM_HOST_NAME_WITHOUT_PORT UPSTREAM_LOCAL_ADDRESS "
+        "UPSTREAM_LOCAL_CLOSE_REASON UPSTREAM_LOCAL_DNS_SAN UPSTREAM_LOCAL_IP_SAN UPSTREAM_LOCAL_PORT "
+        "UPSTREAM_LOCAL_URI_SAN UPSTREAM_PEER_CERT UPSTREAM_PEER_DNS_SAN UPSTREAM_PEER_IP_SAN "
+        "UPSTREAM_PEER_ISSUER UPSTREAM_PEER_SUBJECT UPSTREAM_PEER_URI_SAN UPSTREAM_PROTOCOL "
+        "UPSTREAM_REMOTE_ADDRESS UPSTREAM_REMOTE_ADDRESS_ENDPOINT_ID UPSTREAM_REMOTE_PORT "
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT UPSTREAM_SERVER_NAME UPSTREAM_TLS_CIPHER UPSTREAM_TLS_GROUP "
+        "UPSTREAM_TLS_SESSION_ID UPSTREAM_TLS_VERSION UPSTREAM_TRANSPORT_FAILURE_REASON "
+        "UPSTREAM_WIRE_BYTES_RECEIVED UPSTREAM_WIRE_BYTES_SENT VIRTUAL_CLUSTER_NAME "
+    ).split()
+)
+# name: (parameters required, length allowed)
+_LOG_OPERATORS_WITH_PARAMETERS: dict[str, tuple[bool, bool]] = {
+    "CEL": (True, True),
+    "CLUSTER_METADATA": (True, False),
+    "COALESCE": (True, False),
+    "COMMON_DURATION": (True, False),
+    "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_WITHOUT_PORT": (False, False),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": (False, False),
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": (False, False),
+    "DOWNSTREAM_PEER_CERT_V_END": (False, False),
+    "DOWNSTREAM_PEER_CERT_V_START": (False, False),
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": (False, False),
+    "DYNAMIC_METADATA": (True, True),
+    "EMIT_TIME": (False, False),
+    "EMIT_TIME_LOCAL": (False, False),
+    "ENVIRONMENT": (True, True),
+    "FILTER_STATE": (True, True),
+    "GRPC_STATUS": (False, False),
+    "METADATA": (True, True),
+    "PATH": (False, True),
+    "QUERY_PARAM": (True, True),
+    "QUERY_PARAMS": (False, True),
+    "REQ": (True, True),
+    "REQUESTED_SERVER_NAME": (False, False),
+    "REQUEST_HEADER": (True, True),
+    "RESP": (True, True),
+    "RESPONSE_CODE_DETAILS": (False, False),
+    "RESPONSE_HEADER": (True, True),
+    "RESPONSE_TRAILER": (True, True),
+    "START_TIME": (False, False),
+    "START_TIME_LOCAL": (False, False),
+    "STREAM_INFO_REQ": (True, True),
+    "TRAILER": (True, True),
+    "UPSTREAM_FILTER_STATE": (True, True),
+    "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": (False, False),
+    "UPSTREAM_METADATA": (True, False),
+    "UPSTREAM_PEER_CERT_V_END": (False, False),
+    "UPSTREAM_PEER_CERT_V_START": (False, False),
+    "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": (False, False),
+}
+
+# Envoy's own grammar of an operator (its SubstitutionFormatParser).
+_COMMAND_OPERATOR = re.compile(r"%([A-Z0-9_]+)(?:\(([^)]*)\))?(?::([0-9]+))?%")
+
+
+def _operator_problem(name: str, parameters: str | None, length: str | None) -> str | None:
+    if name in _LOG_OPERATORS_PLAIN:
+        return None if parameters is None and length is None else "takes no parameters or length"
+    shape = _LOG_OPERATORS_WITH_PARAMETERS.get(name)
+    if shape is None:
+        return "is not an Envoy command operator (e.g. %RESPONSE_CODE%, %REQ(:PATH)%, %START_TIME%)"
+    required, length_allowed = shape
+    if required and not parameters:
+        return f"needs parameters: %{name}(...)%"
+    if length is not None and not length_allowed:
+        return "takes no length"
+    return None
 
 
 def _check_log_value(v: str) -> str:
-    """An access-log field: text with Envoy command operators (`%REQ(:PATH)%`); a lone '%'
-    must be written '%%' (Envoy reads every other '%' as the start of an operator)."""
-    rest = _COMMAND_OPERATOR.sub("", v.replace("%%", ""))
-    if "%" in rest:
-        raise ValueError(
-            f"{v!r}: '%' starts an Envoy command operator such as %REQ(:PATH)%; write a literal '%' as '%%'"
-        )
+    """An access-log field: text with Envoy command operators (`%REQ(:PATH)%`), read as Envoy
+    reads it: '%%' is a literal '%', and every other '%' starts an operator Envoy knows."""
+    pos = v.find("%")
+    while pos != -1:
+        if v.startswith("%%", pos):
+            pos = v.find("%", pos + 2)
+            continue
+        m = _COMMAND_OPERATOR.match(v, pos)
+        if m is None:
+            raise ValueError(
+                f"{v!r}: '%' starts an Envoy command operator such as %REQ(:PATH)%; write a literal '%' as '%%'"
+            )
+        problem = _operator_problem(m.group(1), m.group(2), m.group(3))
+        if problem is not None:
+            raise ValueError(f"{m.group(0)!r} {problem}")
+        pos = v.find("%", m.end())
     return v
 
 
@@ -464,6 +573,7 @@ class AccessLog(_Model):
     format: Literal["text", "json"] = Field("text", description="text: Envoy's default line; json: `fields`.")
     fields: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], LogField] = Field(
         default_factory=dict,
+        validate_default=True,  # a json log that omits fields must be refused too
         max_length=64,
         description='json only: field name -> Envoy command operator, e.g. {"path": "%REQ(:PATH)%"}.',
         examples=[{"status": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%", "duration_ms": "%DURATION%"}],
@@ -587,7 +697,8 @@ class Listener(_Model):
 
 # --- routes ---------------------------------------------------------------------------------
 
-_HEADER_NAME = r"^:?[a-z0-9!#$%&'*+\-.^_`|~]+$"
+# Case-insensitive (pydantic checks the pattern before lowering, so it admits A-Z too).
+_HEADER_NAME = r"^:?[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
 HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=128, to_lower=True, pattern=_HEADER_NAME)]
 
 
@@ -786,7 +897,7 @@ class Retries(_Model):
     @model_validator(mode="after")
     def _condition_needs_codes(self) -> Retries:
         if "retriable-status-codes" in self.on and not self.status_codes:
-            raise ValueError("retriable-status-codes needs status_codes")
+            raise _fail("Retries", "status_codes", "retriable-status-codes needs status_codes", [])
         return self
 
 
