@@ -1,6 +1,8 @@
 """Hitless churn: hundreds of persistent connections (HTTP/1.1 keep-alive, HTTP/2, WebSocket)
-through 2 real Envoys survive 100 configuration changes that do not target them, and a
-drained backend keeps its WebSockets while getting no new requests."""
+through 2 real Envoys survive 100 configuration changes that do not target them, nor the
+route policies of the routes carrying them (retries, rewrites, rate limits and header
+changes added, changed and removed: RDS only), and a drained backend keeps its WebSockets
+while getting no new requests."""
 
 from __future__ import annotations
 
@@ -16,6 +18,48 @@ from tests.conftest import http_ok, wait_for
 
 H1, H2, WS = 60, 10, 30  # connections per Envoy (HTTP/2 ones carry several streams each)
 
+# The policies of the routes carrying the connections, one step per tenth change: added,
+# changed, then removed. Each step's responses carry `x-churn` (or none): a round trip right
+# after the change sees it on every connection, so the new RDS was applied to the
+# connections held, not only acked. Limits stay far above the test's own rate.
+POLICY_STEPS: list[dict] = [
+    {"retries": {"attempts": 2}, "response_headers": {"set": {"x-churn": "0"}}},
+    {
+        "retries": {"attempts": 3, "on": ["5xx", "reset", "connect-failure"], "per_try_timeout": "5s"},
+        "rewrite": {"prefix": "/churn/"},
+        "response_headers": {"set": {"x-churn": "1"}},
+    },
+    {
+        "retries": {"attempts": 3, "on": ["5xx", "reset", "connect-failure"], "per_try_timeout": "5s"},
+        "rewrite": {"prefix": "/churn/", "host": "web.internal"},
+        "rate_limit": {"requests": 100_000, "burst": 10_000},
+        "request_headers": {"set": {"x-step": "2"}},
+        "response_headers": {"set": {"x-churn": "2"}, "remove": ["server"]},
+    },
+    {
+        "retries": {"attempts": 1, "on": ["retriable-status-codes"], "status_codes": [503]},
+        "rewrite": {"regex": {"pattern": "^/(.*)$", "substitution": "/re/\\1"}},
+        "rate_limit": {"requests": 1_000_000, "per": "1m", "key": {"header": "x-tenant"}},
+        "request_headers": {"add": {"x-step": "3"}, "remove": ["x-forwarded-proto"]},
+        "response_headers": {"set": {"x-churn": "3"}, "add": {"x-extra": "a"}},
+    },
+    {
+        "retries": {"attempts": 1, "on": ["retriable-status-codes"], "status_codes": [503]},
+        "rewrite": {"host": "web.internal"},
+        "rate_limit": {"requests": 100_000, "key": {"source_ip": True}},
+        "response_headers": {"set": {"x-churn": "4"}},
+    },
+    {
+        "rewrite": {"host": "web.internal"},
+        "rate_limit": {"requests": 100_000},
+        "response_headers": {"set": {"x-churn": "5"}},
+    },
+    {"rate_limit": {"requests": 100_000}, "response_headers": {"set": {"x-churn": "6"}}},
+    {"response_headers": {"set": {"x-churn": "7"}}},
+    {"request_headers": {"set": {"x-step": "8"}}},
+    {},
+]
+
 
 class KeepAlive:
     """One HTTP/1.1 keep-alive connection, used by hand so we know it is the same socket."""
@@ -24,17 +68,20 @@ class KeepAlive:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.headers: dict[str, str] = {}
 
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
 
     async def get(self) -> str:
+        """GET / on this connection: the body (the backend's name); its headers in `self.headers`."""
         assert self.reader and self.writer
         self.writer.write(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
         await self.writer.drain()
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
         lines = head.decode().split("\r\n")
         headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        self.headers = headers
         if not lines[0].startswith("HTTP/1.1 200"):
             body = await self.reader.readexactly(int(headers.get("content-length", "0")))
             raise AssertionError(f"{lines[0]}: {body.decode(errors='replace')} {headers}")
@@ -113,10 +160,15 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
                 sockets.append(await ws_connect(f"ws://127.0.0.1:{p}/ws", open_timeout=5))
         greetings = [await asyncio.wait_for(s.recv(), 5) for s in sockets]
 
+        churn: str | None = None  # the x-churn the routes' current policy step sets
+
         async def round_trip() -> set[str]:
             names = set(await asyncio.gather(*(c.get() for c in conns)))
+            seen = {c.headers.get("x-churn") for c in conns}
             rs = await asyncio.gather(*(cl.get("/") for cl in h2_clients for _ in range(3)))
             assert all(r.status_code == 200 and r.http_version == "HTTP/2" for r in rs)
+            seen |= {r.headers.get("x-churn") for r in rs}
+            assert seen == {churn}, (churn, seen)  # every connection took the routes' policy step
             names |= {r.text.strip() for r in rs}
             for s in sockets:
                 await s.send("ping")
@@ -136,6 +188,11 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
             nonlocal changes
             r = await api.request(method, path + ("&" if "?" in path else "?") + "wait=acked&timeout=10s", **kw)
             assert r.status_code < 300, (path, r.status_code, r.text)
+            assert r.headers["lbcp-rollout"] == "complete", (
+                path,
+                r.headers["lbcp-rollout"],
+                r.text,
+            )  # acked, not NACKed
             changes += 1
 
         while changes < 100:
@@ -191,17 +248,33 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
             elif k == 8:
                 await change("DELETE", f"/v1/clusters/spare/backends/s{changes - 6}")
             else:
-                # A route on a listener that carries connections changes (RDS only, no drain).
-                await change(
-                    "PUT",
-                    f"/v1/routes/extra-{changes - 5}",
-                    json={
-                        "listener": "http-a",
-                        "match": {"prefix": f"/x{changes - 5}"},
-                        "backends": [{"cluster": "web"}],
-                        "timeout": f"{rnd.randint(5, 30)}s",
-                    },
+                # The routes carrying the connections take their next policy step, and a route
+                # beside them on a listener that carries connections changes (RDS only, no drain).
+                step = POLICY_STEPS[changes // 10]
+                ops = [
+                    {
+                        "op": "put",
+                        "kind": "route",
+                        "name": f"r-{f}",
+                        "body": {"listener": f"http-{f}", "backends": [{"cluster": "web"}], "websocket": True, **step},
+                    }
+                    for f in ports
+                ]
+                ops.append(
+                    {
+                        "op": "put",
+                        "kind": "route",
+                        "name": f"extra-{changes - 5}",
+                        "body": {
+                            "listener": "http-a",
+                            "match": {"prefix": f"/x{changes - 5}"},
+                            "backends": [{"cluster": "web"}],
+                            "timeout": f"{rnd.randint(5, 30)}s",
+                        },
+                    }
                 )
+                await change("POST", "/v1/batch", json={"operations": ops})
+                churn = step.get("response_headers", {}).get("set", {}).get("x-churn")
             if changes % 10 == 0:
                 await round_trip()
 
@@ -233,8 +306,8 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
             assert target not in await round_trip()  # round_trip also echoes on every WebSocket, the drained ones too
         held = [s for s, g in zip(sockets, greetings, strict=False) if g == target]
         assert held
-        for s in held:
-            await s.close()
+        # Closed together: through Envoy each close takes about a second.
+        await asyncio.gather(*(s.close() for s in held))
         # With its WebSockets closed, removing it drops nothing in flight.
         await change("DELETE", f"/v1/clusters/web/backends/{target}")
         sockets = [s for s, g in zip(sockets, greetings, strict=False) if g != target]
@@ -242,9 +315,6 @@ async def test_persistent_connections_survive_100_changes(api, replica, replica2
     finally:
         for c in conns:
             c.close()
-        for cl in h2_clients:
-            await cl.aclose()
-        for s in sockets:
-            await s.close()
+        await asyncio.gather(*(cl.aclose() for cl in h2_clients), *(s.close() for s in sockets))
         for d in demo:
             d.stop()
