@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 _TAG_VALUES = {"round_robin", "least_request", "random", "maglev", "ring_hash"}
+_UNION_MEMBERS = {"str", "int", "float", "bool", "OriginRegex", "SealedKey"}
 
 
 class ApiError(StoreError):
@@ -70,6 +71,10 @@ def pointer_from_loc(loc: tuple[Any, ...] | list[Any]) -> str:
             continue
         if s.startswith(("function-", "constrained-")) or s == "[key]":
             continue  # ("[key]": pydantic's mark of a refused dict key; the pointer names the key)
+        # A union names the member it tried (str | OriginRegex -> "OriginRegex", "str"): not
+        # part of the document either.
+        if s in _UNION_MEMBERS:
+            continue
         parts.append(s.replace("~", "~0").replace("/", "~1"))
     return "/" + "/".join(parts) if parts else ""
 

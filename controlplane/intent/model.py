@@ -823,6 +823,15 @@ class HeaderChanges(_Model):
     add: dict[ChangeableHeader, HeaderValue] = Field(default_factory=dict, max_length=32)
     remove: list[ChangeableHeader] = Field(default_factory=list, max_length=32)
 
+    @field_validator("set", "add", "remove", mode="before")
+    @classmethod
+    def _once_each(cls, v: Any) -> Any:
+        names = [n.lower() for n in v if isinstance(n, str)] if isinstance(v, dict | list) else []
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} repeated (header names ignore case)")
+        return v
+
     @field_validator("remove")
     @classmethod
     def _disjoint(cls, v: list[str], info: ValidationInfo) -> list[str]:
@@ -923,6 +932,13 @@ class Redirect(_Model):
         if v is not None and info.data.get("path") is not None:
             raise ValueError("give path or prefix, not both")
         return v
+
+    @model_validator(mode="after")
+    def _goes_somewhere(self) -> Redirect:
+        parts = (self.scheme, self.host, self.port, self.path, self.prefix)
+        if all(p is None for p in parts) and not self.strip_query:
+            raise ValueError("a redirect to the same URL loops: give scheme, host, port, path, prefix or strip_query")
+        return self
 
 
 DIRECT_RESPONSE_MAX_BODY = 65536
@@ -1120,9 +1136,10 @@ class Route(_Model):
             raise ValueError("a prefix redirect needs a prefix or path match, not regex")
         return v
 
-    @field_validator("retries", "rewrite", "mirror")
+    @field_validator("retries", "rewrite", "mirror", "cors")
     @classmethod
     def _forwarding_only(cls, v: Any, info: ValidationInfo) -> Any:
+        # (cors too: Envoy's CORS filter acts only on routes with a route action)
         if v and not info.data.get("backends") and "backends" in info.data:
             raise ValueError(f"{info.field_name} applies to routes that forward to backends")
         return v

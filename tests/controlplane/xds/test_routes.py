@@ -109,7 +109,7 @@ def test_websocket_with_retries() -> None:
     ],
 )
 def test_redirect_status(status: int, code: int) -> None:
-    e = entry(redirect={"status": status})
+    e = entry(redirect={"host": "example.com", "status": status})
     assert e.WhichOneof("action") == "redirect"
     assert e.redirect.response_code == code
 
