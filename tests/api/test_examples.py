@@ -9,8 +9,6 @@ description and an example that the model accepts.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import typing
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,11 +18,11 @@ import pytest
 from pydantic import BaseModel, TypeAdapter
 
 from api.cli.intent import _apply_ops, _load_docs
-from api.localcluster.procs import envoy_binary, free_port
 from api.openapi import POLICY_FIELDS
 from controlplane.etcd import Etcd
 from controlplane.intent import model as m
 from controlplane.xds import served
+from tests.envoy_validate import bootstrap, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.yaml"))
@@ -49,7 +47,9 @@ def test_there_are_examples() -> None:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-async def test_example_is_accepted_dry_run_then_for_real(api: httpx.AsyncClient, etcd: Etcd, path: Path) -> None:
+async def test_example_is_accepted_dry_run_then_for_real(
+    api: httpx.AsyncClient, etcd: Etcd, path: Path, tmp_path: Path
+) -> None:
     ops = _apply_ops(_load_docs(str(path)), None)
     dry = await api.post("/v1/batch", params={"dry_run": "true"}, json={"operations": ops})
     assert dry.status_code == 200, dry.text
@@ -72,10 +72,10 @@ async def test_example_is_accepted_dry_run_then_for_real(api: httpx.AsyncClient,
         got.pop("revision")
         assert got == KINDS[kind].model_validate(body).model_dump(mode="json"), (kind, body["name"])
 
-    await _envoy_validates(etcd, path)
+    await _envoy_validates(etcd, path, tmp_path)
 
 
-async def _envoy_validates(etcd: Etcd, path: Path) -> None:
+async def _envoy_validates(etcd: Etcd, path: Path, tmp_path: Path) -> None:
     """What a replica serves an Envoy of the default fleet for this intent (built as
     `GET /v1/fleet/{node}/config` builds it), as one static bootstrap (EDS and RDS inlined), is
     accepted by `envoy --mode validate`."""
@@ -99,43 +99,7 @@ async def _envoy_validates(etcd: Etcd, path: Path) -> None:
                     hcm["route_config"] = res["rds"][rds["route_config_name"]]
         listeners.append(lst)
     assert listeners
-    # Listeners find their admission filter over ADS (ECDS): a node and an ADS source, as
-    # lbcp's bootstrap has (validation opens no connection).
-    ads = {
-        "name": "lbcp_xds",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        "load_assignment": {"cluster_name": "lbcp_xds"},
-    }
-    bootstrap = {
-        "node": {"id": "validate", "cluster": "default"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "DELTA_GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "lbcp_xds"}}],
-            }
-        },
-        "static_resources": {"clusters": [*clusters, ads], "listeners": listeners},
-    }
-    config = Path(f"/tmp/lbcp-example-{path.stem}-{free_port()}.json")
-    config.write_text(json.dumps(bootstrap))
-    try:
-        r = subprocess.run(
-            [envoy_binary(), "--mode", "validate", "-c", str(config), "-l", "error"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        config.unlink()
+    r = validate(bootstrap(clusters, listeners, fleet="default"), tmp_path)
     assert r.returncode == 0, f"Envoy rejects what {path.name} makes lbcp serve:\n{r.stdout}{r.stderr}"
 
 

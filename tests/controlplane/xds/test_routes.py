@@ -4,8 +4,6 @@ except one `envoy --mode validate` of a configuration that uses every policy at 
 from __future__ import annotations
 
 import gc
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +13,16 @@ from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import json_format
 
-from api.localcluster.procs import envoy_binary, free_port
+from api.localcluster.procs import free_port
 from controlplane.intent.model import DIRECT_RESPONSE_MAX_BODY, Cluster, Listener, Route
 from controlplane.xds import resources as res
 from controlplane.xds.resources import routes as rmod
 from controlplane.xds.resources._shared import CORS_FILTER, FAULT_FILTER, RATE_LIMIT_FILTER, RATE_LIMIT_STAT_PREFIX
+from tests.envoy_validate import bootstrap, inline_routes, validate
 
 MILLION = percent_pb2.FractionalPercent.MILLION
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -502,14 +500,7 @@ def test_existing_routes_translate_as_before() -> None:
 def test_envoy_accepts_every_policy(tmp_path: Path) -> None:
     """`envoy --mode validate`: the listener with its route configuration inlined, every policy used."""
     listener = res.listener_resource(Listener(name="http", port=free_port()))
-    for chain in listener.filter_chains:
-        for f in chain.filters:
-            if f.name == "envoy.filters.network.http_connection_manager":
-                hcm = hcm_pb2.HttpConnectionManager()
-                f.typed_config.Unpack(hcm)
-                hcm.ClearField("rds")
-                hcm.route_config.CopyFrom(res.route_configuration("http", _all_routes(), share=0.5))
-                f.typed_config.Pack(hcm)
+    inline_routes(listener, res.route_configuration("http", _all_routes(), share=0.5))
     clusters = []
     for name, lb in (("web", {"type": "maglev"}), ("shadow", {"type": "round_robin"})):
         c = res.cluster_resource(Cluster.model_validate({"name": name, "load_balancer": lb}), [])
@@ -517,36 +508,5 @@ def test_envoy_accepts_every_policy(tmp_path: Path) -> None:
         c.type = c.STATIC
         c.load_assignment.cluster_name = name
         clusters.append(json_format.MessageToDict(c))
-    ads = {
-        "name": "lbcp_xds",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        "load_assignment": {"cluster_name": "lbcp_xds"},
-    }
-    bootstrap = {
-        "node": {"id": "validate", "cluster": "validate"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "DELTA_GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "lbcp_xds"}}],
-            }
-        },
-        "static_resources": {"clusters": [*clusters, ads], "listeners": [json_format.MessageToDict(listener)]},
-    }
-    path = tmp_path / "envoy.json"
-    path.write_text(json.dumps(bootstrap))
-    r = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = validate(bootstrap(clusters, [json_format.MessageToDict(listener)]), tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr

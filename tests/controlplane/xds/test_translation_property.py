@@ -13,19 +13,16 @@ functions into a static bootstrap (EDS inlined, RDS inlined) and handed to Envoy
 from __future__ import annotations
 
 import json
-import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import json_format
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from api.localcluster.procs import envoy_binary, free_port
 from controlplane.intent.errors import StoreError
 from controlplane.intent.integrity import World, check
 from controlplane.intent.model import (
@@ -39,6 +36,7 @@ from controlplane.intent.model import (
     Route,
 )
 from controlplane.xds import resources as res
+from tests.envoy_validate import bootstrap, inline_routes, validate
 
 durations = st.sampled_from(["1s", "250ms", "5s", "30s", "2m"])
 names = st.sampled_from(["web", "api", "ws", "grpc"])
@@ -399,43 +397,9 @@ def _bootstrap(
     out_listeners = []
     for lst in listeners:
         msg = res.listener_resource(lst)
-        for chain in msg.filter_chains:
-            for f in chain.filters:
-                if f.name == "envoy.filters.network.http_connection_manager":
-                    hcm = hcm_pb2.HttpConnectionManager()
-                    f.typed_config.Unpack(hcm)
-                    hcm.ClearField("rds")
-                    hcm.route_config.CopyFrom(
-                        res.route_configuration(lst.name, [r for r in routes if r.listener == lst.name], share)
-                    )
-                    f.typed_config.Pack(hcm)
+        inline_routes(msg, res.route_configuration(lst.name, [r for r in routes if r.listener == lst.name], share))
         out_listeners.append(json_format.MessageToDict(msg))
-    # Listeners find their admission filter over ADS (ECDS): give the bootstrap a node and an
-    # ADS source, as lbcp's own bootstrap has (validation opens no connection).
-    ads = {
-        "name": "lbcp_xds",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        "load_assignment": {"cluster_name": "lbcp_xds"},
-    }
-    return {
-        "node": {"id": "validate", "cluster": "validate"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "DELTA_GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "lbcp_xds"}}],
-            }
-        },
-        "static_resources": {"clusters": [*out_clusters, ads], "listeners": out_listeners},
-    }
+    return bootstrap(out_clusters, out_listeners)
 
 
 # Two worlds that use every policy, validated in every run whatever Hypothesis draws.
@@ -602,17 +566,10 @@ def test_what_validates_envoy_accepts(tmp_path_factory) -> None:
             tally["rejected"] += 1
             assume(False)
         share = world[4]
-        path = tmp_path_factory.mktemp("prop") / "envoy.json"
-        path.write_text(json.dumps(_bootstrap(clusters, members, listeners, routes, share)))
-        r = subprocess.run(
-            [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert r.returncode == 0, (
-            f"Envoy rejects what lbcp accepted:\n{r.stdout}{r.stderr}\n{Path(path).read_text()[:3000]}"
-        )
+        config = _bootstrap(clusters, members, listeners, routes, share)
+        r = validate(config, tmp_path_factory.mktemp("prop"))
+        sent = json.dumps(config)[:3000]
+        assert r.returncode == 0, f"Envoy rejects what lbcp accepted:\n{r.stdout}{r.stderr}\n{sent}"
         _tally(tally, clusters, members, listeners, routes, share)
 
     envoy_accepts()
@@ -662,11 +619,7 @@ def _access_log_verdict(tmp_path: Path, value: str) -> str:
         bind_public_address=False, fleets=[], tracing=None,
         access_log=AccessLog.model_construct(format="json", fields={"v": value}, path="/dev/null"),
     )  # fmt: skip
-    path = tmp_path / "envoy.json"
-    path.write_text(json.dumps(_bootstrap([], {}, [lst], [])))
-    r = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "critical"], capture_output=True, text=True
-    )
+    r = validate(_bootstrap([], {}, [lst], []), tmp_path, log_level="critical")
     return "" if r.returncode == 0 else (r.stdout + r.stderr).strip().splitlines()[-1]
 
 
