@@ -111,18 +111,20 @@ async def _sign_in(page: Any, url: str, token: str) -> None:
     await page.locator("#live[data-state=live]").wait_for()
 
 
-# Nothing in the fleet view scrolls sideways or sticks out of the window (the header row of
+# Nothing in these elements scrolls sideways or sticks out of the window (the header row of
 # a table shown as cards is visually hidden, for screen readers only, so it is not counted).
-_SIDEWAYS = """() => {
+_SIDEWAYS_IN = """(selector) => {
   const out = [];
   const say = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + ' ' + (el.textContent || '').slice(0, 40);
-  for (const el of document.querySelectorAll('#view-fleet, #view-fleet *')) {
-    if (el.closest('thead')) continue;
-    const r = el.getBoundingClientRect();
-    if (!r.width) continue;
-    const scrolls = getComputedStyle(el).overflowX !== 'visible' && el.scrollWidth > el.clientWidth + 1;
-    if (scrolls) out.push('scrolls: ' + say(el));
-    if (r.right > window.innerWidth + 1 || r.left < -1) out.push('sticks out: ' + say(el));
+  for (const root of document.querySelectorAll(selector)) {
+    for (const el of [root, ...root.querySelectorAll('*')]) {
+      if (el.closest('thead')) continue;
+      const r = el.getBoundingClientRect();
+      if (!r.width) continue;
+      const scrolls = getComputedStyle(el).overflowX !== 'visible' && el.scrollWidth > el.clientWidth + 1;
+      if (scrolls) out.push('scrolls: ' + say(el));
+      if (r.right > window.innerWidth + 1 || r.left < -1) out.push('sticks out: ' + say(el));
+    }
   }
   return out;
 }"""
@@ -412,7 +414,7 @@ async def _walk(api: httpx.AsyncClient, url: str, browser: Any, backends: list[A
     await page.set_viewport_size({"width": 390, "height": 844})
     await page.locator("#node-cons-1").wait_for()
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    assert await page.evaluate(_SIDEWAYS) == []
+    assert await page.evaluate(_SIDEWAYS_IN, "#view-fleet") == []
     for node in ("cons-0", "cons-1"):
         for col in ("node", "front", "conns"):
             cell = page.locator(f"#node-{node} [data-col={col}]")
@@ -474,24 +476,6 @@ async def _hold(port: int, host: str) -> asyncio.StreamWriter:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 200"), head
     return writer
-
-
-# Nothing in these elements scrolls sideways or sticks out of the window.
-_SIDEWAYS_IN = """(selector) => {
-  const out = [];
-  const say = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + ' ' + (el.textContent || '').slice(0, 40);
-  for (const root of document.querySelectorAll(selector)) {
-    for (const el of [root, ...root.querySelectorAll('*')]) {
-      if (el.closest('thead')) continue;
-      const r = el.getBoundingClientRect();
-      if (!r.width) continue;
-      const scrolls = getComputedStyle(el).overflowX !== 'visible' && el.scrollWidth > el.clientWidth + 1;
-      if (scrolls) out.push('scrolls: ' + say(el));
-      if (r.right > window.innerWidth + 1 || r.left < -1) out.push('sticks out: ' + say(el));
-    }
-  }
-  return out;
-}"""
 
 
 async def test_intent_view_shows_traffic_policy(serve_api: Any, browser: Any, tmp_path: Path) -> None:
