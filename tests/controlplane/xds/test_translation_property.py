@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
@@ -33,6 +34,7 @@ from controlplane.intent.model import (
     Cluster,
     Kind,
     Listener,
+    RetryOn,
     Route,
 )
 from controlplane.xds import resources as res
@@ -152,15 +154,7 @@ hash_policies = st.lists(
 
 # --- traffic policy ---------------------------------------------------------------------------
 
-RETRY_ON = [
-    "5xx",
-    "gateway-error",
-    "reset",
-    "connect-failure",
-    "retriable-4xx",
-    "refused-stream",
-    "retriable-status-codes",
-]
+RETRY_ON = list(get_args(RetryOn))
 retries = st.builds(
     lambda n, on, codes, ptt, backoff: (
         {
