@@ -30,6 +30,19 @@ _Loader.add_implicit_resolver(
 )
 
 
+# A route's traffic policies, as `lbcp get routes` names them (POLICY column).
+_ROUTE_POLICIES = (
+    "retries",
+    "rewrite",
+    "request_headers",
+    "response_headers",
+    "mirror",
+    "fault",
+    "cors",
+    "rate_limit",
+)
+
+
 def _load_docs(path: str) -> list[dict[str, Any]]:
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
     docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]  # (a SafeLoader)
@@ -205,16 +218,30 @@ def cmd_get(args: argparse.Namespace) -> int:
             m = i["match"]
             return next(f"{k}={m[k]}" for k in ("prefix", "path", "regex") if m.get(k) is not None)
 
+        def answer(i: dict[str, Any]) -> str:
+            if i.get("redirect"):
+                return f"redirect:{i['redirect'].get('status', 301)}"
+            if i.get("direct_response"):
+                return f"direct:{i['direct_response']['status']}"
+            return ",".join(f"{b['cluster']}:{b['weight']}" for b in i["backends"])
+
+        def policies(i: dict[str, Any]) -> str:
+            names = [p for p in _ROUTE_POLICIES if i.get(p)]
+            if (i.get("rate_limit") or {}).get("scope") == "fleet":
+                names[names.index("rate_limit")] = "rate_limit(fleet)"
+            return ",".join(names) or "-"
+
         emit(
             items,
             args.output,
-            ["NAME", "LISTENER", "DOMAINS", "MATCH", "BACKENDS", "REVISION"],
+            ["NAME", "LISTENER", "DOMAINS", "MATCH", "BACKENDS", "POLICY", "REVISION"],
             lambda i: [
                 i["name"],
                 i["listener"],
                 ",".join(i["domains"]),
                 match(i),
-                ",".join(f"{b['cluster']}:{b['weight']}" for b in i["backends"]),
+                answer(i),
+                policies(i),
                 i["revision"],
             ],
         )

@@ -149,3 +149,46 @@ _shtab_lbcp; echo "get: ${COMPREPLY[*]}"
     out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "backend: undrain" in out, out
     assert set(out.split("get:")[1].split()) >= {"clusters", "backends", "fleets"}, out
+
+
+async def test_get_routes_says_how_each_answers_and_its_policies(serve_api: Any, tmp_path: Any) -> None:
+    url = await serve_api()
+    doc = tmp_path / "routes.yaml"
+    doc.write_text(
+        """kind: cluster
+name: web
+---
+kind: listener
+name: http
+port: 18080
+---
+kind: route
+name: api
+listener: http
+match: {prefix: /api}
+backends: [{cluster: web, weight: 3}]
+retries: {attempts: 2, on: [5xx]}
+rate_limit: {requests: 100, scope: fleet}
+---
+kind: route
+name: old
+listener: http
+match: {prefix: /old}
+redirect: {host: new.example, status: 308}
+---
+kind: route
+name: health
+listener: http
+match: {path: /health}
+direct_response: {status: 200, body: ok}
+"""
+    )
+    assert (await lbcp(url, "apply", "-f", str(doc))).code == 0
+    rows = (await lbcp(url, "get", "routes")).out.splitlines()
+    assert rows[0].split() == ["NAME", "LISTENER", "DOMAINS", "MATCH", "BACKENDS", "POLICY", "REVISION"]
+    by_name = {row.split()[0]: row.split()[1:-1] for row in rows[1:]}
+    assert by_name == {
+        "api": ["http", "*", "prefix=/api", "web:3", "retries,rate_limit(fleet)"],
+        "health": ["http", "*", "path=/health", "direct:200", "-"],
+        "old": ["http", "*", "prefix=/old", "redirect:308", "-"],
+    }
