@@ -13,7 +13,7 @@ from api.localcluster.demo import DemoBackend
 from api.localcluster.procs import free_port
 from controlplane.ring.tables import header_hash
 from controlplane.ring.watch import watch
-from tests.conftest import http_ok, wait_for
+from tests.conftest import http_ok, stop_backends, wait_for
 
 KEYS = 1000
 
@@ -146,8 +146,7 @@ async def test_envoys_agree_with_lookup(api, replica, replica2, envoys, lb) -> N
         assert abs(moved - sim["moved_fraction"]) < 0.05, (moved, sim["moved_fraction"])
         assert sim["moved_fraction"] >= sim["minimum_fraction"] - 0.01
     finally:
-        for d in demo:
-            d.stop()
+        stop_backends(demo)
 
 
 # Envoy hashes a cookie's value, the downstream source IP as a string ("127.0.0.5") and a
@@ -256,5 +255,4 @@ async def test_cookie_source_ip_and_query_parameter_go_where_the_ring_says(api, 
                 f"{[(v, got[v], want[v]) for v in wrong[:3]]}"
             )
     finally:
-        for d in demo:
-            d.stop()
+        stop_backends(demo)
