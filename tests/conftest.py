@@ -7,7 +7,10 @@ each other's objects and need no cleanup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -140,29 +143,9 @@ async def _replica(etcd_config: EtcdConfig, replica_id: str, **overrides: Any) -
 
 
 async def stop_replica(r: Any) -> None:
-    """`r.stop(grace=0)`, without waiting for its metrics server (http.server) to notice the
-    shutdown by itself, which it looks for every 0.5 s: a thread connects to it meanwhile,
-    which wakes it at once (a connection that sends nothing is answered by nothing)."""
-    import socket
-    import threading
-
-    port = r.metrics_port
-    done = threading.Event()
-
-    def wake() -> None:
-        while port is not None and not done.wait(0.01):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            except OSError:
-                return  # closed: nothing left to wake
-
-    waker = threading.Thread(target=wake, name="wake-metrics-server", daemon=True)
-    waker.start()
-    try:
+    """`r.stop(grace=0)`, without waiting for its metrics server's loop's next look (waking)."""
+    with waking([r.metrics_port] if r.metrics_port else []):
         await r.stop(grace=0)
-    finally:
-        done.set()
-        waker.join()
 
 
 @pytest.fixture
@@ -197,14 +180,37 @@ async def replica2(etcd_config: EtcdConfig) -> AsyncIterator:
         yield r
 
 
-def stop_backends(started: list) -> None:
-    """Stop demo backends all at once: each one's stop() waits for its server loop to
-    notice (it looks every 0.5 s), so one after the other costs up to 0.5 s apiece."""
-    from concurrent.futures import ThreadPoolExecutor
+@contextlib.contextmanager
+def waking(ports: list[int]) -> Iterator[None]:
+    """While the block runs, a thread connects to each of `ports` on 127.0.0.1 every 10 ms
+    (until it refuses): an http.server (demo backends, a replica's metrics) looks for a
+    shutdown request only after a connection or every 0.5 s, so its shutdown() in the block
+    returns at once. A connection that sends nothing is answered by nothing."""
+    done = threading.Event()
 
-    if started:
-        with ThreadPoolExecutor(len(started)) as pool:
-            list(pool.map(lambda b: b.stop(), started))
+    def wake() -> None:
+        left = list(ports)
+        while left and not done.wait(0.01):
+            for port in list(left):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                except OSError:
+                    left.remove(port)  # closed: nothing left to wake
+
+    waker = threading.Thread(target=wake, name="wake-http-servers", daemon=True)
+    waker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        waker.join()
+
+
+def stop_backends(started: list) -> None:
+    """Stop demo backends, each without waiting for its server loop's next look (waking)."""
+    with waking([b.port for b in started]):
+        for b in started:
+            b.stop()
 
 
 @pytest.fixture
