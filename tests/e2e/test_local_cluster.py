@@ -36,6 +36,13 @@ def _lbcp(state: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     return r
 
 
+def _http() -> httpx.Client:
+    """A client for many requests (httpx.get builds a client, SSL context included, each
+    time); `connection: close` keeps each request on a connection of its own, as before, so
+    the kernel spreads them over the Envoys sharing a listener."""
+    return httpx.Client(timeout=5, headers={"connection": "close"})
+
+
 @pytest.fixture
 def local_cluster(tmp_path: Path, request: pytest.FixtureRequest):
     """`lbcp up` in the foreground; `@pytest.mark.parametrize("local_cluster", [[ARGS]],
@@ -78,28 +85,27 @@ def test_up_apply_get_down(local_cluster) -> None:
     assert [e["address"] for e in doc["envoys"]] == ["127.0.1.1", "127.0.1.2"]
     assert all(set(b) == {"name", "address"} for b in doc["backends"])
     listener = doc["envoys"][0]["listener"]
-    # Both Envoys share the listener (SO_REUSEPORT): fresh connections reach each of them.
-    for _ in range(40):
-        assert httpx.get(f"http://{listener}/", headers={"connection": "close"}, timeout=5).status_code == 200
-    for e in doc["envoys"]:
-        stats = httpx.get(f"{e['admin']}/stats", params={"filter": "^http.http.downstream_rq_total$"}, timeout=5).text
-        assert int(stats.split(":")[1]) > 0, (e["node_id"], stats)
-    # A WebSocket through an Envoy reaches a demo backend, which greets and echoes.
-    with connect(f"ws://{listener}/chat", additional_headers={"x-user-id": "ws-user"}, open_timeout=5) as ws:
-        hello = ws.recv(timeout=5)
-        assert hello in {"web-1", "web-2", "web-3"}
-        ws.send("ping through envoy")
-        assert ws.recv(timeout=5) == "ping through envoy"
-    # Metrics endpoints listed in cluster.json answer.
-    for url in [doc["metrics"]["admin_api"], *doc["metrics"]["xds"]]:
-        assert "lbcp_" in httpx.get(url, timeout=5).text
-    # The demo route answers through Envoy, and the same user always lands on the same backend.
-    names = {
-        httpx.get(f"http://{listener}/", headers={"x-user-id": f"user-{i}"}, timeout=5).text.strip() for i in range(30)
-    }
-    assert names <= {"web-1", "web-2", "web-3"} and len(names) >= 2
-    alice = {httpx.get(f"http://{listener}/", headers={"x-user-id": "alice"}, timeout=5).text for _ in range(10)}
-    assert len(alice) == 1
+    with _http() as http:
+        # Both Envoys share the listener (SO_REUSEPORT): fresh connections reach each of them.
+        for _ in range(40):
+            assert http.get(f"http://{listener}/").status_code == 200
+        for e in doc["envoys"]:
+            stats = http.get(f"{e['admin']}/stats", params={"filter": "^http.http.downstream_rq_total$"}).text
+            assert int(stats.split(":")[1]) > 0, (e["node_id"], stats)
+        # A WebSocket through an Envoy reaches a demo backend, which greets and echoes.
+        with connect(f"ws://{listener}/chat", additional_headers={"x-user-id": "ws-user"}, open_timeout=5) as ws:
+            hello = ws.recv(timeout=5)
+            assert hello in {"web-1", "web-2", "web-3"}
+            ws.send("ping through envoy")
+            assert ws.recv(timeout=5) == "ping through envoy"
+        # Metrics endpoints listed in cluster.json answer.
+        for url in [doc["metrics"]["admin_api"], *doc["metrics"]["xds"]]:
+            assert "lbcp_" in http.get(url).text
+        # The demo route answers through Envoy, and the same user always lands on the same backend.
+        names = {http.get(f"http://{listener}/", headers={"x-user-id": f"user-{i}"}).text.strip() for i in range(30)}
+        assert names <= {"web-1", "web-2", "web-3"} and len(names) >= 2
+        alice = {http.get(f"http://{listener}/", headers={"x-user-id": "alice"}).text for _ in range(10)}
+        assert len(alice) == 1
 
     out = _lbcp(state, "apply", "-f", "docs/examples/demo.yaml").stdout
     assert "cluster shop created" in out and "backends of shop: +3" in out and "route shop created" in out
@@ -416,12 +422,12 @@ def _front_door_cli(state: Path, doc: dict) -> None:
     before = {a: requests(e) for a, e in by_address.items()}
     chosen: dict[str, int] = {}
     listener_port = doc["envoys"][0]["listener"].rsplit(":", 1)[1]
-    for _ in range(10):
-        r = dns.query.udp(dns.message.make_query(doc["dns"]["name"], "A"), host, port=int(port), timeout=2)
-        first = r.answer[0][0].address
-        chosen[first] = chosen.get(first, 0) + 1
-        ok = httpx.get(f"http://{first}:{listener_port}/", headers={"connection": "close"}, timeout=5)
-        assert ok.status_code == 200
+    with _http() as http:
+        for _ in range(10):
+            r = dns.query.udp(dns.message.make_query(doc["dns"]["name"], "A"), host, port=int(port), timeout=2)
+            first = r.answer[0][0].address
+            chosen[first] = chosen.get(first, 0) + 1
+            assert http.get(f"http://{first}:{listener_port}/").status_code == 200
     after = {a: requests(e) for a, e in by_address.items()}
     assert {a: after[a] - before[a] for a in by_address} == {a: chosen.get(a, 0) for a in by_address}
 
