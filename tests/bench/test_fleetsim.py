@@ -98,7 +98,7 @@ def test_intent_scale_smoke() -> None:
         prop_backends=2,
         prop_routes=5,
         prop_budget=60,
-        idle_window=0.5,
+        idle_window=0.1,
     )
     rows = r["write_rate"]
     assert [(w["kind"], w["existing"]) for w in rows] == [(k, n) for k in KINDS for n in (5, 20)]

@@ -19,7 +19,7 @@ from api.localcluster.procs import free_port
 from bench.fleetsim.fleet import Fleet, specs
 from controlplane.frontdoor.dns import DnsConfig, FrontDoorDns
 from controlplane.xds.registry import read_fleet
-from tests.conftest import apply_edge, wait_for
+from tests.conftest import apply_edge, stop_backends, wait_for
 
 REAL = {"flood-real-0": "127.0.1.91", "flood-real-1": "127.0.1.92"}
 SIMULATED = 1000  # idle, the old registry wrote each record again: ~1,000 puts in 5 s, 20 x the bound
@@ -105,4 +105,4 @@ async def test_a_flood_of_idle_streams_loses_no_record(api, etcd, etcd_cluster, 
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
         await front.stop()
-        demo.stop()
+        stop_backends([demo])
