@@ -247,7 +247,7 @@ def buckets(config_dump: Mapping[str, Any]) -> dict[str, Any] | None:
                 limit = route.get("typed_per_filter_config", {}).get(RATE_LIMIT_FILTER)
                 if not limit:
                     continue
-                bucket = limit["token_bucket"]
+                bucket = limit.get("config", limit)["token_bucket"]  # (a FilterConfig that enables the filter)
                 updated = rc.get("last_updated")
                 return {
                     "max_tokens": int(bucket["max_tokens"]),

@@ -33,11 +33,14 @@ def test_the_bucket_of_the_limited_route_and_when_the_envoy_applied_it() -> None
                                 {
                                     "typed_per_filter_config": {
                                         "envoy.filters.http.local_ratelimit": {
-                                            "token_bucket": {
-                                                "max_tokens": 171,
-                                                "tokens_per_fill": 171,
-                                                "fill_interval": "1s",
-                                            }
+                                            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                                            "config": {
+                                                "token_bucket": {
+                                                    "max_tokens": 171,
+                                                    "tokens_per_fill": 171,
+                                                    "fill_interval": "1s",
+                                                }
+                                            },
                                         }
                                     }
                                 },

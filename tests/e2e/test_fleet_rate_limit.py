@@ -80,7 +80,7 @@ async def _buckets(envoy) -> list[int]:
             for route in vh.get("routes", []):
                 limit = route.get("typed_per_filter_config", {}).get(RATE_LIMIT_FILTER)
                 if limit:
-                    out.append(int(limit["token_bucket"]["tokens_per_fill"]))
+                    out.append(int(limit["config"]["token_bucket"]["tokens_per_fill"]))  # (FilterConfig)
     return out
 
 
@@ -140,7 +140,7 @@ async def test_a_fleet_limit_is_divided_by_live_connections(api, etcd, make_repl
             if RATE_LIMIT_FILTER in r.get("typed_per_filter_config", {})
         ]
         assert (
-            limited["typed_per_filter_config"][RATE_LIMIT_FILTER]["token_bucket"]["tokens_per_fill"]
+            limited["typed_per_filter_config"][RATE_LIMIT_FILTER]["config"]["token_bucket"]["tokens_per_fill"]
             == (await _buckets(started["rl-0"]))[0]
         )
 

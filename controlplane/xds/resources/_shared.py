@@ -77,9 +77,10 @@ def _typed(name: str, msg: Message) -> xds_extension_pb2.TypedExtensionConfig:
     return xds_extension_pb2.TypedExtensionConfig(name=name, typed_config=_any(msg))
 
 
-# The HTTP filters every http listener carries, in this order, before the router. They do
-# nothing until a route configures them (typed_per_filter_config under these names), so a
-# route gaining or losing a policy changes only RDS, never the listener (no drain).
+# The HTTP filters every http listener carries, in this order, before the router, disabled:
+# a route turns one on with its config (typed_per_filter_config under these names), so a
+# route gaining or losing a policy changes only RDS, never the listener (no drain), and a
+# route without it pays nothing (Envoy creates no disabled filter for a request).
 CORS_FILTER = "envoy.filters.http.cors"
 FAULT_FILTER = "envoy.filters.http.fault"
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"

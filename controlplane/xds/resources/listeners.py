@@ -326,13 +326,15 @@ def listener_base(lst: Listener, msg: listener_pb2.Listener) -> ListenerBase:
 
 
 def _http_filters() -> list[hcm_pb2.HttpFilter]:
-    """CORS, fault and local rate limit, idle until a route configures them, then the router."""
+    """CORS, fault and local rate limit, disabled until a route turns one on (routes.enabled),
+    then the router. A disabled filter is not created for a request: idle, it costs nothing."""
     return [
-        hcm_pb2.HttpFilter(name=CORS_FILTER, typed_config=_any(cors_pb2.Cors())),
-        hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=_any(fault_pb2.HTTPFault())),
+        hcm_pb2.HttpFilter(name=CORS_FILTER, typed_config=_any(cors_pb2.Cors()), disabled=True),
+        hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=_any(fault_pb2.HTTPFault()), disabled=True),
         hcm_pb2.HttpFilter(
             name=RATE_LIMIT_FILTER,
             typed_config=_any(local_rate_limit_pb2.LocalRateLimit(stat_prefix=RATE_LIMIT_STAT_PREFIX)),
+            disabled=True,
         ),
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())),
     ]

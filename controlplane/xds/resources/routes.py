@@ -1,8 +1,11 @@
 """Route configurations (RDS): one virtual host per domain, routes in match order.
 
 Every route-level policy lives in the RouteConfiguration, never in the Listener: the HCM of
-every http listener carries idle CORS, fault and local rate-limit filters (`_shared`), and a
-route turns them on with `typed_per_filter_config` under their names. Changing a policy is an
+every http listener carries CORS, fault and local rate-limit filters (`_shared`) that are
+disabled by default, and a route turns one on with `typed_per_filter_config` under its name:
+a `FilterConfig` wrapper (`enabled`) whose `config` is the filter's per-route config. Envoy
+does not create a disabled filter for a request at all, so a route without the policy pays
+nothing for it (docs/benchmarks.md, "Idle HTTP filters per request"). Changing a policy is an
 RDS push, with no listener drain and no connection closed.
 
 What each field becomes, and the choices made on purpose (read from Envoy 1.40's source):
@@ -101,6 +104,7 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf.message import Message
 
 from controlplane.intent.model import (
     DIRECT_RESPONSE_MAX_BODY,
@@ -421,12 +425,17 @@ def _base_entry(r: Route) -> route_components_pb2.Route:
     if r.response_headers is not None:
         out.response_headers_to_remove.extend(r.response_headers.remove)
     if r.fault is not None:
-        out.typed_per_filter_config[FAULT_FILTER].CopyFrom(_any(_fault(r.fault)))
+        out.typed_per_filter_config[FAULT_FILTER].CopyFrom(enabled(_fault(r.fault)))
     if r.cors is not None:
-        out.typed_per_filter_config[CORS_FILTER].CopyFrom(_any(_cors(r.cors)))
+        out.typed_per_filter_config[CORS_FILTER].CopyFrom(enabled(_cors(r.cors)))
     if r.rate_limit is not None and r.rate_limit.scope != "fleet":
-        out.typed_per_filter_config[RATE_LIMIT_FILTER].CopyFrom(_any(_rate_limit(r.rate_limit, None)))
+        out.typed_per_filter_config[RATE_LIMIT_FILTER].CopyFrom(enabled(_rate_limit(r.rate_limit, None)))
     return out
+
+
+def enabled(config: Message) -> any_pb2.Any:
+    """A per-route filter config that also turns on its filter, disabled by default in the HCM."""
+    return _any(route_components_pb2.FilterConfig(config=_any(config)))
 
 
 # Route object -> its translation without the rate limit. Routes are frozen (pydantic) and the
@@ -456,7 +465,7 @@ def route_entry(r: Route, share: float | None = None) -> route_components_pb2.Ro
     out = route_components_pb2.Route()
     out.CopyFrom(_cached_base(r))
     if r.rate_limit is not None and r.rate_limit.scope == "fleet":
-        out.typed_per_filter_config[RATE_LIMIT_FILTER].CopyFrom(_any(_rate_limit(r.rate_limit, share)))
+        out.typed_per_filter_config[RATE_LIMIT_FILTER].CopyFrom(enabled(_rate_limit(r.rate_limit, share)))
     return out
 
 
@@ -487,6 +496,6 @@ def route_configuration(
             if r.rate_limit is not None and r.rate_limit.scope == "fleet":
                 limit = limits.get(id(r))
                 if limit is None:
-                    limit = limits[id(r)] = _any(_rate_limit(r.rate_limit, share))
+                    limit = limits[id(r)] = enabled(_rate_limit(r.rate_limit, share))
                 entry.typed_per_filter_config[RATE_LIMIT_FILTER].CopyFrom(limit)
     return rc

@@ -41,7 +41,10 @@ def entry(**fields: Any) -> route_components_pb2.Route:
 
 
 def unpack(e: route_components_pb2.Route, name: str, msg: Any) -> Any:
-    assert e.typed_per_filter_config[name].Unpack(msg)
+    """A per-route filter config, which also turns on the filter (disabled in the HCM)."""
+    wrapper = route_components_pb2.FilterConfig()
+    assert e.typed_per_filter_config[name].Unpack(wrapper) and not wrapper.disabled
+    assert wrapper.config.Unpack(msg)
     return msg
 
 
