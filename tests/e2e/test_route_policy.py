@@ -582,8 +582,9 @@ async def test_fault_delay_share(world: World) -> None:
     assert {s for s, _ in results} == {200}
     delayed = await w.counter(injected) - before
     assert _within(delayed, n, DELAY_PERCENT), (delayed, n)
-    # Each delayed request took at least the delay (a one-sided bound: a busy machine only adds).
-    assert sum(1 for _, t in results if t >= FAULT_DELAY) >= delayed
+    # Each delayed request took at least the delay (a one-sided bound: a busy machine only adds),
+    # less Envoy's timer granularity (it may fire a millisecond or so early: seen in CI, 45 of 46).
+    assert sum(1 for _, t in results if t >= FAULT_DELAY - 0.005) >= delayed
 
 
 # --- CORS ---------------------------------------------------------------------------------------
