@@ -48,8 +48,10 @@ import random
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -698,6 +700,8 @@ def main() -> int:
         ap.error(f"--kinds: some of {','.join(KINDS)}")
     if args.rounds < 1 or args.seconds < 1 or not 1 <= args.slice <= args.seconds:
         ap.error("--rounds >= 1, --seconds >= 1, 1 <= --slice <= --seconds")
+    # A SIGTERM ends the run through its `finally`, which stops every Envoy it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args.rounds, args.seconds, args.slice, args.connections, kinds, args.max_others, max(0, args.retries))
     out: Path = args.out
     out.write_text(json.dumps(result, indent=2) + "\n")
