@@ -7,6 +7,11 @@ already there, and propagation on a 10,000-cluster intent (bench/fleetsim/intent
 `fanout` is issue 18's scenario: delta clients only, one cluster, 10 backend additions 0.5 s
 apart (each converges alone), the replica's CPU per client per change.
 
+`fanout` and `convergence` take `--against go-control-plane`: the scenario runs on lbcp and
+on go-control-plane (bench/gocp, built with `make -C bench/gocp` when missing), `--rounds`
+times each, interleaved on the same simulator and cores, and prints both with the ratios
+lbcp / go-control-plane (bench/results/fleetsim-<scenario>-vs-gocp.json).
+
 Writes bench/results/fleetsim-<scenario>.json and, where it makes sense, a PNG
 (matplotlib, the `bench` extra; skipped with a note if it is not installed).
 """
@@ -16,8 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from bench.fleetsim import intent_scale, scenarios
+from bench.fleetsim import intent_scale, peer, scenarios
 from bench.plotting import pyplot
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -67,6 +73,28 @@ def _plot_bars(name: str, title: str, labels: list[str], values: list[float], yl
     print(f"wrote {RESULTS / f'fleetsim-{name}.png'}")
 
 
+def _versus(scenario: str, args: argparse.Namespace) -> None:
+    """The scenario on lbcp and on the peer, interleaved, for each --clients N."""
+    rows = []
+    for n in (int(x) for x in args.clients.split(",")):
+
+        def run(system: str, n: int = n) -> dict[str, Any]:
+            if scenario == "fanout":
+                return scenarios.convergence(
+                    n, 10, 2.0, clusters=1, backends=10, delta_share=1.0, workers=args.workers,
+                    xds_workers=args.xds_workers if system == "lbcp" else 1, against=system,
+                )  # fmt: skip
+            return scenarios.convergence(
+                n, args.changes, args.rate, workers=args.workers, delta_share=args.delta_share, against=system
+            )
+
+        print(f"{scenario} N={n}: lbcp vs {args.against}, {args.rounds} round(s) each, interleaved", flush=True)
+        rows.append({"scenario": scenario, "clients": n, **scenarios.versus(run, args.against, args.rounds)})
+    name = f"{scenario}-vs-gocp"
+    _save(name, rows)
+    print(f"wrote {RESULTS / f'fleetsim-{name}.json'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fleetsim")
     ap.add_argument(
@@ -100,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="convergence: xDS replica processes (clients spread over them); write-rate: replicas running meanwhile",
     )
+    ap.add_argument(
+        "--against",
+        choices=["lbcp", *peer.PEERS],
+        default="lbcp",
+        help="fanout, convergence: also run the scenario on this peer control plane, interleaved, and compare",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="--against: runs of each system, interleaved")
     g = ap.add_argument_group("intent-scale")
     g.add_argument("--sizes", default="100,1000,10000", help="objects of the kind already there")
     g.add_argument("--writes", type=int, default=500, help="new objects timed per kind and size")
@@ -118,7 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--out", default="intent-scale", help="results name: bench/results/fleetsim-<out>.json")
     args = ap.parse_args(argv)
     todo = ["convergence", "burst", "reconnect", "big-eds", "write-rate"] if args.scenario == "all" else [args.scenario]
+    if args.against != "lbcp":
+        if args.scenario not in ("fanout", "convergence"):
+            ap.error("--against is for fanout and convergence")
+        if args.replicas != 1:
+            ap.error("--against runs one replica of each system")
+        peer.build()
     for s in todo:
+        if s in ("fanout", "convergence") and args.against != "lbcp":
+            _versus(s, args)
+            continue
         if s == "intent-scale":
             max_size = {k: int(v) for k, _, v in (p.partition("=") for p in args.max_size.split(",") if p)}
             r = intent_scale.intent_scale(

@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 
 from bench.fleetsim.fleet import Fleet, specs
+from bench.fleetsim.peer import PeerStack
 from bench.fleetsim.stack import Stack, cpu_seconds, rss_bytes
 
 CHANGE_PORT = 20000  # changed/added backends get ports from here: how clients recognise them
@@ -20,10 +21,15 @@ CHANGE_PORT = 20000  # changed/added backends get ports from here: how clients r
 
 @contextlib.contextmanager
 def _running(
-    replicas: int = 1, registry_interval: float = 0.2, xds_workers: int = 1, api_workers: int = 1
-) -> Iterator[tuple[Stack, httpx.Client, list[Fleet]]]:
-    """A started stack and an API client; fleets appended to the list are stopped first."""
-    stack = Stack(replicas, registry_interval=registry_interval, xds_workers=xds_workers, api_workers=api_workers)
+    replicas: int = 1, registry_interval: float = 0.2, xds_workers: int = 1, api_workers: int = 1, against: str = "lbcp"
+) -> Iterator[tuple[Any, httpx.Client, list[Fleet]]]:
+    """A started stack (lbcp's, or with `against` a peer's: `PeerStack`) and an API client;
+    fleets appended to the list are stopped first."""
+    stack: Stack | PeerStack
+    if against == "lbcp":
+        stack = Stack(replicas, registry_interval=registry_interval, xds_workers=xds_workers, api_workers=api_workers)
+    else:
+        stack = PeerStack(against)
     stack.start()
     fleets: list[Fleet] = []
     try:
@@ -136,10 +142,14 @@ def convergence(
     registry_interval: float = 0.2,
     replicas: int = 1,
     xds_workers: int = 1,
+    against: str = "lbcp",
 ) -> dict:
-    with _running(replicas, registry_interval, xds_workers) as (stack, api, fleets):
+    """`against`: "lbcp", or a peer control plane (bench/fleetsim/peer.py) in its place: one
+    process, no etcd, no lbcp metrics (the result has none of lbcp's metrics for it)."""
+    with _running(replicas, registry_interval, xds_workers, against=against) as (stack, api, fleets):
+        lbcp = against == "lbcp"
         seed(api, clusters, backends)
-        pids, api_pid = [r.pid for r in stack.replicas], stack.api.pid
+        pids, api_pid = [r.pid for r in stack.replicas], stack.api.pid if lbcp else None
         time.sleep(1.0)
         rss0 = sum(rss_bytes(p) for p in pids)
         fleet = Fleet(stack.targets, specs(n, delta_share), workers)
@@ -147,7 +157,8 @@ def convergence(
         connect = fleet.start(timeout=600)
         time.sleep(2.0)
         rss1 = sum(rss_bytes(p) for p in pids)
-        c0, cpu0, api0, m0 = fleet.counters(), sum(cpu_seconds(p) for p in pids), cpu_seconds(api_pid), scrape(stack)
+        c0, cpu0 = fleet.counters(), sum(cpu_seconds(p) for p in pids)
+        api0, m0 = (cpu_seconds(api_pid), scrape(stack)) if api_pid is not None else (0.0, {})
         t2xx: dict[int, float] = {}
         start = time.monotonic()
         for i in range(changes):
@@ -162,12 +173,14 @@ def convergence(
             t2xx[port] = time.monotonic()
         ports = list(t2xx)
         converged = fleet.wait_seen(ports, timeout=300)
-        cpu1, api1, c1, m1 = sum(cpu_seconds(p) for p in pids), cpu_seconds(api_pid), fleet.counters(), scrape(stack)
+        cpu1, c1 = sum(cpu_seconds(p) for p in pids), fleet.counters()
+        api1, m1 = (cpu_seconds(api_pid), scrape(stack)) if api_pid is not None else (0.0, {})
         seen = fleet.seen(ports)
         per_change = [max(t for t in seen[p] if t is not None) - t2xx[p] for p in ports if any(seen[p])]
         per_client = [t - t2xx[p] for p in ports for t in seen[p] if t is not None]
         result = {
             "scenario": "convergence",
+            "against": against,
             "clients": n,
             "replicas": replicas,
             "xds_workers": xds_workers,
@@ -186,12 +199,17 @@ def convergence(
             "per_client_ms": {"p50": pct(per_client, 50) * 1e3, "p99": pct(per_client, 99) * 1e3},
             "replica_cpu_ms_per_change": (cpu1 - cpu0) / changes * 1e3,
             "replica_cpu_us_per_client_change": (cpu1 - cpu0) / changes / n * 1e6,
-            "api_cpu_ms_per_change": (api1 - api0) / changes * 1e3,
+            "api_cpu_ms_per_change": (api1 - api0) / changes * 1e3 if lbcp else None,
             "rss_idle_mb": rss0 / 2**20,
             "rss_with_clients_mb": rss1 / 2**20,
             "rss_per_client_kb": (rss1 - rss0) / n / 1024,
             "bytes_per_change_per_client": _bytes_by_protocol(c0, c1, changes),
             "violations": sum(c["violations"] for c in c1),
+            "responses_per_client": _responses(c0, c1),  # as the clients counted them, every type
+        }
+        if not lbcp:  # the rest is lbcp's own metrics
+            return _print_peer(result)
+        result |= {
             "snapshots_published": (m1["lbcp_snapshot_builds_total"] - m0["lbcp_snapshot_builds_total"]) / replicas,
             "eds_pushes_per_client": (m1["lbcp_xds_pushes_total{type=eds}"] - m0["lbcp_xds_pushes_total{type=eds}"])
             / n,
@@ -223,6 +241,62 @@ def convergence(
             flush=True,
         )
         return result
+
+
+def _print_peer(result: dict[str, Any]) -> dict[str, Any]:
+    lc, b = result["last_client_ms"], result["bytes_per_change_per_client"]
+    print(
+        f"convergence N={result['clients']} against {result['against']}: API 2xx -> last client p50 {lc['p50']:.0f} "
+        f"ms, p99 {lc['p99']:.0f} ms, max {lc['max']:.0f} ms; CPU {result['replica_cpu_ms_per_change']:.1f} "
+        f"ms/change ({result['replica_cpu_us_per_client_change']:.0f} µs per client); RSS "
+        f"{result['rss_per_client_kb']:.0f} KB/client, idle {result['rss_idle_mb']:.1f} MB; bytes/change/client "
+        f"delta {b['delta']:.0f}, SotW {b['sotw']:.0f}; {result['responses_per_client']:.1f} responses/client for "
+        f"{result['changes']} changes; violations {result['violations']}",
+        flush=True,
+    )
+    return result
+
+
+# What `versus` compares, from each run's result: (label, key path, unit).
+_VERSUS_METRICS = (
+    ("convergence p50", ("last_client_ms", "p50"), "ms"),
+    ("convergence p99", ("last_client_ms", "p99"), "ms"),
+    ("CPU per client per change", ("replica_cpu_us_per_client_change",), "µs"),
+    ("RSS per client", ("rss_per_client_kb",), "KB"),
+    ("idle RSS", ("rss_idle_mb",), "MB"),
+)
+
+
+def versus(run: Callable[[str], dict[str, Any]], against: str, rounds: int = 2) -> dict[str, Any]:
+    """`run(system)` (a scenario for one system: "lbcp" or the peer) `rounds` times each,
+    interleaved (lbcp, peer, lbcp, peer, ...) on the same simulator and cores; prints each
+    system's medians over the rounds and the ratios lbcp / peer."""
+    runs: dict[str, list[dict[str, Any]]] = {"lbcp": [], against: []}
+    for i in range(rounds):
+        for system in runs:
+            print(f"-- round {i + 1}/{rounds}: {system}", flush=True)
+            runs[system].append(run(system))
+
+    def value(r: dict[str, Any], path: tuple[str, ...]) -> float:
+        v: Any = r
+        for k in path:
+            v = v[k]
+        return float(v)
+
+    medians = {
+        system: {label: statistics.median(value(r, path) for r in rs) for label, path, _ in _VERSUS_METRICS}
+        for system, rs in runs.items()
+    }
+    ratios = {
+        label: medians["lbcp"][label] / medians[against][label] if medians[against][label] else float("nan")
+        for label, _, _ in _VERSUS_METRICS
+    }
+    width = max(len(label) for label, _, _ in _VERSUS_METRICS)
+    print(f"{'median of ' + str(rounds) + ' rounds':<{width + 5}} {'lbcp':>12} {against:>18} {'lbcp/peer':>10}")
+    for label, _, unit in _VERSUS_METRICS:
+        lb, peer = medians["lbcp"][label], medians[against][label]
+        print(f"{label + ' (' + unit + ')':<{width + 5}} {lb:>12.1f} {peer:>18.1f} {ratios[label]:>9.2f}x", flush=True)
+    return {"against": against, "rounds": rounds, "medians": medians, "ratios_lbcp_over_peer": ratios, "runs": runs}
 
 
 # -- 2. burst ------------------------------------------------------------------------------------
