@@ -3,17 +3,25 @@
 # missing, installs Debian's etcd-server (as root) or says what to install.
 PYTHON ?= python3
 VENV := .venv
+# rustup installs cargo here; a fresh shell (CI) may not have it on PATH yet.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+# The native xDS core (native/, Rust): pip builds it into controlplane/_native with maturin.
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock $(shell find native/src -name '*.rs' 2>/dev/null)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint deps etcd frontdoor-tools browser lock protos clean
+.PHONY: run test lint deps etcd frontdoor-tools browser lock protos clean rust native-test gocp
 
 run: deps
 	$(BIN)/lbcp up
 
-test: deps browser lint
+test: deps browser lint native-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The native core's own tests: the per-stream protocol state machines (SotW and delta).
+native-test: rust
+	cargo test --release -q --manifest-path native/Cargo.toml
 
 # Lint, format and types (pinned in constraints.txt); `make test` runs it first, so CI fails
 # on a new finding. Config in pyproject.toml ([tool.ruff], [tool.mypy]).
@@ -22,14 +30,26 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
+	cargo fmt --check --manifest-path native/Cargo.toml
 
 deps: $(STAMP) etcd frontdoor-tools $(BIN)/promtool
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(NATIVE_SOURCES) | rust
+	@test -d native/target/release || echo "building the native xDS core (Rust, once: about 2 minutes on 2 cores)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
+
+# Rust (cargo, rustc >= 1.88) builds the native core. Debian's packages are older than the
+# crates need; rustup (https://rustup.rs) installs a current toolchain.
+rust:
+	@command -v cargo >/dev/null 2>&1 || { \
+	  echo "Rust is not installed: the native xDS core needs cargo and rustc >= 1.88 (https://rustup.rs)" >&2; exit 1; }
+
+# go-control-plane, the benchmarks' peer (bench/gocp; Go from the Go module proxy).
+gocp:
+	$(MAKE) -C bench/gocp
 
 etcd:
 	@command -v etcd >/dev/null 2>&1 || { \

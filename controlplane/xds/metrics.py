@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from controlplane.intent.certificates import info
 from controlplane.metrics import BUILD_BUCKETS, LATENCY_BUCKETS, RingMetrics
@@ -88,6 +89,7 @@ class XdsMetrics:
         # entry in O(1), not by scanning every stream's, which a reconnect storm made O(n²))
         self._last_pushed: dict[int, dict[str, int]] = {}
         self._per_type: dict[str, _TypeMetrics] = {}
+        self._native = False
 
     # -- StreamObserver ------------------------------------------------------------------------
 
@@ -102,6 +104,14 @@ class XdsMetrics:
         seen = self._seen.get(stream.acked_revision)
         if seen is not None:
             self.convergence.labels(stream.fleet).observe(time.monotonic() - seen)
+
+    def use_core(self, collector: Collector) -> None:
+        """Pushes, their bytes and resources, ACK latency and queue time are counted by the
+        native core (a push or an ACK never reaches Python): read them from `collector`."""
+        for m in (self.pushes, self.push_bytes, self.push_resources, self.ack_seconds, self.queue):
+            self._registry.unregister(m)
+        self._registry.register(collector)
+        self._native = True
 
     def _of(self, type_url: str) -> _TypeMetrics:
         # Labelled children looked up once per type, not on every push and ACK of every stream.
@@ -118,6 +128,8 @@ class XdsMetrics:
         return m
 
     def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None:
+        if self._native:
+            return
         m = self._of(type_url)
         m.pushes.inc()
         m.push_bytes.inc(nbytes)
@@ -135,7 +147,8 @@ class XdsMetrics:
         self.nacks.labels(_short(type_url), stream.fleet).inc()
 
     def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
-        self._of(type_url).ack_seconds.observe(latency)
+        if not self._native:
+            self._of(type_url).ack_seconds.observe(latency)
 
     # -- cache -------------------------------------------------------------------------------
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -22,6 +21,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.identity import IdentityError, IdentityRule
 from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, HASH_RING_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from controlplane.xds.server.admission import KEEPALIVE_SECONDS, Admission, NodeClaims
 from controlplane.xds.server.common import BaseStream, NodeInfo, RequestBounds, StreamObserver, StreamRejected
 from controlplane.xds.server.delta import DeltaStream
 from controlplane.xds.server.sotw import SotwStream
@@ -30,9 +30,6 @@ from controlplane.xds.snapshot import ld, set_version
 log = logging.getLogger(__name__)
 
 SLOW_WRITE = 0.5  # seconds a write may block before its stream stops holding back publishes
-# The server pings every connection this often (and drops it when a ping goes unanswered for
-# half as long): how soon a silently dead Envoy connection ends its stream and frees its node id.
-KEEPALIVE_SECONDS = 10
 
 _SERVICES = {
     "envoy.service.cluster.v3.ClusterDiscoveryService": ("Clusters", CLUSTER_TYPE),
@@ -62,13 +59,7 @@ class ServerLimits:
     max_request_bytes: int = 4 * 1024 * 1024
 
 
-class NodeClaims(Protocol):
-    """Who decides, fleet-wide, whether a stream may speak for its node id (the registry)."""
-
-    async def claim(self, stream: BaseStream) -> str | None: ...
-
-
-class XdsService:
+class XdsService(Admission):
     def __init__(
         self,
         cache: SnapshotCache,
@@ -85,11 +76,8 @@ class XdsService:
         cache.fanout_busy = lambda: bool(self._behind)
         self.observers = observers or []
         self.limits = limits or ServerLimits()
-        self.streams: dict[int, BaseStream] = {}
-        self.by_node: dict[str, BaseStream] = {}  # node id -> its one stream on this replica
-        self.claims = claims
         self.identity = identity  # with mTLS: the rule binding node ids to client certificates
-        self._allow = {fleet: [re.compile(p) for p in pats] for fleet, pats in self.limits.node_allow}
+        Admission.__init__(self, self.limits, claims)
         self._ticker: asyncio.Task[None] | None = None
 
     async def _tick(self) -> None:
@@ -159,14 +147,6 @@ class XdsService:
             return ld(1, version.encode()) + b"".join(entries[n].sotw_chunk for n in names) + ld(4, type_url.encode())
 
         return fetch
-
-    def _admitted(self, node: NodeInfo) -> str | None:
-        if not node.id:
-            return "node.id is required"
-        pats = self._allow.get(node.fleet)
-        if pats is not None and not any(p.fullmatch(node.id) for p in pats):
-            return f"node {node.id!r} is not allowed in fleet {node.fleet!r}"
-        return None
 
     async def _serve(
         self,
@@ -291,39 +271,6 @@ class XdsService:
         if s.evicted is not None:
             context.set_code(s.evicted.code)
             context.set_details(s.evicted.message)
-
-    async def _claim(self, s: BaseStream) -> str | None:
-        """One stream per node id: on this replica first, then fleet-wide (`claims`). A
-        newer stream replaces the one it finds only with the same node-bound identity."""
-        node_id = s.node.id
-        old = self.by_node.get(node_id)
-        if old is not None:
-            same = s.identity is not None and s.identity.node_bound and old.identity == s.identity
-            if not same:
-                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(old.connected_since))
-                return (
-                    f"node {node_id!r} already has a live xDS stream on this replica (from {old.node.peer!r}, "
-                    f"since {since}); a second stream is refused unless it presents the same node-bound "
-                    f"client certificate identity. A dead connection is closed within {KEEPALIVE_SECONDS * 1.5:.0f}s "
-                    "by the server's keepalive, and the Envoy's next retry then gets in"
-                )
-        self.by_node[node_id] = s
-        refusal = await self.claims.claim(s) if self.claims is not None else None
-        if refusal is not None:
-            if self.by_node.get(node_id) is s:
-                if old is not None and old.id in self.streams:
-                    self.by_node[node_id] = old
-                else:
-                    del self.by_node[node_id]
-            return refusal
-        if old is not None and old.id in self.streams:
-            old.evict(
-                StreamRejected(
-                    grpc.StatusCode.ABORTED,
-                    f"node {node_id!r} was replaced by a newer stream with the same identity from {s.node.peer!r}",
-                )
-            )
-        return None
 
     def _published(self) -> None:
         # A stream stuck writing to a slow client (for over SLOW_WRITE seconds) is not waited

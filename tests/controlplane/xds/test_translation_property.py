@@ -549,7 +549,15 @@ def test_what_validates_envoy_accepts(tmp_path_factory) -> None:
     tally: Counter[str] = Counter()
 
     # Slow on purpose (a real Envoy per example); the filter health check stays on.
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    # Derandomized: the same worlds every run, so the coverage floors below (MIN_WITH) cannot
+    # fail by the luck of a draw (CI once drew 2 fleet-share worlds of the 3 asked for).
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(world=worlds())
     @example(world=EVERY_POLICY_FORWARDING)
     @example(world=EVERY_POLICY_ANSWERING)
