@@ -35,7 +35,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "controlplane.workers": (),  # a process supervisor: knows nothing of what it runs
     "controlplane.intent": GROUND,
     "controlplane.ring.tables": (*GROUND, "controlplane.intent.model"),
-    "controlplane.xds": (*GROUND, "controlplane.intent", "controlplane.ring.tables", "controlplane.gen"),
+    # The native core (controlplane._native, Rust) serves xDS streams: only xds/ talks to it.
+    "controlplane.xds": (
+        *GROUND,
+        "controlplane.intent",
+        "controlplane.ring.tables",
+        "controlplane.gen",
+        "controlplane._native",
+    ),
     # The replica runs the mover (one room up: it uses the registry and the front tier).
     "controlplane.xds.replica": (
         *GROUND,

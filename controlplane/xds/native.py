@@ -41,9 +41,8 @@ from controlplane.xds.resources import (
     TYPE_ORDER,
     gate_assignment,
 )
-from controlplane.xds.server.admission import KEEPALIVE_SECONDS, Admission, NodeClaims
+from controlplane.xds.server.admission import KEEPALIVE_SECONDS, Admission, NodeClaims, ServerLimits
 from controlplane.xds.server.common import BaseStream, Nack, NodeInfo, StreamObserver, StreamRejected, TypeState
-from controlplane.xds.server.service import ServerLimits
 from controlplane.xds.snapshot import Entry, Snapshot, Table, make_entry
 
 if TYPE_CHECKING:

@@ -30,8 +30,9 @@ from controlplane.xds.metrics import LoadCollector, PollerCollector, XdsMetrics
 from controlplane.xds.native import CoreCollector, NativeService
 from controlplane.xds.probe import FrontPolicy, FrontProber
 from controlplane.xds.registry import FleetRegistry
+from controlplane.xds.server.admission import ServerLimits
 from controlplane.xds.server.common import StreamObserver
-from controlplane.xds.server.service import ServerLimits, XdsService, server_options
+from controlplane.xds.server.service import XdsService, server_options
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ class ReplicaConfig:
     moves_interval: float = 0.25  # the mover's tick (evacuations, rebalancing); 0: this replica never moves
     reuse_port: bool = False  # share the port with other replica processes (SO_REUSEPORT; xds/workers.py)
     # Who serves the streams: "native" (the Rust core, controlplane/xds/native.py) or "aio"
-    # (grpc.aio, controlplane/xds/server/service.py), until the native core replaces it.
-    transport: str = field(default_factory=lambda: os.environ.get("LBCP_XDS_TRANSPORT", "aio"))
+    # (grpc.aio, controlplane/xds/server/service.py, kept until the native core has run a
+    # release; LBCP_XDS_TRANSPORT=aio selects it everywhere).
+    transport: str = field(default_factory=lambda: os.environ.get("LBCP_XDS_TRANSPORT", "native"))
 
     def __post_init__(self) -> None:
         if not self.replica_id:

@@ -477,7 +477,13 @@ async fn run_stream<R: XdsRequest>(
 ) {
     let first = match inbound.message().await {
         Ok(Some(r)) => r,
-        _ => return,
+        Ok(None) => return,
+        Err(status) => {
+            if let Some(status) = request_error(status) {
+                let _ = tx.send(Err(status)).await;
+            }
+            return;
+        }
     };
     let node = first.node().cloned().unwrap_or_default();
     let ident = NodeIdent::decode(node.clone()).unwrap_or_default();
@@ -633,7 +639,8 @@ async fn serve<R: XdsRequest>(
                         return Some(Status::new(r.code, r.message));
                     }
                 }
-                Ok(None) | Err(_) => return None,
+                Ok(None) => return None,
+                Err(status) => return request_error(status),
             },
             changed = snaps.changed() => {
                 if changed.is_err() {
@@ -654,6 +661,21 @@ async fn serve<R: XdsRequest>(
                 }
             }
         }
+    }
+}
+
+/// The status a stream ends with after reading a request failed: None when the client went
+/// away; a request over the size bound is RESOURCE_EXHAUSTED (what gRPC's own servers say).
+fn request_error(status: Status) -> Option<Status> {
+    match status.code() {
+        Code::OutOfRange if status.message().contains("too large") => {
+            Some(Status::resource_exhausted(format!(
+                "request refused: {}; this replica accepts requests up to --max-request-bytes",
+                status.message()
+            )))
+        }
+        Code::Cancelled | Code::Unknown | Code::Unavailable => None,
+        _ => Some(status),
     }
 }
 

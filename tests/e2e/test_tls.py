@@ -165,7 +165,7 @@ async def test_envoy_over_mutual_tls_to_the_replica(
 
     from controlplane.xds.bootstrap import XdsTLS
     from controlplane.xds.replica import ReplicaConfig, XdsReplica
-    from controlplane.xds.server.service import ServerLimits
+    from controlplane.xds.server.admission import ServerLimits
     from tests.conftest import http_ok, wait_for
 
     tls = (Path(pki["cert"]).read_bytes(), Path(pki["key"]).read_bytes(), Path(pki["ca"]).read_bytes())

@@ -5,18 +5,33 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
-from controlplane.xds.server.common import BaseStream, NodeInfo, StreamRejected
-
-if TYPE_CHECKING:
-    from controlplane.xds.server.service import ServerLimits
+from controlplane.xds.server.common import BaseStream, NodeInfo, RequestBounds, StreamRejected
 
 # The server pings every connection this often (and drops it when a ping goes unanswered for
 # half as long): how soon a silently dead Envoy connection ends its stream and frees its node id.
 KEEPALIVE_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_streams: int = 20_000
+    # Stream admission by node id per fleet: {fleet: [regex, ...]}; a fleet not listed is open.
+    node_allow: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # How long one write to a stream may block before the stream is considered stuck.
+    write_timeout: float = 30.0
+    # How long a response may go unanswered (no ACK, no NACK) before the stream is considered
+    # stuck. Envoy answers each response as soon as it has applied it; a client that stops
+    # reading never answers, and would otherwise hold its stream (and memory) forever.
+    ack_timeout: float = 60.0
+    # What one client may make a replica hold (node, metadata, subscriptions, NACK messages).
+    bounds: RequestBounds = RequestBounds()
+    # Largest request message accepted (gRPC answers RESOURCE_EXHAUSTED above it).
+    max_request_bytes: int = 4 * 1024 * 1024
 
 
 class NodeClaims(Protocol):

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -21,8 +20,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.identity import IdentityError, IdentityRule
 from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, HASH_RING_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from controlplane.xds.server.admission import KEEPALIVE_SECONDS, Admission, NodeClaims
-from controlplane.xds.server.common import BaseStream, NodeInfo, RequestBounds, StreamObserver, StreamRejected
+from controlplane.xds.server.admission import KEEPALIVE_SECONDS, Admission, NodeClaims, ServerLimits
+from controlplane.xds.server.common import BaseStream, NodeInfo, StreamObserver, StreamRejected
 from controlplane.xds.server.delta import DeltaStream
 from controlplane.xds.server.sotw import SotwStream
 from controlplane.xds.snapshot import ld, set_version
@@ -40,23 +39,6 @@ _SERVICES = {
 
 # A stream-stream handler: the request iterator and the servicer context (requests are envoy protos).
 Handler = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    max_streams: int = 20_000
-    # Stream admission by node id per fleet: {fleet: [regex, ...]}; a fleet not listed is open.
-    node_allow: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    # How long one write to a stream may block before the stream is considered stuck.
-    write_timeout: float = 30.0
-    # How long a response may go unanswered (no ACK, no NACK) before the stream is considered
-    # stuck. Envoy answers each response as soon as it has applied it; a client that stops
-    # reading never answers, and would otherwise hold its stream (and memory) forever.
-    ack_timeout: float = 60.0
-    # What one client may make a replica hold (node, metadata, subscriptions, NACK messages).
-    bounds: RequestBounds = RequestBounds()
-    # Largest request message accepted (gRPC answers RESOURCE_EXHAUSTED above it).
-    max_request_bytes: int = 4 * 1024 * 1024
 
 
 class XdsService(Admission):

@@ -8,7 +8,7 @@ from controlplane.etcd import EtcdConfig
 from controlplane.xds.client import AdsClient
 from controlplane.xds.replica import ReplicaConfig, XdsReplica
 from controlplane.xds.resources import CLUSTER_TYPE
-from controlplane.xds.server.service import ServerLimits
+from controlplane.xds.server.admission import ServerLimits
 
 
 async def _first(replica, node: str, fleet: str = "default"):

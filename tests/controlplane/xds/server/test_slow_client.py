@@ -14,7 +14,7 @@ from controlplane.intent.store import ReplaceBackends, Store
 from controlplane.xds.client import AdsClient
 from controlplane.xds.replica import ReplicaConfig, XdsReplica
 from controlplane.xds.resources import ENDPOINT_TYPE
-from controlplane.xds.server.service import ServerLimits
+from controlplane.xds.server.admission import ServerLimits
 from tests.conftest import wait_for
 
 BIG = 5000  # endpoints: one assignment (~350 KB) is far more than gRPC's flow-control windows
