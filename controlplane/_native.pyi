@@ -46,6 +46,7 @@ class Core:
         max_types: int = 16,
         max_nack_message: int = 4096,
         watched: dict[str, str] = ...,
+        short_names: dict[str, str] = ...,
     ) -> None: ...
     def events(self) -> tuple[list[Event], list[tuple[int, int, float, int]]]:
         """Everything queued since the last call: (events, [(stream id, synced revision or 0,
@@ -61,6 +62,8 @@ class Core:
     def set_overlay(self, sid: int, type_url: str, entries: list[EntryRow]) -> None:
         """Replace a stream's own entries of one type (empty: it is served its fleet's)."""
     def stream_states(self, sids: list[int]) -> list[dict[str, Any] | None]: ...
+    def records(self, sids: list[int]) -> list[bytes | None]:
+        """Each stream's protocol state as the inside of a JSON object (for the registry)."""
     def metrics(self) -> list[TypeMetrics]: ...
     def stop(self, grace: float = 1.0) -> None: ...
 

@@ -18,6 +18,7 @@ ever. The core owns the sockets and the whole per-stream protocol. The boundary 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
@@ -88,6 +89,9 @@ class NativeStream(BaseStream):
         # What this stream's own entries were last built from, per type (the core holds them).
         self._gate_set: tuple[str, bool] | None = None
         self._own_versions: dict[str, dict[str, str]] = {}
+        # The record's facts as JSON, and the objects they were made from (the pollers
+        # replace front, load and health with new objects when they change).
+        self._facts: tuple[tuple[object, ...], bytes] | None = None
 
     @property
     def types(self) -> dict[str, TypeState]:
@@ -111,6 +115,18 @@ class NativeStream(BaseStream):
     @types.setter
     def types(self, value: dict[str, TypeState]) -> None:
         pass  # BaseStream's own table: the core keeps the state
+
+    def record(self, replica: str, now: float) -> bytes | None:
+        """The registry record: the facts (JSON made again only when they change) joined
+        with the protocol state the core writes as JSON."""
+        protocol = self._core.records([self.id])[0]
+        if protocol is None:
+            return None
+        key = (self.front, self.load, self.load_error, self.front_health, self.identity)
+        if self._facts is None or any(a is not b for a, b in zip(key, self._facts[0], strict=True)):
+            self._facts = (key, json.dumps(self.facts())[1:-1].encode())
+        tail = json.dumps({"replica": replica, "updated": now})[1:-1].encode()
+        return b"{" + self._facts[1] + b"," + protocol + b"," + tail + b"}"
 
     def evict(self, reason: StreamRejected) -> None:
         self.evicted = reason
@@ -190,6 +206,7 @@ class NativeService(Admission):
             max_types=b.max_types,
             max_nack_message=b.max_nack_message,
             watched=_WATCHED,
+            short_names=SHORT_NAMES,
         )
         asyncio.get_running_loop().add_reader(self.core.event_fd, self._drain)
         if self.cache.ready:

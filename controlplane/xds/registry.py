@@ -545,6 +545,9 @@ class FleetRegistry:
         return len(ops)
 
     def _record(self, s: BaseStream, now: float) -> bytes:
+        fast = s.record(self.replica, now)
+        if fast is not None and len(fast) <= _MAX_RECORD_BYTES:
+            return fast
         doc = {**s.as_dict(), "replica": self.replica, "updated": now}
         raw = json.dumps(doc).encode()
         if len(raw) <= _MAX_RECORD_BYTES:

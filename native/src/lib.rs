@@ -75,6 +75,8 @@ struct Core {
     #[pyo3(get)]
     port: u16,
     shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// Type URL -> the registry record's name for it.
+    short_names: HashMap<String, String>,
 }
 
 #[pymethods]
@@ -84,7 +86,7 @@ impl Core {
         host, port, *, tls=None, reuse_port=false, threads=2, max_streams=20_000,
         max_request_bytes=4 << 20, write_timeout=30.0, ack_timeout=60.0, max_connection_age=1800.0,
         max_connection_age_grace=60.0, keepalive=10.0, max_names_per_type=20_000, max_types=16,
-        max_nack_message=4096, watched=HashMap::new(),
+        max_nack_message=4096, watched=HashMap::new(), short_names=HashMap::new(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -105,6 +107,7 @@ impl Core {
         max_types: usize,
         max_nack_message: usize,
         watched: HashMap<String, String>,
+        short_names: HashMap<String, String>,
     ) -> PyResult<Core> {
         let limits = Limits {
             max_streams,
@@ -188,6 +191,7 @@ impl Core {
             runtime: Mutex::new(Some(runtime)),
             port,
             shutdown: Mutex::new(Some(stop_tx)),
+            short_names,
         })
     }
 
@@ -398,6 +402,45 @@ impl Core {
             out.push(Some(d));
         }
         Ok(out)
+    }
+
+    /// Each stream's protocol state as the inside of a JSON object (no braces), for the
+    /// registry's record: `"protocol": .., "acked_revision": .., "types": {short name: {..}}`;
+    /// None when the stream is gone. Types are named by `short_names` (construction).
+    fn records<'py>(&self, py: Python<'py>, sids: Vec<u64>) -> Vec<Option<Bound<'py, PyBytes>>> {
+        let short = &self.short_names;
+        sids.into_iter()
+            .map(|sid| {
+                let h = self.shared.handle(sid)?;
+                let guard = h.state.lock().expect("state");
+                let s = guard.as_ref()?;
+                let mut types = serde_json::Map::new();
+                for (t, st) in s.type_states() {
+                    let nack = st.nack.as_ref().map(|n| {
+                        serde_json::json!({"version": n.version, "message": n.message, "at": n.at, "revision": n.revision})
+                    });
+                    let name = short.get(t).cloned().unwrap_or_else(|| t.clone());
+                    types.insert(
+                        name,
+                        serde_json::json!({
+                            "sent_version": st.sent_version,
+                            "acked_version": st.acked_version,
+                            "pushes": st.pushes,
+                            "bytes_sent": st.bytes_sent,
+                            "last_nack": nack,
+                        }),
+                    );
+                }
+                let doc = serde_json::json!({
+                    "protocol": s.protocol.name(),
+                    "acked_revision": s.acked_revision,
+                    "types": types,
+                });
+                let text = doc.to_string();
+                // serde_json writes an object: hand back its inside.
+                Some(PyBytes::new(py, &text.as_bytes()[1..text.len() - 1]))
+            })
+            .collect()
     }
 
     /// Per type: (type_url, pushes, bytes, resources, ACK latency (cumulative bucket counts,

@@ -512,6 +512,16 @@ class BaseStream:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **self.facts(),
+            "protocol": self.protocol,
+            "acked_revision": self.acked_revision,
+            "types": {SHORT_NAMES.get(t, t): st.as_dict() for t, st in self.types.items()},
+        }
+
+    def facts(self) -> dict[str, Any]:
+        """What the registry records of this stream besides its protocol state: the node,
+        its identity, and what the replica's pollers attach (front, load, health)."""
+        return {
             "node_id": self.node.id,
             "fleet": self.node.fleet,
             "locality": self.node.locality,
@@ -522,12 +532,14 @@ class BaseStream:
             **({"front": self.front} if self.front is not None else {}),
             **({"load": self.load} if self.load is not None else {}),
             **({"load_error": self.load_error} if self.load_error is not None else {}),
-            "protocol": self.protocol,
             "connected_since": self.connected_since,
-            "acked_revision": self.acked_revision,
-            "types": {SHORT_NAMES.get(t, t): st.as_dict() for t, st in self.types.items()},
             **({"front_health": self.front_health} if self.front_health is not None else {}),
         }
+
+    def record(self, replica: str, now: float) -> bytes | None:
+        """The registry record as JSON bytes, if this stream can make it cheaper than
+        `as_dict` (None: the registry builds it from `as_dict`)."""
+        return None
 
     def holding_for_warming(self, type_url: str, eds_owed: bool) -> bool:
         """Listeners and routes wait while clusters/endpoints are in flight or warming."""
