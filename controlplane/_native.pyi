@@ -39,6 +39,7 @@ class Core:
         max_request_bytes: int = 4 << 20,
         write_timeout: float = 30.0,
         ack_timeout: float = 60.0,
+        warming_hold: float = 1.0,
         max_connection_age: float = 1800.0,
         max_connection_age_grace: float = 60.0,
         keepalive: float = 10.0,

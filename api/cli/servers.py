@@ -163,7 +163,6 @@ def cmd_xds(args: argparse.Namespace) -> int:
         front_cidrs=tuple(args.front_cidr or ()),
         front_unprobed=tuple(args.front_unprobed or ()),
         insecure=args.insecure,
-        **({"transport": args.transport} if args.transport else {}),
     )
     cfg.check()
     if args.workers > 1:
@@ -319,12 +318,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument(
         "--max-connection-age", type=float, default=1800.0, help="seconds; streams rebalance across replicas"
     )
-    s.add_argument(
-        "--transport",
-        choices=("native", "aio"),
-        default=None,
-        help="who serves the streams: the native core (Rust) or grpc.aio (default: $LBCP_XDS_TRANSPORT, else native)",
-    )
+
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on --host:PORT (0: any free port)")
     s.add_argument(
         "--allow-node",

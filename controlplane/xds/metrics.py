@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -28,15 +27,6 @@ def _short(type_url: str) -> str:
     return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
 
 
-@dataclass(frozen=True)
-class _TypeMetrics:
-    pushes: Counter
-    push_bytes: Counter
-    push_resources: Counter
-    ack_seconds: Histogram
-    queue: Histogram
-
-
 class XdsMetrics:
     """A StreamObserver plus a snapshot-cache watcher for one xDS replica."""
 
@@ -49,28 +39,13 @@ class XdsMetrics:
             ["replica", "fleet", "protocol"],
             registry=r,
         )
-        self.pushes = Counter("lbcp_xds_pushes_total", "xDS responses sent", ["type"], registry=r)
-        self.push_bytes = Counter("lbcp_xds_push_bytes_total", "bytes of xDS responses sent", ["type"], registry=r)
-        self.push_resources = Counter(
-            "lbcp_xds_pushed_resources_total", "resources in xDS responses sent", ["type"], registry=r
-        )
         self.nacks = Counter(
             "lbcp_xds_nacks_total", "xDS responses rejected by the client", ["type", "fleet"], registry=r
-        )
-        self.ack_seconds = Histogram(
-            "lbcp_xds_ack_seconds", "from writing a response to its ACK", ["type"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.convergence = Histogram(
             "lbcp_xds_convergence_seconds",
             "from this replica seeing an etcd change to a client having ACKed everything up to it",
             ["fleet"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.queue = Histogram(
-            "lbcp_xds_push_queue_seconds",
-            "snapshot published → its response written to a stream (per type)",
-            ["type"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -84,12 +59,6 @@ class XdsMetrics:
         self.ring = RingMetrics(r)
         self._seen: OrderedDict[int, float] = OrderedDict()  # revision -> when its first change was seen
         self._published = 0
-        self._published_at: dict[int, float] = {}  # revision -> when it was published (recent ones)
-        # stream id -> type -> revision of its last push (per stream: a disconnect drops its
-        # entry in O(1), not by scanning every stream's, which a reconnect storm made O(n²))
-        self._last_pushed: dict[int, dict[str, int]] = {}
-        self._per_type: dict[str, _TypeMetrics] = {}
-        self._native = False
 
     # -- StreamObserver ------------------------------------------------------------------------
 
@@ -98,7 +67,6 @@ class XdsMetrics:
 
     def disconnected(self, stream: BaseStream) -> None:
         self.streams.labels(self.replica, stream.fleet, stream.protocol).dec()
-        self._last_pushed.pop(stream.id, None)
 
     def changed(self, stream: BaseStream) -> None:
         seen = self._seen.get(stream.acked_revision)
@@ -107,48 +75,14 @@ class XdsMetrics:
 
     def use_core(self, collector: Collector) -> None:
         """Pushes, their bytes and resources, ACK latency and queue time are counted by the
-        native core (a push or an ACK never reaches Python): read them from `collector`."""
-        for m in (self.pushes, self.push_bytes, self.push_resources, self.ack_seconds, self.queue):
-            self._registry.unregister(m)
+        native core (a push or an ACK never reaches Python): export them from `collector`."""
         self._registry.register(collector)
-        self._native = True
-
-    def _of(self, type_url: str) -> _TypeMetrics:
-        # Labelled children looked up once per type, not on every push and ACK of every stream.
-        m = self._per_type.get(type_url)
-        if m is None:
-            t = _short(type_url)
-            m = self._per_type[type_url] = _TypeMetrics(
-                self.pushes.labels(t),
-                self.push_bytes.labels(t),
-                self.push_resources.labels(t),
-                self.ack_seconds.labels(t),
-                self.queue.labels(t),
-            )
-        return m
-
-    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None:
-        if self._native:
-            return
-        m = self._of(type_url)
-        m.pushes.inc()
-        m.push_bytes.inc(nbytes)
-        m.push_resources.inc(resources)
-        # Queue time counts only the first push of a newly published revision to this stream
-        # (a push answering a client's new subscription is not waiting on a publish).
-        revision = stream.served_revision
-        last = self._last_pushed.setdefault(stream.id, {})
-        if last.get(type_url, 0) < revision and revision in self._published_at:
-            if type_url in last:
-                m.queue.observe(time.monotonic() - self._published_at[revision])
-        last[type_url] = revision
 
     def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
         self.nacks.labels(_short(type_url), stream.fleet).inc()
 
     def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
-        if not self._native:
-            self._of(type_url).ack_seconds.observe(latency)
+        pass  # counted by the core
 
     # -- cache -------------------------------------------------------------------------------
 
@@ -159,9 +93,6 @@ class XdsMetrics:
             if cache.published == self._published:
                 return  # a ring finished: same snapshot otherwise
             self._published = cache.published
-            self._published_at[cache.revision] = time.monotonic()
-            while len(self._published_at) > 64:
-                del self._published_at[min(self._published_at)]
             st = cache.stats
             self.build.observe(st.last_build_seconds)
             self.debounce.observe(st.last_debounce_seconds)

@@ -200,6 +200,7 @@ class NativeService(Admission):
             max_request_bytes=self.limits.max_request_bytes,
             write_timeout=self.limits.write_timeout,
             ack_timeout=self.limits.ack_timeout,
+            warming_hold=self.limits.warming_hold,
             max_connection_age=max_connection_age,
             keepalive=KEEPALIVE_SECONDS,
             max_names_per_type=b.max_names_per_type,
@@ -357,6 +358,9 @@ class NativeService(Admission):
                 raise StreamRejected(grpc.StatusCode.ALREADY_EXISTS, refusal)
             if node.fleet not in self._published:
                 self._publish(node.fleet)
+            # Its own entries before its first response: listeners that bind its public
+            # address, its shed shards, its share of fleet rate limits.
+            s.refresh_own(self.cache.snapshot(node.fleet))
             self.streams[sid] = s
             for o in self.observers:
                 o.connected(s)

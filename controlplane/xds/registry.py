@@ -403,9 +403,6 @@ class FleetRegistry:
         self._gone[stream.id] = self.key(stream)
         self._wake.set()
 
-    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None:
-        pass
-
     def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
         # The record carries per-type acked versions and push counts: keep it current even
         # when the stream's overall acked revision does not move (e.g. it holds a NACKed

@@ -15,7 +15,6 @@ import socket
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
-import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from controlplane.etcd import Etcd, EtcdConfig
@@ -32,7 +31,6 @@ from controlplane.xds.probe import FrontPolicy, FrontProber
 from controlplane.xds.registry import FleetRegistry
 from controlplane.xds.server.admission import ServerLimits
 from controlplane.xds.server.common import StreamObserver
-from controlplane.xds.server.service import XdsService, server_options
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +58,6 @@ class ReplicaConfig:
     insecure: bool = False  # allow a non-loopback address without mTLS (warned about loudly)
     moves_interval: float = 0.25  # the mover's tick (evacuations, rebalancing); 0: this replica never moves
     reuse_port: bool = False  # share the port with other replica processes (SO_REUSEPORT; xds/workers.py)
-    # Who serves the streams: "native" (the Rust core, controlplane/xds/native.py) or "aio"
-    # (grpc.aio, controlplane/xds/server/service.py, kept until the native core has run a
-    # release; LBCP_XDS_TRANSPORT=aio selects it everywhere).
-    transport: str = field(default_factory=lambda: os.environ.get("LBCP_XDS_TRANSPORT", "native"))
 
     def __post_init__(self) -> None:
         if not self.replica_id:
@@ -116,18 +110,15 @@ class XdsReplica:
         self.metrics_registry.register(LoadCollector(self.sampler))
         self.metrics_registry.register(PollerCollector(self.sampler, self.prober))
         mtls = config.tls is not None and config.tls[2] is not None
-        service = NativeService if config.transport == "native" else XdsService
-        self.service: XdsService | NativeService = service(
+        self.service = NativeService(
             self.cache,
             [self.registry, self.metrics, self.prober, self.sampler, *(extra_observers or [])],
             config.limits,
             claims=self.registry,
             identity=IdentityRule.parse(config.identity) if mtls else None,
         )
-        if isinstance(self.service, NativeService):
-            self.metrics.use_core(CoreCollector(self.service))
+        self.metrics.use_core(CoreCollector(self.service))
         self.mover = Mover(self.etcd, self.view, config.replica_id, config.moves_interval or 1.0)
-        self.server: grpc.aio.Server | None = None
         self.port = config.port
         self.metrics_port: int | None = None
         self._metrics_server: WSGIServer | None = None
@@ -140,16 +131,13 @@ class XdsReplica:
         await self.view.start()
         await self.registry.start()
         self.config.check()
-        if isinstance(self.service, NativeService):
-            self.port = self.service.start(
-                self.config.host,
-                self.config.port,
-                tls=self.config.tls,
-                reuse_port=self.config.reuse_port,
-                max_connection_age=self.config.max_connection_age,
-            )
-        else:
-            await self._start_aio(self.service)
+        self.port = self.service.start(
+            self.config.host,
+            self.config.port,
+            tls=self.config.tls,
+            reuse_port=self.config.reuse_port,
+            max_connection_age=self.config.max_connection_age,
+        )
         await self.prober.start()
         await self.sampler.start()
         if self.config.moves_interval > 0:
@@ -160,25 +148,6 @@ class XdsReplica:
             self.metrics_port = server.server_address[1]
         log.info("xDS replica %s serving on %s:%d", self.config.replica_id, self.config.host, self.port)
 
-    async def _start_aio(self, service: XdsService) -> None:
-        self.server = grpc.aio.server(
-            options=server_options(
-                self.config.max_connection_age,
-                self.config.limits.max_request_bytes,
-                self.config.limits.max_streams,
-                reuse_port=self.config.reuse_port,
-            )
-        )
-        self.server.add_generic_rpc_handlers(service.handlers())
-        addr = f"{self.config.host}:{self.config.port}"
-        if self.config.tls:
-            cert, key, ca = self.config.tls
-            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
-            self.port = self.server.add_secure_port(addr, creds)
-        else:
-            self.port = self.server.add_insecure_port(addr)
-        await self.server.start()
-
     async def stop(self, grace: float = 1.0) -> None:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -186,10 +155,7 @@ class XdsReplica:
         await self.mover.stop()
         await self.prober.stop()
         await self.sampler.stop()
-        if self.server:
-            await self.server.stop(grace)
-        if isinstance(self.service, NativeService):
-            await self.service.stop(grace)
+        await self.service.stop(grace)
         await self.registry.stop()
         await self.view.stop()
         await self.etcd.close()

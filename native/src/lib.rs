@@ -84,7 +84,7 @@ impl Core {
     #[new]
     #[pyo3(signature = (
         host, port, *, tls=None, reuse_port=false, threads=2, max_streams=20_000,
-        max_request_bytes=4 << 20, write_timeout=30.0, ack_timeout=60.0, max_connection_age=1800.0,
+        max_request_bytes=4 << 20, write_timeout=30.0, ack_timeout=60.0, warming_hold=1.0, max_connection_age=1800.0,
         max_connection_age_grace=60.0, keepalive=10.0, max_names_per_type=20_000, max_types=16,
         max_nack_message=4096, watched=HashMap::new(), short_names=HashMap::new(),
     ))]
@@ -100,6 +100,7 @@ impl Core {
         max_request_bytes: usize,
         write_timeout: f64,
         ack_timeout: f64,
+        warming_hold: f64,
         max_connection_age: f64,
         max_connection_age_grace: f64,
         keepalive: f64,
@@ -114,6 +115,7 @@ impl Core {
             max_request_bytes,
             write_timeout: Duration::from_secs_f64(write_timeout),
             ack_timeout: Duration::from_secs_f64(ack_timeout),
+            warming_hold: Duration::from_secs_f64(warming_hold),
             bounds: Bounds {
                 max_names_per_type,
                 max_types,

@@ -40,6 +40,7 @@ pub struct Limits {
     pub max_request_bytes: usize,
     pub write_timeout: Duration,
     pub ack_timeout: Duration,
+    pub warming_hold: Duration,
     pub bounds: Bounds,
 }
 
@@ -584,6 +585,7 @@ async fn serve<R: XdsRequest>(
         limits.bounds.clone(),
         shared.watched.clone(),
     );
+    stream.warming_hold = limits.warming_hold;
     let mut snap = snaps.borrow_and_update().clone();
     if let Err(r) = first.apply(&mut stream, &snap) {
         return Some(Status::new(r.code, r.message));

@@ -30,7 +30,7 @@ from controlplane.xds.bootstrap import XdsTLS
 from controlplane.xds.client import AdsClient
 from controlplane.xds.registry import fleet_prefix, owners_prefix
 from controlplane.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
-from controlplane.xds.server.service import KEEPALIVE_SECONDS
+from controlplane.xds.server.admission import KEEPALIVE_SECONDS
 from tests.certs import CA
 from tests.conftest import http_ok, wait_for
 

@@ -1,7 +1,7 @@
-"""The xDS gRPC server: SotW and delta stream logic (one module each) and the gRPC service."""
+"""What the replica knows of each xDS stream (the native core serves them): nodes, admission
+and the stream observer protocol."""
 
 from controlplane.xds.server.admission import ServerLimits
 from controlplane.xds.server.common import BaseStream, NodeInfo, StreamObserver
-from controlplane.xds.server.service import XdsService
 
-__all__ = ["BaseStream", "NodeInfo", "ServerLimits", "StreamObserver", "XdsService"]
+__all__ = ["BaseStream", "NodeInfo", "ServerLimits", "StreamObserver"]

@@ -28,6 +28,9 @@ class ServerLimits:
     # stuck. Envoy answers each response as soon as it has applied it; a client that stops
     # reading never answers, and would otherwise hold its stream (and memory) forever.
     ack_timeout: float = 60.0
+    # How long listeners and routes wait for the client to subscribe to the endpoints of
+    # clusters it was just sent (make before break) before they go anyway.
+    warming_hold: float = 1.0
     # What one client may make a replica hold (node, metadata, subscriptions, NACK messages).
     bounds: RequestBounds = RequestBounds()
     # Largest request message accepted (gRPC answers RESOURCE_EXHAUSTED above it).

@@ -1,14 +1,14 @@
-"""What every xDS stream shares: the node, per-type push state, NACK records, observers."""
+"""What the replica knows of an xDS stream (the native core serves it): the node, its
+identity, what the pollers attach, its own entries (gate, variants), NACK records, observers."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import itertools
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -16,23 +16,13 @@ from google.protobuf import json_format
 
 from controlplane.xds.identity import MAX_NODE_ID, NODE_ID, Identity
 from controlplane.xds.resources import (
-    CLUSTER_TYPE,
     ENDPOINT_TYPE,
-    GATE_PREFIX,
     LISTENER_TYPE,
     ROUTE_TYPE,
     SHORT_NAMES,
-    TYPE_ORDER,
     gate_assignment,
 )
-from controlplane.xds.snapshot import Entry, RouteBase, Snapshot, encoded_entry, make_entry, set_version, share_of
-
-WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
-# While the client has not yet subscribed to the endpoints of clusters it was just sent,
-# listeners and routes wait (make before break) — but never longer than this.
-WARMING_HOLD_SECONDS = 1.0
-
-_nonces = itertools.count(1)
+from controlplane.xds.snapshot import Entry, RouteBase, Snapshot, encoded_entry, make_entry, share_of
 
 # The node metadata keys lbcp reads; everything else a client sends is dropped on arrival.
 KEPT_METADATA = ("ops_port", "public_address")
@@ -64,10 +54,6 @@ def _ip_literal(value: Any) -> str | None:
         return None
 
 
-def next_nonce() -> str:
-    return format(next(_nonces), "x")
-
-
 @dataclass
 class Nack:
     version: str
@@ -81,39 +67,16 @@ class Nack:
 
 @dataclass
 class TypeState:
-    """One resource type on one stream."""
+    """One resource type on one stream, as the native core reports it."""
 
     requested: bool = False
     wildcard: bool = False
-    names: set[str] = field(default_factory=set)
     in_flight: str | None = None  # nonce of the response awaiting ACK/NACK
-    last_nonce: str | None = None
     sent_version: str | None = None
-    sent_revision: int = 0
     acked_version: str | None = None
     nack: Nack | None = None
-    rejected_version: str | None = None
     pushes: int = 0
     bytes_sent: int = 0
-    sent_at: float = 0.0
-    # Delta: what the client holds, name -> version; names reported as missing.
-    have: dict[str, str] = field(default_factory=dict)
-    missing_reported: set[str] = field(default_factory=set)
-    rejected: dict[str, str] = field(default_factory=dict)
-    # The snapshot version of this type when this stream last evaluated it: with no request
-    # since and the same version, there is nothing to evaluate (most wake-ups at fleet scale).
-    seen_version: str | None = None
-    # Delta: what the last diff compared against (the snapshot's table of this type) and the
-    # version that had, so the next diff looks only at names changed since; `full` when it
-    # must compare everything (first request, wildcard toggled); `recheck`, names a request
-    # touched since; `waiting`, subscribed names still being built (hash rings); `stuck`,
-    # names whose current version the client rejected.
-    evaluated: Mapping[str, Entry] | None = None
-    evaluated_version: str | None = None
-    full: bool = True
-    recheck: set[str] = field(default_factory=set)
-    waiting: set[str] = field(default_factory=set)
-    stuck: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -188,7 +151,6 @@ class StreamObserver(Protocol):
     def connected(self, stream: BaseStream) -> None: ...
     def changed(self, stream: BaseStream) -> None: ...
     def disconnected(self, stream: BaseStream) -> None: ...
-    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None: ...
     def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None: ...
     def acked(self, stream: BaseStream, type_url: str, latency: float) -> None: ...
 
@@ -203,9 +165,6 @@ class QuietObserver:
         pass
 
     def disconnected(self, stream: BaseStream) -> None:
-        pass
-
-    def pushed(self, stream: BaseStream, type_url: str, nbytes: int, resources: int) -> None:
         pass
 
     def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
@@ -268,16 +227,6 @@ class BaseStream:
         self.types: dict[str, TypeState] = {}
         self.connected_since = time.time()
         self.acked_revision = 0
-        self.served_revision = 0
-        self.wake = asyncio.Event()
-        self.wake.set()
-        self.ticked = False  # the replica's ticker woke it: look for an overdue ACK
-        self.last_snapshot: Snapshot | None = None  # the snapshot of the last flush
-        self.dirty_types: set[str] = set()  # types with a request (subscription, ACK, NACK) since
-        self.hold_expired = False
-        self.writing_since = 0.0  # monotonic start of a write still in progress (0: none)
-        self._cds_sent_at: float | None = None
-        self._rewarm: set[str] = set()
         self.front_health: dict[str, Any] | None = None  # the last /healthz probe (controlplane.xds.probe)
         # The health-gate name this stream subscribed to (bootstraps name it after the node,
         # but an Envoy started with --service-node keeps the bootstrap's name): its content
@@ -296,39 +245,6 @@ class BaseStream:
     def fleet(self) -> str:
         return self.node.fleet
 
-    def state(self, type_url: str) -> TypeState:
-        st = self.types.get(type_url)
-        if st is None:
-            if len(self.types) >= self.bounds.max_types:
-                raise StreamRejected(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"node {self.node.id!r}: a stream may use at most {self.bounds.max_types} resource types; "
-                    f"{type_url[:200]!r} would be one more",
-                )
-            st = self.types[type_url] = TypeState()
-        return st
-
-    def check_names(self, type_url: str, count: int) -> None:
-        """Refuse a request that would make this stream hold `count` names of `type_url`
-        (checked before the request changes anything)."""
-        if count > self.bounds.max_names_per_type:
-            raise StreamRejected(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"node {self.node.id!r}: this request would subscribe to {count} names of {type_url}; "
-                f"a stream may hold at most {self.bounds.max_names_per_type} per type (--max-subscriptions)",
-            )
-
-    def on_request(self, req: Any, snap: Snapshot) -> None:
-        """Take one request of this stream's protocol (an ACK, a NACK or a new subscription)."""
-        raise NotImplementedError
-
-    async def flush(self, snap: Snapshot, write: Callable[[bytes], Awaitable[None]]) -> None:
-        """Write what `snap` owes this stream (each response pre-encoded, through `write`)."""
-        raise NotImplementedError
-
-    def ordered_types(self) -> list[str]:
-        return [t for t in TYPE_ORDER if t in self.types] + sorted(t for t in self.types if t not in TYPE_ORDER)
-
     def entries(self, snap: Snapshot, type_url: str) -> Mapping[str, Entry]:
         """What this stream may be sent of `type_url`: the fleet's snapshot, for endpoints
         also this node's health gate once it subscribed to it, and for listeners this node's
@@ -345,17 +261,6 @@ class BaseStream:
         if self._gate is None or self._gate[:2] != (self.gate, drained):
             self._gate = (self.gate, drained, make_entry(ENDPOINT_TYPE, self.gate, gate_assignment(self.gate, drained)))
         return _Overlay(base, {self.gate: self._gate[2]})
-
-    def type_version(self, snap: Snapshot, type_url: str) -> str:
-        """The version of what this stream is owed of `type_url`: the fleet's, unless this
-        Envoy has listener variants of its own (then a hash of those entries)."""
-        if type_url == LISTENER_TYPE and self._needs_variants(snap):
-            return set_version(self.entries(snap, type_url))
-        if type_url == ROUTE_TYPE and snap.route_bases:
-            entries = self.entries(snap, type_url)
-            if isinstance(entries, _Overlay):
-                return set_version(entries)
-        return snap.version(type_url)
 
     def _needs_variants(self, snap: Snapshot) -> bool:
         if self.node.id in snap.sheds:
@@ -396,19 +301,9 @@ class BaseStream:
         self._route_own = built
         return own
 
-    def note_endpoint_names(self, names: set[str]) -> None:
-        """Called when the EDS subscription changed: find the health gate among the names."""
-        self.gate = next((n for n in names if n.startswith(GATE_PREFIX)), None)
-
-    def _gate_changed(self, snap: Snapshot) -> bool:
-        if self.gate is None:
-            return False
-        return self._gate is None or self._gate[:2] != (self.gate, self.node.id in snap.drained)
-
     def evict(self, reason: StreamRejected) -> None:
         """End this stream with `reason` (a takeover, or a claim refused once etcd answered)."""
         self.evicted = reason
-        self.wake.set()
 
     def mark_changed(self) -> None:
         """Something the registry records (front health, load) changed: observers hear of it."""
@@ -417,98 +312,6 @@ class BaseStream:
     def _emit(self, event: str, *args: Any) -> None:
         for o in self.observers:
             getattr(o, event)(self, *args)
-
-    def record_ack(self, type_url: str, st: TypeState, version: str) -> None:
-        st.acked_version = version
-        st.in_flight = None
-        self._emit("acked", type_url, time.monotonic() - st.sent_at if st.sent_at else 0.0)
-
-    def record_nack(self, type_url: str, st: TypeState, message: str, revision: int) -> None:
-        st.in_flight = None
-        limit = self.bounds.max_nack_message
-        if len(message) > limit:
-            message = f"{message[:limit]}… [lbcp: cut {len(message) - limit} of {len(message)} characters]"
-        st.nack = Nack(st.sent_version or "", message, time.time(), st.sent_revision or revision)
-        st.rejected_version = st.sent_version
-        self._emit("nacked", type_url, st.nack)
-
-    def overdue(self, limit: float) -> bool:
-        """Some response has waited longer than `limit` seconds for its ACK/NACK."""
-        now = time.monotonic()
-        return any(st.in_flight is not None and now - st.sent_at > limit for st in self.types.values())
-
-    def poke(self, type_url: str | None = None) -> None:
-        """Something about `type_url` (or the stream) changed: evaluate it at the next flush."""
-        if type_url is None:
-            self.hold_expired = True
-        else:
-            self.dirty_types.add(type_url)
-        self.wake.set()
-
-    def needs_flush(self, snap: Snapshot) -> bool:
-        """False when nothing can have changed since the last flush (same snapshot, no request)."""
-        return snap is not self.last_snapshot or bool(self.dirty_types) or self.hold_expired
-
-    def due_types(self, snap: Snapshot) -> Iterator[tuple[str, TypeState]]:
-        """Types that may be sent now, in push order: requested, nothing in flight, not held
-        back for make-before-break, and changed since this stream last looked (a new version
-        in the snapshot, a request, or endpoints owed after a cluster update). Lazy on
-        purpose: a CDS response sent during the loop must hold back the listeners and routes
-        that come after it."""
-        owed: bool | None = None
-        dirty, self.dirty_types = self.dirty_types, set()
-        self.hold_expired = False
-        for t in self.ordered_types():
-            st = self.types[t]
-            if not st.requested or st.in_flight is not None:
-                continue
-            version = self.type_version(snap, t)
-            if (
-                t not in dirty
-                and st.seen_version == version
-                and not (t == ENDPOINT_TYPE and (self._rewarm or self._gate_changed(snap)))
-            ):
-                continue
-            if t in (LISTENER_TYPE, ROUTE_TYPE):
-                if owed is None:
-                    owed = self.eds_owed(snap)
-                if self.holding_for_warming(t, owed):
-                    # Not marked seen, and a request it had stays pending: looked at again
-                    # when the hold ends (else a subscription to names whose version did
-                    # not change would wait for the next change of that type).
-                    if t in dirty:
-                        self.dirty_types.add(t)
-                    continue
-            yield t, st
-            st.seen_version = version
-
-    async def _send(
-        self,
-        type_url: str,
-        st: TypeState,
-        snap: Snapshot,
-        nonce: str,
-        version: str,
-        body: bytes,
-        names: list[str],
-        rewarm: set[str],
-        write: Callable[[bytes], Awaitable[None]],
-    ) -> None:
-        """Record a response as in flight and write it. `rewarm`: clusters whose endpoints
-        must be sent again (Envoy re-warms an updated cluster and waits for EDS)."""
-        st.in_flight = st.last_nonce = nonce
-        st.sent_version = version
-        st.sent_at = time.monotonic()
-        st.sent_revision = snap.revision
-        st.pushes += 1
-        st.bytes_sent += len(body)
-        if type_url == CLUSTER_TYPE:
-            self._rewarm |= rewarm
-            self._cds_sent_at = time.monotonic()
-        elif type_url == ENDPOINT_TYPE:
-            self._rewarm.difference_update(names)
-        await write(body)
-        self._emit("pushed", type_url, len(body), len(names))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -540,31 +343,3 @@ class BaseStream:
         """The registry record as JSON bytes, if this stream can make it cheaper than
         `as_dict` (None: the registry builds it from `as_dict`)."""
         return None
-
-    def holding_for_warming(self, type_url: str, eds_owed: bool) -> bool:
-        """Listeners and routes wait while clusters/endpoints are in flight or warming."""
-        if type_url not in (LISTENER_TYPE, ROUTE_TYPE):
-            return False
-        for earlier in TYPE_ORDER[: TYPE_ORDER.index(type_url)]:
-            st = self.types.get(earlier)
-            if st is not None and st.in_flight is not None:
-                return True
-        if eds_owed and self._cds_sent_at is not None:
-            left = WARMING_HOLD_SECONDS - (time.monotonic() - self._cds_sent_at)
-            if left > 0:
-                # Look again when the hold ends, even if nothing else happens by then.
-                asyncio.get_running_loop().call_later(left, self.poke)
-                return True
-        return False
-
-    def eds_owed(self, snap: Snapshot) -> bool:
-        """Clusters the client has that need endpoints it has not subscribed to yet."""
-        eds = self.types.get(ENDPOINT_TYPE)
-        if eds is None or not eds.requested:
-            return False
-        needed = snap.references.get(CLUSTER_TYPE, {}).keys()
-        cds = self.types.get(CLUSTER_TYPE)
-        if cds is None:
-            return False
-        have_clusters = cds.have.keys() if self.protocol == "delta" else needed
-        return any(n not in eds.names for n in needed if n in have_clusters)

@@ -161,6 +161,8 @@ pub struct Stream {
     hold_expired: bool,
     /// When a warming hold ends (the server wakes the stream then).
     pub hold_until: Option<Instant>,
+    /// How long listeners and routes wait for endpoint subscriptions (`WARMING_HOLD`).
+    pub warming_hold: Duration,
     /// Watched types whose new subscription Python has not answered yet (its answer may be
     /// this stream's own entries, or names it starts building): they wait, at most until
     /// `awaiting_until`.
@@ -211,6 +213,7 @@ impl Stream {
             dirty_types: HashSet::new(),
             hold_expired: false,
             hold_until: None,
+            warming_hold: WARMING_HOLD,
             awaiting: HashSet::new(),
             awaiting_until: None,
             reported: HashMap::new(),
@@ -511,7 +514,7 @@ impl Stream {
         }
         if eds_owed {
             if let Some(at) = self.cds_sent_at {
-                let until = at + WARMING_HOLD;
+                let until = at + self.warming_hold;
                 if Instant::now() < until {
                     self.hold_until = Some(self.hold_until.map_or(until, |h| h.min(until)));
                     return true;

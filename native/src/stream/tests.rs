@@ -371,7 +371,7 @@ fn warming_hold_ends_by_itself() {
     s.on_delta(delta_req(CLUSTER, &[], &[], &r.nonce), &snap)
         .unwrap();
     assert!(flush(&mut s, &snap).is_empty());
-    s.cds_sent_at = Some(Instant::now() - WARMING_HOLD - Duration::from_millis(1));
+    s.cds_sent_at = Some(Instant::now() - s.warming_hold - Duration::from_millis(1));
     s.hold_ended();
     let out = flush(&mut s, &snap);
     assert_eq!(
