@@ -488,6 +488,9 @@ class LoadSampler(Poller):
         self.capacity = capacity or (lambda fleet: None)  # a fleet's capacity intent, if any
         self._big = asyncio.Semaphore(BIG_READS)
         self.streams: dict[int, BaseStream] = {}
+        # Those with an ops listener to sample: the rest cost nothing per round (a fleet of
+        # clients without one, such as other control planes' consumers, is not polled).
+        self._sampled: dict[int, BaseStream] = {}
         self._conns: dict[int, _KeepAlive] = {}
         self._last: dict[int, tuple[float, int, int]] = {}  # stream -> (monotonic, cx_total, handshakes)
         # stream -> the Envoy's drain time and strategy ({} when its ops listener cannot say)
@@ -509,10 +512,13 @@ class LoadSampler(Poller):
 
     def connected(self, stream: BaseStream) -> None:
         self.streams[stream.id] = stream
+        if ops_port(stream) is not None:
+            self._sampled[stream.id] = stream
 
     def disconnected(self, stream: BaseStream) -> None:
         super().disconnected(stream)
         self.streams.pop(stream.id, None)
+        self._sampled.pop(stream.id, None)
         self._last.pop(stream.id, None)
         self._drain.pop(stream.id, None)
         self._hosts.pop(stream.id, None)
@@ -525,7 +531,7 @@ class LoadSampler(Poller):
     # -- sampling --------------------------------------------------------------------------
 
     def _polled(self) -> Mapping[int, BaseStream]:
-        return self.streams
+        return self._sampled
 
     async def sample_all(self) -> None:
         await self.poll_all()

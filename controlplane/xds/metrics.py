@@ -20,14 +20,14 @@ from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.load import LoadSampler
 from controlplane.xds.probe import REASONS, FrontProber
 from controlplane.xds.resources import SHORT_NAMES
-from controlplane.xds.server.common import BaseStream, Nack
+from controlplane.xds.server.common import BaseStream, Nack, QuietObserver
 
 
 def _short(type_url: str) -> str:
     return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
 
 
-class XdsMetrics:
+class XdsMetrics(QuietObserver):
     """A StreamObserver plus a snapshot-cache watcher for one xDS replica."""
 
     def __init__(self, registry: CollectorRegistry, replica: str) -> None:
@@ -80,9 +80,6 @@ class XdsMetrics:
 
     def nacked(self, stream: BaseStream, type_url: str, nack: Nack) -> None:
         self.nacks.labels(_short(type_url), stream.fleet).inc()
-
-    def acked(self, stream: BaseStream, type_url: str, latency: float) -> None:
-        pass  # counted by the core
 
     # -- cache -------------------------------------------------------------------------------
 

@@ -43,7 +43,15 @@ from controlplane.xds.resources import (
     gate_assignment,
 )
 from controlplane.xds.server.admission import KEEPALIVE_SECONDS, Admission, NodeClaims, ServerLimits
-from controlplane.xds.server.common import BaseStream, Nack, NodeInfo, StreamObserver, StreamRejected, TypeState
+from controlplane.xds.server.common import (
+    BaseStream,
+    Nack,
+    NodeInfo,
+    QuietObserver,
+    StreamObserver,
+    StreamRejected,
+    TypeState,
+)
 from controlplane.xds.snapshot import Entry, Snapshot, Table, make_entry
 
 if TYPE_CHECKING:
@@ -116,17 +124,13 @@ class NativeStream(BaseStream):
     def types(self, value: dict[str, TypeState]) -> None:
         pass  # BaseStream's own table: the core keeps the state
 
-    def record(self, replica: str, now: float) -> bytes | None:
-        """The registry record: the facts (JSON made again only when they change) joined
-        with the protocol state the core writes as JSON."""
-        protocol = self._core.records([self.id])[0]
-        if protocol is None:
-            return None
+    def facts_json(self) -> bytes:
+        """The record's facts as the inside of a JSON object, made again only when they
+        changed (the pollers replace front, load and health with new objects)."""
         key = (self.front, self.load, self.load_error, self.front_health, self.identity)
         if self._facts is None or any(a is not b for a, b in zip(key, self._facts[0], strict=True)):
             self._facts = (key, json.dumps(self.facts())[1:-1].encode())
-        tail = json.dumps({"replica": replica, "updated": now})[1:-1].encode()
-        return b"{" + self._facts[1] + b"," + protocol + b"," + tail + b"}"
+        return self._facts[1]
 
     def evict(self, reason: StreamRejected) -> None:
         self.evicted = reason
@@ -267,6 +271,20 @@ class NativeService(Admission):
                 if isinstance(s, NativeStream) and s.fleet == fleet:
                     s.refresh_own(snap)
 
+    def records(self, streams: list[BaseStream], tail: bytes) -> list[bytes | None]:
+        """The registry records of `streams` (one call into the core for all of them): each
+        stream's facts joined with its protocol state, which the core writes as JSON."""
+        if self.core is None:
+            return [None] * len(streams)
+        protocol = self.core.records([s.id for s in streams])
+        out: list[bytes | None] = []
+        for s, p in zip(streams, protocol, strict=True):
+            if p is None or not isinstance(s, NativeStream):
+                out.append(None)
+            else:
+                out.append(b"{" + s.facts_json() + b"," + p + b"," + tail + b"}")
+        return out
+
     # -- events ------------------------------------------------------------------------------
 
     def _drain(self) -> None:
@@ -279,17 +297,27 @@ class NativeService(Admission):
                 self._event(ev)
             except Exception:
                 log.exception("native xDS event %r failed", ev[:2])
+        # Once per stream that ACKed or synced since the last batch: only the observers that
+        # do something with it are called (a fleet's worth of no-op calls is not free).
+        on_acked, on_changed = self._listening("acked"), self._listening("changed")
+        streams = self.streams
         for sid, revision, _at, acked in changed:
-            s = self.streams.get(sid)
-            if not isinstance(s, NativeStream):
+            s = streams.get(sid)
+            if s is None:
                 continue
-            for t in _acked_types(acked):
-                for o in self.observers:
-                    o.acked(s, t, 0.0)
+            if on_acked:
+                for t in _acked_types(acked):
+                    for fn in on_acked:
+                        fn(s, t, 0.0)
             if revision and revision != s.acked_revision:
                 s.acked_revision = revision
-                for o in self.observers:
-                    o.changed(s)
+                for cb in on_changed:
+                    cb(s)
+
+    def _listening(self, event: str) -> list[Any]:
+        """The observers' handlers of `event` that are not QuietObserver's no-op."""
+        quiet = getattr(QuietObserver, event)
+        return [getattr(o, event) for o in self.observers if getattr(type(o), event, None) is not quiet]
 
     def _event(self, ev: tuple[Any, ...]) -> None:
         kind = ev[0]

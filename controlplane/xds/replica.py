@@ -118,6 +118,7 @@ class XdsReplica:
             identity=IdentityRule.parse(config.identity) if mtls else None,
         )
         self.metrics.use_core(CoreCollector(self.service))
+        self.registry.recorder = self.service.records
         self.mover = Mover(self.etcd, self.view, config.replica_id, config.moves_interval or 1.0)
         self.port = config.port
         self.metrics_port: int | None = None

@@ -410,38 +410,20 @@ impl Core {
     /// registry's record: `"protocol": .., "acked_revision": .., "types": {short name: {..}}`;
     /// None when the stream is gone. Types are named by `short_names` (construction).
     fn records<'py>(&self, py: Python<'py>, sids: Vec<u64>) -> Vec<Option<Bound<'py, PyBytes>>> {
+        let shared = &self.shared;
         let short = &self.short_names;
-        sids.into_iter()
-            .map(|sid| {
-                let h = self.shared.handle(sid)?;
-                let guard = h.state.lock().expect("state");
-                let s = guard.as_ref()?;
-                let mut types = serde_json::Map::new();
-                for (t, st) in s.type_states() {
-                    let nack = st.nack.as_ref().map(|n| {
-                        serde_json::json!({"version": n.version, "message": n.message, "at": n.at, "revision": n.revision})
-                    });
-                    let name = short.get(t).cloned().unwrap_or_else(|| t.clone());
-                    types.insert(
-                        name,
-                        serde_json::json!({
-                            "sent_version": st.sent_version,
-                            "acked_version": st.acked_version,
-                            "pushes": st.pushes,
-                            "bytes_sent": st.bytes_sent,
-                            "last_nack": nack,
-                        }),
-                    );
-                }
-                let doc = serde_json::json!({
-                    "protocol": s.protocol.name(),
-                    "acked_revision": s.acked_revision,
-                    "types": types,
-                });
-                let text = doc.to_string();
-                // serde_json writes an object: hand back its inside.
-                Some(PyBytes::new(py, &text.as_bytes()[1..text.len() - 1]))
-            })
+        let texts: Vec<Option<String>> = py.detach(|| {
+            sids.into_iter()
+                .map(|sid| {
+                    let h = shared.handle(sid)?;
+                    let guard = h.state.lock().expect("state");
+                    guard.as_ref().map(|s| record_json(s, short))
+                })
+                .collect()
+        });
+        texts
+            .into_iter()
+            .map(|t| t.map(|t| PyBytes::new(py, t.as_bytes())))
             .collect()
     }
 
@@ -480,6 +462,59 @@ impl Core {
     }
 }
 
+/// A JSON string (quoted and escaped).
+fn json_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).expect("a str serialises"));
+}
+
+fn json_opt(out: &mut String, s: Option<&String>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+/// A stream's protocol state as the inside of a JSON object (the registry record's part the
+/// core knows): written directly, one string per record.
+fn record_json(s: &stream::Stream, short: &HashMap<String, String>) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(96 + 160 * s.types.len());
+    let _ = write!(
+        out,
+        "\"protocol\":\"{}\",\"acked_revision\":{},\"types\":{{",
+        s.protocol.name(),
+        s.acked_revision
+    );
+    for (i, (t, st)) in s.type_states().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_str(&mut out, short.get(t).unwrap_or(t));
+        out.push_str(":{\"sent_version\":");
+        json_opt(&mut out, st.sent_version.as_ref());
+        out.push_str(",\"acked_version\":");
+        json_opt(&mut out, st.acked_version.as_ref());
+        let _ = write!(
+            out,
+            ",\"pushes\":{},\"bytes_sent\":{},\"last_nack\":",
+            st.pushes, st.bytes_sent
+        );
+        match &st.nack {
+            None => out.push_str("null"),
+            Some(n) => {
+                out.push_str("{\"version\":");
+                json_str(&mut out, &n.version);
+                out.push_str(",\"message\":");
+                json_str(&mut out, &n.message);
+                let _ = write!(out, ",\"at\":{},\"revision\":{}}}", n.at, n.revision);
+            }
+        }
+        out.push('}');
+    }
+    out.push('}');
+    out
+}
+
 /// The latency buckets the core's histograms use.
 #[pyfunction]
 fn latency_buckets() -> Vec<f64> {
@@ -491,4 +526,50 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
     m.add_function(wrap_pyfunction!(latency_buckets, m)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{DeltaDiscoveryRequest, Status};
+    use crate::snapshot::FleetSnap;
+
+    #[test]
+    fn a_record_is_json_with_every_type_and_the_nack_escaped() {
+        let mut s = stream::Stream::new(
+            1,
+            stream::Protocol::Delta,
+            None,
+            "n1".into(),
+            Bounds::default(),
+            Arc::new(HashMap::new()),
+        );
+        let snap = Arc::new(FleetSnap::default());
+        let req = DeltaDiscoveryRequest {
+            type_url: types::CLUSTER.into(),
+            ..Default::default()
+        };
+        s.on_delta(req, &snap).unwrap();
+        assert_eq!(s.flush(&snap, &stream::Overlays::new(), 0).len(), 1);
+        let nonce = s.types[types::CLUSTER].last_nonce.clone().unwrap();
+        let nack = DeltaDiscoveryRequest {
+            type_url: types::CLUSTER.into(),
+            response_nonce: nonce,
+            error_detail: Some(Status {
+                code: 3,
+                message: "bad \"quote\"\n\\ and ünïcode".into(),
+            }),
+            ..Default::default()
+        };
+        s.on_delta(nack, &snap).unwrap();
+        let short = HashMap::from([(types::CLUSTER.to_string(), "cds".to_string())]);
+        let doc: serde_json::Value =
+            serde_json::from_str(&format!("{{{}}}", record_json(&s, &short))).unwrap();
+        assert_eq!(doc["protocol"], "delta");
+        assert_eq!(doc["types"]["cds"]["pushes"], 1);
+        assert_eq!(
+            doc["types"]["cds"]["last_nack"]["message"],
+            "bad \"quote\"\n\\ and ünïcode"
+        );
+    }
 }
