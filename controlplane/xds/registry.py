@@ -165,6 +165,7 @@ class FleetRegistry:
         self.nacks: list[dict[str, Any]] = []
         self.owners = owners_prefix(etcd.config.prefix)
         self._claims: dict[int, bytes] = {}  # stream id -> the claim value it holds in etcd
+        self._node_streams: dict[str, set[int]] = {}  # node id -> its streams here (claim events find them)
         self._claimed_at: dict[int, int] = {}  # stream id -> the etcd revision its claim was written at
         self._unclaimed: set[int] = set()  # served provisionally: claim when etcd answers
         self._claim_queue: list[tuple[BaseStream, asyncio.Future[str | None]]] = []
@@ -369,9 +370,12 @@ class FleetRegistry:
             await asyncio.sleep(1.0)
 
     def _claim_changed(self, key: bytes, value: bytes, revision: int) -> None:
-        for sid, held in list(self._claims.items()):
+        # The streams of the claimed node only: a storm of N claims is N lookups, not N x N.
+        node_id = urllib.parse.unquote(key[len(self.owners) :].decode(errors="replace"))
+        for sid in list(self._node_streams.get(node_id, ())):
+            held = self._claims.get(sid)
             s = self._streams.get(sid)
-            if s is None or self.owner_key(s.node.id) != key or held == value:
+            if s is None or held is None or held == value:
                 continue
             if revision <= self._claimed_at.get(sid, 0):
                 continue  # an older claim the watch delivers late (the one this stream replaced)
@@ -392,6 +396,7 @@ class FleetRegistry:
 
     def connected(self, stream: BaseStream) -> None:
         self._streams[stream.id] = stream
+        self._node_streams.setdefault(stream.node.id, set()).add(stream.id)
         self._mark(stream)
 
     def changed(self, stream: BaseStream) -> None:
@@ -399,6 +404,11 @@ class FleetRegistry:
 
     def disconnected(self, stream: BaseStream) -> None:
         self._streams.pop(stream.id, None)
+        mine = self._node_streams.get(stream.node.id)
+        if mine is not None:
+            mine.discard(stream.id)
+            if not mine:
+                del self._node_streams[stream.node.id]
         self._dirty.discard(stream.id)
         self._unclaimed.discard(stream.id)
         held = self._claims.pop(stream.id, None)

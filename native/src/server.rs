@@ -31,8 +31,10 @@ use tonic::{Code, Request, Response, Status, Streaming};
 /// Python's admission verdict on a stream: Err((code, message)) refuses it.
 pub type Verdict = Result<(), (Code, String)>;
 
-/// How long a stream may wait for Python's admission verdict.
-const ADMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stream may wait for Python's admission verdict. Generous: in a reconnect
+/// storm admissions queue behind each other (a 10,000-stream storm took 54-62 s to admit on
+/// 2 cores), and a stream refused for waiting would only come back and queue again.
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Debug)]
 pub struct Limits {
