@@ -10,7 +10,7 @@ apart (each converges alone), the replica's CPU per client per change.
 `fanout` and `convergence` take `--against go-control-plane`: the scenario runs on lbcp and
 on go-control-plane (bench/gocp, built with `make -C bench/gocp` when missing), `--rounds`
 times each, interleaved on the same simulator and cores, and prints both with the ratios
-lbcp / go-control-plane (bench/results/fleetsim-<scenario>-vs-gocp.json).
+lbcp / go-control-plane (bench/results/fleetsim-<scenario>-vs-gocp-<clients>.json).
 
 Writes bench/results/fleetsim-<scenario>.json and, where it makes sense, a PNG
 (matplotlib, the `bench` extra; skipped with a note if it is not installed).
@@ -90,7 +90,7 @@ def _versus(scenario: str, args: argparse.Namespace) -> None:
 
         print(f"{scenario} N={n}: lbcp vs {args.against}, {args.rounds} round(s) each, interleaved", flush=True)
         rows.append({"scenario": scenario, "clients": n, **scenarios.versus(run, args.against, args.rounds)})
-    name = f"{scenario}-vs-gocp"
+    name = f"{scenario}-vs-gocp-" + "-".join(str(r["clients"]) for r in rows)
     _save(name, rows)
     print(f"wrote {RESULTS / f'fleetsim-{name}.json'}")
 
