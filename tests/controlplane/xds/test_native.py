@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
 
+import controlplane
 from controlplane.intent.keyspace import Ref, Stored
-from controlplane.intent.model import Cluster, Kind, Listener
+from controlplane.intent.model import Backend, Cluster, Kind, Listener
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.client import AdsClient
 from controlplane.xds.native import NativeService, NativeStream
@@ -324,3 +328,49 @@ async def test_a_stream_that_closes_while_being_admitted_leaves_nothing_behind()
     finally:
         await service.stop()
     await asyncio.sleep(0)
+
+
+async def _publish_calls(n: int) -> int:
+    """Python calls lbcp's own code makes to publish one backend change with `n` delta
+    clients connected and synced (the core fans it out; Python should not loop over them)."""
+    view = _FakeView()
+    view.clusters["c0"] = Stored(Cluster(name="c0"), 1, 1)
+    view.backends["c0"] = {"b0": Stored(Backend(name="b0", address="10.0.0.1", port=80), 1, 1)}
+    service = await _serve(view)
+    clients = [_Client(service, node=f"n{i}") for i in range(n)]
+    try:
+        for c in clients:
+            await c.open()
+            await c.request(CLUSTER_TYPE)
+            await c.request(ENDPOINT_TYPE, ["c0"])
+        for c in clients:
+            await c.settle(CLUSTER_TYPE, ENDPOINT_TYPE)
+        calls = 0
+        root = str(Path(controlplane.__file__).parent)
+
+        def count(frame: FrameType, event: str, arg: Any) -> None:
+            nonlocal calls
+            if event == "call" and frame.f_code.co_filename.startswith(root):
+                calls += 1
+
+        view.backends["c0"]["b1"] = Stored(Backend(name="b1", address="10.0.0.2", port=80), 2, 2)
+        sys.setprofile(count)
+        try:
+            view.tell({Ref(Kind.BACKEND, "b1", "c0")})  # the cache builds and publishes at once
+        finally:
+            sys.setprofile(None)
+        for c in clients:  # and every client gets it
+            await c.settle(ENDPOINT_TYPE)
+        return calls
+    finally:
+        for c in clients:
+            if c.ads is not None:
+                await c.ads.close()
+        await service.stop()
+
+
+async def test_a_publish_costs_python_nothing_per_stream() -> None:
+    small, large = await _publish_calls(4), await _publish_calls(32)
+    # The build and the publish of one change, the same work whatever the fleet's size:
+    # a loop over the streams (their entries, their versions) would add calls per stream.
+    assert large == small, f"Python calls to publish one change: {small} with 4 streams, {large} with 32"
