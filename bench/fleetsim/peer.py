@@ -14,10 +14,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import httpx
-
 from api.localcluster.procs import Proc, free_port, wait_until
-from bench.fleetsim.stack import listening
+from bench.fleetsim.stack import answers_ok, listening
 
 GOCP_DIR = Path(__file__).resolve().parents[1] / "gocp"
 BINARY = GOCP_DIR / "bin" / "gocp"
@@ -47,13 +45,6 @@ def build(*, quiet: bool = False) -> Path:
         if done.returncode != 0:
             raise RuntimeError(f"make -C bench/gocp failed:\n{done.stdout}{done.stderr}")
     return BINARY
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 class PeerStack:
@@ -86,7 +77,7 @@ class PeerStack:
         self.replicas = [proc]
         proc.start()
         try:
-            wait_until(lambda: _ready(f"{self.api_url}/readyz") and listening(grpc_port), 30, what=self.peer)
+            wait_until(lambda: answers_ok(f"{self.api_url}/readyz") and listening(grpc_port), 30, what=self.peer)
         except TimeoutError:
             raise RuntimeError(f"{self.peer} did not come up:\n{proc.tail()}") from None
         return self

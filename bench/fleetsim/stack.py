@@ -65,7 +65,8 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-def _ok(url: str) -> bool:
+def answers_ok(url: str) -> bool:
+    """GET `url` answers 200 (within a second)."""
     try:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
@@ -132,9 +133,9 @@ class Stack:
             self.replicas.append(self._replica(i, eps))
         for r in self.replicas:
             r.start()
-        wait_until(lambda: _ok(f"{self.api_url}/readyz"), 30, what="admin API")
+        wait_until(lambda: answers_ok(f"{self.api_url}/readyz"), 30, what="admin API")
         for m in self.all_metrics_ports:
-            wait_until(lambda m=m: _ok(f"http://127.0.0.1:{m}/metrics"), 30, what="xDS replica")
+            wait_until(lambda m=m: answers_ok(f"http://127.0.0.1:{m}/metrics"), 30, what="xDS replica")
         return self
 
     def _replica(self, i: int, eps: str) -> Proc:
@@ -175,7 +176,7 @@ class Stack:
         time.sleep(down_for)
         self.replicas[i] = self._replica(i, ",".join(self.etcd.endpoints))
         self.replicas[i].start()
-        wait_until(lambda: _ok(f"http://127.0.0.1:{self.metrics_ports[i]}/metrics"), 30, what="xDS replica back")
+        wait_until(lambda: answers_ok(f"http://127.0.0.1:{self.metrics_ports[i]}/metrics"), 30, what="xDS replica back")
         return time.monotonic()
 
     def stop(self) -> None:

@@ -59,12 +59,7 @@ impl Stream {
                         st.recheck.insert(n.clone());
                     }
                 }
-                let message = req
-                    .error_detail
-                    .as_ref()
-                    .map(|s| s.message.clone())
-                    .unwrap_or_default();
-                self.record_nack(&type_url, &message, snap.revision);
+                self.record_nack(&type_url, req.error_detail.as_ref(), snap.revision);
             } else {
                 let version = st.sent_version.clone().unwrap_or_default();
                 self.record_ack(&type_url, version);

@@ -284,7 +284,14 @@ impl Stream {
         });
     }
 
-    fn record_nack(&mut self, type_url: &str, message: &str, revision: u64) {
+    /// The client rejected the response in flight with `detail` (Envoy's message).
+    fn record_nack(
+        &mut self,
+        type_url: &str,
+        detail: Option<&crate::proto::Status>,
+        revision: u64,
+    ) {
+        let message = detail.map(|d| d.message.as_str()).unwrap_or_default();
         let limit = self.bounds.max_nack_message;
         let st = self.types.get_mut(type_url).expect("type state");
         st.in_flight = None;

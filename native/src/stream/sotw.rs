@@ -27,12 +27,7 @@ impl Stream {
                 return Ok(()); // stale: the client has not seen our latest response yet
             }
             if Status::is_error(&req.error_detail) {
-                let message = req
-                    .error_detail
-                    .as_ref()
-                    .map(|s| s.message.clone())
-                    .unwrap_or_default();
-                self.record_nack(&type_url, &message, snap.revision);
+                self.record_nack(&type_url, req.error_detail.as_ref(), snap.revision);
             } else {
                 self.record_ack(&type_url, req.version_info.clone());
             }

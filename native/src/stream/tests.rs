@@ -278,10 +278,7 @@ fn sotw_updated_cluster_gets_its_endpoints_again() {
     s.on_sotw(sotw_req(ENDPOINT, &["a"], "", ""), &snap)
         .unwrap();
     let out = flush(&mut s, &snap);
-    assert_eq!(
-        out.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
-        [CLUSTER, ENDPOINT]
-    );
+    assert_eq!(types_of(&out), [CLUSTER, ENDPOINT]);
     for (t, p) in &out {
         let r = sotw(p);
         s.on_sotw(
@@ -299,16 +296,19 @@ fn sotw_updated_cluster_gets_its_endpoints_again() {
     // The endpoints did not change, but Envoy re-warms the updated cluster and waits for
     // them: they follow the clusters at once.
     let out = flush(&mut s, &snap2);
-    assert_eq!(
-        out.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
-        [CLUSTER, ENDPOINT]
-    );
+    assert_eq!(types_of(&out), [CLUSTER, ENDPOINT]);
     assert_eq!(bodies(&sotw(&out[0].1).resources), ["a=2"]);
     assert_eq!(bodies(&sotw(&out[1].1).resources), ["a=1"]);
 }
 
-#[test]
-fn listeners_wait_for_clusters_in_flight_and_for_warming() {
+/// The types of a flush's responses, in order.
+fn types_of(out: &[(String, Parts)]) -> Vec<&str> {
+    out.iter().map(|(t, _)| t.as_str()).collect()
+}
+
+/// A delta stream holding back its listeners: clusters sent and ACKed, but the client has
+/// not subscribed to their endpoints yet (make before break).
+fn warming() -> (Arc<FleetSnap>, Stream) {
     let mut f = Fleet::new();
     let snap = f.publish(&[
         (CLUSTER, "a", Some("1")),
@@ -323,61 +323,37 @@ fn listeners_wait_for_clusters_in_flight_and_for_warming() {
         .unwrap();
     let out = flush(&mut s, &snap);
     // Clusters go; listeners wait while they are in flight.
-    assert_eq!(
-        out.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
-        [CLUSTER]
-    );
-    let r = delta(&out[0].1);
-    s.on_delta(delta_req(CLUSTER, &[], &[], &r.nonce), &snap)
+    assert_eq!(types_of(&out), [CLUSTER]);
+    s.on_delta(delta_req(CLUSTER, &[], &[], &delta(&out[0].1).nonce), &snap)
         .unwrap();
-    // Acked, but the client has not subscribed to the cluster's endpoints: still held (warming).
+    // Acked, but the client has not subscribed to the cluster's endpoints: still held.
     assert!(flush(&mut s, &snap).is_empty());
     assert!(s.hold_until.is_some());
+    (snap, s)
+}
+
+#[test]
+fn listeners_wait_for_clusters_in_flight_and_for_warming() {
+    let (snap, mut s) = warming();
     s.on_delta(delta_req(ENDPOINT, &["a"], &[], ""), &snap)
         .unwrap();
     let out = flush(&mut s, &snap);
     // Endpoints go; listeners wait while they are in flight, and go once they are ACKed.
-    assert_eq!(
-        out.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
-        [ENDPOINT]
-    );
+    assert_eq!(types_of(&out), [ENDPOINT]);
     s.on_delta(
         delta_req(ENDPOINT, &[], &[], &delta(&out[0].1).nonce),
         &snap,
     )
     .unwrap();
-    let out = flush(&mut s, &snap);
-    assert_eq!(
-        out.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
-        [LISTENER]
-    );
+    assert_eq!(types_of(&flush(&mut s, &snap)), [LISTENER]);
 }
 
 #[test]
 fn warming_hold_ends_by_itself() {
-    let mut f = Fleet::new();
-    let snap = f.publish(&[
-        (CLUSTER, "a", Some("1")),
-        (ENDPOINT, "a", Some("1")),
-        (LISTENER, "l", Some("1")),
-    ]);
-    let mut s = stream(Protocol::Delta);
-    s.on_delta(delta_req(CLUSTER, &[], &[], ""), &snap).unwrap();
-    s.on_delta(delta_req(ENDPOINT, &[], &[], ""), &snap)
-        .unwrap();
-    s.on_delta(delta_req(LISTENER, &[], &[], ""), &snap)
-        .unwrap();
-    let r = delta(&flush(&mut s, &snap)[0].1);
-    s.on_delta(delta_req(CLUSTER, &[], &[], &r.nonce), &snap)
-        .unwrap();
-    assert!(flush(&mut s, &snap).is_empty());
+    let (snap, mut s) = warming();
     s.cds_sent_at = Some(Instant::now() - s.warming_hold - Duration::from_millis(1));
     s.hold_ended();
-    let out = flush(&mut s, &snap);
-    assert_eq!(
-        out.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
-        [LISTENER]
-    );
+    assert_eq!(types_of(&flush(&mut s, &snap)), [LISTENER]);
 }
 
 #[test]
