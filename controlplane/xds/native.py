@@ -40,7 +40,6 @@ from controlplane.xds.resources import (
     ROUTE_TYPE,
     SHORT_NAMES,
     TYPE_ORDER,
-    gate_assignment,
 )
 from controlplane.xds.server.admission import KEEPALIVE_SECONDS, Admission, NodeClaims, ServerLimits
 from controlplane.xds.server.common import (
@@ -52,7 +51,7 @@ from controlplane.xds.server.common import (
     StreamRejected,
     TypeState,
 )
-from controlplane.xds.snapshot import Entry, Snapshot, Table, make_entry
+from controlplane.xds.snapshot import Entry, Snapshot, Table
 
 if TYPE_CHECKING:
     from controlplane._native import EntryRow, TypeChange
@@ -95,7 +94,6 @@ class NativeStream(BaseStream):
         self._core = core
         self.closed = False
         # What this stream's own entries were last built from, per type (the core holds them).
-        self._gate_set: tuple[str, bool] | None = None
         self._own_versions: dict[str, dict[str, str]] = {}
         # The record's facts as JSON, and the objects they were made from (the pollers
         # replace front, load and health with new objects when they change).
@@ -145,17 +143,8 @@ class NativeStream(BaseStream):
 
     def refresh_own(self, snap: Snapshot) -> None:
         """Its health gate, listener variants and route variants as of `snap`."""
-        if self.gate is not None:
-            key = (self.gate, self.node.id in snap.drained)
-            if key != self._gate_set:
-                self._gate_set = key
-                e = make_entry(ENDPOINT_TYPE, self.gate, gate_assignment(self.gate, key[1]))
-                self.set_own(ENDPOINT_TYPE, {self.gate: e})
-        elif self._gate_set is not None:
-            self._gate_set = None
-            self.set_own(ENDPOINT_TYPE, {})
-        self.set_own(LISTENER_TYPE, self._listener_variants(snap) if self._needs_variants(snap) else {})
-        self.set_own(ROUTE_TYPE, self._route_variants(snap) if snap.route_bases else {})
+        for type_url in (ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE):
+            self.set_own(type_url, self.own_entries(snap, type_url))
 
 
 class NativeService(Admission):

@@ -246,21 +246,26 @@ class BaseStream:
         return self.node.fleet
 
     def entries(self, snap: Snapshot, type_url: str) -> Mapping[str, Entry]:
-        """What this stream may be sent of `type_url`: the fleet's snapshot, for endpoints
-        also this node's health gate once it subscribed to it, and for listeners this node's
-        variant of those that bind its public address."""
+        """What this stream may be sent of `type_url`: the fleet's snapshot with this node's
+        own entries over it (`own_entries`)."""
         base = snap.of(type_url)
-        if type_url == LISTENER_TYPE and self._needs_variants(snap):
-            return _Overlay(base, self._listener_variants(snap))
-        if type_url == ROUTE_TYPE and snap.route_bases:
-            own = self._route_variants(snap)
-            return _Overlay(base, own) if own else base
+        own = self.own_entries(snap, type_url)
+        return _Overlay(base, own) if own else base
+
+    def own_entries(self, snap: Snapshot, type_url: str) -> Mapping[str, Entry]:
+        """This node's own entries of `type_url`: for endpoints its health gate once it
+        subscribed to it, for listeners its variants of those that bind its public address
+        (or its shed shards), for route configurations its share of fleet rate limits."""
+        if type_url == LISTENER_TYPE:
+            return self._listener_variants(snap) if self._needs_variants(snap) else {}
+        if type_url == ROUTE_TYPE:
+            return self._route_variants(snap) if snap.route_bases else {}
         if type_url != ENDPOINT_TYPE or self.gate is None:
-            return base
+            return {}
         drained = self.node.id in snap.drained
         if self._gate is None or self._gate[:2] != (self.gate, drained):
             self._gate = (self.gate, drained, make_entry(ENDPOINT_TYPE, self.gate, gate_assignment(self.gate, drained)))
-        return _Overlay(base, {self.gate: self._gate[2]})
+        return {self.gate: self._gate[2]}
 
     def _needs_variants(self, snap: Snapshot) -> bool:
         if self.node.id in snap.sheds:

@@ -353,12 +353,17 @@ async def _publish_calls(n: int) -> int:
             if event == "call" and frame.f_code.co_filename.startswith(root):
                 calls += 1
 
+        cache = service.cache
+        while cache._pending is not None and not cache._pending.done():
+            await asyncio.sleep(0.01)  # an earlier build still queued would take the change in
+        published = cache.published
         view.backends["c0"]["b1"] = Stored(Backend(name="b1", address="10.0.0.2", port=80), 2, 2)
         sys.setprofile(count)
         try:
             view.tell({Ref(Kind.BACKEND, "b1", "c0")})  # the cache builds and publishes at once
         finally:
             sys.setprofile(None)
+        assert cache.published == published + 1, "the change was not built and published in the call"
         for c in clients:  # and every client gets it
             await c.settle(ENDPOINT_TYPE)
         return calls
