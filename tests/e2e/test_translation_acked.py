@@ -9,6 +9,13 @@ from api.localcluster.procs import free_port
 
 async def test_kitchen_sink_is_acked(api, replica, backends, envoys) -> None:
     p = [b.port for b in backends]
+    # Three distinct listener ports: free_port() can hand out the same port twice, and Envoy
+    # NACKs two listeners on one address (a fresh-clone CI run hit it once).
+    lp: list[int] = []
+    while len(lp) < 3:
+        port = free_port()
+        if port not in lp and port not in p:
+            lp.append(port)
     ops = [
         {
             "op": "put",
@@ -94,19 +101,19 @@ async def test_kitchen_sink_is_acked(api, replica, backends, envoys) -> None:
             "op": "put",
             "kind": "listener",
             "name": "web",
-            "body": {"address": "127.0.0.1", "port": free_port(), "max_connections": 100000},
+            "body": {"address": "127.0.0.1", "port": lp[0], "max_connections": 100000},
         },
         {
             "op": "put",
             "kind": "listener",
             "name": "tcp",
-            "body": {"address": "127.0.0.1", "port": free_port(), "protocol": "tcp", "cluster": "raw"},
+            "body": {"address": "127.0.0.1", "port": lp[1], "protocol": "tcp", "cluster": "raw"},
         },
         {
             "op": "put",
             "kind": "listener",
             "name": "other-fleet",
-            "body": {"address": "127.0.0.1", "port": free_port(), "fleets": ["nobody"]},
+            "body": {"address": "127.0.0.1", "port": lp[2], "fleets": ["nobody"]},
         },
         {
             "op": "put",
